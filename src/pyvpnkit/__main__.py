@@ -1,0 +1,3 @@
+from pyvpnkit.cli import main
+
+raise SystemExit(main())

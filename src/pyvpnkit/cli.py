@@ -1,0 +1,182 @@
+"""Command line: `pyvpnkit exec -- CMD`, `pyvpnkit run`, and API clients."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from pyvpnkit import __version__
+from pyvpnkit.core.config import NetConfig
+
+log = logging.getLogger("pyvpnkit")
+
+MAX_MTU = 65520
+
+
+def _ipv4(text: str) -> bytes:
+    try:
+        return ipaddress.IPv4Address(text).packed
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _mtu(text: str) -> int:
+    value = int(text)
+    if not 576 <= value <= MAX_MTU:
+        raise argparse.ArgumentTypeError(f"MTU must be between 576 and {MAX_MTU}")
+    return value
+
+
+def _dns_server(text: str) -> tuple[str, int]:
+    host, _, port = text.partition("#")
+    try:
+        ipaddress.ip_address(host)
+        return host, int(port or 53)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad DNS server {text!r}: use IP or IP#PORT") from exc
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def add_network_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("virtual network")
+    g.add_argument("--subnet", default="192.168.65.0/24", help="VM subnet (default %(default)s)")
+    g.add_argument("--gateway-ip", type=_ipv4, help="gateway address (default: subnet .1)")
+    g.add_argument("--host-ip", type=_ipv4, help="host-loopback alias (default: subnet .2)")
+    g.add_argument("--lowest-ip", type=_ipv4, help="first VM address (default: subnet .3)")
+    g.add_argument("--highest-ip", type=_ipv4, help="last VM address (default: last host)")
+    g.add_argument("--mtu", type=_mtu, default=1500, help="link MTU, up to 65520 (default 1500)")
+    g.add_argument(
+        "--no-host-loopback",
+        action="store_true",
+        help="refuse connections to the host alias instead of mapping them to 127.0.0.1",
+    )
+    g.add_argument("--domain", default="localdomain", help="DHCP domain name")
+    g.add_argument("--search", action="append", default=[], help="DNS search domain (repeatable)")
+    d = p.add_argument_group("DNS")
+    d.add_argument(
+        "--dns-server",
+        type=_dns_server,
+        action="append",
+        default=[],
+        metavar="IP[#PORT]",
+        help="upstream DNS server (repeatable; default: the host's /etc/resolv.conf)",
+    )
+    d.add_argument("--hosts", default="/etc/hosts", help="hosts file to answer from")
+    d.add_argument("--host-names", type=_names, default=("host.docker.internal", "host.internal"))
+    d.add_argument(
+        "--gateway-names", type=_names, default=("gateway.docker.internal", "gateway.internal")
+    )
+    d.add_argument("--vm-names", type=_names, default=("vm.internal",))
+    o = p.add_argument_group("output")
+    o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def add_iface_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ifname", default="eth0", help="interface name inside the namespace")
+    p.add_argument(
+        "--no-config-net",
+        action="store_true",
+        help="only bring the interface up (configure it with DHCP yourself)",
+    )
+
+
+def build_config(args: argparse.Namespace) -> NetConfig:
+    subnet = ipaddress.IPv4Network(args.subnet, strict=False)
+    hosts = list(subnet.hosts())
+    return NetConfig(
+        subnet=subnet,
+        gateway_ip=args.gateway_ip or hosts[0].packed,
+        host_ip=args.host_ip or hosts[1].packed,
+        lowest_ip=args.lowest_ip or hosts[2].packed,
+        highest_ip=args.highest_ip or hosts[-1].packed,
+        mtu=args.mtu,
+        domain=args.domain,
+        search_domains=tuple(args.search),
+        host_loopback=not args.no_host_loopback,
+        host_names=args.host_names,
+        gateway_names=args.gateway_names,
+        vm_names=args.vm_names,
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyvpnkit",
+        description="User-mode network stack giving VMs and network namespaces the host's network.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyvpnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("exec", help="run a command in a new network namespace wired to the stack")
+    add_network_options(ex)
+    add_iface_options(ex)
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    run = sub.add_parser("run", help="long-running service")
+    add_network_options(run)
+    add_iface_options(run)
+    run.add_argument("--netns", help="attach to an existing namespace (NAME or PATH)")
+    run.add_argument("--tap", help="use an existing TAP device in the current namespace")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s pyvpnkit %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "exec":
+        cmd = list(args.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            parser.error("exec needs a command: pyvpnkit exec [OPTIONS] -- CMD [ARGS...]")
+        return run_exec(args, cmd)
+    if args.command == "run":
+        if not args.netns and not args.tap:
+            parser.error("run needs --netns or --tap (or a listener)")
+        return run_service(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
+    from pyvpnkit.runtime import netns
+    from pyvpnkit.runtime.service import Service
+
+    config = build_config(args)
+    service = Service(config, args)
+    with tempfile.TemporaryDirectory(prefix="pyvpnkit-") as tmp:
+        resolv = os.path.join(tmp, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write(service.resolv_conf_text())
+        setup = service.iface_setup(args, resolv_conf=resolv)
+        attached = netns.spawn(cmd, setup)
+        return asyncio.run(service.run_exec(attached))
+
+
+def run_service(args: argparse.Namespace) -> int:
+    from pyvpnkit.runtime import netns
+    from pyvpnkit.runtime.service import Service
+
+    config = build_config(args)
+    service = Service(config, args)
+    attached = None
+    if args.netns:
+        attached = netns.attach(args.netns, service.iface_setup(args))
+    return asyncio.run(service.run_forever(attached, tap_name=args.tap))
+
+
+__all__ = ["main", "signal", "sys"]

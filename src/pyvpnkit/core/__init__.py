@@ -1,0 +1,1 @@
+"""Sans-I/O protocol machines: bytes and `now` in, frames and effects out."""

@@ -1,0 +1,49 @@
+"""Effects the core asks the runtime to perform on the host.
+
+Frames for VMs are not effects: the stack returns them separately so the hot
+path does not allocate an object per frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOpen:
+    """Connect a host TCP socket to (host, port) for a new flow from a VM."""
+
+    flow_id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpWrite:
+    flow_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TcpShutdown:
+    """The VM sent FIN: half-close the host socket for writing."""
+
+    flow_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpCloseHost:
+    """Forget the host socket (reset=True aborts it with RST via SO_LINGER 0)."""
+
+    flow_id: int
+    reset: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TcpPauseReading:
+    flow_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpResumeReading:
+    flow_id: int

@@ -1,0 +1,330 @@
+"""The virtual switch: dispatches VM frames to the services and the NATs.
+
+All machines report IPv4 packets for VMs; the switch routes them by
+destination address to the right link and adds the Ethernet header. It is the
+only place that knows about links, MAC addresses and which VM lives where.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from pyvpnkit.core.arp import ArpResponder
+from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dhcp import DhcpServer
+from pyvpnkit.core.dns import DnsAnswer, DnsServer
+from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, frame_message
+from pyvpnkit.core.icmp_nat import IcmpNat
+from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
+from pyvpnkit.core.ippool import AddressPool
+from pyvpnkit.core.tcp_nat import LocalService, TcpNat
+from pyvpnkit.core.udp_nat import UdpNat
+from pyvpnkit.wire import icmp as icmpw
+from pyvpnkit.wire.errors import ParseError
+from pyvpnkit.wire.ethernet import (
+    BROADCAST,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    build_ethernet,
+    is_multicast,
+    parse_ethernet,
+)
+from pyvpnkit.wire.icmp import build_icmp, parse_icmp
+from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
+from pyvpnkit.wire.tcp import parse_tcp
+from pyvpnkit.wire.udp import build_udp, parse_udp
+
+LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+DHCP_SERVER_PORT = 67
+DHCP_CLIENT_PORT = 68
+DNS_PORT = 53
+
+
+@dataclass(slots=True)
+class Vm:
+    ip: bytes
+    link: int
+    mac: bytes
+    eth_header: bytes  # prebuilt: VM MAC, gateway MAC, IPv4
+
+
+class _DnsOverTcp(LocalService):
+    """DNS on the gateway's TCP port 53: length-prefixed, pipelined queries."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self._decoders: dict[int, DnsTcpDecoder] = {}
+
+    def received(self, flow_id: int, data: bytes, now: float) -> None:
+        decoder = self._decoders.setdefault(flow_id, DnsTcpDecoder())
+        for message in decoder.feed(data):
+            self._stack.dns.handle_query(message, ("tcp", flow_id), "tcp", now)
+
+    def eof(self, flow_id: int, now: float) -> None:
+        self._decoders.pop(flow_id, None)
+        flow = self._stack.tcp.by_id.get(flow_id)
+        if flow is not None and flow.conn is not None:
+            flow.conn.shutdown(now)
+
+
+class Stack:
+    """Everything the VMs see, as one sans-I/O machine.
+
+    Feed frames with :meth:`receive`, host events with the NAT objects'
+    methods, then call :meth:`drain` for (link, frame) pairs and effects.
+    """
+
+    def __init__(
+        self,
+        config: NetConfig,
+        *,
+        dns_upstreams: list[tuple[str, int]] | None = None,
+        hosts_text: str = "",
+        rng: random.Random | None = None,
+        verify_checksums: bool = True,
+        tcp_checksums: bool = True,
+    ) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self._verify = verify_checksums
+        self.stats: Counter[str] = Counter()
+        self.pool = AddressPool(
+            config.lowest_ip, config.highest_ip, reserved=(config.gateway_ip, config.host_ip)
+        )
+        self.vms: dict[bytes, Vm] = {}
+        self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
+        self.arp = ArpResponder(config.gateway_mac, self._is_vm_address)
+        self.dhcp = DhcpServer(config, self.pool)
+        self.dns = DnsServer(config, dns_upstreams or [], hosts_text)
+        self._dns_tcp = _DnsOverTcp(self)
+        self.tcp = TcpNat(
+            config,
+            iss=lambda: self._rng.getrandbits(32),
+            local_service=self._local_service,
+            checksum=tcp_checksums,
+        )
+        self.udp = UdpNat(config)
+        self.icmp = IcmpNat(config)
+        self.frag = Reassembler()
+        self._frames: list[tuple[int, bytes]] = []
+        self._effects: list[object] = []
+
+    # -- links and VMs -------------------------------------------------------
+
+    def link_closed(self, link: int, now: float) -> None:
+        """Forget the VMs behind a link; their addresses stay bound to their MAC."""
+        for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
+            del self.vms[ip]
+        for mac in [m for m, lk in self.macs.items() if lk == link]:
+            del self.macs[mac]
+        self.dns.set_vm_addresses(list(self.vms))
+
+    def _is_vm_address(self, ip: bytes) -> bool:
+        return ip in self.vms
+
+    def _learn(self, link: int, mac: bytes, ip: bytes) -> None:
+        vm = self.vms.get(ip)
+        if vm is not None and vm.link == link and vm.mac == mac:
+            return
+        if ip in (self.config.gateway_ip, self.config.host_ip) or not self.config.in_subnet(ip):
+            return
+        self.vms[ip] = Vm(ip, link, mac, mac + self.config.gateway_mac + b"\x08\x00")
+        self.dns.set_vm_addresses(list(self.vms))
+
+    # -- frames in -----------------------------------------------------------
+
+    def receive(self, link: int, frame: bytes | memoryview, now: float) -> None:
+        """Handle one Ethernet frame from a VM link. Never raises for bad input."""
+        self.stats["frames_in"] += 1
+        self.stats["bytes_in"] += len(frame)
+        try:
+            self._receive(link, frame, now)
+        except ParseError as exc:
+            self.stats["drop_malformed"] += 1
+            self.last_error = str(exc)
+
+    def _receive(self, link: int, frame: bytes | memoryview, now: float) -> None:
+        eth = parse_ethernet(frame)
+        if not is_multicast(eth.src) and self.macs.get(eth.src) != link:
+            self.macs[eth.src] = link
+        if eth.dst != self.config.gateway_mac:
+            self._forward(link, eth.dst, frame)
+            if eth.dst != BROADCAST:
+                return
+        if eth.ethertype == ETHERTYPE_IPV4:
+            self._ipv4(link, eth.src, parse_ipv4(eth.payload), now)
+        elif eth.ethertype == ETHERTYPE_ARP:
+            _pkt, reply = self.arp.handle(eth.payload)
+            if reply is not None:
+                self._frames.append(
+                    (link, build_ethernet(eth.src, self.config.gateway_mac, ETHERTYPE_ARP, reply))
+                )
+        else:
+            self.stats["drop_ethertype"] += 1
+
+    def _forward(self, link: int, dst: bytes, frame: bytes | memoryview) -> None:
+        """Switch frames between VMs: flood broadcasts, deliver known unicast."""
+        if is_multicast(dst):
+            data = bytes(frame)
+            for other in set(self.macs.values()):
+                if other != link:
+                    self._frames.append((other, data))
+            return
+        target = self.macs.get(dst)
+        if target is not None and target != link:
+            self._frames.append((target, bytes(frame)))
+        else:
+            self.stats["drop_unknown_mac"] += 1
+
+    def _ipv4(self, link: int, src_mac: bytes, pkt: IPv4Packet, now: float) -> None:
+        cfg = self.config
+        if pkt.src != b"\x00\x00\x00\x00":
+            self._learn(link, src_mac, pkt.src)
+        if pkt.is_fragment:
+            whole = self.frag.add(pkt, now)
+            if whole is None:
+                return
+            pkt = parse_ipv4(whole)
+        dst = pkt.dst
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, dst, self._verify), now)
+        elif proto == PROTO_UDP:
+            dgram = parse_udp(pkt.payload, pkt.src, dst, self._verify)
+            if dgram.dst_port == DHCP_SERVER_PORT and dst in (cfg.gateway_ip, LIMITED_BROADCAST):
+                self._dhcp(link, dgram.payload, now)
+            elif dst == cfg.gateway_ip:
+                if dgram.dst_port == DNS_PORT:
+                    self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
+                else:
+                    self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
+            elif dst == LIMITED_BROADCAST or dst == cfg.subnet.broadcast_address.packed:
+                self.stats["drop_broadcast"] += 1
+            elif dst in self.vms:
+                self._route(pkt.header.tobytes() + pkt.payload.tobytes())
+            else:
+                self.udp.handle(pkt, dgram, now)
+        elif proto == PROTO_ICMP:
+            msg = parse_icmp(pkt.payload, self._verify)
+            if msg.type != icmpw.ECHO_REQUEST:
+                self.stats["drop_icmp_type"] += 1
+            elif dst in (cfg.gateway_ip, cfg.host_ip):
+                reply = build_icmp(icmpw.ECHO_REPLY, 0, msg.rest, msg.payload)
+                self._route(ipv4_header(dst, pkt.src, PROTO_ICMP, len(reply)) + reply)
+            elif dst in self.vms:
+                self._route(pkt.header.tobytes() + pkt.payload.tobytes())
+            else:
+                self.icmp.handle(pkt, msg, now)
+        else:
+            self._unreachable(pkt, icmpw.PROTO_UNREACHABLE)
+
+    def _unreachable(self, pkt: IPv4Packet, code: int) -> None:
+        quote = pkt.header.tobytes() + pkt.payload[:8].tobytes()
+        body = build_icmp(icmpw.DEST_UNREACHABLE, code, b"\x00" * 4, quote)
+        self._route(ipv4_header(pkt.dst, pkt.src, PROTO_ICMP, len(body)) + body)
+
+    def _dhcp(self, link: int, payload: memoryview, now: float) -> None:
+        reply = self.dhcp.handle(payload, now)
+        if reply is None:
+            return
+        cfg = self.config
+        udp = build_udp(cfg.gateway_ip, reply.dst_ip, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload)
+        ip = ipv4_header(cfg.gateway_ip, reply.dst_ip, PROTO_UDP, len(udp), dont_fragment=False)
+        self._frames.append(
+            (link, build_ethernet(reply.dst_mac, cfg.gateway_mac, ETHERTYPE_IPV4, ip + udp))
+        )
+
+    def _local_service(self, ip: bytes, port: int) -> LocalService | None:
+        return self._dns_tcp if port == DNS_PORT else None
+
+    # -- frames out ----------------------------------------------------------
+
+    def _route(self, packet: bytes) -> None:
+        """Send an IPv4 packet to the VM that owns its destination address."""
+        vm = self.vms.get(packet[16:20])
+        if vm is None:
+            self.stats["drop_no_route"] += 1
+            return
+        if len(packet) > self.config.mtu:
+            for part in fragment_ipv4(packet, self.config.mtu):
+                self._frames.append((vm.link, vm.eth_header + part))
+            return
+        self._frames.append((vm.link, vm.eth_header + packet))
+
+    def _dns_answers(self, effects: list[object]) -> None:
+        for eff in effects:
+            if type(eff) is not DnsAnswer:
+                self._effects.append(eff)
+                continue
+            client: Hashable = eff.client
+            if eff.transport == "tcp":
+                assert isinstance(client, tuple)
+                self.tcp.local_send(client[1], frame_message(eff.data), self._now)
+            else:
+                assert isinstance(client, tuple)
+                vm_ip, vm_port = client
+                gw = self.config.gateway_ip
+                udp = build_udp(gw, vm_ip, DNS_PORT, vm_port, eff.data)
+                self._route(ipv4_header(gw, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
+
+    _now = 0.0
+
+    def drain(self, now: float) -> tuple[list[tuple[int, bytes]], list[object]]:
+        """Frames for links and effects for the runtime, produced since the last drain."""
+        self._now = now
+        self._dns_answers(self.dns.drain())
+        for machine in (self.udp, self.icmp):
+            packets, effects = machine.drain()
+            for p in packets:
+                self._route(p)
+            self._effects.extend(effects)
+        for _ in range(2):
+            # DNS over TCP answers built-in names while the TCP drain runs;
+            # a second round sends those answers without waiting for a wake-up.
+            packets, effects = self.tcp.drain(now)
+            for p in packets:
+                self._route(p)
+            self._effects.extend(effects)
+            answers = self.dns.drain()
+            if not answers:
+                break
+            self._dns_answers(answers)
+        frames, eff = self._frames, self._effects
+        self._frames, self._effects = [], []
+        self.stats["frames_out"] += len(frames)
+        return frames, eff
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            d
+            for d in (
+                self.tcp.next_deadline(),
+                self.udp.next_deadline(),
+                self.icmp.next_deadline(),
+                self.dns.next_deadline(),
+                self.frag.next_deadline(),
+            )
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        self.tcp.handle_timer(now)
+        self.udp.handle_timer(now)
+        self.icmp.handle_timer(now)
+        self.dns.handle_timer(now)
+        self.frag.handle_timer(now)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "stats": dict(self.stats),
+            "vms": {socket.inet_ntoa(ip): vm.mac.hex(":") for ip, vm in self.vms.items()},
+            "tcp_flows": len(self.tcp),
+        }
+
+
+__all__ = ["Stack", "Vm"]

@@ -1,0 +1,365 @@
+"""TCP NAT: every TCP connection from a VM ends in our TCP and is relayed to a host socket.
+
+On a SYN to a new flow we ask the runtime to connect on the host first and
+answer the VM only once we know: SYN-ACK on success, RST on failure, so a
+refused connection is seen at once and a black hole never stalls other flows
+(there is no cap on connects in flight). Flow control is end to end: the
+window offered to the VM shrinks while the host socket has not taken our
+writes, and reading from the host pauses while the VM has not acknowledged
+what we sent it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.effects import (
+    TcpCloseHost,
+    TcpOpen,
+    TcpPauseReading,
+    TcpResumeReading,
+    TcpShutdown,
+    TcpWrite,
+)
+from pyvpnkit.core.tcp import (
+    Closed,
+    DataReceived,
+    Established,
+    PeerClosed,
+    Reset,
+    SendSpace,
+    TcpConnection,
+    TimedOut,
+)
+from pyvpnkit.wire.ipv4 import PROTO_TCP, IPv4Packet, ipv4_header
+from pyvpnkit.wire.tcp import ACK, RST, SYN, TcpSegment, build_tcp
+
+FlowKey = tuple[bytes, int, bytes, int]  # (vm ip, vm port, remote ip, remote port)
+
+# A host read is handed to the TCP machine whole; reading pauses while the
+# send buffer has less room than this, which bounds memory per flow.
+READ_CHUNK = 256 * 1024
+
+
+class LocalService:
+    """A byte-stream service the stack itself terminates (e.g. DNS over TCP)."""
+
+    def received(self, flow_id: int, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def eof(self, flow_id: int, now: float) -> None:
+        """The VM finished sending; by default close our side too."""
+
+
+@dataclass(slots=True)
+class Flow:
+    flow_id: int
+    key: FlowKey
+    syn: TcpSegment | None
+    conn: TcpConnection | None = None
+    local: LocalService | None = None
+    pending: bytearray = field(default_factory=bytearray)  # host data not yet in conn
+    host_eof: bool = False
+    paused: bool = False
+    host_open: bool = True
+    bytes_up: int = 0
+    bytes_down: int = 0
+    started: float = 0.0
+    deadline: float | None = None
+
+
+def rst_for(pkt: IPv4Packet, seg: TcpSegment) -> bytes:
+    """RST answering an unacceptable segment (RFC 9293 3.10.7.1)."""
+    if seg.flags & ACK:
+        seq, ack, flags = seg.ack, 0, RST
+    else:
+        seq, ack, flags = 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF, RST | ACK
+    tcp = build_tcp(pkt.dst, pkt.src, seg.dst_port, seg.src_port, seq, ack, flags, 0)
+    return ipv4_header(pkt.dst, pkt.src, PROTO_TCP, len(tcp)) + tcp
+
+
+class TcpNat:
+    def __init__(
+        self,
+        config: NetConfig,
+        *,
+        iss: Callable[[], int],
+        local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
+        rcv_buffer: int = 2 << 20,
+        snd_buffer: int = 2 << 20,
+        checksum: bool = True,
+    ) -> None:
+        self.config = config
+        self._iss = iss
+        self._local_service = local_service
+        self._mss = config.mtu - 40
+        self._rcv_buffer = rcv_buffer
+        self._snd_buffer = snd_buffer
+        self._checksum = checksum
+        self.flows: dict[FlowKey, Flow] = {}
+        self.by_id: dict[int, Flow] = {}
+        self._next_id = 1
+        self._timers: list[tuple[float, int]] = []
+        self._packets: list[bytes] = []
+        self._effects: list[object] = []
+        self._dirty: set[int] = set()
+        self.closed_log: list[str] = []  # one summary line per finished flow, drained by the runtime
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0}
+
+    # -- from the VM ---------------------------------------------------------
+
+    def handle(self, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+        key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
+        flow = self.flows.get(key)
+        if flow is not None and flow.conn is not None and flow.conn.state == "TIME_WAIT" \
+                and seg.flags & SYN and not seg.flags & ACK:
+            # The VM reuses the port pair of a finished connection.
+            self._forget(flow, reset=False)
+            flow = None
+        if flow is not None:
+            if flow.conn is not None:
+                flow.conn.handle_segment(seg, now)
+                self._dirty.add(flow.flow_id)
+            elif seg.flags & RST:
+                # The VM gave up while we were still connecting on the host.
+                self._forget(flow, reset=True)
+            # Otherwise a retransmitted SYN while connecting: absorbed.
+            return
+        if seg.flags & RST:
+            return
+        if not seg.flags & SYN or seg.flags & ACK:
+            self._reject(pkt, seg)
+            return
+        self._new_flow(key, pkt, seg, now)
+
+    def _new_flow(self, key: FlowKey, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+        cfg = self.config
+        flow = Flow(self._next_id, key, seg, started=now)
+        self._next_id += 1
+        if pkt.dst == cfg.gateway_ip:
+            local = self._local_service(pkt.dst, seg.dst_port)
+            if local is None:
+                self._reject(pkt, seg)
+                return
+            flow.local = local
+            flow.host_open = False
+            self._register(flow)
+            self._accept(flow, now)
+            return
+        if pkt.dst == cfg.host_ip:
+            if not cfg.host_loopback:
+                self._reject(pkt, seg)
+                return
+            host = "127.0.0.1"
+        else:
+            host = socket.inet_ntoa(pkt.dst)
+        self._register(flow)
+        self.stats["opened"] += 1
+        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port))
+
+    def _register(self, flow: Flow) -> None:
+        self.flows[flow.key] = flow
+        self.by_id[flow.flow_id] = flow
+
+    def _reject(self, pkt: IPv4Packet, seg: TcpSegment) -> None:
+        self.stats["rst_sent"] += 1
+        self._packets.append(rst_for(pkt, seg))
+
+    def _accept(self, flow: Flow, now: float) -> None:
+        assert flow.syn is not None
+        vm_ip, _vm_port, local_ip, _local_port = flow.key
+        flow.conn = TcpConnection.accept(
+            flow.syn,
+            now,
+            local_ip=local_ip,
+            local_port=flow.syn.dst_port,
+            remote_ip=vm_ip,
+            remote_port=flow.syn.src_port,
+            iss=self._iss(),
+            mss=self._mss,
+            rcv_buffer=self._rcv_buffer,
+            snd_buffer=self._snd_buffer,
+            checksum=self._checksum,
+        )
+        flow.syn = None
+        self._dirty.add(flow.flow_id)
+
+    # -- from the host -------------------------------------------------------
+
+    def host_connected(self, flow_id: int, now: float) -> None:
+        flow = self.by_id.get(flow_id)
+        if flow is not None and flow.conn is None:
+            self._accept(flow, now)
+
+    def host_connect_failed(self, flow_id: int, now: float) -> None:
+        """Refused, unreachable or timed out: the VM gets an RST at once."""
+        flow = self.by_id.get(flow_id)
+        if flow is None or flow.syn is None:
+            return
+        vm_ip, vm_port, ip, port = flow.key
+        syn = flow.syn
+        tcp = build_tcp(ip, vm_ip, port, vm_port, 0, (syn.seq + 1) & 0xFFFFFFFF, RST | ACK, 0)
+        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
+        self.stats["refused"] += 1
+        self._forget(flow, reset=False, host_closed=True)
+
+    def host_data(self, flow_id: int, data: bytes, now: float) -> None:
+        flow = self.by_id.get(flow_id)
+        if flow is None or flow.conn is None:
+            return
+        flow.bytes_down += len(data)
+        if flow.pending:
+            flow.pending += data
+        else:
+            taken = flow.conn.send(data, now)
+            if taken < len(data):
+                flow.pending += data[taken:]
+        if not flow.paused and (flow.pending or flow.conn.send_space < READ_CHUNK):
+            flow.paused = True
+            self._effects.append(TcpPauseReading(flow_id))
+        self._dirty.add(flow_id)
+
+    def host_eof(self, flow_id: int, now: float) -> None:
+        flow = self.by_id.get(flow_id)
+        if flow is None or flow.conn is None:
+            return
+        flow.host_eof = True
+        if not flow.pending:
+            flow.conn.shutdown(now)
+        self._dirty.add(flow_id)
+
+    def host_reset(self, flow_id: int, now: float) -> None:
+        flow = self.by_id.get(flow_id)
+        if flow is None:
+            return
+        flow.host_open = False
+        if flow.conn is None:
+            self.host_connect_failed(flow_id, now)
+            return
+        flow.conn.abort(now)
+        self._dirty.add(flow_id)
+
+    def host_sent(self, flow_id: int, n: int, now: float) -> None:
+        """The host socket took n more bytes: the VM may send that much more."""
+        flow = self.by_id.get(flow_id)
+        if flow is not None and flow.conn is not None:
+            flow.conn.consumed(n, now)
+            self._dirty.add(flow_id)
+
+    def local_send(self, flow_id: int, data: bytes, now: float) -> None:
+        """A local service answers on its stream."""
+        self.host_data(flow_id, data, now)
+
+    # -- timers and output ---------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """Earliest flow deadline; valid after drain()."""
+        while self._timers:
+            when, fid = self._timers[0]
+            flow = self.by_id.get(fid)
+            if flow is not None and flow.deadline == when:
+                return when
+            heapq.heappop(self._timers)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            when, fid = heapq.heappop(self._timers)
+            flow = self.by_id.get(fid)
+            if flow is None or flow.deadline != when or flow.conn is None:
+                continue
+            flow.deadline = None
+            flow.conn.handle_timer(now)
+            self._dirty.add(fid)
+
+    def drain(self, now: float) -> tuple[list[bytes], list[object]]:
+        self._process_dirty(now)
+        packets, effects = self._packets, self._effects
+        self._packets, self._effects = [], []
+        return packets, effects
+
+    def _process_dirty(self, now: float) -> None:
+        while self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for fid in dirty:
+                flow = self.by_id.get(fid)
+                if flow is not None and flow.conn is not None:
+                    self._pump(flow, now)
+
+    def _pump(self, flow: Flow, now: float) -> None:
+        conn = flow.conn
+        assert conn is not None
+        packets, events = conn.drain()
+        if packets:
+            self._packets.extend(packets)
+        fid = flow.flow_id
+        for ev in events:
+            if type(ev) is DataReceived:
+                flow.bytes_up += len(ev.data)
+                if flow.local is not None:
+                    flow.local.received(fid, ev.data, now)
+                    conn.consumed(len(ev.data), now)
+                    self._dirty.add(fid)
+                elif flow.host_open:
+                    self._effects.append(TcpWrite(fid, ev.data))
+            elif type(ev) is SendSpace:
+                self._refill(flow, now)
+            elif type(ev) is PeerClosed:
+                if flow.local is not None:
+                    flow.local.eof(fid, now)
+                elif flow.host_open:
+                    self._effects.append(TcpShutdown(fid))
+            elif type(ev) in (Reset, TimedOut):
+                self._close_host(flow, reset=True)
+            elif type(ev) is Closed:
+                self._close_host(flow, reset=False)
+            elif type(ev) is Established:
+                pass
+        if conn.closed:
+            self._forget(flow, reset=False)
+            return
+        deadline = conn.next_deadline()
+        if deadline != flow.deadline:
+            flow.deadline = deadline
+            if deadline is not None:
+                heapq.heappush(self._timers, (deadline, fid))
+
+    def _refill(self, flow: Flow, now: float) -> None:
+        conn = flow.conn
+        assert conn is not None
+        if flow.pending:
+            taken = conn.send(bytes(flow.pending), now)
+            del flow.pending[:taken]
+        if not flow.pending:
+            if flow.host_eof:
+                conn.shutdown(now)
+            elif flow.paused and conn.send_space >= READ_CHUNK:
+                flow.paused = False
+                self._effects.append(TcpResumeReading(flow.flow_id))
+        self._dirty.add(flow.flow_id)
+
+    def _close_host(self, flow: Flow, reset: bool) -> None:
+        if flow.host_open:
+            flow.host_open = False
+            self._effects.append(TcpCloseHost(flow.flow_id, reset))
+
+    def _forget(self, flow: Flow, reset: bool, host_closed: bool = False) -> None:
+        if not host_closed:
+            self._close_host(flow, reset)
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+        if self.by_id.pop(flow.flow_id, None) is not None:
+            vm_ip, vm_port, ip, port = flow.key
+            self.closed_log.append(
+                f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
+                f"up={flow.bytes_up} down={flow.bytes_down} "
+                f"state={flow.conn.state if flow.conn else 'CONNECTING'} reset={reset}"
+            )
+        self._dirty.discard(flow.flow_id)
+
+    def __len__(self) -> int:
+        return len(self.flows)

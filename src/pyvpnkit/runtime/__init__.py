@@ -1,0 +1,1 @@
+"""The asyncio side: file descriptors, host sockets and the one timer."""

@@ -1,0 +1,136 @@
+"""Drives the sans-I/O stack from asyncio: links in, frames and effects out, one timer.
+
+Frames arriving in one loop iteration are all handed to the stack before it
+is drained once, so one ACK or window update covers a whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+
+from pyvpnkit.core.stack import Stack
+from pyvpnkit.links.base import Link, VifError
+from pyvpnkit.runtime.host_tcp import HostTcp
+
+log = logging.getLogger("pyvpnkit")
+
+
+def mac_for_uuid(uuid: str) -> bytes:
+    """A stable, locally administered unicast MAC for a vpnkit VIF UUID."""
+    digest = hashlib.sha256(uuid.encode()).digest()
+    return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
+
+
+class Engine:
+    """The FrameSink every link reports to, and the executor of the stack's effects."""
+
+    def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.stack = stack
+        self.loop = loop or asyncio.get_running_loop()
+        self.links: dict[int, Link] = {}
+        self._ids: dict[int, int] = {}  # id(link) -> link number
+        self._next_link = 1
+        self._flush_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self.host_tcp = HostTcp(self.loop, stack.tcp, self.wake)
+        self.handlers: dict[type, Callable[[object], None]] = dict(self.host_tcp.handlers)
+        self.frame_taps: list[Callable[[int, bytes, bool], None]] = []  # pcap and friends
+
+    def add_executor(self, handlers: dict[type, Callable[[object], None]]) -> None:
+        self.handlers.update(handlers)
+
+    # -- FrameSink -----------------------------------------------------------
+
+    def link_opened(self, link: Link) -> None:
+        n = self._next_link
+        self._next_link += 1
+        self.links[n] = link
+        self._ids[id(link)] = n
+        log.info("link %s opened", link.name)
+
+    def frame_received(self, link: Link, frame: bytes) -> None:
+        n = self._ids.get(id(link))
+        if n is None:
+            return
+        for tap in self.frame_taps:
+            tap(n, frame, True)
+        self.stack.receive(n, frame, self.loop.time())
+        self.wake()
+
+    def link_closed(self, link: Link) -> None:
+        n = self._ids.pop(id(link), None)
+        if n is None:
+            return
+        del self.links[n]
+        self.stack.link_closed(n, self.loop.time())
+        log.info("link %s closed", link.name)
+        self.wake()
+
+    def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
+        mac = mac_for_uuid(uuid)
+        from pyvpnkit.core.ippool import PoolError
+
+        try:
+            ip = self.stack.pool.allocate("mac:" + mac.hex(":"), preferred_ip)
+        except PoolError as exc:
+            raise VifError(str(exc)) from exc
+        return mac, ip
+
+    # -- driving the stack ---------------------------------------------------
+
+    def wake(self) -> None:
+        """Something changed in the stack: drain it soon (once per loop iteration)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        frames, effects = self.stack.drain(self.loop.time())
+        if frames:
+            links = self.links
+            taps = self.frame_taps
+            for n, frame in frames:
+                link = links.get(n)
+                if link is not None:
+                    for tap in taps:
+                        tap(n, frame, False)
+                    link.send_frame(frame)
+        for eff in effects:
+            handler = self.handlers.get(type(eff))
+            if handler is None:
+                log.error("no executor for %r", eff)
+            else:
+                handler(eff)
+        for line in self.stack.tcp.closed_log:
+            log.info("%s", line)
+        self.stack.tcp.closed_log.clear()
+        self._rearm()
+
+    def _rearm(self) -> None:
+        when = self.stack.next_deadline()
+        if when == self._timer_when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = when
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        self.stack.handle_timer(self.loop.time())
+        self.flush()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.host_tcp.close_all()
+        for link in list(self.links.values()):
+            link.close()

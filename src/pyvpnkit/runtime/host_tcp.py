@@ -1,0 +1,240 @@
+"""Host TCP sockets for the TCP NAT: connect, relay, half-close, reset.
+
+Raw non-blocking sockets with add_reader/add_writer keep the per-read cost
+low. Every byte the kernel takes is reported back (``host_sent``) so the
+window offered to the VM follows what the host side can absorb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyvpnkit.core.effects import (
+    TcpCloseHost,
+    TcpOpen,
+    TcpPauseReading,
+    TcpResumeReading,
+    TcpShutdown,
+    TcpWrite,
+)
+from pyvpnkit.core.tcp_nat import READ_CHUNK, TcpNat
+
+log = logging.getLogger("pyvpnkit.tcp")
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+@dataclass(eq=False)
+class _HostConn:
+    fid: int
+    sock: socket.socket
+    connected: bool = False
+    reading: bool = False
+    paused: bool = False
+    wbuf: bytearray = field(default_factory=bytearray)
+    shutdown_after_flush: bool = False
+    close_after_flush: bool = False
+    timeout: asyncio.TimerHandle | None = None
+
+
+class HostTcp:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        nat: TcpNat,
+        wake: Callable[[], None],
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.loop = loop
+        self.nat = nat
+        self.wake = wake
+        self.connect_timeout = connect_timeout
+        self.conns: dict[int, _HostConn] = {}
+        self.handlers: dict[type, Callable[[object], None]] = {
+            TcpOpen: self._open,  # type: ignore[dict-item]
+            TcpWrite: self._write,  # type: ignore[dict-item]
+            TcpShutdown: self._shutdown,  # type: ignore[dict-item]
+            TcpCloseHost: self._close,  # type: ignore[dict-item]
+            TcpPauseReading: self._pause,  # type: ignore[dict-item]
+            TcpResumeReading: self._resume,  # type: ignore[dict-item]
+        }
+
+    # -- effects -------------------------------------------------------------
+
+    def _open(self, eff: TcpOpen) -> None:
+        family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _HostConn(eff.flow_id, sock)
+        self.conns[conn.fid] = conn
+        err = sock.connect_ex((eff.host, eff.port))
+        if err not in (0, errno.EINPROGRESS):
+            self._connect_failed(conn, err)
+            return
+        self.loop.add_writer(sock.fileno(), self._on_connect, conn)
+        conn.timeout = self.loop.call_later(
+            self.connect_timeout, self._connect_failed, conn, errno.ETIMEDOUT
+        )
+
+    def _write(self, eff: TcpWrite) -> None:
+        conn = self.conns.get(eff.flow_id)
+        if conn is None:
+            return
+        if conn.wbuf:
+            conn.wbuf += eff.data
+            return
+        try:
+            n = conn.sock.send(eff.data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._reset(conn, exc)
+            return
+        if n:
+            self.nat.host_sent(conn.fid, n, self.loop.time())
+            self.wake()
+        if n < len(eff.data):
+            conn.wbuf += eff.data[n:]
+            self.loop.add_writer(conn.sock.fileno(), self._on_writable, conn)
+
+    def _shutdown(self, eff: TcpShutdown) -> None:
+        conn = self.conns.get(eff.flow_id)
+        if conn is None:
+            return
+        if conn.wbuf:
+            conn.shutdown_after_flush = True
+        else:
+            self._shutdown_now(conn)
+
+    def _close(self, eff: TcpCloseHost) -> None:
+        conn = self.conns.get(eff.flow_id)
+        if conn is None:
+            return
+        if eff.reset:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+            self._forget(conn)
+        elif conn.wbuf:
+            conn.close_after_flush = True
+            self._stop_reading(conn)
+        else:
+            self._forget(conn)
+
+    def _pause(self, eff: TcpPauseReading) -> None:
+        conn = self.conns.get(eff.flow_id)
+        if conn is not None:
+            conn.paused = True
+            self._stop_reading(conn)
+
+    def _resume(self, eff: TcpResumeReading) -> None:
+        conn = self.conns.get(eff.flow_id)
+        if conn is not None and conn.paused:
+            conn.paused = False
+            self._start_reading(conn)
+
+    # -- socket events -------------------------------------------------------
+
+    def _on_connect(self, conn: _HostConn) -> None:
+        self.loop.remove_writer(conn.sock.fileno())
+        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(conn, err)
+            return
+        if conn.timeout is not None:
+            conn.timeout.cancel()
+            conn.timeout = None
+        conn.connected = True
+        self.nat.host_connected(conn.fid, self.loop.time())
+        self._start_reading(conn)
+        self.wake()
+
+    def _connect_failed(self, conn: _HostConn, err: int) -> None:
+        if conn.connected or self.conns.get(conn.fid) is not conn:
+            return
+        log.debug("flow %d: connect failed: %s", conn.fid, errno.errorcode.get(err, err))
+        self._forget(conn)
+        self.nat.host_connect_failed(conn.fid, self.loop.time())
+        self.wake()
+
+    def _on_readable(self, conn: _HostConn) -> None:
+        try:
+            data = conn.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._reset(conn, exc)
+            return
+        now = self.loop.time()
+        if data:
+            self.nat.host_data(conn.fid, data, now)
+        else:
+            self._stop_reading(conn)
+            self.nat.host_eof(conn.fid, now)
+        self.wake()
+
+    def _on_writable(self, conn: _HostConn) -> None:
+        try:
+            n = conn.sock.send(conn.wbuf)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._reset(conn, exc)
+            return
+        del conn.wbuf[:n]
+        if not conn.wbuf:
+            self.loop.remove_writer(conn.sock.fileno())
+            if conn.shutdown_after_flush:
+                self._shutdown_now(conn)
+            if conn.close_after_flush:
+                self._forget(conn)
+        if n:
+            self.nat.host_sent(conn.fid, n, self.loop.time())
+            self.wake()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _shutdown_now(self, conn: _HostConn) -> None:
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _reset(self, conn: _HostConn, exc: OSError) -> None:
+        log.debug("flow %d: host socket error: %s", conn.fid, exc)
+        self._forget(conn)
+        self.nat.host_reset(conn.fid, self.loop.time())
+        self.wake()
+
+    def _start_reading(self, conn: _HostConn) -> None:
+        if not conn.reading and not conn.paused and conn.connected:
+            conn.reading = True
+            self.loop.add_reader(conn.sock.fileno(), self._on_readable, conn)
+
+    def _stop_reading(self, conn: _HostConn) -> None:
+        if conn.reading:
+            conn.reading = False
+            self.loop.remove_reader(conn.sock.fileno())
+
+    def _forget(self, conn: _HostConn) -> None:
+        if self.conns.get(conn.fid) is conn:
+            del self.conns[conn.fid]
+        if conn.timeout is not None:
+            conn.timeout.cancel()
+        fd = conn.sock.fileno()
+        if fd >= 0:
+            self._stop_reading(conn)
+            self.loop.remove_writer(fd)
+        conn.sock.close()
+
+    def close_all(self) -> None:
+        for conn in list(self.conns.values()):
+            self._forget(conn)

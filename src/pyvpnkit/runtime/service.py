@@ -1,0 +1,136 @@
+"""Assembles a running pyvpnkit: stack, engine, host executors, links, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.stack import Stack
+from pyvpnkit.links.tap import TapLink
+from pyvpnkit.runtime.engine import Engine
+from pyvpnkit.runtime.netns import Attached, IfaceSetup
+from pyvpnkit.runtime.resolvconf import parse_resolv_conf
+from pyvpnkit.runtime.tap import open_tap
+
+log = logging.getLogger("pyvpnkit")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+class Service:
+    def __init__(self, config: NetConfig, args: argparse.Namespace) -> None:
+        self.config = config
+        self.args = args
+        upstreams: list[tuple[str, int]] = list(args.dns_server)
+        if not upstreams:
+            upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
+            upstreams = [u for u in upstreams if u[0] != socket.inet_ntoa(config.gateway_ip)]
+        if not upstreams:
+            log.warning("no upstream DNS servers: only built-in names and %s answer", args.hosts)
+        self.upstreams = upstreams
+        self.hosts_path: str = args.hosts
+        self.stack = Stack(config, dns_upstreams=upstreams, hosts_text=_read(args.hosts))
+        self.engine: Engine | None = None
+        self._stop: asyncio.Event | None = None
+
+    def resolv_conf_text(self) -> str:
+        lines = [f"nameserver {socket.inet_ntoa(self.config.gateway_ip)}"]
+        search = [d for d in (self.config.domain, *self.config.search_domains) if d]
+        if self.config.search_domains:
+            lines.append("search " + " ".join(self.config.search_domains))
+        elif search and search[0] != "localdomain":
+            lines.append("search " + search[0])
+        return "\n".join(lines) + "\n"
+
+    def iface_setup(self, args: argparse.Namespace, resolv_conf: str | None = None) -> IfaceSetup:
+        cfg = self.config
+        return IfaceSetup(
+            ifname=args.ifname,
+            config_net=not args.no_config_net,
+            address=socket.inet_ntoa(cfg.lowest_ip),
+            prefixlen=cfg.prefixlen,
+            gateway=socket.inet_ntoa(cfg.gateway_ip),
+            mtu=cfg.mtu,
+            resolv_conf=resolv_conf,
+        )
+
+    # -- assembly ------------------------------------------------------------
+
+    def _start(self) -> Engine:
+        loop = asyncio.get_running_loop()
+        engine = Engine(self.stack, loop)
+        from pyvpnkit.runtime.dns_upstream import DnsUpstream
+        from pyvpnkit.runtime.host_icmp import HostIcmp
+        from pyvpnkit.runtime.host_udp import HostUdp
+
+        self.udp = HostUdp(loop, self.stack.udp, engine.wake)
+        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake)
+        self.dns = DnsUpstream(loop, self.stack.dns, engine.wake)
+        engine.add_executor(self.udp.handlers)
+        engine.add_executor(self.icmp.handlers)
+        engine.add_executor(self.dns.handlers)
+        self.engine = engine
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        return engine
+
+    def _bind_tap_vm(self, mac: bytes) -> None:
+        """The namespace's interface is configured with the first address: reserve it."""
+        self.stack.pool.allocate("mac:" + mac.hex(":"), self.config.lowest_ip)
+
+    def _shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        for part in ("udp", "icmp", "dns"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+
+    async def run_exec(self, attached: Attached) -> int:
+        engine = self._start()
+        loop = asyncio.get_running_loop()
+        self._bind_tap_vm(attached.mac)
+        TapLink(attached.tap_fd, engine, self.config.mtu, name=f"netns:{self.args.ifname}")
+        pidfd = os.pidfd_open(attached.pid)
+        exited = asyncio.Event()
+        loop.add_reader(pidfd, exited.set)
+        attached.release()
+        assert self._stop is not None
+        stop_task = asyncio.ensure_future(self._stop.wait())
+        exit_task = asyncio.ensure_future(exited.wait())
+        await asyncio.wait({stop_task, exit_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not exited.is_set():
+            os.kill(attached.pid, signal.SIGTERM)
+            await exited.wait()
+        stop_task.cancel()
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _pid, status = os.waitpid(attached.pid, 0)
+        self._shutdown()
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code  # killed by a signal: shell convention
+
+    async def run_forever(self, attached: Attached | None, tap_name: str | None) -> int:
+        engine = self._start()
+        if attached is not None:
+            self._bind_tap_vm(attached.mac)
+            TapLink(attached.tap_fd, engine, self.config.mtu, name=f"netns:{self.args.netns}")
+        if tap_name:
+            TapLink(open_tap(tap_name), engine, self.config.mtu, name=f"tap:{tap_name}")
+        log.info("pyvpnkit running")
+        assert self._stop is not None
+        await self._stop.wait()
+        self._shutdown()
+        return 0

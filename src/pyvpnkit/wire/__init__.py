@@ -1,0 +1,1 @@
+"""Pure parse/build functions for the frames the stack handles; no I/O, no clocks."""

@@ -1,0 +1,113 @@
+"""Test-made network namespaces: a "host" whose only way out is a veth to a "world".
+
+Nothing here can reach a real network: the host namespace has no other
+interface, and the world namespace has only its end of the veth.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+WORLD_IP = "203.0.113.2"
+HOST_WORLD_IP = "203.0.113.1"
+REPO = Path(__file__).resolve().parents[2]
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+def sh(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+class NetEnv:
+    def __init__(self, pcap_dir: Path | None = None) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.host = f"pvk-h-{tag}"
+        self.world = f"pvk-w-{tag}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pcap_dir = pcap_dir
+        sh("ip", "netns", "add", self.host)
+        sh("ip", "netns", "add", self.world)
+        try:
+            veth_h, veth_w = f"vh{tag}", f"vw{tag}"
+            sh("ip", "link", "add", veth_h, "netns", self.host, "type", "veth",
+               "peer", "name", veth_w, "netns", self.world)
+            self.run_in("host", "ip", "link", "set", "lo", "up")
+            self.run_in("world", "ip", "link", "set", "lo", "up")
+            self.run_in("host", "ip", "addr", "add", f"{HOST_WORLD_IP}/24", "dev", veth_h)
+            self.run_in("world", "ip", "addr", "add", f"{WORLD_IP}/24", "dev", veth_w)
+            self.run_in("host", "ip", "link", "set", veth_h, "up")
+            self.run_in("world", "ip", "link", "set", veth_w, "up")
+            self.run_in("host", "ip", "route", "add", "default", "via", WORLD_IP)
+        except BaseException:
+            self.close()
+            raise
+
+    def ns(self, which: str) -> str:
+        return self.host if which == "host" else self.world
+
+    def cmd(self, which: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(which), *args]
+
+    def run_in(self, which: str, *args: str, check: bool = True, timeout: float = 60,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(which, *args), check=check, text=True,
+                              capture_output=True, timeout=timeout, input=input)
+
+    def start(self, which: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        """Start a background process in a namespace; stopped by pid at close()."""
+        proc = subprocess.Popen(self.cmd(which, *args), start_new_session=True, **kw)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def pyvpnkit(self, *args: str) -> list[str]:
+        """Command line running pyvpnkit in the host namespace."""
+        return self.cmd("host", sys.executable, "-m", "pyvpnkit", *args)
+
+    def start_helper(self, which: str, script: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+        """Start tests/integration/helpers/SCRIPT and wait for its first stdout line (ready/port)."""
+        proc = self.start(which, sys.executable, str(HELPERS / script), *args,
+                          stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line:
+            raise RuntimeError(f"{script} did not start")
+        return proc, line
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        self.procs.clear()
+        for name in (self.host, self.world):
+            sh("ip", "netns", "del", name, check=False)
+
+
+def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
+
+
+def exec_args(dns_port: int | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """pyvpnkit options every test uses: never the machine's real resolvers."""
+    args = ["--hosts", "/dev/null"]
+    args += ["--dns-server", f"127.0.0.1#{dns_port or 9}"]
+    return [*args, *extra]

@@ -1,0 +1,64 @@
+"""Issue 2 end to end: a real DHCP client and ping inside a namespace wired to the stack."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.integration.netenv import NetEnv, exec_args
+
+UDHCPC_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] || exit 0
+echo "LEASE ip=$ip subnet=$subnet router=$router dns=$dns mtu=$mtu domain=$domain"
+"""
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")
+def test_udhcpc_gets_lease(netenv: NetEnv, tmp_path) -> None:
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    cmd = netenv.pyvpnkit(
+        "exec", *exec_args(), "--no-config-net", "--",
+        "sh", "-c",
+        f"ip link set eth0 up && busybox udhcpc -n -q -f -i eth0 -O mtu -s {script}",
+    )
+    import subprocess
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lease = [line for line in out.stdout.splitlines() if line.startswith("LEASE")]
+    assert lease, out.stdout + out.stderr
+    fields = dict(kv.split("=", 1) for kv in lease[0].split()[1:])
+    assert fields["ip"] == "192.168.65.3"
+    assert fields["subnet"] == "255.255.255.0"
+    assert fields["router"] == "192.168.65.1"
+    assert fields["dns"].split() == ["192.168.65.1"]
+    assert fields["mtu"] == "1500"
+
+
+@pytest.mark.parametrize("target", ["192.168.65.1", "192.168.65.2"])
+def test_ping_gateway_and_host_alias(netenv: NetEnv, target: str) -> None:
+    import subprocess
+
+    cmd = netenv.pyvpnkit("exec", *exec_args(), "--", "ping", "-c", "2", "-W", "2", target)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 received" in out.stdout or "2 packets received" in out.stdout
+
+
+def test_exec_exit_status_and_config(netenv: NetEnv) -> None:
+    import subprocess
+
+    cmd = netenv.pyvpnkit(
+        "exec", *exec_args(), "--mtu", "9000", "--",
+        "sh", "-c", "ip -o addr show eth0; ip route; cat /sys/class/net/eth0/mtu; "
+        "cat /etc/resolv.conf; exit 7",
+    )
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 7, out.stderr
+    assert "192.168.65.3/24" in out.stdout
+    assert "default via 192.168.65.1" in out.stdout
+    assert "\n9000\n" in out.stdout
+    assert "nameserver 192.168.65.1" in out.stdout
