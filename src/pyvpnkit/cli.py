@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from pyvpnkit import __version__
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.tcp_nat import Redirect
 
 log = logging.getLogger("pyvpnkit")
 
@@ -59,6 +61,12 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         "--no-host-loopback",
         action="store_true",
         help="refuse connections to the host alias instead of mapping them to 127.0.0.1",
+    )
+    g.add_argument(
+        "--forwards",
+        metavar="FILE",
+        help="JSON list of outbound redirects "
+        '[{"protocol":"tcp","dst_prefix":"10.0.0.0/8","dst_port":80,"path":"/run/x.sock"}]',
     )
     g.add_argument("--domain", default="localdomain", help="DHCP domain name")
     g.add_argument("--search", action="append", default=[], help="DNS search domain (repeatable)")
@@ -107,6 +115,29 @@ def build_config(args: argparse.Namespace) -> NetConfig:
         gateway_names=args.gateway_names,
         vm_names=args.vm_names,
     )
+
+
+def load_redirects(path: str | None) -> tuple[Redirect, ...]:
+    """Parse a vpnkit-style --forwards file; errors name the bad entry."""
+    if not path:
+        return ()
+    with open(path) as f:
+        rules = json.load(f)
+    out = []
+    for i, rule in enumerate(rules):
+        try:
+            if rule.get("protocol", "tcp") != "tcp":
+                raise ValueError("only tcp redirects are supported")
+            out.append(
+                Redirect(
+                    ipaddress.IPv4Network(rule["dst_prefix"], strict=False),
+                    int(rule["dst_port"]),
+                    str(rule["path"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SystemExit(f"pyvpnkit: --forwards entry {i}: {exc}") from exc
+    return tuple(out)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class TcpOpen:
-    """Connect a host TCP socket to (host, port) for a new flow from a VM."""
+    """Connect a host socket for a new flow from a VM: TCP to (host, port), or a unix socket."""
 
     flow_id: int
     host: str
     port: int
+    unix_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import random
 import socket
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from pyvpnkit.core.arp import ArpResponder
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
-from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, frame_message
+from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool
-from pyvpnkit.core.tcp_nat import LocalService, TcpNat
+from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
+from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
 from pyvpnkit.wire import icmp as icmpw
 from pyvpnkit.wire.errors import ParseError
@@ -87,6 +88,8 @@ class Stack:
         rng: random.Random | None = None,
         verify_checksums: bool = True,
         tcp_checksums: bool = True,
+        dns_query_id: Callable[[], int] | None = None,
+        tcp_redirects: tuple[Redirect, ...] = (),
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
@@ -99,15 +102,17 @@ class Stack:
         self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
         self.arp = ArpResponder(config.gateway_mac, self._is_vm_address)
         self.dhcp = DhcpServer(config, self.pool)
-        self.dns = DnsServer(config, dns_upstreams or [], hosts_text)
+        self.dns = DnsServer(config, dns_upstreams or [], hosts_text, new_id=dns_query_id)
         self._dns_tcp = _DnsOverTcp(self)
         self.tcp = TcpNat(
             config,
             iss=lambda: self._rng.getrandbits(32),
             local_service=self._local_service,
             checksum=tcp_checksums,
+            redirects=tcp_redirects,
         )
         self.udp = UdpNat(config)
+        self.udp_forward = UdpForwarder(config)
         self.icmp = IcmpNat(config)
         self.frag = Reassembler()
         self._frames: list[tuple[int, bytes]] = []
@@ -200,6 +205,8 @@ class Stack:
             elif dst == cfg.gateway_ip:
                 if dgram.dst_port == DNS_PORT:
                     self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
+                elif self.udp_forward.owns(dgram.dst_port):
+                    self.udp_forward.handle(pkt, dgram, now)
                 else:
                     self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
             elif dst == LIMITED_BROADCAST or dst == cfg.subnet.broadcast_address.packed:
@@ -263,7 +270,7 @@ class Stack:
             client: Hashable = eff.client
             if eff.transport == "tcp":
                 assert isinstance(client, tuple)
-                self.tcp.local_send(client[1], frame_message(eff.data), self._now)
+                self.tcp.local_send(client[1], encode_tcp_message(eff.data), self._now)
             else:
                 assert isinstance(client, tuple)
                 vm_ip, vm_port = client
@@ -277,7 +284,7 @@ class Stack:
         """Frames for links and effects for the runtime, produced since the last drain."""
         self._now = now
         self._dns_answers(self.dns.drain())
-        for machine in (self.udp, self.icmp):
+        for machine in (self.udp, self.udp_forward, self.icmp, self.frag):
             packets, effects = machine.drain()
             for p in packets:
                 self._route(p)
@@ -304,6 +311,7 @@ class Stack:
             for d in (
                 self.tcp.next_deadline(),
                 self.udp.next_deadline(),
+                self.udp_forward.next_deadline(),
                 self.icmp.next_deadline(),
                 self.dns.next_deadline(),
                 self.frag.next_deadline(),
@@ -315,6 +323,7 @@ class Stack:
     def handle_timer(self, now: float) -> None:
         self.tcp.handle_timer(now)
         self.udp.handle_timer(now)
+        self.udp_forward.handle_timer(now)
         self.icmp.handle_timer(now)
         self.dns.handle_timer(now)
         self.frag.handle_timer(now)

@@ -12,6 +12,7 @@ what we sent it.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,18 @@ FlowKey = tuple[bytes, int, bytes, int]  # (vm ip, vm port, remote ip, remote po
 # A host read is handed to the TCP machine whole; reading pauses while the
 # send buffer has less room than this, which bounds memory per flow.
 READ_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """vpnkit --forwards rule: VM connections to dst_prefix:dst_port go to a unix socket."""
+
+    dst_prefix: ipaddress.IPv4Network
+    dst_port: int
+    path: str
+
+    def matches(self, ip: bytes, port: int) -> bool:
+        return port == self.dst_port and ipaddress.IPv4Address(ip) in self.dst_prefix
 
 
 class LocalService:
@@ -92,8 +105,10 @@ class TcpNat:
         rcv_buffer: int = 2 << 20,
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
+        redirects: tuple[Redirect, ...] = (),
     ) -> None:
         self.config = config
+        self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
         self._mss = config.mtu - 40
@@ -103,6 +118,7 @@ class TcpNat:
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
         self._next_id = 1
+        self._next_port = 32767
         self._timers: list[tuple[float, int]] = []
         self._packets: list[bytes] = []
         self._effects: list[object] = []
@@ -150,6 +166,12 @@ class TcpNat:
             self._register(flow)
             self._accept(flow, now)
             return
+        for rule in self.redirects:
+            if rule.matches(pkt.dst, seg.dst_port):
+                self._register(flow)
+                self.stats["opened"] += 1
+                self._effects.append(TcpOpen(flow.flow_id, "", seg.dst_port, rule.path))
+                return
         if pkt.dst == cfg.host_ip:
             if not cfg.host_loopback:
                 self._reject(pkt, seg)
@@ -187,6 +209,40 @@ class TcpNat:
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
+
+    def open_to_vm(self, vm_ip: bytes, vm_port: int, now: float) -> int:
+        """Active open into a VM for a port forward; the host socket is already connected.
+
+        The VM sees the connection coming from the gateway address and a fresh
+        port. Returns the flow id the runtime uses for the accepted socket.
+        """
+        gw = self.config.gateway_ip
+        port = self._free_gateway_port(vm_ip, vm_port)
+        flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now)
+        self._next_id += 1
+        flow.conn = TcpConnection(
+            local_ip=gw,
+            local_port=port,
+            remote_ip=vm_ip,
+            remote_port=vm_port,
+            iss=self._iss(),
+            mss=self._mss,
+            rcv_buffer=self._rcv_buffer,
+            snd_buffer=self._snd_buffer,
+            checksum=self._checksum,
+        )
+        flow.conn.connect(now)
+        self._register(flow)
+        self._dirty.add(flow.flow_id)
+        return flow.flow_id
+
+    def _free_gateway_port(self, vm_ip: bytes, vm_port: int) -> int:
+        gw = self.config.gateway_ip
+        for _ in range(64):
+            self._next_port = 32768 + (self._next_port - 32768 + 1) % 28232
+            if (vm_ip, vm_port, gw, self._next_port) not in self.flows:
+                return self._next_port
+        raise RuntimeError("no free gateway port for a forwarded connection")
 
     # -- from the host -------------------------------------------------------
 

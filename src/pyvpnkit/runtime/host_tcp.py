@@ -68,14 +68,20 @@ class HostTcp:
     # -- effects -------------------------------------------------------------
 
     def _open(self, eff: TcpOpen) -> None:
-        family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        address: str | tuple[str, int]
+        if eff.unix_path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address = eff.unix_path
+        else:
+            family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = (eff.host, eff.port)
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _HostConn(eff.flow_id, sock)
         self.conns[conn.fid] = conn
-        err = sock.connect_ex((eff.host, eff.port))
-        if err not in (0, errno.EINPROGRESS):
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             self._connect_failed(conn, err)
             return
         self.loop.add_writer(sock.fileno(), self._on_connect, conn)
@@ -140,6 +146,15 @@ class HostTcp:
         if conn is not None and conn.paused:
             conn.paused = False
             self._start_reading(conn)
+
+    def adopt(self, flow_id: int, sock: socket.socket) -> None:
+        """Take over an already connected host socket (a port forward's accepted client)."""
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _HostConn(flow_id, sock, connected=True)
+        self.conns[flow_id] = conn
+        self._start_reading(conn)
 
     # -- socket events -------------------------------------------------------
 

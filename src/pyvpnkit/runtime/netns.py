@@ -98,6 +98,10 @@ def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
             parent.close()
             sysns.unshare(sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
             sysns.mount("none", "/", None, sysns.MS_REC | sysns.MS_PRIVATE)
+            try:  # /sys shows the namespace it was mounted in: show ours
+                sysns.mount("sysfs", "/sys", "sysfs", 0)
+            except OSError:
+                pass
             if setup.resolv_conf and os.path.exists("/etc/resolv.conf"):
                 try:
                     sysns.mount(setup.resolv_conf, "/etc/resolv.conf", None, sysns.MS_BIND)

@@ -10,9 +10,15 @@ import signal
 import socket
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dns.forwarder import UpstreamQuery
+from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.links.tap import TapLink
+from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
+from pyvpnkit.runtime.host_icmp import HostIcmp
+from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.netns import Attached, IfaceSetup
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
 from pyvpnkit.runtime.tap import open_tap
@@ -40,7 +46,15 @@ class Service:
             log.warning("no upstream DNS servers: only built-in names and %s answer", args.hosts)
         self.upstreams = upstreams
         self.hosts_path: str = args.hosts
-        self.stack = Stack(config, dns_upstreams=upstreams, hosts_text=_read(args.hosts))
+        from pyvpnkit.cli import load_redirects
+
+        self.stack = Stack(
+            config,
+            dns_upstreams=upstreams,
+            hosts_text=_read(args.hosts),
+            dns_query_id=secure_query_id,
+            tcp_redirects=load_redirects(getattr(args, "forwards", None)),
+        )
         self.engine: Engine | None = None
         self._stop: asyncio.Event | None = None
 
@@ -70,27 +84,33 @@ class Service:
     def _start(self) -> Engine:
         loop = asyncio.get_running_loop()
         engine = Engine(self.stack, loop)
-        from pyvpnkit.runtime.dns_upstream import DnsUpstream
-        from pyvpnkit.runtime.host_icmp import HostIcmp
-        from pyvpnkit.runtime.host_udp import HostUdp
-
         self.udp = HostUdp(loop, self.stack.udp, engine.wake)
         self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake)
         self.dns = DnsUpstream(loop, self.stack.dns, engine.wake)
-        engine.add_executor(self.udp.handlers)
-        engine.add_executor(self.icmp.handlers)
-        engine.add_executor(self.dns.handlers)
+        engine.add_executor({t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)})
+        engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
+        engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
+        self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
+        self._watch_hosts()
         self.engine = engine
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         return engine
 
+    def _watch_hosts(self) -> None:
+        """Reload the hosts file when it changes (cheap stat every 2 s)."""
+        loop = asyncio.get_running_loop()
+        self._hosts.check(loop.time())
+        self._hosts_timer = loop.call_later(2.0, self._watch_hosts)
+
     def _bind_tap_vm(self, mac: bytes) -> None:
         """The namespace's interface is configured with the first address: reserve it."""
         self.stack.pool.allocate("mac:" + mac.hex(":"), self.config.lowest_ip)
 
     def _shutdown(self) -> None:
+        if getattr(self, "_hosts_timer", None) is not None:
+            self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
         for part in ("udp", "icmp", "dns"):

@@ -1,0 +1,145 @@
+"""Side-by-side throughput and connection rate: pyvpnkit vs slirp4netns vs pasta.
+
+Everything runs inside a test-made "host" namespace (no way out but a veth to
+a test-made "world"), servers on that namespace's 127.0.0.1, clients in the
+namespace each tool creates. Prints a table and the ratios pyvpnkit/peer.
+
+    python3 bench/compare.py [--seconds 5] [--mtu 65520 --mtu 1500] [--tools pyvpnkit,slirp4netns,pasta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.netenv import NetEnv  # noqa: E402
+
+CONN_CLIENT = r"""
+import socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+n = 0
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    s = socket.create_connection((host, port))
+    s.sendall(b"x"); s.recv(1); s.close()
+    n += 1
+print(n / secs)
+"""
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(1024)
+print("ready", flush=True)
+def serve(c):
+    try:
+        d = c.recv(1)
+        if d: c.sendall(d)
+    finally:
+        c.close()
+while True:
+    c, _ = srv.accept()
+    serve(c)
+"""
+
+
+def wrap(tool: str, mtu: int, inner: str) -> str:
+    """Shell command (run in the host namespace) that runs `inner` behind `tool`.
+
+    `inner` may use $GW, the address that reaches the host's loopback.
+    """
+    if tool == "pyvpnkit":
+        return (f"GW=192.168.65.2 {sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
+                f"--dns-server 127.0.0.1#9 -- sh -c 'GW=192.168.65.2; {inner}'")
+    if tool == "pasta":
+        return f"pasta --config-net -q -m {mtu} -- sh -c 'GW=203.0.113.2; {inner}'"
+    if tool == "slirp4netns":
+        return (
+            "unshare -n sleep 600 & NS=$!; sleep 0.2; "
+            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; sleep 0.5; "
+            f"nsenter -t $NS -n sh -c 'GW=10.0.2.2; {inner}'; "
+            "kill $SL $NS"
+        )
+    raise ValueError(tool)
+
+
+def iperf(env: NetEnv, tool: str, mtu: int, seconds: int, reverse: bool) -> float:
+    inner = f"iperf3 -c $GW -p 5201 -t {seconds} -J {'-R' if reverse else ''}"
+    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False,
+                     timeout=seconds + 60)
+    try:
+        text = out.stdout[out.stdout.index("{"):]
+        data = json.loads(text[: text.rindex("}") + 1])
+        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+    except (ValueError, KeyError) as exc:
+        print(f"  {tool} mtu {mtu} {'down' if reverse else 'up'} failed: {exc}: "
+              f"{out.stderr[-300:]}", file=sys.stderr)
+        return float("nan")
+
+
+def conn_rate(env: NetEnv, tool: str, mtu: int, seconds: int) -> float:
+    script = REPO / "bench" / ".conn_client.py"
+    script.write_text(CONN_CLIENT)
+    inner = f"{sys.executable} {script} $GW 5202 {seconds}"
+    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False,
+                     timeout=seconds + 60)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"  {tool} conn rate failed: {out.stderr[-300:]}", file=sys.stderr)
+        return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--mtu", type=int, action="append")
+    ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta")
+    ap.add_argument("--skip-conn", action="store_true")
+    args = ap.parse_args()
+    mtus = args.mtu or [65520, 1500]
+    tools = [t for t in args.tools.split(",") if t == "pyvpnkit" or shutil.which(t)]
+    env = NetEnv()
+    try:
+        env.start("host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201",
+                  stdout=subprocess.DEVNULL)
+        proc = env.start("host", sys.executable, "-c", ECHO_SERVER, "5202", stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        time.sleep(0.3)
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for mtu in mtus:
+            for tool in tools:
+                r = {
+                    "up": iperf(env, tool, mtu, args.seconds, reverse=False),
+                    "down": iperf(env, tool, mtu, args.seconds, reverse=True),
+                }
+                if not args.skip_conn and mtu == mtus[0]:
+                    r["conn/s"] = conn_rate(env, tool, mtu, args.seconds)
+                results[(tool, mtu)] = r
+                print(f"{tool:12} mtu {mtu:5}: " + "  ".join(
+                    f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+        print("\nratios pyvpnkit / peer (same run):")
+        for mtu in mtus:
+            ours = results.get(("pyvpnkit", mtu))
+            for tool in tools:
+                if tool == "pyvpnkit" or ours is None:
+                    continue
+                theirs = results[(tool, mtu)]
+                print(f"  vs {tool:12} mtu {mtu:5}: " + "  ".join(
+                    f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours if k in theirs))
+    finally:
+        env.close()
+        (REPO / "bench" / ".conn_client.py").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

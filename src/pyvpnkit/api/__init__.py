@@ -1,0 +1,1 @@
+"""Control API (gvisor-tap-vsock compatible HTTP) and its command-line clients."""

@@ -1,0 +1,18 @@
+"""DNS on the gateway: built-in names, hosts file and forwarding, sans-I/O."""
+
+from pyvpnkit.core.dns.forwarder import Forwarder, Resolved, UpstreamQuery
+from pyvpnkit.core.dns.names import LocalNames, parse_hosts
+from pyvpnkit.core.dns.server import DnsAnswer, DnsServer
+from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
+
+__all__ = [
+    "DnsAnswer",
+    "DnsServer",
+    "DnsTcpDecoder",
+    "Forwarder",
+    "LocalNames",
+    "Resolved",
+    "UpstreamQuery",
+    "encode_tcp_message",
+    "parse_hosts",
+]

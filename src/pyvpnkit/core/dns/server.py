@@ -1,0 +1,288 @@
+"""The DNS server on the gateway (UDP and TCP port 53), sans-I/O.
+
+Order of authority: built-in names, then the hosts file, then the upstream
+servers (forwarded unchanged, whatever the record type). Answers over UDP
+obey the client's size limit (512, or its EDNS payload up to what fits the
+VM's MTU): bigger ones are cut to the question with TC set so the client
+retries over TCP. Bad queries never raise: garbage and responses are
+dropped, a readable header gets FORMERR or NOTIMP.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rrset
+
+from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dns.forwarder import Forwarder, Resolved, Server, UpstreamQuery
+from pyvpnkit.core.dns.names import LocalNames
+
+UDP_DEFAULT_LIMIT = 512  # RFC 1035 limit without EDNS
+TCP_LIMIT = 65535
+_HEADER = struct.Struct("!6H")
+_QR = 0x8000
+_TC = 0x0200
+_RD = 0x0100
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """Send `data` to `client` (a UDP datagram, or one TCP message to which the
+    caller adds the 2-byte length)."""
+
+    client: Hashable
+    transport: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Who asked, remembered while a query is upstream."""
+
+    client: Hashable
+    transport: str
+    query: dns.message.Message
+    limit: int
+    dup_key: tuple[object, ...] | None
+
+
+def header_only_reply(data: bytes, rcode: int) -> bytes:
+    """A reply with no sections, for queries we cannot or will not parse."""
+    qid, flags = struct.unpack_from("!HH", data)
+    flags = _QR | (flags & (0x7800 | _RD)) | (rcode & 0xF)
+    return _HEADER.pack(qid, flags, 0, 0, 0, 0)
+
+
+def truncate_reply(wire: bytes, limit: int, edns_payload: int | None) -> bytes:
+    """Keep header and question, drop every record, set TC (RFC 2181 9)."""
+    try:
+        msg = dns.message.from_wire(wire, question_only=True)
+        cut = dns.message.Message(id=msg.id)
+        cut.flags = msg.flags | dns.flags.TC
+        cut.question = list(msg.question)
+        if edns_payload is not None:
+            cut.use_edns(0, payload=edns_payload)
+        out = cut.to_wire()
+        if len(out) <= limit:
+            return out
+    except Exception:  # a reply dnspython cannot read still gets a valid TC header
+        pass
+    qid, flags = struct.unpack_from("!HH", wire)
+    return _HEADER.pack(qid, flags | _TC | _QR, 0, 0, 0, 0)
+
+
+class DnsServer:
+    def __init__(
+        self,
+        config: NetConfig,
+        upstreams: list[tuple[str, int]],
+        hosts_text: str = "",
+        *,
+        new_id: Callable[[], int] | None = None,
+        resend_interval: float = 1.0,
+        timeout: float = 5.0,
+        down_after: int = 3,
+        max_pending: int = 1024,
+        udp_cap: int | None = None,
+    ) -> None:
+        """`new_id` draws upstream query ids; pass an unpredictable source in
+        production (the default counter is deterministic, for tests).
+        `udp_cap` bounds EDNS answers so they fit one frame (default MTU-28)."""
+        self.config = config
+        self.names = LocalNames(config, hosts_text)
+        self.forwarder = Forwarder(
+            upstreams,
+            new_id=new_id,
+            resend_interval=resend_interval,
+            timeout=timeout,
+            down_after=down_after,
+            max_pending=max_pending,
+        )
+        self.udp_cap = max(UDP_DEFAULT_LIMIT, udp_cap or config.mtu - 28)
+        self._udp_inflight: set[tuple[object, ...]] = set()
+        self._effects: list[DnsAnswer | UpstreamQuery] = []
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "queries",
+                "dropped",
+                "formerr",
+                "notimp",
+                "local",
+                "forwarded",
+                "servfail",
+                "truncated",
+                "duplicates",
+            ),
+            0,
+        )
+
+    # -- configuration -------------------------------------------------------------
+
+    def set_vm_addresses(self, addrs: list[bytes]) -> None:
+        self.names.set_vm_addresses(addrs)
+
+    def load_hosts(self, text: str) -> None:
+        self.names.load_hosts(text)
+
+    def set_upstreams(self, upstreams: Iterable[Server]) -> None:
+        self.forwarder.set_servers(upstreams)
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def handle_query(
+        self, data: bytes | memoryview, client: Hashable, transport: str, now: float
+    ) -> None:
+        self.stats["queries"] += 1
+        raw = bytes(data)
+        if len(raw) < 12:
+            self.stats["dropped"] += 1
+            return
+        _, flags, qdcount, _, _, _ = _HEADER.unpack_from(raw)
+        if flags & _QR:
+            self.stats["dropped"] += 1  # never answer answers (reflection loops)
+            return
+        if (flags >> 11) & 0xF != dns.opcode.QUERY:
+            self.stats["notimp"] += 1
+            self._answer(client, transport, header_only_reply(raw, dns.rcode.NOTIMP))
+            return
+        try:
+            if qdcount != 1:
+                raise ValueError("exactly one question is supported")
+            query = dns.message.from_wire(raw)
+        except Exception:  # any parse failure with a readable header
+            self.stats["formerr"] += 1
+            self._answer(client, transport, header_only_reply(raw, dns.rcode.FORMERR))
+            return
+        limit = self._limit(query, transport)
+        q = query.question[0]
+        local = self.names.lookup(q.name, q.rdtype, q.rdclass)
+        if local is not None:
+            self.stats["local"] += 1
+            self._reply_local(query, local, client, transport, limit)
+            return
+        dup_key: tuple[object, ...] | None = None
+        if transport == "udp":
+            # A stub retransmitting the same query must not start a second chase.
+            dup_key = (client, query.id, q.name, q.rdtype, q.rdclass)
+            if dup_key in self._udp_inflight:
+                self.stats["duplicates"] += 1
+                return
+        origin = _Origin(client, transport, query, limit, dup_key)
+        question = (q.name, q.rdtype, q.rdclass)
+        if not self.forwarder.submit(raw, question, origin, transport, now):
+            self._servfail(origin)
+            return
+        if dup_key is not None:
+            self._udp_inflight.add(dup_key)
+        self.stats["forwarded"] += 1
+        self._pump()
+
+    def handle_upstream_reply(self, token: int, data: bytes, now: float) -> None:
+        self.forwarder.handle_reply(token, bytes(data), now)
+        self._pump()
+
+    def handle_upstream_error(self, token: int, now: float) -> None:
+        self.forwarder.handle_error(token, now)
+        self._pump()
+
+    def next_deadline(self) -> float | None:
+        return self.forwarder.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.forwarder.handle_timer(now)
+        self._pump()
+
+    def drain(self) -> list[object]:
+        out: list[object] = list(self._effects)
+        self._effects.clear()
+        return out
+
+    # -- internals -------------------------------------------------------------------
+
+    def _limit(self, query: dns.message.Message, transport: str) -> int:
+        if transport != "udp":
+            return TCP_LIMIT
+        if query.edns < 0:
+            return UDP_DEFAULT_LIMIT
+        return max(UDP_DEFAULT_LIMIT, min(query.payload, self.udp_cap))
+
+    def _our_payload(self, query: dns.message.Message) -> int | None:
+        return self.udp_cap if query.edns >= 0 else None
+
+    def _reply_local(
+        self,
+        query: dns.message.Message,
+        rrsets: list[dns.rrset.RRset],
+        client: Hashable,
+        transport: str,
+        limit: int,
+    ) -> None:
+        response = dns.message.make_response(
+            query, recursion_available=True, our_payload=self.udp_cap
+        )
+        response.flags |= dns.flags.AA
+        response.answer = list(rrsets)
+        # Render in full (dnspython would stop at the client's size); _send truncates.
+        wire = response.to_wire(max_size=TCP_LIMIT)
+        self._send(client, transport, wire, limit, self._our_payload(query))
+
+    def _servfail(self, origin: _Origin) -> None:
+        self.stats["servfail"] += 1
+        response = dns.message.make_response(
+            origin.query, recursion_available=True, our_payload=self.udp_cap
+        )
+        response.set_rcode(dns.rcode.SERVFAIL)
+        self._send(
+            origin.client,
+            origin.transport,
+            response.to_wire(max_size=TCP_LIMIT),
+            origin.limit,
+            self._our_payload(origin.query),
+        )
+
+    def _pump(self) -> None:
+        for item in self.forwarder.drain():
+            if isinstance(item, UpstreamQuery):
+                self._effects.append(item)
+                continue
+            self._resolved(item)
+
+    def _resolved(self, item: Resolved) -> None:
+        origin = item.context
+        assert isinstance(origin, _Origin)
+        if origin.dup_key is not None:
+            self._udp_inflight.discard(origin.dup_key)
+        if item.reply is None:
+            self._servfail(origin)
+            return
+        wire = struct.pack("!H", origin.query.id) + item.reply[2:]
+        self._send(
+            origin.client,
+            origin.transport,
+            wire,
+            origin.limit,
+            self._our_payload(origin.query),
+        )
+
+    def _send(
+        self,
+        client: Hashable,
+        transport: str,
+        wire: bytes,
+        limit: int,
+        edns_payload: int | None,
+    ) -> None:
+        if len(wire) > limit:
+            self.stats["truncated"] += 1
+            wire = truncate_reply(wire, limit, edns_payload)
+        self._answer(client, transport, wire)
+
+    def _answer(self, client: Hashable, transport: str, wire: bytes) -> None:
+        self._effects.append(DnsAnswer(client, transport, wire))

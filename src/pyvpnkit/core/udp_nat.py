@@ -1,0 +1,329 @@
+"""UDP NAT: VM datagrams to outside addresses become host UDP sockets.
+
+Like vpnkit, each VM endpoint (ip, port) gets one host socket that talks to any
+destination (full cone), so protocols that learn their public address (STUN,
+QUIC migration, DNS to several servers) keep working. The host alias
+(config.host_ip) stands for the host's 127.0.0.1 in both directions.
+
+The runtime reports socket errors (IP_RECVERR) back with :meth:`host_error`;
+they become ICMP errors quoting what the VM sent, so its sockets see
+ECONNREFUSED and its traceroute sees every hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.icmp_errors import build_error_kind
+from pyvpnkit.core.ipfrag import fragment_ipv4
+from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
+from pyvpnkit.wire.udp import UdpDatagram, build_udp
+
+HOST_LOOPBACK = "127.0.0.1"
+MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
+_ORIGINALS_PER_FLOW = 16  # quoted headers kept per flow, by destination
+_ADDR_CACHE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class UdpOpen:
+    """Open a host UDP socket (bound to 0.0.0.0:0) for the VM endpoint ``vm``."""
+
+    flow_id: int
+    vm: tuple[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class UdpSend:
+    """sendto() on the flow's socket; ``ttl`` is the VM's TTL minus our hop."""
+
+    flow_id: int
+    dst_ip: str
+    dst_port: int
+    payload: bytes
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class UdpClose:
+    flow_id: int
+
+
+def is_routable(config: NetConfig, dst: bytes) -> bool:
+    """False for addresses a NAT never sends to the host network.
+
+    This-network, loopback, multicast, reserved/broadcast and our subnet's
+    broadcast address would reach the host's own services or flood its LAN.
+    """
+    first = dst[0]
+    if first == 0 or first == 127 or first >= 224:
+        return False
+    return dst != config.subnet.broadcast_address.packed
+
+
+def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes | None]:
+    """Where a VM packet to ``dst`` goes: (host address, None, None) to forward,
+    (None, error kind, ICMP source) to refuse, or (None, None, None) to drop."""
+    if dst == config.host_ip:
+        if config.host_loopback:
+            return HOST_LOOPBACK, None, None
+        return None, "admin_prohibited", dst
+    if not is_routable(config, dst):
+        return None, None, None
+    if dst == config.gateway_ip:
+        return None, "port_unreachable", dst
+    if config.in_subnet(dst):
+        # An address no VM owns: what a router says when ARP fails.
+        return None, "host_unreachable", config.gateway_ip
+    return str(ipaddress.IPv4Address(dst)), None, None
+
+
+@dataclass(slots=True)
+class NatFlow:
+    flow_id: int
+    vm_ip: bytes
+    last: float
+
+
+@dataclass(slots=True)
+class _UdpFlow(NatFlow):
+    vm_port: int = 0
+    # (dst as the VM saw it, dst port) -> IPv4 header + UDP header it last sent
+    originals: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
+
+
+class NatBase(ABC):
+    """Flow table with idle expiry and LRU eviction, shared by the UDP and ICMP NATs."""
+
+    def __init__(self, config: NetConfig, idle_timeout: float, max_flows: int, mtu: int) -> None:
+        self.config = config
+        self.idle_timeout = idle_timeout
+        self.max_flows = max_flows
+        self.mtu = mtu
+        self.stats: Counter[str] = Counter()
+        self._flows: OrderedDict[int, NatFlow] = OrderedDict()  # least recently used first
+        self._next_id = 1
+        self._ip_ident = 0
+        self._out: list[bytes] = []
+        self._effects: list[object] = []
+        self._addr_cache: dict[str, bytes | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def drain(self) -> tuple[list[bytes], list[object]]:
+        """IPv4 packets for VMs and effects for the runtime, since the last drain."""
+        out, eff = self._out, self._effects
+        self._out, self._effects = [], []
+        return out, eff
+
+    def next_deadline(self) -> float | None:
+        for flow in self._flows.values():
+            return flow.last + self.idle_timeout
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        while self._flows:
+            flow = next(iter(self._flows.values()))
+            if flow.last + self.idle_timeout > now:
+                break
+            self.stats["expired"] += 1
+            self._close(flow)
+
+    # -- helpers for subclasses ------------------------------------------------
+
+    def _allocate_id(self) -> int:
+        if len(self._flows) >= self.max_flows:
+            self.stats["evicted"] += 1
+            self._close(next(iter(self._flows.values())))
+        flow_id = self._next_id
+        self._next_id += 1
+        return flow_id
+
+    def _touch(self, flow: NatFlow, now: float) -> None:
+        flow.last = now
+        self._flows.move_to_end(flow.flow_id)
+
+    @abstractmethod
+    def _close(self, flow: NatFlow) -> None:
+        """Forget ``flow`` and tell the runtime to release its socket."""
+
+    def _next_ip_ident(self) -> int:
+        self._ip_ident = (self._ip_ident + 1) & 0xFFFF
+        return self._ip_ident
+
+    def _vm_view(self, host_addr: str) -> bytes | None:
+        """The address the VM sees for a host-side address, or None to drop.
+
+        127.0.0.1 is shown as the host alias; other host-side addresses that
+        would make no sense to the VM (loopback, ours) are refused.
+        """
+        cached = self._addr_cache.get(host_addr, b"")
+        if cached != b"":
+            return cached
+        view: bytes | None
+        try:
+            addr = ipaddress.IPv4Address(host_addr)
+        except ValueError:
+            view = None
+        else:
+            if host_addr == HOST_LOOPBACK:
+                view = self.config.host_ip if self.config.host_loopback else None
+            elif addr.is_loopback or addr.is_unspecified or self.config.in_subnet(addr.packed):
+                view = None
+            else:
+                view = addr.packed
+        if len(self._addr_cache) >= _ADDR_CACHE:
+            self._addr_cache.clear()
+        self._addr_cache[host_addr] = view
+        return view
+
+    def _error_source(self, origin_ip: str | None, fallback: bytes) -> bytes:
+        if origin_ip:
+            view = self._vm_view(origin_ip)
+            if view is not None:
+                return view
+        return fallback
+
+    def _emit_error(self, original: bytes, src: bytes, kind: str, mtu: int | None = None) -> None:
+        err = build_error_kind(original, src, kind, mtu=mtu, ident=self._next_ip_ident())
+        if err is None:
+            self.stats["error_not_sent"] += 1
+        else:
+            self.stats[f"icmp_{kind}"] += 1
+            self._out.append(err)
+
+    def _send(self, packet: bytes) -> None:
+        if len(packet) <= self.mtu:
+            self._out.append(packet)
+        else:
+            self._out.extend(fragment_ipv4(packet, self.mtu))
+
+
+class UdpNat(NatBase):
+    def __init__(
+        self,
+        config: NetConfig,
+        *,
+        idle_timeout: float = 60.0,
+        max_flows: int = 4096,
+        mtu: int | None = None,
+    ) -> None:
+        super().__init__(config, idle_timeout, max_flows, config.mtu if mtu is None else mtu)
+        self._by_endpoint: dict[tuple[bytes, int], _UdpFlow] = {}
+
+    def flow_of(self, vm_ip: bytes, vm_port: int) -> int | None:
+        flow = self._by_endpoint.get((vm_ip, vm_port))
+        return None if flow is None else flow.flow_id
+
+    def handle(self, pkt: IPv4Packet, dgram: UdpDatagram, now: float) -> None:
+        """A (reassembled) datagram from a VM to an address outside the stack."""
+        if pkt.is_fragment or dgram.src_port == 0 or dgram.dst_port == 0:
+            self.stats["drop_invalid"] += 1
+            return
+        host, refusal, err_src = route(self.config, pkt.dst)
+        original = pkt.header.tobytes() + pkt.payload[:8].tobytes()
+        if refusal is not None and err_src is not None:
+            self._emit_error(original, err_src, refusal)
+            return
+        if host is None:
+            self.stats["drop_destination"] += 1
+            return
+        if pkt.ttl <= 1:
+            # We are the VM's first hop: this is what makes hop 1 of traceroute.
+            self._emit_error(original, self.config.gateway_ip, "ttl_exceeded")
+            return
+        key = (pkt.src, dgram.src_port)
+        flow = self._by_endpoint.get(key)
+        if flow is None:
+            flow = _UdpFlow(self._allocate_id(), pkt.src, now, dgram.src_port)
+            self._flows[flow.flow_id] = flow
+            self._by_endpoint[key] = flow
+            self._effects.append(UdpOpen(flow.flow_id, key))
+        else:
+            self._touch(flow, now)
+        originals = flow.originals
+        dst_key = (pkt.dst, dgram.dst_port)
+        originals[dst_key] = original
+        originals.move_to_end(dst_key)
+        if len(originals) > _ORIGINALS_PER_FLOW:
+            originals.popitem(last=False)
+        self._effects.append(
+            UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), pkt.ttl - 1)
+        )
+
+    def host_datagram(
+        self, flow_id: int, src_ip: str, src_port: int, payload: bytes, now: float
+    ) -> None:
+        """A datagram the flow's host socket received from (src_ip, src_port)."""
+        flow = self._flows.get(flow_id)
+        if not isinstance(flow, _UdpFlow):
+            self.stats["drop_unknown_flow"] += 1
+            return
+        src = self._vm_view(src_ip)
+        if src is None or not 0 < src_port <= 0xFFFF or len(payload) > MAX_UDP_PAYLOAD:
+            self.stats["drop_host_datagram"] += 1
+            return
+        self._touch(flow, now)
+        udp = build_udp(src, flow.vm_ip, src_port, flow.vm_port, payload)
+        header = ipv4_header(
+            src, flow.vm_ip, PROTO_UDP, len(udp), ident=self._next_ip_ident(), dont_fragment=False
+        )
+        self._send(header + udp)
+
+    def host_error(
+        self,
+        flow_id: int,
+        kind: str,
+        origin_ip: str | None,
+        dst_ip: str,
+        dst_port: int,
+        now: float,
+        *,
+        mtu: int | None = None,
+    ) -> None:
+        """The host socket learned that a datagram to (dst_ip, dst_port) failed.
+
+        The ICMP error comes from ``origin_ip`` (the router or host that
+        reported it, so traceroute shows each hop) or else from the destination.
+        """
+        flow = self._flows.get(flow_id)
+        if not isinstance(flow, _UdpFlow):
+            self.stats["drop_unknown_flow"] += 1
+            return
+        dst = self._vm_view(dst_ip)
+        if dst is None or not 0 <= dst_port <= 0xFFFF:
+            self.stats["drop_host_error"] += 1
+            return
+        original = flow.originals.get((dst, dst_port))
+        if original is None:
+            # Only the addresses and ports matter to the VM's socket lookup.
+            udp = (
+                flow.vm_port.to_bytes(2, "big") + dst_port.to_bytes(2, "big") + b"\x00\x08\x00\x00"
+            )
+            original = ipv4_header(flow.vm_ip, dst, PROTO_UDP, 8, dont_fragment=False) + udp
+        self._emit_error(original, self._error_source(origin_ip, dst), kind, mtu)
+
+    def _close(self, flow: NatFlow) -> None:
+        assert isinstance(flow, _UdpFlow)
+        del self._flows[flow.flow_id]
+        del self._by_endpoint[(flow.vm_ip, flow.vm_port)]
+        self._effects.append(UdpClose(flow.flow_id))
+
+
+__all__ = [
+    "HOST_LOOPBACK",
+    "MAX_UDP_PAYLOAD",
+    "NatBase",
+    "NatFlow",
+    "UdpClose",
+    "UdpNat",
+    "UdpOpen",
+    "UdpSend",
+    "is_routable",
+    "route",
+]

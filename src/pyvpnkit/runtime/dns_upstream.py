@@ -1,0 +1,341 @@
+"""asyncio side of the gateway DNS server: real sockets for the upstream
+queries the sans-I/O DnsServer asks for, its timer, and hosts-file reloads.
+
+UDP uses one connected socket per upstream server (the kernel then drops
+datagrams from anyone else, and ICMP unreachable surfaces as an error);
+replies are matched to tokens by the upstream id the core assigned. TCP
+uses one short-lived connection per query, as DNS-over-TCP clients do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from pyvpnkit.core.dns.forwarder import UpstreamQuery
+from pyvpnkit.core.dns.server import DnsAnswer, DnsServer
+from pyvpnkit.core.dns.tcpframing import encode_tcp_message
+
+MAX_UDP_REPLY = 65535
+
+
+def secure_query_id() -> int:
+    """Unpredictable upstream query ids (pass as DnsServer(new_id=...))."""
+    return secrets.randbelow(0x10000)
+
+
+class UpstreamTarget(Protocol):
+    def handle_upstream_reply(self, token: int, data: bytes, now: float) -> None: ...
+    def handle_upstream_error(self, token: int, now: float) -> None: ...
+
+
+class _UdpChannel:
+    """A connected UDP socket to one upstream server."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.waiting: dict[int, tuple[int, float]] = {}  # upstream id -> (token, expiry)
+
+
+class DnsUpstream:
+    """Performs UpstreamQuery effects and reports back to `target`, then `wake()`s
+    the owner so it drains the effects those reports caused."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        target: UpstreamTarget,
+        wake: Callable[[], None],
+        *,
+        clock: Callable[[], float] | None = None,
+        tcp_timeout: float = 5.0,
+        token_ttl: float = 10.0,
+    ) -> None:
+        self._loop = loop
+        self._target = target
+        self._wake = wake
+        self._clock = clock or loop.time
+        self.tcp_timeout = tcp_timeout
+        self.token_ttl = token_ttl
+        self._udp: dict[tuple[str, int], _UdpChannel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_prune = 0.0
+        self._closed = False
+
+    def perform(self, effect: UpstreamQuery) -> None:
+        if self._closed:
+            return
+        if effect.transport == "tcp":
+            task = self._loop.create_task(self._tcp_query(effect))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._udp_query(effect)
+
+    def close(self) -> None:
+        self._closed = True
+        for server in list(self._udp):
+            self._drop_channel(server)
+        for task in self._tasks:
+            task.cancel()
+
+    # -- UDP -------------------------------------------------------------------------
+
+    def _udp_query(self, effect: UpstreamQuery) -> None:
+        now = self._clock()
+        self._prune(now)
+        try:
+            channel = self._channel(effect.server)
+            try:
+                channel.sock.send(effect.data)
+            except BlockingIOError:
+                pass  # send buffer full: as good as a lost datagram, the core resends
+        except OSError:
+            # Reported on the next turn: we are inside the owner's drain loop.
+            self._loop.call_soon(self._report_error, [effect.token])
+            return
+        uid = int.from_bytes(effect.data[:2], "big")
+        channel.waiting[uid] = (effect.token, now + self.token_ttl)
+
+    def _channel(self, server: tuple[str, int]) -> _UdpChannel:
+        channel = self._udp.get(server)
+        if channel is not None:
+            return channel
+        # Numeric only: resolving a name here would need DNS, i.e. ourselves.
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            server[0], server[1], type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.connect(sockaddr)
+        except OSError:
+            sock.close()
+            raise
+        channel = _UdpChannel(sock)
+        self._udp[server] = channel
+        self._loop.add_reader(sock.fileno(), self._on_readable, server)
+        return channel
+
+    def _drop_channel(self, server: tuple[str, int]) -> None:
+        channel = self._udp.pop(server, None)
+        if channel is not None:
+            self._loop.remove_reader(channel.sock.fileno())
+            channel.sock.close()
+
+    def _on_readable(self, server: tuple[str, int]) -> None:
+        channel = self._udp.get(server)
+        if channel is None:
+            return
+        delivered = False
+        now = self._clock()
+        for _ in range(64):  # bounded: a flooding server must not starve the loop
+            try:
+                data = channel.sock.recv(MAX_UDP_REPLY)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # ICMP unreachable etc.: every query waiting on this server is lost.
+                tokens = [token for token, _ in channel.waiting.values()]
+                channel.waiting.clear()
+                for token in tokens:
+                    self._target.handle_upstream_error(token, now)
+                delivered = delivered or bool(tokens)
+                break  # the reader fires again if datagrams are still queued
+            if len(data) < 12:
+                continue
+            entry = channel.waiting.pop(int.from_bytes(data[:2], "big"), None)
+            if entry is None:
+                continue  # late, duplicate or spoofed
+            self._target.handle_upstream_reply(entry[0], data, now)
+            delivered = True
+        if delivered:
+            self._wake()
+
+    def _prune(self, now: float) -> None:
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self.token_ttl
+        for channel in self._udp.values():
+            stale = [uid for uid, (_, expiry) in channel.waiting.items() if expiry <= now]
+            for uid in stale:
+                del channel.waiting[uid]
+
+    # -- TCP -------------------------------------------------------------------------
+
+    async def _tcp_query(self, effect: UpstreamQuery) -> None:
+        host, port = effect.server
+        try:
+            async with asyncio.timeout(self.tcp_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(encode_tcp_message(effect.data))
+                    await writer.drain()
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    data = await reader.readexactly(size)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            self._report_error([effect.token])
+            return
+        self._target.handle_upstream_reply(effect.token, data, self._clock())
+        self._wake()
+
+    def _report_error(self, tokens: list[int]) -> None:
+        now = self._clock()
+        for token in tokens:
+            self._target.handle_upstream_error(token, now)
+        self._wake()
+
+
+class HostsFileWatcher:
+    """Reloads a hosts file into the server when it changes, checking the file
+    at most every `min_interval` seconds (on queries, not with a poll loop)."""
+
+    def __init__(
+        self, path: str, load: Callable[[str], None], *, min_interval: float = 1.0
+    ) -> None:
+        self.path = path
+        self._load = load
+        self.min_interval = min_interval
+        self._next_check = float("-inf")
+        self._signature: tuple[int, int, int] | None | bool = False  # False: never read
+
+    def check(self, now: float) -> bool:
+        """Reload if due and changed; True when the server got new contents."""
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.min_interval
+        try:
+            st = os.stat(self.path)
+            signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            signature = None
+        if signature == self._signature:
+            return False
+        text = ""
+        if signature is not None:
+            try:
+                with open(self.path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                signature = None
+        self._signature = signature
+        self._load(text)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class HostClient:
+    """Client key for queries that arrived on a host socket of DnsService."""
+
+    addr: tuple[str, int]
+
+
+class _HostUdp(asyncio.DatagramProtocol):
+    def __init__(self, service: DnsService) -> None:
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.service.query(data, HostClient((str(addr[0]), int(addr[1]))), "udp")
+
+
+class DnsService:
+    """Runs a DnsServer on an asyncio loop.
+
+    The owner feeds VM queries with `query()`; answers go to `send_answer`
+    (for VM clients) or back out of the host UDP socket opened by
+    `serve_udp()` (handy for tests and debugging with dig).
+    """
+
+    def __init__(
+        self,
+        server: DnsServer,
+        send_answer: Callable[[DnsAnswer], None] | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        hosts_path: str | None = None,
+        tcp_timeout: float = 5.0,
+    ) -> None:
+        self.server = server
+        self._send_answer = send_answer
+        self._loop = loop or asyncio.get_running_loop()
+        self.upstream = DnsUpstream(self._loop, server, self.pump, tcp_timeout=tcp_timeout)
+        self.hosts = (
+            HostsFileWatcher(hosts_path, server.load_hosts) if hosts_path is not None else None
+        )
+        if self.hosts is not None:
+            self.hosts.check(self._loop.time())
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._host_udp: _HostUdp | None = None
+
+    def query(self, data: bytes, client: Hashable, transport: str) -> None:
+        now = self._loop.time()
+        if self.hosts is not None:
+            self.hosts.check(now)
+        self.server.handle_query(data, client, transport, now)
+        self.pump()
+
+    def pump(self) -> None:
+        """Perform every pending effect and re-arm the timer."""
+        for effect in self.server.drain():
+            if isinstance(effect, UpstreamQuery):
+                self.upstream.perform(effect)
+            elif isinstance(effect, DnsAnswer):
+                self._deliver(effect)
+        self._arm_timer()
+
+    async def serve_udp(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Also answer queries on a host UDP socket; returns the bound address."""
+        transport, protocol = await self._loop.create_datagram_endpoint(
+            lambda: _HostUdp(self), local_addr=(host, port)
+        )
+        self._host_udp = protocol
+        sockname = transport.get_extra_info("sockname")
+        return str(sockname[0]), int(sockname[1])
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.upstream.close()
+        if self._host_udp is not None and self._host_udp.transport is not None:
+            self._host_udp.transport.close()
+
+    def _deliver(self, answer: DnsAnswer) -> None:
+        if isinstance(answer.client, HostClient):
+            if self._host_udp is not None and self._host_udp.transport is not None:
+                self._host_udp.transport.sendto(answer.data, answer.client.addr)
+        elif self._send_answer is not None:
+            self._send_answer(answer)
+
+    def _arm_timer(self) -> None:
+        when = self.server.next_deadline()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None if when is None else self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        due = self._timer_at if self._timer_at is not None else 0.0
+        self._timer = None
+        self._timer_at = None
+        # call_at may fire a hair early; the deadline itself has been reached.
+        self.server.handle_timer(max(self._loop.time(), due))
+        self.pump()

@@ -1,0 +1,438 @@
+"""Port forwarding into VMs: host listeners (TCP, UDP, unix) whose clients reach a VM port.
+
+A TCP or unix client is accepted here and handed over whole: the stack opens
+a TCP connection into the VM from the gateway address (``open_to_vm``) and
+the host TCP executor relays bytes and half-closes as for outbound flows.
+UDP datagrams go through the sans-I/O ``UdpForwarder``; its replies come back
+as ``UdpForwardReply`` effects and leave from the listener's own socket, so
+clients see answers from the address they sent to.
+
+Bind errors are reported with Docker's wording ("port is already allocated",
+"cannot assign requested address", "permission denied") and never stop the
+service. Binding 127.0.0.1 (or 0.0.0.0) for TCP also tries ::1 (or ::), as
+vpnkit does, so clients that resolve "localhost" to ::1 connect too.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pyvpnkit.core.udp_forward import UdpForwardReply
+
+if TYPE_CHECKING:
+    from pyvpnkit.core.stack import Stack
+    from pyvpnkit.runtime.engine import Engine
+
+log = logging.getLogger("pyvpnkit.forward")
+
+PROTOCOLS = ("tcp", "udp", "unix")
+ACCEPTS_PER_WAKEUP = 64
+READS_PER_WAKEUP = 256
+_ACCEPT_BACKOFF = 0.5  # seconds without accepting after EMFILE/ENFILE
+_DUAL_STACK = {"127.0.0.1": "::1", "0.0.0.0": "::"}
+
+Forwards = list[dict[str, str]]  # the method named ``list`` shadows the builtin in the class
+
+
+class ForwardError(Exception):
+    """A forward cannot be made or found; ``status`` is the HTTP status the API answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """"IP:PORT", "[V6]:PORT" or ":PORT" (empty host) -> (host, port). Only IP literals."""
+    if not isinstance(text, str) or not text:
+        raise ForwardError(f"{what} must be a non-empty string like 127.0.0.1:8080")
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ForwardError(f"bad {what} {text!r}: expected [IPV6]:PORT")
+        family = 6
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ForwardError(f"bad {what} {text!r}: expected IP:PORT")
+        family = 4
+    if not port_text.isdigit() or int(port_text) > 0xFFFF:
+        raise ForwardError(f"bad {what} {text!r}: port must be 0-65535")
+    if host:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            raise ForwardError(f"bad {what} {text!r}: {host!r} is not an IP address") from None
+        if addr.version != family:
+            raise ForwardError(f"bad {what} {text!r}: IPv6 addresses need brackets")
+        host = addr.compressed
+    return host, int(port_text)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_publish(spec: str) -> tuple[str, str, str]:
+    """Docker-style ``[HOST_IP:]HOST_PORT:VM_PORT[/tcp|/udp]`` -> (local, remote, protocol).
+
+    HOST_IP defaults to 127.0.0.1, not Docker's 0.0.0.0: a published VM
+    port should not be reachable from the LAN unless asked for. The remote
+    is the first VM (":VM_PORT").
+    """
+    body, slash, proto = spec.partition("/")
+    proto = proto.lower() if slash else "tcp"
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"bad publish spec {spec!r}: protocol must be tcp or udp")
+    if body.startswith("["):
+        host, sep, rest = body[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad publish spec {spec!r}: expected [IPV6]:HOST_PORT:VM_PORT")
+        host = f"[{host}]"
+        ports = rest.split(":")
+    else:
+        parts = body.split(":")
+        host, ports = ("127.0.0.1", parts) if len(parts) == 2 else (parts[0], parts[1:])
+    if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) <= 0xFFFF for p in ports):
+        raise ValueError(
+            f"bad publish spec {spec!r}: expected [HOST_IP:]HOST_PORT:VM_PORT[/tcp|/udp]"
+        )
+    local = f"{host or '127.0.0.1'}:{int(ports[0])}"
+    try:
+        split_host_port(local, "publish host address")
+    except ForwardError as exc:
+        raise ValueError(str(exc)) from None
+    return local, f":{int(ports[1])}", proto
+
+
+@dataclass(eq=False)
+class _Listener:
+    lid: int
+    protocol: str
+    local: str
+    remote_ip: bytes | None  # None: the first VM, looked up at each use
+    remote_port: int
+    socks: list[socket.socket] = field(default_factory=list)
+    path_inode: tuple[int, int] | None = None  # the unix socket file we made
+    udp_target: tuple[bytes, int] | None = None
+    paused: bool = False
+
+
+class Forwarder:
+    """Exposes host ports into the stack's VMs; the API and --publish drive it."""
+
+    def __init__(self, engine: Engine, stack: Stack) -> None:
+        self.engine = engine
+        self.stack = stack
+        self.loop = engine.loop
+        self.stats: Counter[str] = Counter()
+        self._by_key: dict[tuple[str, str], _Listener] = {}
+        self._by_id: dict[int, _Listener] = {}
+        self._next_id = 1
+        self._buf = bytearray(65536)
+        engine.add_executor({UdpForwardReply: self._reply})  # type: ignore[dict-item]
+
+    # -- public API ----------------------------------------------------------
+
+    def expose(self, local: str, remote: str, protocol: str = "tcp") -> dict[str, str]:
+        """Listen on ``local`` and forward to ``remote`` ("IP:PORT"; empty IP = first VM)."""
+        protocol = self._protocol(protocol)
+        remote_ip, remote_port = self._remote(remote)
+        local = self._normalize_local(local, protocol)
+        if (local, protocol) in self._by_key:
+            raise ForwardError(f"{local}/{protocol} is already exposed", 409)
+        lst = _Listener(self._next_id, protocol, local, remote_ip, remote_port)
+        if protocol == "unix":
+            self._listen_unix(lst)
+        else:
+            self._listen_inet(lst)
+        self._next_id += 1
+        self._by_key[(lst.local, protocol)] = lst
+        self._by_id[lst.lid] = lst
+        if protocol == "udp":
+            self._retarget_udp(lst)
+        info = self._describe(lst)
+        log.info("exposed %s/%s -> %s", info["local"], protocol, info["remote"])
+        return info
+
+    def unexpose(self, local: str, protocol: str = "tcp") -> None:
+        protocol = self._protocol(protocol)
+        key = (self._normalize_local(local, protocol), protocol)
+        lst = self._by_key.pop(key, None)
+        if lst is None:
+            raise ForwardError(f"{key[0]}/{protocol} is not exposed", 404)
+        del self._by_id[lst.lid]
+        self._close_listener(lst)
+        log.info("unexposed %s/%s", lst.local, protocol)
+
+    def list(self) -> Forwards:
+        return [self._describe(lst) for lst in self._by_id.values()]
+
+    def close(self) -> None:
+        for lst in list(self._by_id.values()):
+            self.unexpose(lst.local, lst.protocol)
+
+    def first_vm(self) -> bytes:
+        """Where an empty remote IP points: the lowest VM address seen, else the first one."""
+        vms = self.stack.vms
+        return min(vms) if vms else self.stack.config.lowest_ip
+
+    # -- validation ----------------------------------------------------------
+
+    @staticmethod
+    def _protocol(protocol: object) -> str:
+        if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
+            raise ForwardError(f"bad protocol {protocol!r}: use tcp, udp or unix")
+        return protocol.lower()
+
+    def _remote(self, remote: str) -> tuple[bytes | None, int]:
+        host, port = split_host_port(remote, "remote")
+        if port == 0:
+            raise ForwardError(f"bad remote {remote!r}: port must be 1-65535")
+        if not host:
+            return None, port
+        cfg = self.stack.config
+        addr = ipaddress.ip_address(host)
+        if (
+            addr.version != 4
+            or not cfg.in_subnet(addr.packed)
+            or addr.packed in (cfg.gateway_ip, cfg.host_ip)
+            or addr == cfg.subnet.network_address
+            or addr == cfg.subnet.broadcast_address
+        ):
+            raise ForwardError(f"bad remote {remote!r}: not a VM address in {cfg.subnet}")
+        return addr.packed, port
+
+    @staticmethod
+    def _normalize_local(local: str, protocol: str) -> str:
+        if protocol == "unix":
+            if not isinstance(local, str) or not local:
+                raise ForwardError("local must be a unix socket path")
+            path = local.removeprefix("unix://")
+            if "\0" in path or not path:
+                raise ForwardError(f"bad unix socket path {local!r}")
+            return os.path.abspath(path)
+        host, port = split_host_port(local, "local")
+        return join_host_port(host or "0.0.0.0", port)
+
+    # -- listening -----------------------------------------------------------
+
+    def _listen_inet(self, lst: _Listener) -> None:
+        host, port = split_host_port(lst.local, "local")
+        kind = socket.SOCK_STREAM if lst.protocol == "tcp" else socket.SOCK_DGRAM
+        sock = self._bind(host, port, kind, lst.protocol, lst.local)
+        port = sock.getsockname()[1]
+        lst.local = join_host_port(host, port)
+        lst.socks.append(sock)
+        if lst.protocol == "tcp":
+            other = _DUAL_STACK.get(host)
+            if other is not None and socket.has_ipv6:
+                try:
+                    lst.socks.append(self._bind(other, port, kind, "tcp", lst.local))
+                except ForwardError as exc:
+                    log.debug("no IPv6 twin for %s: %s", lst.local, exc)
+            for s in lst.socks:
+                self.loop.add_reader(s.fileno(), self._on_accept, lst, s)
+        else:
+            self.loop.add_reader(sock.fileno(), self._on_datagram, lst, sock)
+
+    def _bind(self, host: str, port: int, kind: int, proto: str, shown: str) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise _bind_error(exc, proto, shown) from None
+        return sock
+
+    def _listen_unix(self, lst: _Listener) -> None:
+        path = lst.local
+        remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            st = os.stat(path)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise _bind_error(exc, "unix", path) from None
+        lst.path_inode = (st.st_dev, st.st_ino)
+        lst.socks.append(sock)
+        self.loop.add_reader(sock.fileno(), self._on_accept, lst, sock)
+
+    def _close_listener(self, lst: _Listener) -> None:
+        for sock in lst.socks:
+            if not lst.paused:
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        lst.socks.clear()
+        if lst.protocol == "udp":
+            self.stack.udp_forward.remove(lst.lid)
+        if lst.path_inode is not None:
+            try:
+                st = os.stat(lst.local)
+                if (st.st_dev, st.st_ino) == lst.path_inode:
+                    os.unlink(lst.local)
+            except OSError:
+                pass
+
+    # -- TCP and unix clients ------------------------------------------------
+
+    def _on_accept(self, lst: _Listener, sock: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                client, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The pending client stays readable: stop polling for a while.
+                    log.warning("accept on %s: %s; pausing", lst.local, exc)
+                    self._pause(lst)
+                else:
+                    log.debug("accept on %s: %s", lst.local, exc)
+                break
+            self._to_vm(lst, client)
+
+    def _to_vm(self, lst: _Listener, client: socket.socket) -> None:
+        vm_ip = lst.remote_ip or self.first_vm()
+        try:
+            fid = self.stack.tcp.open_to_vm(vm_ip, lst.remote_port, self.loop.time())
+        except RuntimeError as exc:
+            log.warning("forward %s: %s", lst.local, exc)
+            client.close()
+            self.stats["tcp_no_port"] += 1
+            return
+        self.stats["tcp_accepted"] += 1
+        self.engine.host_tcp.adopt(fid, client)
+        self.engine.wake()
+
+    def _pause(self, lst: _Listener) -> None:
+        if lst.paused:
+            return
+        lst.paused = True
+        for s in lst.socks:
+            self.loop.remove_reader(s.fileno())
+        self.loop.call_later(_ACCEPT_BACKOFF, self._unpause, lst)
+
+    def _unpause(self, lst: _Listener) -> None:
+        if not lst.paused or self._by_id.get(lst.lid) is not lst:
+            return
+        lst.paused = False
+        for s in lst.socks:
+            self.loop.add_reader(s.fileno(), self._on_accept, lst, s)
+
+    # -- UDP -----------------------------------------------------------------
+
+    def _retarget_udp(self, lst: _Listener) -> tuple[bytes, int]:
+        target = (lst.remote_ip or self.first_vm(), lst.remote_port)
+        if target != lst.udp_target:
+            self.stack.udp_forward.add(lst.lid, *target)
+            lst.udp_target = target
+        return target
+
+    def _on_datagram(self, lst: _Listener, sock: socket.socket) -> None:
+        if lst.remote_ip is None:
+            self._retarget_udp(lst)
+        fwd = self.stack.udp_forward
+        now = self.loop.time()
+        buf = self._buf
+        got = 0
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                n, addr = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. a pending ICMP error from an earlier reply
+                log.debug("recvfrom on %s: %s", lst.local, exc)
+                continue
+            got += 1
+            fwd.host_datagram(lst.lid, (addr[0], addr[1]), bytes(buf[:n]), now)
+        if got:
+            self.stats["udp_in"] += got
+            self.engine.wake()
+
+    def _reply(self, eff: UdpForwardReply) -> None:
+        lst = self._by_id.get(eff.listener_id)
+        if lst is None or lst.protocol != "udp" or not lst.socks:
+            self.stats["udp_reply_dropped"] += 1
+            return
+        try:
+            lst.socks[0].sendto(eff.payload, eff.client)
+        except OSError as exc:
+            self.stats["udp_reply_error"] += 1
+            log.debug("sendto %s on %s: %s", eff.client, lst.local, exc)
+            return
+        self.stats["udp_out"] += 1
+
+    # -- helpers -------------------------------------------------------------
+
+    def _describe(self, lst: _Listener) -> dict[str, str]:
+        vm_ip = lst.remote_ip or self.first_vm()
+        remote = join_host_port(socket.inet_ntoa(vm_ip), lst.remote_port)
+        return {"local": lst.local, "remote": remote, "protocol": lst.protocol}
+
+
+def _bind_error(exc: OSError, proto: str, local: str) -> ForwardError:
+    """Docker's wording, so tools that parse it (and people who know it) understand."""
+    if exc.errno == errno.EADDRINUSE:
+        return ForwardError(f"Bind for {local} failed: port is already allocated", 409)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ForwardError(f"listen {proto} {local}: bind: cannot assign requested address")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ForwardError(f"listen {proto} {local}: bind: permission denied", 403)
+    return ForwardError(f"listen {proto} {local}: {exc.strerror or exc}", 500)
+
+
+def remove_stale_socket(path: str) -> None:
+    """Unlink a socket file nobody listens on; refuse to replace anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _bind_error(exc, "unix", path) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ForwardError(f"listen unix {path}: file exists and is not a socket", 409)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        err = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if err in (0, errno.EAGAIN, errno.EINPROGRESS):
+        raise ForwardError(f"listen unix {path}: address already in use", 409)
+    if err in (errno.ECONNREFUSED, errno.ENOENT):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _bind_error(exc, "unix", path) from None
+
+
+__all__ = [
+    "ForwardError",
+    "Forwarder",
+    "join_host_port",
+    "parse_publish",
+    "remove_stale_socket",
+    "split_host_port",
+]

@@ -1,0 +1,387 @@
+"""Host ICMP sockets for the ICMP NAT (ping and traceroute -I from VMs).
+
+Preferred: unprivileged ping sockets (SOCK_DGRAM/IPPROTO_ICMP), allowed for
+the groups in ``net.ipv4.ping_group_range``. The kernel replaces the echo
+identifier with the socket's own, so there is one socket per flow and replies
+are mapped by socket; IP_RECVERR delivers TTL-exceeded and unreachable errors.
+Fallback when that sysctl excludes us but we hold CAP_NET_RAW: one raw socket
+with identifiers we allocate per flow. Otherwise echo requests are dropped
+after one warning naming the sysctl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pyvpnkit.core.icmp_errors import kind_from_icmp
+from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend, IcmpNat
+from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+from pyvpnkit.wire import icmp as icmpw
+from pyvpnkit.wire.ipv4 import PROTO_ICMP
+
+log = logging.getLogger(__name__)
+
+PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
+SOL_RAW = 255
+ICMP_FILTER = 1
+MAX_READS_PER_WAKEUP = 256
+
+Mode = Literal["ping", "raw"]
+
+_SEND_ERROR_KINDS = {
+    errno.ENETUNREACH: "net_unreachable",
+    errno.EHOSTUNREACH: "host_unreachable",
+    errno.EACCES: "admin_prohibited",
+    errno.EPERM: "admin_prohibited",
+}
+
+
+def ping_group_range(path: str = PING_GROUP_RANGE) -> tuple[int, int] | None:
+    """The (low, high) gids allowed to open ping sockets, or None if unreadable."""
+    try:
+        with open(path) as f:
+            low, high = f.read().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
+def _try_socket(kind: int) -> bool:
+    try:
+        socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+    except OSError:
+        return False
+    return True
+
+
+def choose_mode(prefer: Literal["auto", "ping", "raw"] = "auto") -> Mode | None:
+    """Ping sockets when the sysctl allows us, else a raw socket when permitted."""
+    if prefer in ("auto", "ping") and _try_socket(socket.SOCK_DGRAM):
+        return "ping"
+    if prefer in ("auto", "raw") and _try_socket(socket.SOCK_RAW):
+        return "raw"
+    return None
+
+
+def _echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    return icmpw.build_icmp(icmpw.ECHO_REQUEST, 0, icmpw.echo_rest(ident, seq), payload)
+
+
+@dataclass(slots=True)
+class _PingSocket:
+    sock: socket.socket
+    ttl: int
+
+
+class HostIcmp:
+    """Executes IcmpEchoSend/IcmpClose effects and feeds replies and errors to the NAT."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        nat: IcmpNat,
+        wake: Callable[[], None],
+        *,
+        clock: Callable[[], float] | None = None,
+        mode: Literal["auto", "ping", "raw"] = "auto",
+    ) -> None:
+        self._loop = loop
+        self._nat = nat
+        self._wake = wake
+        self._clock = clock or loop.time
+        self.mode: Mode | None = choose_mode(mode)
+        if self.mode == "raw" and mode == "auto":
+            log.info(
+                "ping sockets not allowed (net.ipv4.ping_group_range %s excludes gid %d): "
+                "using a raw ICMP socket",
+                ping_group_range(),
+                os.getegid(),
+            )
+        self.stats: Counter[str] = Counter()
+        self._warned = False
+        self._buf = bytearray(65536)
+        self._view = memoryview(self._buf)
+        # ping mode
+        self._socks: dict[int, _PingSocket] = {}
+        # raw mode
+        self._raw: socket.socket | None = None
+        self._raw_ttl = 0
+        self._ident_of: dict[int, int] = {}  # flow id -> our identifier
+        self._flow_of: dict[int, tuple[int, str]] = {}  # our identifier -> (flow, dst)
+        self._next_ident = os.getpid() & 0xFFFF
+        # For the engine's effect dispatch table (Engine.add_executor).
+        self.handlers: dict[type, Callable[[object], None]] = {
+            IcmpEchoSend: self._on_echo,  # type: ignore[dict-item]
+            IcmpClose: self._on_close,  # type: ignore[dict-item]
+        }
+
+    def execute(self, effect: object) -> bool:
+        """Perform ``effect`` if it is an ICMP NAT effect; False when it is not ours."""
+        if type(effect) is IcmpEchoSend:
+            assert isinstance(effect, IcmpEchoSend)
+            self._on_echo(effect)
+        elif type(effect) is IcmpClose:
+            assert isinstance(effect, IcmpClose)
+            self._on_close(effect)
+        else:
+            return False
+        return True
+
+    def _on_echo(self, eff: IcmpEchoSend) -> None:
+        if self.mode == "ping":
+            self._ping_send(eff)
+        elif self.mode == "raw":
+            self._raw_send(eff)
+        else:
+            self._warn_disabled()
+
+    def _on_close(self, eff: IcmpClose) -> None:
+        self._close_flow(eff.flow_id)
+
+    def close(self) -> None:
+        for flow_id in list(self._socks):
+            self._close_flow(flow_id)
+        if self._raw is not None:
+            self._loop.remove_reader(self._raw.fileno())
+            self._raw.close()
+            self._raw = None
+        self._ident_of.clear()
+        self._flow_of.clear()
+
+    close_all = close
+
+    def _warn_disabled(self) -> None:
+        self.stats["echo_dropped"] += 1
+        if self._warned:
+            return
+        self._warned = True
+        rng = ping_group_range()
+        shown = f"{rng[0]} {rng[1]}" if rng else "unreadable"
+        log.warning(
+            "ICMP echo from VMs is disabled: gid %d is outside net.ipv4.ping_group_range (%s) "
+            "and raw sockets need CAP_NET_RAW; allow it with "
+            "'sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"'",
+            os.getegid(),
+            shown,
+        )
+
+    # -- ping sockets: one per flow ------------------------------------------
+
+    def _ping_send(self, eff: IcmpEchoSend) -> None:
+        ps = self._socks.get(eff.flow_id)
+        if ps is None:
+            ps = self._ping_open(eff.flow_id)
+            if ps is None:
+                self.stats["echo_dropped"] += 1
+                return
+        ps.ttl = self._set_ttl(ps.sock, ps.ttl, eff.ttl)
+        self._sendto(ps.sock, _echo_request(eff.ident, eff.seq, eff.payload), eff)
+
+    def _ping_open(self, flow_id: int) -> _PingSocket | None:
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        except OSError as exc:
+            log.warning("cannot open an ICMP ping socket: %s", exc)
+            return None
+        try:
+            sock.setblocking(False)
+            enable_recverr(sock)
+            ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
+            self._loop.add_reader(sock.fileno(), self._ping_readable, flow_id)
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot set up an ICMP ping socket: %s", exc)
+            return None
+        ps = _PingSocket(sock, ttl)
+        self._socks[flow_id] = ps
+        return ps
+
+    def _ping_readable(self, flow_id: int) -> None:
+        ps = self._socks.get(flow_id)
+        if ps is None:
+            return
+        now = self._clock()
+        got = 0
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                n, addr = ps.sock.recvfrom_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # a pending ICMP error: read below from the error queue
+            # Ping sockets return the ICMP message without the IP header.
+            if n >= 8 and self._buf[0] == icmpw.ECHO_REPLY:
+                seq = int.from_bytes(self._buf[6:8], "big")
+                self._nat.host_echo_reply(flow_id, addr[0], seq, bytes(self._view[8:n]), now)
+                got += 1
+                if flow_id not in self._socks:
+                    return
+        for err in read_errqueue(ps.sock):
+            kind = err.kind
+            if kind is None or len(err.data) < 8:
+                continue
+            seq = int.from_bytes(err.data[6:8], "big")
+            self._nat.host_error(flow_id, kind, err.offender, seq, now)
+            got += 1
+        if got:
+            self._wake()
+
+    # -- one raw socket, our own identifiers ----------------------------------
+
+    def _raw_socket(self) -> socket.socket | None:
+        if self._raw is not None:
+            return self._raw
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except OSError as exc:
+            log.warning("cannot open a raw ICMP socket: %s", exc)
+            return None
+        try:
+            sock.setblocking(False)
+            wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
+            wanted |= 1 << icmpw.TIME_EXCEEDED
+            # ICMP_FILTER blocks the types whose bit is set.
+            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
+            self._raw_ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
+            self._loop.add_reader(sock.fileno(), self._raw_readable)
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot set up a raw ICMP socket: %s", exc)
+            return None
+        self._raw = sock
+        return sock
+
+    def _raw_ident(self, eff: IcmpEchoSend) -> int | None:
+        ident = self._ident_of.get(eff.flow_id)
+        if ident is not None:
+            return ident
+        if len(self._flow_of) >= 0x10000:
+            return None
+        ident = self._next_ident
+        while ident in self._flow_of:
+            ident = (ident + 1) & 0xFFFF
+        self._next_ident = (ident + 1) & 0xFFFF
+        self._ident_of[eff.flow_id] = ident
+        self._flow_of[ident] = (eff.flow_id, eff.dst_ip)
+        return ident
+
+    def _raw_send(self, eff: IcmpEchoSend) -> None:
+        sock = self._raw_socket()
+        ident = self._raw_ident(eff)
+        if sock is None or ident is None:
+            self.stats["echo_dropped"] += 1
+            return
+        self._raw_ttl = self._set_ttl(sock, self._raw_ttl, eff.ttl)
+        self._sendto(sock, _echo_request(ident, eff.seq, eff.payload), eff)
+
+    def _raw_readable(self) -> None:
+        sock = self._raw
+        if sock is None:
+            return
+        now = self._clock()
+        got = 0
+        buf = self._buf
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                n, addr = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            if self._raw_packet(n, addr[0], now):
+                got += 1
+        if got:
+            self._wake()
+
+    def _raw_packet(self, n: int, src: str, now: float) -> bool:
+        """Dispatch one received IPv4+ICMP packet; True when it was for one of our flows."""
+        buf = self._buf
+        if n < 28:
+            return False
+        ihl = (buf[0] & 0xF) * 4
+        if n < ihl + 8:
+            return False
+        typ, code = buf[ihl], buf[ihl + 1]
+        if typ == icmpw.ECHO_REPLY:
+            ident = int.from_bytes(buf[ihl + 4 : ihl + 6], "big")
+            entry = self._flow_of.get(ident)
+            if entry is None or entry[1] != src:
+                return False
+            seq = int.from_bytes(buf[ihl + 6 : ihl + 8], "big")
+            self._nat.host_echo_reply(entry[0], src, seq, bytes(self._view[ihl + 8 : n]), now)
+            return True
+        kind = kind_from_icmp(typ, code)
+        inner = ihl + 8  # the quoted packet: our echo request
+        if kind is None or n < inner + 20:
+            return False
+        qihl = (buf[inner] & 0xF) * 4
+        if buf[inner + 9] != PROTO_ICMP or n < inner + qihl + 8:
+            return False
+        q = inner + qihl
+        if buf[q] != icmpw.ECHO_REQUEST:
+            return False
+        ident = int.from_bytes(buf[q + 4 : q + 6], "big")
+        entry = self._flow_of.get(ident)
+        if entry is None or socket.inet_ntoa(bytes(buf[inner + 16 : inner + 20])) != entry[1]:
+            return False
+        seq = int.from_bytes(buf[q + 6 : q + 8], "big")
+        self._nat.host_error(entry[0], kind, src, seq, now)
+        return True
+
+    # -- shared ------------------------------------------------------------------
+
+    def _set_ttl(self, sock: socket.socket, current: int, ttl: int) -> int:
+        """Set IP_TTL only when it changes (one syscall per change); the TTL now set."""
+        if ttl == current or not 0 < ttl < 256:
+            return current
+        try:
+            sock.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
+        except OSError:
+            self.stats["ttl_failed"] += 1
+            return current
+        return ttl
+
+    def _sendto(self, sock: socket.socket, message: bytes, eff: IcmpEchoSend) -> None:
+        for attempt in (0, 1):
+            try:
+                sock.sendto(message, (eff.dst_ip, 0))
+                self.stats["echo_sent"] += 1
+                return
+            except (BlockingIOError, InterruptedError):
+                self.stats["echo_would_block"] += 1
+                return
+            except OSError as exc:
+                if attempt == 0:
+                    continue  # maybe a pending error from an earlier ICMP message
+                self.stats["echo_send_error"] += 1
+                kind = _SEND_ERROR_KINDS.get(exc.errno or 0)
+                if kind is not None:
+                    self._nat.host_error(eff.flow_id, kind, None, eff.seq, self._clock())
+                    self._wake()
+                else:
+                    log.debug("ICMP sendto %s failed: %s", eff.dst_ip, exc)
+
+    def _close_flow(self, flow_id: int) -> None:
+        ps = self._socks.pop(flow_id, None)
+        if ps is not None:
+            self._loop.remove_reader(ps.sock.fileno())
+            ps.sock.close()
+        ident = self._ident_of.pop(flow_id, None)
+        if ident is not None:
+            self._flow_of.pop(ident, None)
+
+
+__all__ = [
+    "HostIcmp",
+    "choose_mode",
+    "ping_group_range",
+]

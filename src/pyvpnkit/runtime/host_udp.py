@@ -1,0 +1,229 @@
+"""Host UDP sockets for the UDP NAT: one non-blocking socket per VM endpoint.
+
+Sockets are unconnected (full cone) with IP_RECVERR, so ICMP errors for any
+destination land in the error queue with the destination and the reporting
+router; the NAT turns them into ICMP for the VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyvpnkit.core.udp_nat import UdpClose, UdpNat, UdpOpen, UdpSend
+from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+
+log = logging.getLogger(__name__)
+
+MAX_READS_PER_WAKEUP = 256  # fairness: other flows and the VM link get a turn
+
+# sendto() reports an ICMP error that arrived earlier (sk_err) instead of
+# sending; those datagrams deserve one more try.
+_PENDING_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+_SEND_ERROR_KINDS = {
+    errno.ENETUNREACH: "net_unreachable",
+    errno.EHOSTUNREACH: "host_unreachable",
+    errno.EACCES: "admin_prohibited",  # firewall (netfilter REJECT / EPERM)
+    errno.EPERM: "admin_prohibited",
+}
+
+
+@dataclass(slots=True)
+class _HostSocket:
+    sock: socket.socket
+    ttl: int  # the IP_TTL currently set
+    last_dst: tuple[str, int] | None = None
+
+
+class HostUdp:
+    """Executes UdpOpen/UdpSend/UdpClose effects and feeds host events to the NAT."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        nat: UdpNat,
+        wake: Callable[[], None],
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._nat = nat
+        self._wake = wake
+        self._clock = clock or loop.time
+        self._socks: dict[int, _HostSocket] = {}
+        self._unopened: set[int] = set()  # open failed (EMFILE...): retried on send
+        self._buf = bytearray(65536)
+        self._view = memoryview(self._buf)
+        self.stats: Counter[str] = Counter()
+        # For the engine's effect dispatch table (Engine.add_executor).
+        self.handlers: dict[type, Callable[[object], None]] = {
+            UdpSend: self._sendto,  # type: ignore[dict-item]
+            UdpOpen: self._on_open,  # type: ignore[dict-item]
+            UdpClose: self._on_close,  # type: ignore[dict-item]
+        }
+
+    def __len__(self) -> int:
+        return len(self._socks)
+
+    def execute(self, effect: object) -> bool:
+        """Perform ``effect`` if it is a UDP NAT effect; False when it is not ours."""
+        kind = type(effect)
+        if kind is UdpSend:
+            assert isinstance(effect, UdpSend)
+            self._sendto(effect)
+        elif kind is UdpOpen:
+            assert isinstance(effect, UdpOpen)
+            self._open(effect.flow_id)
+        elif kind is UdpClose:
+            assert isinstance(effect, UdpClose)
+            self._close(effect.flow_id)
+        else:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close every host socket (engine shutdown)."""
+        for flow_id in list(self._socks):
+            self._close(flow_id)
+
+    close_all = close
+
+    def _on_open(self, eff: UdpOpen) -> None:
+        self._open(eff.flow_id)
+
+    def _on_close(self, eff: UdpClose) -> None:
+        self._close(eff.flow_id)
+
+    def _open(self, flow_id: int) -> _HostSocket | None:
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as exc:
+            self.stats["open_failed"] += 1
+            self._unopened.add(flow_id)
+            log.warning("cannot open a host UDP socket: %s", exc)
+            return None
+        try:
+            sock.setblocking(False)
+            enable_recverr(sock)
+            sock.bind(("0.0.0.0", 0))
+            ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
+            self._loop.add_reader(sock.fileno(), self._readable, flow_id)
+        except OSError as exc:
+            sock.close()
+            self.stats["open_failed"] += 1
+            self._unopened.add(flow_id)
+            log.warning("cannot set up a host UDP socket: %s", exc)
+            return None
+        self._unopened.discard(flow_id)
+        hs = _HostSocket(sock, ttl)
+        self._socks[flow_id] = hs
+        return hs
+
+    def _close(self, flow_id: int) -> None:
+        self._unopened.discard(flow_id)
+        hs = self._socks.pop(flow_id, None)
+        if hs is None:
+            return
+        self._loop.remove_reader(hs.sock.fileno())
+        hs.sock.close()
+
+    def _sendto(self, eff: UdpSend) -> None:
+        hs = self._socks.get(eff.flow_id)
+        if hs is None:
+            if eff.flow_id not in self._unopened:
+                self.stats["send_unknown_flow"] += 1
+                return
+            hs = self._open(eff.flow_id)
+            if hs is None:
+                self.stats["send_dropped"] += 1
+                return
+        sock = hs.sock
+        if eff.ttl != hs.ttl and 0 < eff.ttl < 256:
+            try:
+                sock.setsockopt(socket.SOL_IP, socket.IP_TTL, eff.ttl)
+                hs.ttl = eff.ttl
+            except OSError:
+                self.stats["ttl_failed"] += 1
+        dst = (eff.dst_ip, eff.dst_port)
+        hs.last_dst = dst
+        for attempt in (0, 1):
+            try:
+                sock.sendto(eff.payload, dst)
+                self.stats["sent"] += 1
+                return
+            except (BlockingIOError, InterruptedError):
+                self.stats["send_would_block"] += 1  # UDP may drop; the VM retries
+                return
+            except OSError as exc:
+                if attempt == 0 and exc.errno in _PENDING_ERRNOS:
+                    # An earlier ICMP error (sk_err), consumed by this call: report
+                    # it from the error queue, then send this datagram after all.
+                    if self._deliver_errors(eff.flow_id, hs, False, self._clock()):
+                        self._wake()
+                    continue
+                self.stats["send_error"] += 1
+                kind = _SEND_ERROR_KINDS.get(exc.errno or 0)
+                if kind is not None:
+                    self._nat.host_error(
+                        eff.flow_id, kind, None, eff.dst_ip, eff.dst_port, self._clock()
+                    )
+                    self._wake()
+                else:
+                    log.debug("UDP sendto %s failed: %s", dst, exc)
+                return
+
+    def _readable(self, flow_id: int) -> None:
+        hs = self._socks.get(flow_id)
+        if hs is None:
+            return
+        sock, view, nat = hs.sock, self._view, self._nat
+        now = self._clock()
+        got = 0
+        check_errors = False
+        refused = False
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                n, addr = sock.recvfrom_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # A pending ICMP error (sk_err); the error queue says for whom.
+                check_errors = True
+                refused = refused or exc.errno == errno.ECONNREFUSED
+                continue
+            got += 1
+            nat.host_datagram(flow_id, addr[0], addr[1], bytes(view[:n]), now)
+            if flow_id not in self._socks:
+                return  # the NAT evicted this flow while we were reading
+        if got == 0:
+            check_errors = True  # woken for EPOLLERR: the error queue is not empty
+        if check_errors and self._deliver_errors(flow_id, hs, refused, now):
+            got += 1
+        if got:
+            self._wake()
+
+    def _deliver_errors(self, flow_id: int, hs: _HostSocket, refused: bool, now: float) -> bool:
+        errors = read_errqueue(hs.sock)
+        delivered = False
+        for err in errors:
+            kind = err.kind
+            dst = err.dst or hs.last_dst
+            if kind is None or dst is None:
+                self.stats["errqueue_ignored"] += 1
+                continue
+            self._nat.host_error(flow_id, kind, err.offender, dst[0], dst[1], now, mtu=err.mtu)
+            delivered = True
+        if not errors and refused and hs.last_dst is not None:
+            self._nat.host_error(
+                flow_id, "port_unreachable", None, hs.last_dst[0], hs.last_dst[1], now
+            )
+            delivered = True
+        return delivered
+
+
+__all__ = ["HostUdp", "MAX_READS_PER_WAKEUP"]
