@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--mtu", type=int, action="append")
     ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta")
     ap.add_argument("--skip-conn", action="store_true")
+    ap.add_argument("--conn-only", action="store_true")
     args = ap.parse_args()
     mtus = args.mtu or [65520, 1500]
     tools = [t for t in args.tools.split(",") if t == "pyvpnkit" or shutil.which(t)]
@@ -118,10 +119,10 @@ def main() -> None:
         results: dict[tuple[str, int], dict[str, float]] = {}
         for mtu in mtus:
             for tool in tools:
-                r = {
-                    "up": iperf(env, tool, mtu, args.seconds, reverse=False),
-                    "down": iperf(env, tool, mtu, args.seconds, reverse=True),
-                }
+                r = {}
+                if not args.conn_only:
+                    r["up"] = iperf(env, tool, mtu, args.seconds, reverse=False)
+                    r["down"] = iperf(env, tool, mtu, args.seconds, reverse=True)
                 if not args.skip_conn and mtu == mtus[0]:
                     r["conn/s"] = conn_rate(env, tool, mtu, args.seconds)
                 results[(tool, mtu)] = r

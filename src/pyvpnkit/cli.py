@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 
 from pyvpnkit import __version__
+from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.tcp_nat import Redirect
 
@@ -140,6 +141,30 @@ def load_redirects(path: str | None) -> tuple[Redirect, ...]:
     return tuple(out)
 
 
+def add_listener_options(p: argparse.ArgumentParser) -> None:
+    """VM transports, spelled as gvproxy spells them; each repeatable, all at once."""
+    g = p.add_argument_group("VM listeners")
+    g.add_argument("--listen-qemu", action="append", default=[], metavar="URL",
+                   help="unix:///PATH, tcp://127.0.0.1:PORT or vsock://PORT; "
+                   "4-byte big-endian length framing (QEMU -netdev stream/socket)")
+    g.add_argument("--listen-vpnkit", action="append", default=[], metavar="URL",
+                   help="unix:///PATH or vsock://PORT; hyperkit/Docker Desktop vmnet protocol")
+    g.add_argument("--listen-bess", action="append", default=[], metavar="URL",
+                   help="unixpacket:///PATH; one frame per SOCK_SEQPACKET message")
+    g.add_argument("--listen-vfkit", action="append", default=[], metavar="URL",
+                   help="unixgram:///PATH; one frame per datagram (vfkit)")
+    g.add_argument("--listen-stdio", action="store_true",
+                   help="uint16 LE length-prefixed frames on stdin/stdout")
+
+
+def listener_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    specs = [(kind, url) for kind in ("qemu", "vpnkit", "bess", "vfkit")
+             for url in getattr(args, f"listen_{kind}", [])]
+    if getattr(args, "listen_stdio", False):
+        specs.append(("stdio", "stdio"))
+    return specs
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyvpnkit",
@@ -151,19 +176,26 @@ def make_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="run a command in a new network namespace wired to the stack")
     add_network_options(ex)
     add_iface_options(ex)
+    add_service_options(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
     run = sub.add_parser("run", help="long-running service")
     add_network_options(run)
     add_iface_options(run)
+    add_service_options(run)
     run.add_argument("--netns", help="attach to an existing namespace (NAME or PATH)")
     run.add_argument("--tap", help="use an existing TAP device in the current namespace")
+    add_listener_options(run)
+    add_subcommands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    code = dispatch(args)
+    if code is not None:
+        return code
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s pyvpnkit %(levelname)s %(name)s: %(message)s",
@@ -176,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("exec needs a command: pyvpnkit exec [OPTIONS] -- CMD [ARGS...]")
         return run_exec(args, cmd)
     if args.command == "run":
-        if not args.netns and not args.tap:
-            parser.error("run needs --netns or --tap (or a listener)")
+        if not args.netns and not args.tap and not listener_specs(args):
+            parser.error("run needs --netns, --tap or a --listen-* option")
         return run_service(args)
     parser.error(f"unknown command {args.command}")
     return 2

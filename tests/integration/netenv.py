@@ -70,6 +70,10 @@ class NetEnv:
         """Command line running pyvpnkit in the host namespace."""
         return self.cmd("host", sys.executable, "-m", "pyvpnkit", *args)
 
+    def start_pyvpnkit(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        """pyvpnkit in the background in the host namespace (stopped at close())."""
+        return self.start("host", sys.executable, "-m", "pyvpnkit", *args, **kw)
+
     def start_helper(self, which: str, script: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
         """Start tests/integration/helpers/SCRIPT and wait for its first stdout line (ready/port)."""
         proc = self.start(which, sys.executable, str(HELPERS / script), *args,

@@ -62,3 +62,32 @@ def test_exec_exit_status_and_config(netenv: NetEnv) -> None:
     assert "default via 192.168.65.1" in out.stdout
     assert "\n9000\n" in out.stdout
     assert "nameserver 192.168.65.1" in out.stdout
+
+
+def test_run_attaches_to_existing_netns(netenv: NetEnv) -> None:
+    """`pyvpnkit run --netns NAME` wires a namespace made elsewhere; SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+    import time
+    import uuid
+
+    name = f"pvk-vm-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        proc = netenv.start_pyvpnkit("run", *exec_args(), "--netns", name)
+        ok = False
+        for _ in range(50):
+            out = subprocess.run(["ip", "netns", "exec", name, "ping", "-c", "1", "-W", "1",
+                                  "192.168.65.1"], capture_output=True, text=True)
+            if out.returncode == 0:
+                ok = True
+                break
+            time.sleep(0.1)
+        assert ok, out.stdout + out.stderr
+        addr = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "addr", "show", "eth0"],
+                              capture_output=True, text=True).stdout
+        assert "192.168.65.3/24" in addr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -105,7 +105,10 @@ def run_pair(
     consume_delay: float,
 ) -> tuple[App, App, float]:
     now = 0.0
-    common: dict[str, Any] = dict(keepalive_idle=None, fin_wait_2_timeout=None, msl=1.0)
+    common: dict[str, Any] = dict(
+        keepalive_idle=None, fin_wait_2_timeout=None, msl=1.0, max_retries=60, max_rto=4.0,
+        user_timeout=1e6, syn_retries=8,
+    )
     a = TcpConnection(
         local_ip=A_IP,
         local_port=1111,
@@ -123,6 +126,7 @@ def run_pair(
     queue: list[tuple[float, int, bytes, bytes]] = []  # (time, tiebreak, dst ip, packet)
     tick = 0
     next_consume = {"a": 0.0, "b": 0.0}
+    drops_in_a_row = {A_IP: 0, B_IP: 0}
 
     def transmit(src: bytes, dst: bytes, packets: list[bytes]) -> None:
         nonlocal tick
@@ -130,8 +134,11 @@ def run_pair(
             ip = parse_ipv4(pkt)
             assert ip.src == src and ip.dst == dst and ip.dont_fragment
             parse_tcp(ip.payload, ip.src, ip.dst)  # checksum must verify
-            if rng.random() < loss:
+            # Lossy, but never a black hole (the random source may be adversarial).
+            if rng.random() < loss and drops_in_a_row[src] < 3:
+                drops_in_a_row[src] += 1
                 continue
+            drops_in_a_row[src] = 0
             copies = 2 if rng.random() < dup else 1
             for _ in range(copies):
                 tick += 1
@@ -160,8 +167,8 @@ def run_pair(
                 d = conn.next_deadline()
                 if d is not None:
                     candidates.append(d)
-        for name, app in (("a", app_a), ("b", app_b)):
-            if app.unconsumed:
+        for name, app, conn in (("a", app_a, a), ("b", app_b, b)):
+            if app.unconsumed and conn is not None and not conn.closed:
                 candidates.append(max(next_consume[name], now))
         assert candidates, f"stalled: a={a.state} b={b.state if b else None}"
         now = max(now, min(candidates))
@@ -202,10 +209,14 @@ def run_pair(
     raise AssertionError(f"no convergence: a={a.state} b={b.state if b else None}")
 
 
+def _blob(n: int) -> bytes:
+    return random.Random(n).randbytes(n)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    data_a=st.binary(max_size=3000) | st.integers(0, 400_000).map(lambda n: random.randbytes(n)),
-    data_b=st.binary(max_size=3000) | st.integers(0, 400_000).map(lambda n: random.randbytes(n)),
+    data_a=st.binary(max_size=3000) | st.integers(0, 200_000).map(_blob),
+    data_b=st.binary(max_size=3000) | st.integers(0, 200_000).map(_blob),
     rng=st.randoms(use_true_random=False),
     loss=st.sampled_from([0.0, 0.02, 0.1, 0.25]),
     dup=st.sampled_from([0.0, 0.05, 0.2]),

@@ -310,6 +310,11 @@ class TcpNat:
         """A local service answers on its stream."""
         self.host_data(flow_id, data, now)
 
+    def forget_vm(self, vm_ip: bytes) -> None:
+        """The VM left the switch: close the host side of all its flows, forget them."""
+        for flow in [f for f in self.flows.values() if f.key[0] == vm_ip]:
+            self._forget(flow, reset=True)
+
     # -- timers and output ---------------------------------------------------
 
     def next_deadline(self) -> float | None:

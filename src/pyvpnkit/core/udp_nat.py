@@ -134,6 +134,11 @@ class NatBase(ABC):
             self.stats["expired"] += 1
             self._close(flow)
 
+    def forget_vm(self, vm_ip: bytes) -> None:
+        """The VM left the switch: release every flow it had."""
+        for flow in [f for f in self._flows.values() if f.vm_ip == vm_ip]:
+            self._close(flow)
+
     # -- helpers for subclasses ------------------------------------------------
 
     def _allocate_id(self) -> int:

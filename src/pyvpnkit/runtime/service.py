@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 
+from pyvpnkit.api.commands import ServiceExtras, start_service_extras
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dns.forwarder import UpstreamQuery
 from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
@@ -56,6 +57,7 @@ class Service:
             tcp_redirects=load_redirects(getattr(args, "forwards", None)),
         )
         self.engine: Engine | None = None
+        self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
 
     def resolv_conf_text(self) -> str:
@@ -120,6 +122,7 @@ class Service:
 
     async def run_exec(self, attached: Attached) -> int:
         engine = self._start()
+        self.extras = await start_service_extras(self)
         loop = asyncio.get_running_loop()
         self._bind_tap_vm(attached.mac)
         TapLink(attached.tap_fd, engine, self.config.mtu, name=f"netns:{self.args.ifname}")
@@ -138,19 +141,36 @@ class Service:
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _pid, status = os.waitpid(attached.pid, 0)
+        if self.extras is not None:
+            await self.extras.aclose()
         self._shutdown()
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code  # killed by a signal: shell convention
 
     async def run_forever(self, attached: Attached | None, tap_name: str | None) -> int:
         engine = self._start()
+        self.extras = await start_service_extras(self)
         if attached is not None:
             self._bind_tap_vm(attached.mac)
             TapLink(attached.tap_fd, engine, self.config.mtu, name=f"netns:{self.args.netns}")
         if tap_name:
             TapLink(open_tap(tap_name), engine, self.config.mtu, name=f"tap:{tap_name}")
+        from pyvpnkit.cli import listener_specs
+        from pyvpnkit.links import start_listener
+
+        listeners = []
+        try:
+            for kind, url in listener_specs(self.args):
+                listeners.append(await start_listener(kind, url, engine, self.config.mtu))
+                log.info("listening for %s VMs on %s", kind, url)
+        except (OSError, ValueError) as exc:
+            log.error("cannot listen: %s", exc)
+            self._stop.set()
         log.info("pyvpnkit running")
-        assert self._stop is not None
         await self._stop.wait()
+        for listener in listeners:
+            listener.close()
+        if self.extras is not None:
+            await self.extras.aclose()
         self._shutdown()
-        return 0
+        return 1 if len(listeners) < len(listener_specs(self.args)) else 0

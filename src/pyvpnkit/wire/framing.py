@@ -90,7 +90,7 @@ class FrameDecoder:
     once; only a trailing partial frame is buffered.
     """
 
-    __slots__ = ("_buf", "_hlen", "_unpack", "max_frame", "failed")
+    __slots__ = ("_buf", "_hlen", "_unpack", "max_frame", "failed", "_bad_length")
 
     def __init__(self, framing: Framing, max_frame: int) -> None:
         if max_frame < MIN_FRAME_LEN:
@@ -100,6 +100,7 @@ class FrameDecoder:
         self._unpack = framing.header.unpack_from
         self.max_frame = max_frame
         self.failed = False
+        self._bad_length = 0
 
     @property
     def pending(self) -> int:
@@ -107,8 +108,8 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        if self.failed:
-            raise FramingError(-1, MIN_FRAME_LEN, self.max_frame, [])
+        if self.failed:  # no way to find the next frame boundary again
+            raise FramingError(self._bad_length, MIN_FRAME_LEN, self.max_frame, [])
         frames: list[bytes] = []
         hlen, unpack, hi = self._hlen, self._unpack, self.max_frame
         if self._buf:
@@ -125,6 +126,7 @@ class FrameDecoder:
                 (length,) = unpack(buf, off)
                 if length < MIN_FRAME_LEN or length > hi:
                     self.failed = True
+                    self._bad_length = length
                     self._buf = bytearray()
                     raise FramingError(length, MIN_FRAME_LEN, hi, frames)
                 start = off + hlen

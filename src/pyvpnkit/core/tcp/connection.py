@@ -75,7 +75,7 @@ class TcpConnection:
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd",
         "snd_mss", "snd_wscale", "_sb", "_fin_queued", "_cc", "_rto", "_rto_at", "_retries",
         "_first_rexmit", "_rtt_seq", "_rtt_time", "_rexmit_una", "_syn_pending", "_persist_at",
-        "_persist_backoff", "_probes_unanswered", "_probe_pending", "_space_low", "_last_timer",
+        "_persist_backoff", "_probes_unanswered", "_probe_pending", "_space_low", "_heard",
         # receive side
         "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "_reasm", "_peer_fin", "_unconsumed",
         "_pending", "_ack_pending", "_dupacks_out", "sack_ok", "ts_ok", "_ts_recent",
@@ -161,7 +161,7 @@ class TcpConnection:
         self._probes_unanswered = 0
         self._probe_pending = False
         self._space_low = False
-        self._last_timer = 0.0
+        self._heard = False  # a segment arrived since the last timer run
 
         self.irs = 0
         self.rcv_nxt = 0
@@ -311,6 +311,7 @@ class TcpConnection:
             return
         flags = seg.flags
         self._last_recv = now
+        self._heard = True
         self._ka_probes = 0
         self._probes_unanswered = 0
         rcv_nxt = self.rcv_nxt
@@ -584,7 +585,7 @@ class TcpConnection:
                 self._ka_probes += 1
                 self._ka_last = now
                 self._probe_pending = True
-        self._last_timer = now
+        self._heard = False
 
     def _on_rto(self, now: float) -> None:
         self._rto_at = None
@@ -602,7 +603,7 @@ class TcpConnection:
         if self.snd_max == self.snd_una:
             return
         # A peer that keeps answering with a zero window is alive: probe, don't count.
-        if not (self.snd_wnd == 0 and self._last_recv > self._last_timer):
+        if not (self.snd_wnd == 0 and self._heard):
             self._retries += 1
             if self._first_rexmit is None:
                 self._first_rexmit = now
@@ -611,9 +612,10 @@ class TcpConnection:
                 return
         self._cc.on_timeout(self.snd_una, self.snd_max)
         self._rto.backoff()
-        self.snd_nxt = self.snd_una  # go back N
+        # Go back N; the first segment goes out even into a zero window (it is the probe).
+        self.snd_nxt = self.snd_una
         self._rtt_seq = None
-        self._rexmit_una = False
+        self._rexmit_una = True
         self._rto_at = now + self._rto.rto
 
     def _on_persist(self, now: float) -> None:
@@ -769,8 +771,10 @@ class TcpConnection:
         build = self._pb.build
         out = self._packets
         acked = False
+        # Bare ACKs carry SND.MAX, not SND.NXT: after a timeout SND.NXT is rolled back, and
+        # the peer would find an older sequence number unacceptable and ignore the ACK.
         if self._dupacks_out and self._reasm:
-            pure = build(self.snd_nxt & MASK, ack, ACK, window, opts)
+            pure = build(self.snd_max & MASK, ack, ACK, window, opts)
             out.extend([pure] * min(self._dupacks_out, MAX_DUPACKS_PER_DRAIN))
             acked = True
         self._dupacks_out = 0
@@ -779,7 +783,9 @@ class TcpConnection:
             if self._rexmit_una:
                 self._rexmit_una = False
                 if self.snd_max > self.snd_una:
-                    self._retransmit_una(window, ack, opts)
+                    sent_to = self._retransmit_una(window, ack, opts)
+                    if self.snd_nxt < sent_to:
+                        self.snd_nxt = sent_to
                     acked = True
             if self.snd_nxt < self._sb.end or (self._fin_queued and self.snd_nxt == self._sb.end):
                 acked = self._send_data(window, ack, opts) or acked
@@ -788,7 +794,7 @@ class TcpConnection:
             out.append(build((self.snd_una - 1) & MASK, ack, ACK, window, opts))
             acked = True
         if self._ack_pending and not acked:
-            out.append(build(self.snd_nxt & MASK, ack, ACK, window, opts))
+            out.append(build(self.snd_max & MASK, ack, ACK, window, opts))
         self._ack_pending = False
 
         if self.snd_max > self.snd_una:
@@ -802,7 +808,8 @@ class TcpConnection:
             self._persist_at = None
             self._persist_backoff = 0
 
-    def _retransmit_una(self, window: int, ack: int, opts: bytes) -> None:
+    def _retransmit_una(self, window: int, ack: int, opts: bytes) -> int:
+        """Resend the first unacknowledged segment; returns the sequence after it."""
         una = self.snd_una
         end = self._sb.end
         if self._rtt_seq is not None and self._rtt_seq > una:
@@ -812,11 +819,13 @@ class TcpConnection:
             flags = ACK | PSH
             if self._fin_queued and una + n == end and self.snd_max > end:
                 flags |= FIN
-            self._packets.append(
-                self._pb.build(una & MASK, ack, flags, window, opts, self._sb.slice(una, n))
-            )
-        elif self._fin_queued:
+            payload = self._sb.slice(una, n)
+            self._packets.append(self._pb.build(una & MASK, ack, flags, window, opts, payload))
+            return una + n + (1 if flags & FIN else 0)
+        if self._fin_queued:
             self._packets.append(self._pb.build(una & MASK, ack, ACK | FIN, window, opts))
+            return una + 1
+        return una
 
     def _send_data(self, window: int, ack: int, opts: bytes) -> bool:
         """Send new (or, after a timeout, resend) data and the FIN as the windows allow."""
