@@ -86,6 +86,11 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         "--gateway-names", type=_names, default=("gateway.docker.internal", "gateway.internal")
     )
     d.add_argument("--vm-names", type=_names, default=("vm.internal",))
+    g.add_argument(
+        "--verify-checksums",
+        action="store_true",
+        help="verify TCP/UDP/ICMP checksums of VM frames (off: local links cannot corrupt)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 

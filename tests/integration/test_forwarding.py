@@ -6,6 +6,8 @@ test-made host namespace on its loopback. The API is a unix socket file.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,10 +16,12 @@ from pathlib import Path
 from pyvpnkit.api.client import ApiClient
 from tests.integration.netenv import NetEnv, exec_args, wait_for
 
+# Echo servers in the VM namespace; the shell stops them all when pyvpnkit ends it.
 VM_SERVERS = (
-    "socat UDP-LISTEN:8081,fork,reuseaddr EXEC:cat & "
-    "socat TCP-LISTEN:8082,fork,reuseaddr EXEC:cat & "
-    "exec socat TCP-LISTEN:8080,fork,reuseaddr EXEC:cat"
+    "socat UDP-LISTEN:8081,fork,reuseaddr EXEC:cat & a=$!; "
+    "socat TCP-LISTEN:8082,fork,reuseaddr EXEC:cat & b=$!; "
+    "socat TCP-LISTEN:8080,fork,reuseaddr EXEC:cat & c=$!; "
+    "trap 'kill $a $b $c; exit 0' TERM INT; wait"
 )
 
 # Sends N bytes, half-closes, reads the echo to EOF: checks relay and half-close.
@@ -49,13 +53,14 @@ def echo(netenv: NetEnv, address: str, text: str) -> subprocess.CompletedProcess
 def test_publish_expose_unexpose_and_bad_requests(netenv: NetEnv, tmp_path: Path) -> None:
     api_path = tmp_path / "api.sock"
     api = f"unix://{api_path}"
+    log = tmp_path / "pyvpnkit.log"
     proc = subprocess.Popen(
         netenv.pyvpnkit(
             "exec", *exec_args(), "--api", api, "-p", "127.0.0.1:18080:8080",
             "--", "sh", "-c", VM_SERVERS,
         ),
         start_new_session=True,
-        stderr=subprocess.PIPE,
+        stderr=log.open("wb"),
     )
     netenv.procs.append(proc)
     assert wait_for(api_path.exists, timeout=10), "API socket never appeared"
@@ -121,5 +126,9 @@ def test_publish_expose_unexpose_and_bad_requests(netenv: NetEnv, tmp_path: Path
     # Stopping the service removes the API socket.
     proc.terminate()
     proc.wait(10)
+    try:  # anything the VM command left behind shares pyvpnkit's process group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     assert wait_for(lambda: not api_path.exists(), timeout=3)
-    assert b"Traceback" not in (proc.stderr.read() if proc.stderr else b"")
+    assert "Traceback" not in log.read_text()

@@ -61,8 +61,9 @@ class Switch:
         """A qemu-framed guest dialled from the test process (unix paths cross namespaces)."""
         return Guest(vmclient.connect_qemu(self.url("qemu")), mac or vmclient.random_mac(), name)
 
-    def vpnkit_guest(self, uuid: str | None, preferred_ip: bytes | None = None,
-                     name: str = "vm") -> tuple[Guest, vmclient.VpnkitHello]:
+    def vpnkit_guest(
+        self, uuid: str | None, preferred_ip: bytes | None = None, name: str = "vm"
+    ) -> tuple[Guest, vmclient.VpnkitHello]:
         io, hello = vmclient.connect_vpnkit(self.url("vpnkit"), uuid, preferred_ip)
         return Guest(io, hello.vif.mac, name), hello
 
@@ -81,13 +82,26 @@ def _start_switch(env: NetEnv, extra: tuple[str, ...] = ()) -> Switch:
     log = Path(d) / "pyvpnkit.log"
     with log.open("wb") as f:
         proc = env.start(
-            "host", sys.executable, "-m", "pyvpnkit", "run", *exec_args(), "--log-level", "info",
-            "--listen-qemu", f"unix://{d}/qemu.sock",
-            "--listen-qemu", f"tcp://127.0.0.1:{QEMU_TCP_PORT}",
-            "--listen-vpnkit", f"unix://{d}/vpnkit.sock",
-            "--listen-bess", f"unixpacket://{d}/bess.sock",
-            "--listen-vfkit", f"unixgram://{d}/vfkit.sock",
-            *extra, stderr=f,
+            "host",
+            sys.executable,
+            "-m",
+            "pyvpnkit",
+            "run",
+            *exec_args(),
+            "--log-level",
+            "info",
+            "--listen-qemu",
+            f"unix://{d}/qemu.sock",
+            "--listen-qemu",
+            f"tcp://127.0.0.1:{QEMU_TCP_PORT}",
+            "--listen-vpnkit",
+            f"unix://{d}/vpnkit.sock",
+            "--listen-bess",
+            f"unixpacket://{d}/bess.sock",
+            "--listen-vfkit",
+            f"unixgram://{d}/vfkit.sock",
+            *extra,
+            stderr=f,
         )
     sw = Switch(env, proc, d, int(port), log)
     # Listeners start in option order; the vfkit socket is the last one.
@@ -128,8 +142,16 @@ def test_transport_dhcp_arp_and_tcp(switch: Switch, kind: str) -> None:
     elif kind == "vfkit":
         extra = ["--own-path", f"{switch.dir}/vm-vfkit.sock"]
     out = switch.env.run_in(
-        "host", sys.executable, str(VMCLIENT), kind.removesuffix("-tcp"), switch.url(kind),
-        "--fetch", f"192.168.65.2:{switch.server_port}:{SIZE}", *extra, check=False, timeout=60,
+        "host",
+        sys.executable,
+        str(VMCLIENT),
+        kind.removesuffix("-tcp"),
+        switch.url(kind),
+        "--fetch",
+        f"192.168.65.2:{switch.server_port}:{SIZE}",
+        *extra,
+        check=False,
+        timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr + switch.log.read_text()
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -149,12 +171,21 @@ def test_stdio_transport(netenv: NetEnv) -> None:
     """`run --listen-stdio`: u16-LE frames on the child's stdin/stdout, no handshake."""
     _p, port = netenv.start_helper("host", "tcp_server.py", "127.0.0.1", "0")
     proc = netenv.start(
-        "host", sys.executable, "-m", "pyvpnkit", "run", *exec_args(), "--listen-stdio",
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "host",
+        sys.executable,
+        "-m",
+        "pyvpnkit",
+        "run",
+        *exec_args(),
+        "--listen-stdio",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
-    guest = Guest(vmclient.pipe_io(proc.stdout.fileno(), proc.stdin.fileno()),
-                  vmclient.random_mac(), "stdio")
+    guest = Guest(
+        vmclient.pipe_io(proc.stdout.fileno(), proc.stdin.fileno()), vmclient.random_mac(), "stdio"
+    )
     lease = guest.dhcp(timeout=15)  # the first frame also waits for the interpreter to start
     _check_lease(lease)
     assert lease.ip == socket.inet_aton("192.168.65.3")
@@ -163,6 +194,9 @@ def test_stdio_transport(netenv: NetEnv) -> None:
     assert hashlib.sha256(body).hexdigest() == _expected_sha()
     assert guest.ping(GATEWAY, GATEWAY_MAC, b"stdio ping") == GATEWAY_MAC
     assert proc.poll() is None
+    # The parent going away (stdin EOF) ends the service, as gvproxy does.
+    proc.stdin.close()
+    assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
 
 
 # -- several VMs on one switch --------------------------------------------------------
@@ -214,8 +248,11 @@ def test_arp_for_a_quiet_vm_is_answered_by_that_vm_only(switch: Switch) -> None:
         l2 = vm2.dhcp()
         t = _serve_in_background(vm2, 1.5)
         assert vm1.ip is not None
-        vm1.send_eth(b"\xff" * 6, 0x0806, vmclient.build_arp(
-            vmclient.ARP_REQUEST, vm1.mac, vm1.ip, bytes(6), l2.ip))
+        vm1.send_eth(
+            b"\xff" * 6,
+            0x0806,
+            vmclient.build_arp(vmclient.ARP_REQUEST, vm1.mac, vm1.ip, bytes(6), l2.ip),
+        )
         answers: list[bytes] = []
         deadline = time.monotonic() + 1.0
         while (left := deadline - time.monotonic()) > 0:

@@ -33,7 +33,13 @@ from pyvpnkit.links.url import parse_listen_url
 from pyvpnkit.wire import dhcp, vmnet
 from pyvpnkit.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket, build_arp, parse_arp
 from pyvpnkit.wire.errors import ParseError
-from pyvpnkit.wire.ethernet import BROADCAST, ETHERTYPE_ARP, ETHERTYPE_IPV4, build_ethernet, parse_ethernet
+from pyvpnkit.wire.ethernet import (
+    BROADCAST,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    build_ethernet,
+    parse_ethernet,
+)
 from pyvpnkit.wire.framing import QEMU, U16LE, Framing
 from pyvpnkit.wire.icmp import ECHO_REPLY, ECHO_REQUEST, build_icmp, echo_rest, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, build_ipv4, parse_ipv4
@@ -285,7 +291,9 @@ class Guest:
             return
         arp = arp_of(frame)
         if arp is not None and arp.op == ARP_REQUEST and arp.tpa == self.ip:
-            self.send_eth(arp.sha, ETHERTYPE_ARP, build_arp(ARP_REPLY, self.mac, self.ip, arp.sha, arp.spa))
+            self.send_eth(
+                arp.sha, ETHERTYPE_ARP, build_arp(ARP_REPLY, self.mac, self.ip, arp.sha, arp.spa)
+            )
             return
         pkt = ipv4_of(frame)
         if pkt is not None and pkt.dst == self.ip and pkt.proto == PROTO_ICMP:
@@ -312,20 +320,28 @@ class Guest:
         """DISCOVER, OFFER, REQUEST, ACK; the address becomes this guest's."""
         xid = self.rng.getrandbits(32)
         params = bytes([dhcp.OPT_SUBNET_MASK, dhcp.OPT_ROUTER, dhcp.OPT_DNS, dhcp.OPT_MTU])
-        self._send_dhcp(xid, {dhcp.OPT_MESSAGE_TYPE: bytes([dhcp.DHCPDISCOVER]),
-                              dhcp.OPT_PARAM_REQUEST: params})
+        self._send_dhcp(
+            xid, {dhcp.OPT_MESSAGE_TYPE: bytes([dhcp.DHCPDISCOVER]), dhcp.OPT_PARAM_REQUEST: params}
+        )
         offer = self.expect(self._dhcp_reply(xid, {dhcp.DHCPOFFER}), timeout, "DHCPOFFER")
         server = offer.server_id
         assert server is not None, "OFFER without a server identifier"
-        self._send_dhcp(xid, {dhcp.OPT_MESSAGE_TYPE: bytes([dhcp.DHCPREQUEST]),
-                              dhcp.OPT_REQUESTED_IP: offer.yiaddr,
-                              dhcp.OPT_SERVER_ID: server,
-                              dhcp.OPT_PARAM_REQUEST: params})
+        self._send_dhcp(
+            xid,
+            {
+                dhcp.OPT_MESSAGE_TYPE: bytes([dhcp.DHCPREQUEST]),
+                dhcp.OPT_REQUESTED_IP: offer.yiaddr,
+                dhcp.OPT_SERVER_ID: server,
+                dhcp.OPT_PARAM_REQUEST: params,
+            },
+        )
         ack = self.expect(self._dhcp_reply(xid, {dhcp.DHCPACK, dhcp.DHCPNAK}), timeout, "DHCPACK")
         if ack.message_type != dhcp.DHCPACK:
             raise RuntimeError(f"{self.name}: DHCP NAK: {ack.options.get(dhcp.OPT_MESSAGE)!r}")
         if ack.yiaddr != offer.yiaddr:
-            raise RuntimeError(f"{self.name}: ACK for {dotted(ack.yiaddr)}, offered {dotted(offer.yiaddr)}")
+            raise RuntimeError(
+                f"{self.name}: ACK for {dotted(ack.yiaddr)}, offered {dotted(offer.yiaddr)}"
+            )
         o = ack.options
         mtu = o.get(dhcp.OPT_MTU)
         self.lease = Lease(
@@ -341,8 +357,9 @@ class Guest:
         return self.lease
 
     def _send_dhcp(self, xid: int, options: dict[int, bytes]) -> None:
-        msg = dhcp.DhcpMessage(op=dhcp.BOOTREQUEST, xid=xid, chaddr=self.mac.ljust(16, b"\0"),
-                               options=options)
+        msg = dhcp.DhcpMessage(
+            op=dhcp.BOOTREQUEST, xid=xid, chaddr=self.mac.ljust(16, b"\0"), options=options
+        )
         udp = build_udp(ZERO_IP, ALL_ONES, 68, 67, dhcp.build_dhcp(msg))
         self.send_ip(BROADCAST, build_ipv4(ZERO_IP, ALL_ONES, PROTO_UDP, udp, dont_fragment=False))
 
@@ -368,7 +385,9 @@ class Guest:
     def arp(self, ip: bytes, timeout: float = 5.0) -> bytes:
         """who-has ``ip``: the MAC in the first reply."""
         assert self.ip is not None, "ARP needs an address (run dhcp() first)"
-        self.send_eth(BROADCAST, ETHERTYPE_ARP, build_arp(ARP_REQUEST, self.mac, self.ip, bytes(6), ip))
+        self.send_eth(
+            BROADCAST, ETHERTYPE_ARP, build_arp(ARP_REQUEST, self.mac, self.ip, bytes(6), ip)
+        )
 
         def pick(frame: bytes) -> bytes | None:
             a = arp_of(frame)
@@ -433,8 +452,13 @@ class Guest:
         mtu = self.lease.mtu or 1500
         sport = self.rng.randrange(32768, 61000)
         conn = tcpc.TcpConnection(
-            local_ip=self.ip, local_port=sport, remote_ip=ip, remote_port=port,
-            iss=self.rng.getrandbits(32), mss=mtu - 40, keepalive_idle=None,
+            local_ip=self.ip,
+            local_port=sport,
+            remote_ip=ip,
+            remote_port=port,
+            iss=self.rng.getrandbits(32),
+            mss=mtu - 40,
+            keepalive_idle=None,
         )
         data = bytearray()
         deadline = time.monotonic() + timeout
@@ -442,8 +466,10 @@ class Guest:
         while True:
             now = time.monotonic()
             if now > deadline:
-                raise TimeoutError(f"{self.name}: TCP to {dotted(ip)}:{port} stuck in "
-                                   f"{conn.state} after {len(data)} bytes")
+                raise TimeoutError(
+                    f"{self.name}: TCP to {dotted(ip)}:{port} stuck in "
+                    f"{conn.state} after {len(data)} bytes"
+                )
             due = conn.next_deadline()
             if due is not None and now >= due:
                 conn.handle_timer(now)
@@ -459,7 +485,9 @@ class Guest:
                 elif isinstance(ev, PeerClosed):
                     conn.shutdown(now)
                 elif isinstance(ev, (Reset, TimedOut)):
-                    raise ConnectionError(f"{self.name}: TCP {type(ev).__name__} after {len(data)} bytes")
+                    raise ConnectionError(
+                        f"{self.name}: TCP {type(ev).__name__} after {len(data)} bytes"
+                    )
                 elif isinstance(ev, Closed):
                     return bytes(data)
             if packets or events:
@@ -503,8 +531,9 @@ def ipv4_of(frame: bytes) -> IPv4Packet | None:
 # -- script -----------------------------------------------------------------------
 
 
-def open_guest(kind: str, url: str, mac: bytes | None, uuid: str | None,
-               own_path: str | None) -> tuple[Guest, dict[str, object]]:
+def open_guest(
+    kind: str, url: str, mac: bytes | None, uuid: str | None, own_path: str | None
+) -> tuple[Guest, dict[str, object]]:
     info: dict[str, object] = {}
     io: FrameIO
     if kind == "qemu":
@@ -512,8 +541,11 @@ def open_guest(kind: str, url: str, mac: bytes | None, uuid: str | None,
     elif kind == "vpnkit":
         io, hello = connect_vpnkit(url, uuid)
         mac = hello.vif.mac
-        info.update(vif_mtu=hello.vif.mtu, vif_max_packet=hello.vif.max_packet_size,
-                    server_version=hello.server_version)
+        info.update(
+            vif_mtu=hello.vif.mtu,
+            vif_max_packet=hello.vif.max_packet_size,
+            server_version=hello.server_version,
+        )
     elif kind == "bess":
         io = connect_bess(url)
     elif kind == "vfkit":
@@ -526,7 +558,9 @@ def open_guest(kind: str, url: str, mac: bytes | None, uuid: str | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("kind", choices=["qemu", "vpnkit", "bess", "vfkit"])
     p.add_argument("url")
     p.add_argument("--fetch", required=True, metavar="HOST:PORT:SIZE")
@@ -545,9 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         guest.close()
     info.update(
-        mac=guest.mac.hex(":"), ip=dotted(lease.ip), router=dotted(lease.router),
-        dns=dotted(lease.dns), netmask=dotted(lease.netmask), mtu=lease.mtu,
-        gateway_mac=gw_mac.hex(":"), bytes=len(body), sha256=hashlib.sha256(body).hexdigest(),
+        mac=guest.mac.hex(":"),
+        ip=dotted(lease.ip),
+        router=dotted(lease.router),
+        dns=dotted(lease.dns),
+        netmask=dotted(lease.netmask),
+        mtu=lease.mtu,
+        gateway_mac=gw_mac.hex(":"),
+        bytes=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
         seconds=round(time.monotonic() - t0, 3),
     )
     print(json.dumps(info), flush=True)

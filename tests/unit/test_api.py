@@ -213,6 +213,26 @@ async def test_tcp_forward_opens_a_connection_into_the_vm(env: Env, client: Test
 
 
 @run
+async def test_loopback_forward_also_listens_on_ipv6(env: Env, client: TestClient) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    env.announce_vm()
+    info = await expose(client, "127.0.0.1:0", ":443")
+    _h, port = split_host_port(info["local"], "local")
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("::1", port))
+        except OSError as exc:
+            pytest.skip(f"no ::1 here: {exc}")
+        await wait_until(lambda: syn_to_vm(env, 443))
+    await client.post("/services/forwarder/unexpose", json={"local": info["local"]})
+    with socket.socket(socket.AF_INET6) as sock:
+        assert sock.connect_ex(("::1", port)) == errno.ECONNREFUSED
+
+
+@run
 async def test_first_vm_is_used_for_an_empty_remote_ip(env: Env, client: TestClient) -> None:
     info = await expose(client, "127.0.0.1:0", ":8080")
     assert info["remote"] == "192.168.65.3:8080"  # no VM yet: the first address

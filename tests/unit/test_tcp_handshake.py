@@ -7,7 +7,7 @@ import pytest
 from pyvpnkit.core.tcp import Closed, DataReceived, Established, Reset, TcpConnection, TimedOut
 from pyvpnkit.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions
 
-from .test_tcp_support import M, Link, Peer, establish, kw
+from .test_tcp_support import Link, M, Peer, establish, kw
 
 
 def accepted(peer: Peer, **extra: object) -> Link:

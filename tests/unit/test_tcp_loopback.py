@@ -10,6 +10,7 @@ Also fuzzes the machine with arbitrary segments in every state.
 from __future__ import annotations
 
 import heapq
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,8 +107,13 @@ def run_pair(
 ) -> tuple[App, App, float]:
     now = 0.0
     common: dict[str, Any] = dict(
-        keepalive_idle=None, fin_wait_2_timeout=None, msl=1.0, max_retries=60, max_rto=4.0,
-        user_timeout=1e6, syn_retries=8,
+        keepalive_idle=None,
+        fin_wait_2_timeout=None,
+        msl=1.0,
+        max_retries=60,
+        max_rto=4.0,
+        user_timeout=1e6,
+        syn_retries=8,
     )
     a = TcpConnection(
         local_ip=A_IP,
@@ -213,7 +219,12 @@ def _blob(n: int) -> bytes:
     return random.Random(n).randbytes(n)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# TCP_EXAMPLES=2000 for a long soak.
+@settings(
+    max_examples=int(os.environ.get("TCP_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     data_a=st.binary(max_size=3000) | st.integers(0, 200_000).map(_blob),
     data_b=st.binary(max_size=3000) | st.integers(0, 200_000).map(_blob),
@@ -303,8 +314,14 @@ def test_arbitrary_segments_never_raise(
     now = 10.0
     peer_iss = 123456
     common: dict[str, Any] = dict(
-        local_ip=LOCAL, local_port=80, remote_ip=VM, remote_port=4000, iss=0xFFFFFF00, mss=1460,
-        rcv_buffer=5000, snd_buffer=5000,
+        local_ip=LOCAL,
+        local_port=80,
+        remote_ip=VM,
+        remote_port=4000,
+        iss=0xFFFFFF00,
+        mss=1460,
+        rcv_buffer=5000,
+        snd_buffer=5000,
     )
     options = syn_opts[5]
     if active:
@@ -354,8 +371,20 @@ def test_arbitrary_segments_never_raise(
 
 def test_fin_only_through_pair() -> None:
     app_a, app_b, _ = run_pair(
-        b"", b"", random.Random(5), loss=0.0, dup=0.0, jitter=0.0, mss_a=1460, mss_b=1460,
-        rcv_a=1 << 20, rcv_b=1 << 20, snd_a=1 << 20, snd_b=1 << 20, opts_b={}, consume_delay=0.0,
+        b"",
+        b"",
+        random.Random(5),
+        loss=0.0,
+        dup=0.0,
+        jitter=0.0,
+        mss_a=1460,
+        mss_b=1460,
+        rcv_a=1 << 20,
+        rcv_b=1 << 20,
+        snd_a=1 << 20,
+        snd_b=1 << 20,
+        opts_b={},
+        consume_delay=0.0,
     )
     assert app_a.eof and app_b.eof and app_a.closed and app_b.closed
     assert FIN  # flags module imported for the fuzz strategy

@@ -72,12 +72,20 @@ def test_reassembly_clip_and_sack_blocks() -> None:
     assert b"".join(r.pop(10)[0]) == b"xxxxx"
 
 
-def test_reassembly_interval_limit() -> None:
+def test_reassembly_interval_and_chunk_limits() -> None:
     r = Reassembly(max_intervals=2)
     assert r.add(10, b"a") and r.add(20, b"b")
     assert r.add(30, b"c") == 0  # would be a third interval
     assert r.add(11, b"a") == 1  # merging is still fine
     assert len(r) == 2
+    r = Reassembly(max_chunks=3)
+    assert r.add(10, b"a") and r.add(11, b"b") and r.add(12, b"c")
+    assert r.add(13, b"d") == 0  # a tiny-segment flood stops at the chunk budget
+    chunks, nxt = r.pop(10)
+    assert b"".join(chunks) == b"abc" and nxt == 13
+    assert r.add(20, b"e") == 1  # budget freed by delivery
+    r.clip(20)
+    assert r.add(30, b"f") and r.add(31, b"g") and r.add(32, b"h")
 
 
 @settings(max_examples=200)

@@ -151,7 +151,6 @@ async def start_service_extras(service: Any) -> ServiceExtras:
     A forward or API that cannot start (port already allocated...) is logged
     and stops the service, like `docker run -p` refusing to start.
     """
-    from pyvpnkit.api.server import FrameCounter, make_app, start_api
     from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
 
     engine, stack, args = service.engine, service.stack, service.args
@@ -161,6 +160,9 @@ async def start_service_extras(service: Any) -> ServiceExtras:
             extras.forwarder.expose(local, remote, protocol)
         url = getattr(args, "api", None)
         if url:
+            # aiohttp costs most of a second to import: only when an API is asked for.
+            from pyvpnkit.api.server import FrameCounter, make_app, start_api
+
             counter = FrameCounter()
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)

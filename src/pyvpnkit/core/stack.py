@@ -86,7 +86,7 @@ class Stack:
         dns_upstreams: list[tuple[str, int]] | None = None,
         hosts_text: str = "",
         rng: random.Random | None = None,
-        verify_checksums: bool = True,
+        verify_checksums: bool = False,
         tcp_checksums: bool = True,
         dns_query_id: Callable[[], int] | None = None,
         tcp_redirects: tuple[Redirect, ...] = (),
@@ -132,7 +132,26 @@ class Stack:
         self.dns.set_vm_addresses(list(self.vms))
 
     def _is_vm_address(self, ip: bytes) -> bool:
-        return ip in self.vms
+        # A leased address is a VM's even before it sends its first IP packet:
+        # answering ARP for it would pull other VMs' traffic for it into the NAT.
+        return ip in self.vms or self.pool.owner(ip) is not None
+
+    def add_vm(self, link: int, mac: bytes, ip: bytes) -> None:
+        """Know a VM before it speaks (a namespace configured with a static address)."""
+        self.macs[mac] = link
+        self._learn(link, mac, ip)
+
+    def _vm_from_lease(self, ip: bytes) -> Vm | None:
+        """A VM that has a lease but sent no IPv4 yet (e.g. only listens): route by its MAC."""
+        owner = self.pool.owner(ip)
+        if owner is None or not owner.startswith("mac:"):
+            return None
+        mac = bytes.fromhex(owner[4:].replace(":", ""))
+        link = self.macs.get(mac)
+        if link is None:
+            return None
+        self._learn(link, mac, ip)
+        return self.vms.get(ip)
 
     def _learn(self, link: int, mac: bytes, ip: bytes) -> None:
         vm = self.vms.get(ip)
@@ -257,8 +276,10 @@ class Stack:
         """Send an IPv4 packet to the VM that owns its destination address."""
         vm = self.vms.get(packet[16:20])
         if vm is None:
-            self.stats["drop_no_route"] += 1
-            return
+            vm = self._vm_from_lease(packet[16:20])
+            if vm is None:
+                self.stats["drop_no_route"] += 1
+                return
         if len(packet) > self.config.mtu:
             for part in fragment_ipv4(packet, self.config.mtu):
                 self._frames.append((vm.link, vm.eth_header + part))

@@ -1,4 +1,10 @@
-"""TAP link: whole Ethernet frames through a /dev/net/tun file descriptor."""
+"""TAP link: whole Ethernet frames through a /dev/net/tun file descriptor.
+
+With a virtio-net header (IFF_VNET_HDR) the link tells the kernel that our
+frames need no checksum verification, accepts the kernel's TCP
+super-segments with partial checksums, and hands TCP packets larger than the
+MTU to the kernel as GSO so it cuts them into MTU-sized segments.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,44 @@ import logging
 import os
 
 from pyvpnkit.links.base import FrameSink, Link
+from pyvpnkit.runtime.tap import (
+    PLAIN_HDR,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    enable_offloads,
+)
+from pyvpnkit.wire.checksum import pseudo_header_sum
 
 log = logging.getLogger("pyvpnkit.links")
 
 # Frames read per readiness callback before yielding to other links.
 READ_BATCH = 256
+GSO_MAX = 65535 + 14
 
 
 class TapLink(Link):
-    def __init__(self, fd: int, sink: FrameSink, mtu: int, name: str = "tap") -> None:
+    def __init__(
+        self, fd: int, sink: FrameSink, mtu: int, name: str = "tap", vnet_hdr: bool = False
+    ) -> None:
         self.fd = fd
         self.sink = sink
         self.mtu = mtu
         self.name = name
         self.mac = None
         self.dropped = 0
+        self.vnet_hdr = vnet_hdr
         self._loop = asyncio.get_running_loop()
         self._bufsize = mtu + 14 + 4
+        if vnet_hdr:
+            try:
+                enable_offloads(fd)
+                self._bufsize = max(self._bufsize, GSO_MAX) + VNET_HDR_LEN
+            except OSError as exc:
+                log.warning("%s: no TAP offloads (%s); checksums in software", name, exc)
+                self._bufsize += VNET_HDR_LEN
         os.set_blocking(fd, False)
         sink.link_opened(self)
         self._loop.add_reader(fd, self._on_readable)
@@ -31,6 +58,7 @@ class TapLink(Link):
     def _on_readable(self) -> None:
         read, fd, size = os.read, self.fd, self._bufsize
         deliver = self.sink.frame_received
+        skip = VNET_HDR_LEN if self.vnet_hdr else 0
         for _ in range(READ_BATCH):
             try:
                 frame = read(fd, size)
@@ -40,20 +68,55 @@ class TapLink(Link):
                 log.error("%s: read failed: %s", self.name, exc)
                 self.close()
                 return
-            if not frame:
+            if len(frame) <= skip:
                 self.close()
                 return
-            deliver(self, frame)
+            # The header's checksum and GSO hints need no action: we do not
+            # verify checksums of frames from a local kernel, and a TCP
+            # super-segment is just a large segment to our TCP.
+            deliver(self, memoryview(frame)[skip:] if skip else frame)  # type: ignore[arg-type]
+            if self.fd < 0:
+                return
 
     def send_frame(self, frame: bytes) -> None:
         try:
-            os.write(self.fd, frame)
+            if self.vnet_hdr and frame[12:14] == b"\x08\x00" and frame[23] == 6:
+                self._send_tcp(frame)
+            elif self.vnet_hdr:
+                os.writev(self.fd, (PLAIN_HDR, frame))
+            else:
+                os.write(self.fd, frame)
         except BlockingIOError:
             self.dropped += 1
-        except OSError as exc:
+        except (OSError, IndexError) as exc:
             # EIO while the interface is down, EINVAL for an oversized frame.
             self.dropped += 1
             log.debug("%s: write failed: %s", self.name, exc)
+
+    def _send_tcp(self, frame: bytes) -> None:
+        """TCP goes out with a partial checksum (the kernel trusts or completes it).
+
+        Our TCP may skip computing checksums; the field gets the pseudo-header
+        sum that NEEDS_CSUM requires. A packet larger than the MTU is marked
+        GSO so the kernel cuts it into MTU-sized segments (TSO in software).
+        """
+        ip_end = 14 + (frame[14] & 0x0F) * 4
+        tcp_hlen = (frame[ip_end + 12] >> 4) * 4
+        tcp_len = len(frame) - ip_end
+        partial = pseudo_header_sum(frame[26:30], frame[30:34], 6, tcp_len)
+        if len(frame) <= self.mtu + 14:
+            gso_type, gso_size = VIRTIO_NET_HDR_GSO_NONE, 0
+        else:
+            gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+            gso_size = self.mtu - (ip_end - 14) - tcp_hlen
+        hdr = VNET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, ip_end + tcp_hlen, gso_size, ip_end, 16
+        )
+        view = memoryview(frame)
+        os.writev(
+            self.fd,
+            (hdr, view[: ip_end + 16], partial.to_bytes(2, "big"), view[ip_end + 18 :]),
+        )
 
     def close(self) -> None:
         if self.fd < 0:

@@ -52,6 +52,9 @@ class Engine:
         self._ids[id(link)] = n
         log.info("link %s opened", link.name)
 
+    def link_id(self, link: Link) -> int | None:
+        return self._ids.get(id(link))
+
     def frame_received(self, link: Link, frame: bytes) -> None:
         n = self._ids.get(id(link))
         if n is None:

@@ -180,27 +180,6 @@ class Forwarder:
         for lst in list(self._by_id.values()):
             self.unexpose(lst.local, lst.protocol)
 
-    def ensure_route(self, vm_ip: bytes) -> None:
-        """Let the stack reach ``vm_ip`` even before that VM sent any IPv4 packet.
-
-        The stack learns VMs from their IPv4 traffic, but a VM that only
-        listens (the server behind a published port) may not have sent any.
-        Its lease names its MAC; the MAC's link is known from any frame it
-        sent (IPv6 ND, ARP), or is the only link there is.
-        """
-        stack = self.stack
-        if vm_ip in stack.vms:
-            return
-        owner = stack.pool.owner(vm_ip)
-        if owner is None or not owner.startswith("mac:"):
-            return
-        mac = bytes.fromhex(owner[4:].replace(":", ""))
-        link = stack.macs.get(mac)
-        if link is None and len(self.engine.links) == 1:
-            link = next(iter(self.engine.links))
-        if link is not None:
-            stack._learn(link, mac, vm_ip)  # noqa: SLF001 - see the report: wants a public hook
-
     def first_vm(self) -> bytes:
         """Where an empty remote IP points: the lowest VM address seen, else the first one."""
         vms = self.stack.vms
@@ -334,7 +313,6 @@ class Forwarder:
 
     def _to_vm(self, lst: _Listener, client: socket.socket) -> None:
         vm_ip = lst.remote_ip or self.first_vm()
-        self.ensure_route(vm_ip)
         try:
             fid = self.stack.tcp.open_to_vm(vm_ip, lst.remote_port, self.loop.time())
         except RuntimeError as exc:
@@ -365,7 +343,6 @@ class Forwarder:
 
     def _retarget_udp(self, lst: _Listener) -> tuple[bytes, int]:
         target = (lst.remote_ip or self.first_vm(), lst.remote_port)
-        self.ensure_route(target[0])
         if target != lst.udp_target:
             self.stack.udp_forward.add(lst.lid, *target)
             lst.udp_target = target

@@ -30,6 +30,7 @@ class IfaceSetup:
     gateway: str = "192.168.65.1"
     mtu: int = 1500
     resolv_conf: str | None = None  # file to bind-mount over /etc/resolv.conf (exec only)
+    vnet_hdr: bool = True  # frames carry a virtio-net header (checksum and TSO offloads)
 
 
 @dataclass
@@ -55,7 +56,7 @@ def _ip(*args: str) -> None:
 
 def _configure(setup: IfaceSetup) -> bytes:
     """Runs inside the namespace: create the TAP and configure it."""
-    fd = open_tap(setup.ifname)
+    fd = open_tap(setup.ifname, vnet_hdr=setup.vnet_hdr)
     _ip("link", "set", "lo", "up")
     _ip("link", "set", setup.ifname, "mtu", str(setup.mtu))
     _ip("link", "set", setup.ifname, "up")

@@ -47,7 +47,7 @@ class Service:
             log.warning("no upstream DNS servers: only built-in names and %s answer", args.hosts)
         self.upstreams = upstreams
         self.hosts_path: str = args.hosts
-        from pyvpnkit.cli import load_redirects
+        from pyvpnkit.cli import listener_specs, load_redirects
 
         self.stack = Stack(
             config,
@@ -55,6 +55,10 @@ class Service:
             hosts_text=_read(args.hosts),
             dns_query_id=secure_query_id,
             tcp_redirects=load_redirects(getattr(args, "forwards", None)),
+            # Frames on TAP links are marked checksum-valid (virtio-net header);
+            # hypervisor links without offloads need real TCP checksums.
+            tcp_checksums=bool(listener_specs(args)),
+            verify_checksums=getattr(args, "verify_checksums", False),
         )
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
@@ -106,9 +110,14 @@ class Service:
         self._hosts.check(loop.time())
         self._hosts_timer = loop.call_later(2.0, self._watch_hosts)
 
-    def _bind_tap_vm(self, mac: bytes) -> None:
-        """The namespace's interface is configured with the first address: reserve it."""
-        self.stack.pool.allocate("mac:" + mac.hex(":"), self.config.lowest_ip)
+    def _attach_tap(self, attached: Attached, name: str) -> None:
+        """Serve a namespace's TAP; its interface has the first address: reserve it."""
+        assert self.engine is not None
+        link = TapLink(attached.tap_fd, self.engine, self.config.mtu, name=name, vnet_hdr=True)
+        ip = self.stack.pool.allocate("mac:" + attached.mac.hex(":"), self.config.lowest_ip)
+        link_id = self.engine.link_id(link)
+        if link_id is not None:
+            self.stack.add_vm(link_id, attached.mac, ip)
 
     def _shutdown(self) -> None:
         if getattr(self, "_hosts_timer", None) is not None:
@@ -121,11 +130,18 @@ class Service:
                 obj.close()
 
     async def run_exec(self, attached: Attached) -> int:
-        engine = self._start()
+        self._start()
         self.extras = await start_service_extras(self)
+        if self.extras.error:
+            # Like `docker run -p` on a taken port: the command never starts.
+            if attached.control is not None:
+                attached.control.close()  # the child sees EOF and exits
+            os.waitpid(attached.pid, 0)
+            os.close(attached.tap_fd)
+            self._shutdown()
+            return 125
         loop = asyncio.get_running_loop()
-        self._bind_tap_vm(attached.mac)
-        TapLink(attached.tap_fd, engine, self.config.mtu, name=f"netns:{self.args.ifname}")
+        self._attach_tap(attached, f"netns:{self.args.ifname}")
         pidfd = os.pidfd_open(attached.pid)
         exited = asyncio.Event()
         loop.add_reader(pidfd, exited.set)
@@ -151,10 +167,15 @@ class Service:
         engine = self._start()
         self.extras = await start_service_extras(self)
         if attached is not None:
-            self._bind_tap_vm(attached.mac)
-            TapLink(attached.tap_fd, engine, self.config.mtu, name=f"netns:{self.args.netns}")
+            self._attach_tap(attached, f"netns:{self.args.netns}")
         if tap_name:
-            TapLink(open_tap(tap_name), engine, self.config.mtu, name=f"tap:{tap_name}")
+            TapLink(
+                open_tap(tap_name, vnet_hdr=True),
+                engine,
+                self.config.mtu,
+                name=f"tap:{tap_name}",
+                vnet_hdr=True,
+            )
         from pyvpnkit.cli import listener_specs
         from pyvpnkit.links import start_listener
 
@@ -166,6 +187,12 @@ class Service:
         except (OSError, ValueError) as exc:
             log.error("cannot listen: %s", exc)
             self._stop.set()
+        stop = self._stop
+        for listener in listeners:
+            if listener.kind == "stdio":
+                # The parent holds the VM end: its pipes closing ends the service, as in gvproxy.
+                self._stdio_done = asyncio.ensure_future(listener.wait_closed())  # type: ignore[attr-defined]
+                self._stdio_done.add_done_callback(lambda _f: stop.set())
         log.info("pyvpnkit running")
         await self._stop.wait()
         for listener in listeners:

@@ -1,4 +1,10 @@
-"""Opening a TAP device: raw Ethernet frames through a file descriptor."""
+"""Opening a TAP device: raw Ethernet frames through a file descriptor.
+
+With IFF_VNET_HDR every frame carries a 10-byte virtio-net header. We use it
+to skip checksums both ways (the kernel on the other side of the TAP is the
+only peer, and nothing can corrupt a frame in between) and to exchange TCP
+segments far larger than the MTU (TSO/GSO): the kernel splits or merges them.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,39 @@ import os
 import struct
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+
+VNET_HDR_LEN = 10
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+
+VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+PLAIN_HDR = VNET_HDR.pack(0, 0, 0, 0, 0, 0)  # complete frame, checksums included
 
 
-def open_tap(ifname: str) -> int:
+def open_tap(ifname: str, vnet_hdr: bool = False) -> int:
     """Create (or attach to) TAP ``ifname`` in the current network namespace.
 
-    Returns a non-blocking fd; frames carry no packet-info header.
+    Returns a non-blocking fd; frames carry no packet-info header, and a
+    virtio-net header when ``vnet_hdr`` is set.
     """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        ifr = struct.pack("16sH22x", ifname.encode(), IFF_TAP | IFF_NO_PI)
-        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def enable_offloads(fd: int) -> None:
+    """Let the kernel hand us partial checksums and TCP super-segments (TSO4)."""
+    fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)

@@ -387,7 +387,7 @@ class TcpConnection:
         self.rcv_adv = self.rcv_nxt + min(self.rcv_buffer, 0xFFFF)
         self.snd_wnd = self.max_snd_wnd = seg.window
         self.snd_wl1 = seg.seq
-        self.snd_wl2 = seg.ack
+        self.snd_wl2 = self.iss + 1
         if ack_ok:
             self._on_new_ack(self.iss + 1, seg)
             self._establish()
@@ -711,8 +711,10 @@ class TcpConnection:
             opts += b"".join(_II.pack(s & MASK, e & MASK) for s, e in blocks)
         return opts
 
-    def _window(self) -> int:
-        """Window field to advertise; moves RCV.ADV right but never left."""
+    def _window(self) -> tuple[int, int]:
+        """Window field to advertise and the right edge it stands for (never left of RCV.ADV,
+        up to scaling granularity). Receiver SWS avoidance: the edge only moves right by at
+        least min(buffer/2, MSS) (RFC 9293 3.8.6.2.2)."""
         rcv_nxt = self.rcv_nxt
         avail = self.rcv_buffer - self._unconsumed
         cur = self.rcv_adv - rcv_nxt
@@ -723,10 +725,7 @@ class TcpConnection:
         field = wnd >> ws
         if field > 0xFFFF:
             field = 0xFFFF
-        edge = rcv_nxt + (field << ws)
-        if edge > self.rcv_adv:
-            self.rcv_adv = edge
-        return field
+        return field, rcv_nxt + (field << ws)
 
     def _syn_packet(self) -> bytes:
         tsval = int(self._now * 1000) & MASK
@@ -765,11 +764,12 @@ class TcpConnection:
             self._dupacks_out = 0
             return
 
-        window = self._window()
+        window, edge = self._window()
         ack = self.rcv_nxt & MASK
         opts = self._options()
         build = self._pb.build
         out = self._packets
+        sent_before = len(out)
         acked = False
         # Bare ACKs carry SND.MAX, not SND.NXT: after a timeout SND.NXT is rolled back, and
         # the peer would find an older sequence number unacceptable and ignore the ACK.
@@ -796,6 +796,8 @@ class TcpConnection:
         if self._ack_pending and not acked:
             out.append(build(self.snd_max & MASK, ack, ACK, window, opts))
         self._ack_pending = False
+        if len(out) > sent_before and edge > self.rcv_adv:
+            self.rcv_adv = edge  # the peer has been told: accept up to there from now on
 
         if self.snd_max > self.snd_una:
             if self._rto_at is None:

@@ -4,7 +4,9 @@ Each interval keeps the chunks it was built from (slices of one copy of each
 segment's payload), so merging never copies bytes; the data is joined once,
 when it is delivered. Overlapping or duplicate bytes are trimmed on arrival
 (the first copy wins). Callers only insert bytes inside the receive window,
-which bounds the memory; ``max_intervals`` bounds the bookkeeping.
+which bounds the bytes; ``max_intervals`` and ``max_chunks`` bound the
+bookkeeping, so a flood of tiny segments cannot cost more than the window.
+Refusing out-of-order data is always allowed: the peer sends it again.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ Chunk = bytes | memoryview
 
 
 class Reassembly:
-    __slots__ = ("_starts", "_ends", "_chunks", "bytes", "max_intervals", "_last")
+    __slots__ = (
+        "_starts",
+        "_ends",
+        "_chunks",
+        "bytes",
+        "max_intervals",
+        "max_chunks",
+        "_nchunks",
+        "_last",
+    )
 
-    def __init__(self, max_intervals: int = 1024) -> None:
+    def __init__(self, max_intervals: int = 1024, max_chunks: int = 16384) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
         self._chunks: list[list[Chunk]] = []
         self.bytes = 0  # payload bytes held
         self.max_intervals = max_intervals
+        self.max_chunks = max_chunks
+        self._nchunks = 0
         self._last = -1  # start of the most recent arrival (for SACK block order)
 
     def __bool__(self) -> bool:
@@ -38,7 +51,7 @@ class Reassembly:
     def add(self, start: int, data: Chunk) -> int:
         """Insert ``data`` at ``start``; returns how many new bytes were kept."""
         end = start + len(data)
-        if end <= start:
+        if end <= start or self._nchunks >= self.max_chunks:
             return 0
         starts, ends = self._starts, self._ends
         i = bisect_left(ends, start)  # first interval ending at or after start
@@ -49,6 +62,7 @@ class Reassembly:
             starts.insert(i, start)
             ends.insert(i, end)
             self._chunks.insert(i, [data])
+            self._nchunks += 1
             self.bytes += len(data)
             self._last = start
             return len(data)
@@ -66,6 +80,7 @@ class Reassembly:
                 added += gap_end - ends[k]
         new_start = min(start, starts[i])
         new_end = max(end, ends[j - 1])
+        self._nchunks += len(pieces) - sum(len(c) for c in self._chunks[i:j])
         starts[i:j] = [new_start]
         ends[i:j] = [new_end]
         self._chunks[i:j] = [pieces]
@@ -83,6 +98,7 @@ class Reassembly:
         while starts and starts[0] <= rcv_nxt:
             s, e = starts.pop(0), ends.pop(0)
             chunks = self._chunks.pop(0)
+            self._nchunks -= len(chunks)
             self.bytes -= e - s
             if e <= rcv_nxt:
                 continue
@@ -105,7 +121,7 @@ class Reassembly:
             if s >= limit:
                 starts.pop()
                 ends.pop()
-                self._chunks.pop()
+                self._nchunks -= len(self._chunks.pop())
                 self.bytes -= e - s
                 continue
             keep = limit - s
@@ -115,6 +131,7 @@ class Reassembly:
                     break
                 kept.append(c[:keep] if len(c) > keep else c)
                 keep -= len(c)
+            self._nchunks += len(kept) - len(self._chunks[-1])
             self._chunks[-1] = kept
             ends[-1] = limit
             self.bytes -= e - limit
