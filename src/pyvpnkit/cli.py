@@ -93,6 +93,9 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     )
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    o.add_argument("--pcap", metavar="FILE", help="capture every VM frame to a libpcap file")
+    o.add_argument("--pcap-snaplen", type=int, default=65535, metavar="N",
+                   help="bytes kept per captured frame (default 65535)")
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:

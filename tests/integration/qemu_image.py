@@ -205,13 +205,13 @@ def build_initramfs(
         cpio.file(path, data, 0o755)
     cpio.symlink("/bin/sh", "busybox")
     names = []
-    for path in module_load_order(kernel):
-        name = _module_name(str(path))
-        cpio.file(f"/lib/modules/{name}.ko", read_module(path))
+    for module in module_load_order(kernel):
+        name = _module_name(str(module))
+        cpio.file(f"/lib/modules/{name}.ko", read_module(module))
         names.append(name)
     cpio.file("/modules.order", ("\n".join(names) + "\n").encode())
-    for path, text in (extra_files or {}).items():
-        cpio.file(path, text.encode(), 0o755)
+    for extra, text in (extra_files or {}).items():
+        cpio.file(extra, text.encode(), 0o755)
     cpio.file("/init", init_script.encode(), 0o755)
     dest.write_bytes(gzip.compress(cpio.build(), compresslevel=1))
     return dest

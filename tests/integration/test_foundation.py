@@ -91,3 +91,27 @@ def test_run_attaches_to_existing_netns(netenv: NetEnv) -> None:
         assert proc.wait(10) == 0
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="needs tcpdump")
+def test_pcap_shows_dhcp_and_tcp(netenv: NetEnv, tmp_path) -> None:
+    """--pcap writes a file tcpdump reads: the DHCP exchange and a TCP handshake are in it."""
+    import subprocess
+
+    _p, port = netenv.start_helper("host", "http_server.py", "127.0.0.1")
+    pcap = tmp_path / "session.pcap"
+    cmd = netenv.pyvpnkit(
+        "exec", *exec_args(), "--pcap", str(pcap), "--no-config-net", "--",
+        "sh", "-c",
+        "ip link set eth0 up && busybox udhcpc -n -q -f -i eth0 >/dev/null 2>&1 && "
+        f"curl -sS --max-time 5 http://192.168.65.2:{port}/",
+    )
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello pyvpnkit\n"
+    dump = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    text = dump.stdout
+    assert "BOOTP/DHCP, Request" in text and "BOOTP/DHCP, Reply" in text
+    assert f"192.168.65.2.{port}: Flags [S]" in text
+    assert f"192.168.65.2.{port} > 192.168.65.3." in text and "Flags [S.]" in text

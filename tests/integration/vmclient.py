@@ -30,7 +30,8 @@ from typing import Protocol, TypeVar
 from pyvpnkit.core.tcp import connection as tcpc
 from pyvpnkit.core.tcp.events import Closed, DataReceived, Established, PeerClosed, Reset, TimedOut
 from pyvpnkit.links.url import parse_listen_url
-from pyvpnkit.wire import dhcp, vmnet
+from pyvpnkit.wire import dhcp as dhcpw
+from pyvpnkit.wire import vmnet
 from pyvpnkit.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket, build_arp, parse_arp
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.ethernet import (
@@ -319,52 +320,53 @@ class Guest:
     def dhcp(self, timeout: float = 5.0) -> Lease:
         """DISCOVER, OFFER, REQUEST, ACK; the address becomes this guest's."""
         xid = self.rng.getrandbits(32)
-        params = bytes([dhcp.OPT_SUBNET_MASK, dhcp.OPT_ROUTER, dhcp.OPT_DNS, dhcp.OPT_MTU])
+        params = bytes([dhcpw.OPT_SUBNET_MASK, dhcpw.OPT_ROUTER, dhcpw.OPT_DNS, dhcpw.OPT_MTU])
         self._send_dhcp(
-            xid, {dhcp.OPT_MESSAGE_TYPE: bytes([dhcp.DHCPDISCOVER]), dhcp.OPT_PARAM_REQUEST: params}
+            xid,
+            {dhcpw.OPT_MESSAGE_TYPE: bytes([dhcpw.DHCPDISCOVER]), dhcpw.OPT_PARAM_REQUEST: params},
         )
-        offer = self.expect(self._dhcp_reply(xid, {dhcp.DHCPOFFER}), timeout, "DHCPOFFER")
+        offer = self.expect(self._dhcp_reply(xid, {dhcpw.DHCPOFFER}), timeout, "DHCPOFFER")
         server = offer.server_id
         assert server is not None, "OFFER without a server identifier"
         self._send_dhcp(
             xid,
             {
-                dhcp.OPT_MESSAGE_TYPE: bytes([dhcp.DHCPREQUEST]),
-                dhcp.OPT_REQUESTED_IP: offer.yiaddr,
-                dhcp.OPT_SERVER_ID: server,
-                dhcp.OPT_PARAM_REQUEST: params,
+                dhcpw.OPT_MESSAGE_TYPE: bytes([dhcpw.DHCPREQUEST]),
+                dhcpw.OPT_REQUESTED_IP: offer.yiaddr,
+                dhcpw.OPT_SERVER_ID: server,
+                dhcpw.OPT_PARAM_REQUEST: params,
             },
         )
-        ack = self.expect(self._dhcp_reply(xid, {dhcp.DHCPACK, dhcp.DHCPNAK}), timeout, "DHCPACK")
-        if ack.message_type != dhcp.DHCPACK:
-            raise RuntimeError(f"{self.name}: DHCP NAK: {ack.options.get(dhcp.OPT_MESSAGE)!r}")
+        ack = self.expect(self._dhcp_reply(xid, {dhcpw.DHCPACK, dhcpw.DHCPNAK}), timeout, "DHCPACK")
+        if ack.message_type != dhcpw.DHCPACK:
+            raise RuntimeError(f"{self.name}: DHCP NAK: {ack.options.get(dhcpw.OPT_MESSAGE)!r}")
         if ack.yiaddr != offer.yiaddr:
             raise RuntimeError(
                 f"{self.name}: ACK for {dotted(ack.yiaddr)}, offered {dotted(offer.yiaddr)}"
             )
         o = ack.options
-        mtu = o.get(dhcp.OPT_MTU)
+        mtu = o.get(dhcpw.OPT_MTU)
         self.lease = Lease(
             ip=ack.yiaddr,
-            router=o.get(dhcp.OPT_ROUTER, b"")[:4],
-            dns=o.get(dhcp.OPT_DNS, b"")[:4],
-            netmask=o.get(dhcp.OPT_SUBNET_MASK, b""),
+            router=o.get(dhcpw.OPT_ROUTER, b"")[:4],
+            dns=o.get(dhcpw.OPT_DNS, b"")[:4],
+            netmask=o.get(dhcpw.OPT_SUBNET_MASK, b""),
             mtu=int.from_bytes(mtu, "big") if mtu else None,
             server_id=server,
-            lease_time=int.from_bytes(o.get(dhcp.OPT_LEASE_TIME, b"\0\0\0\0"), "big"),
+            lease_time=int.from_bytes(o.get(dhcpw.OPT_LEASE_TIME, b"\0\0\0\0"), "big"),
         )
         self.ip = ack.yiaddr
         return self.lease
 
     def _send_dhcp(self, xid: int, options: dict[int, bytes]) -> None:
-        msg = dhcp.DhcpMessage(
-            op=dhcp.BOOTREQUEST, xid=xid, chaddr=self.mac.ljust(16, b"\0"), options=options
+        msg = dhcpw.DhcpMessage(
+            op=dhcpw.BOOTREQUEST, xid=xid, chaddr=self.mac.ljust(16, b"\0"), options=options
         )
-        udp = build_udp(ZERO_IP, ALL_ONES, 68, 67, dhcp.build_dhcp(msg))
+        udp = build_udp(ZERO_IP, ALL_ONES, 68, 67, dhcpw.build_dhcp(msg))
         self.send_ip(BROADCAST, build_ipv4(ZERO_IP, ALL_ONES, PROTO_UDP, udp, dont_fragment=False))
 
-    def _dhcp_reply(self, xid: int, types: set[int]) -> Callable[[bytes], dhcp.DhcpMessage | None]:
-        def pick(frame: bytes) -> dhcp.DhcpMessage | None:
+    def _dhcp_reply(self, xid: int, types: set[int]) -> Callable[[bytes], dhcpw.DhcpMessage | None]:
+        def pick(frame: bytes) -> dhcpw.DhcpMessage | None:
             pkt = ipv4_of(frame)
             if pkt is None or pkt.proto != PROTO_UDP:
                 return None
@@ -372,10 +374,10 @@ class Guest:
                 dgram = parse_udp(pkt.payload, pkt.src, pkt.dst)
                 if (dgram.src_port, dgram.dst_port) != (67, 68):
                     return None
-                msg = dhcp.parse_dhcp(dgram.payload)
+                msg = dhcpw.parse_dhcp(dgram.payload)
             except ParseError:
                 return None
-            ok = msg.op == dhcp.BOOTREPLY and msg.xid == xid and msg.message_type in types
+            ok = msg.op == dhcpw.BOOTREPLY and msg.xid == xid and msg.message_type in types
             return msg if ok and msg.hwaddr == self.mac else None
 
         return pick

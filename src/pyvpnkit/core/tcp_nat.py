@@ -119,6 +119,7 @@ class TcpNat:
         self.by_id: dict[int, Flow] = {}
         self._next_id = 1
         self._next_port = 32767
+        self._now = 0.0  # the latest time we were given, for flow summaries
         self._timers: list[tuple[float, int]] = []
         self._packets: list[bytes] = []
         self._effects: list[object] = []
@@ -129,6 +130,7 @@ class TcpNat:
     # -- from the VM ---------------------------------------------------------
 
     def handle(self, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+        self._now = now
         key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
         flow = self.flows.get(key)
         if flow is not None and flow.conn is not None and flow.conn.state == "TIME_WAIT" \
@@ -338,6 +340,7 @@ class TcpNat:
             self._dirty.add(fid)
 
     def drain(self, now: float) -> tuple[list[bytes], list[object]]:
+        self._now = now
         self._process_dirty(now)
         packets, effects = self._packets, self._effects
         self._packets, self._effects = [], []
@@ -415,10 +418,14 @@ class TcpNat:
             del self.flows[flow.key]
         if self.by_id.pop(flow.flow_id, None) is not None:
             vm_ip, vm_port, ip, port = flow.key
+            if flow.conn is None:
+                reason = "refused" if host_closed else "abandoned while connecting"
+            else:
+                reason = "reset" if reset else flow.conn.state.lower()
             self.closed_log.append(
                 f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
                 f"up={flow.bytes_up} down={flow.bytes_down} "
-                f"state={flow.conn.state if flow.conn else 'CONNECTING'} reset={reset}"
+                f"duration={self._now - flow.started:.3f}s end={reason}"
             )
         self._dirty.discard(flow.flow_id)
 

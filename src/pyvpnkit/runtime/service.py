@@ -21,6 +21,7 @@ from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.netns import Attached, IfaceSetup
+from pyvpnkit.runtime.pcap import PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
 from pyvpnkit.runtime.tap import open_tap
 
@@ -99,6 +100,10 @@ class Service:
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
         self._watch_hosts()
         self.engine = engine
+        self.pcap: PcapWriter | None = None
+        if getattr(self.args, "pcap", None):
+            self.pcap = PcapWriter(self.args.pcap, self.args.pcap_snaplen)
+            engine.frame_taps.append(self.pcap.tap)
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
@@ -124,7 +129,7 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        for part in ("udp", "icmp", "dns"):
+        for part in ("udp", "icmp", "dns", "pcap"):
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()
