@@ -87,6 +87,18 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--vm-names", type=_names, default=("vm.internal",))
     g.add_argument(
+        "--tcp-keepalive",
+        type=float,
+        default=7200.0,
+        metavar="SECONDS",
+        help="probe a VM connection after this long idle; only dead ones are closed "
+        "(0 disables; default 7200)",
+    )
+    g.add_argument("--udp-idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="forget a UDP flow after this long idle (default 60)")
+    g.add_argument("--udp-max-flows", type=int, default=4096, metavar="N",
+                   help="UDP flows kept at most; the oldest goes first (default 4096)")
+    g.add_argument(
         "--verify-checksums",
         action="store_true",
         help="verify TCP/UDP/ICMP checksums of VM frames (off: local links cannot corrupt)",

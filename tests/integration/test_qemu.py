@@ -17,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.integration.netenv import NetEnv, exec_args, wait_for
-from tests.integration.qemu_image import ImageError, build_initramfs, find_kernel
+from tests.integration.qemu_image import ImageError, boot_kernel, build_initramfs, find_kernel
 
 pytestmark = pytest.mark.qemu
 
@@ -30,7 +32,7 @@ QEMU = "qemu-system-x86_64"
 HTTP_PORT = 48080  # in the test's own namespace
 QEMU_TCP_PORT = 47002
 BLOB_SIZE = 1 << 20
-BOOT_TIMEOUT = 90.0
+BOOT_TIMEOUT = 60.0
 
 INIT = """#!/bin/sh
 /bin/busybox --install -s
@@ -67,18 +69,29 @@ def _netdev_backends() -> set[str]:
     return set(out.stdout.split())
 
 
-def _skip_reason(backend: str) -> str | None:
+@dataclass(frozen=True)
+class BootImage:
+    kernel: Path
+    initrd: Path
+
+
+@pytest.fixture(scope="module")
+def boot_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootImage]:
+    """Kernel and initramfs, built once for every way of attaching the NIC."""
     if shutil.which(QEMU) is None:
-        return f"{QEMU} is not installed (Debian: qemu-system-x86)"
+        pytest.skip(f"{QEMU} is not installed (Debian: qemu-system-x86)")
     if shutil.which("busybox") is None:
-        return "busybox is not installed"
-    if backend not in _netdev_backends():
-        return f"this QEMU has no -netdev {backend} (stream/dgram need QEMU 7.2+)"
+        pytest.skip("busybox is not installed (Debian: busybox)")
     try:
-        find_kernel()
+        kernel = find_kernel()
+        d = tmp_path_factory.mktemp("qemu-image")
+        initrd = build_initramfs(
+            d / "initrd.gz", kernel, INIT.format(port=HTTP_PORT), {"/udhcpc.sh": UDHCPC}
+        )
+        yield BootImage(boot_kernel(kernel, d / "vmlinux"), initrd)
     except ImageError as exc:
-        return f"{exc} (Debian: linux-image-amd64)"
-    return None
+        pytest.skip(f"{exc} (Debian: linux-image-amd64)")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _netdev(backend: str, d: str) -> tuple[list[str], list[str]]:
@@ -103,11 +116,9 @@ def _netdev(backend: str, d: str) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.parametrize("backend", ["stream", "socket", "dgram"])
-def test_qemu_guest_dhcp_and_download(netenv: NetEnv, backend: str) -> None:
-    reason = _skip_reason(backend)
-    if reason:
-        pytest.skip(reason)
-    kernel = find_kernel()
+def test_qemu_guest_dhcp_and_download(netenv: NetEnv, boot_image: BootImage, backend: str) -> None:
+    if backend not in _netdev_backends():
+        pytest.skip(f"this QEMU has no -netdev {backend} (stream and dgram need QEMU 7.2+)")
     d = tempfile.mkdtemp(prefix="pvk-q-")  # short: unix socket paths must fit 108 bytes
     qemu: subprocess.Popen[bytes] | None = None
     try:
@@ -115,9 +126,6 @@ def test_qemu_guest_dhcp_and_download(netenv: NetEnv, backend: str) -> None:
         www.mkdir()
         blob = os.urandom(BLOB_SIZE)
         (www / "blob").write_bytes(blob)
-        initrd = build_initramfs(
-            Path(d) / "initrd.gz", kernel, INIT.format(port=HTTP_PORT), {"/udhcpc.sh": UDHCPC}
-        )
 
         http = netenv.start(
             "host",
@@ -176,9 +184,9 @@ def test_qemu_guest_dhcp_and_download(netenv: NetEnv, backend: str) -> None:
                 "stdio",
                 "-no-reboot",
                 "-kernel",
-                str(kernel.image),
+                str(boot_image.kernel),
                 "-initrd",
-                str(initrd),
+                str(boot_image.initrd),
                 "-append",
                 "console=ttyS0 quiet panic=-1",
                 "-netdev",

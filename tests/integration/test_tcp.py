@@ -79,3 +79,24 @@ def test_large_mtu_transfer(netenv: NetEnv, servers) -> None:
     host, port = servers["alias"]
     assert client(netenv, "get", host, str(port), str(MB32), mtu=65520)["ok"] is True
     assert client(netenv, "put", host, str(port), str(MB32), mtu=65520) == {"ok": True}
+
+
+def test_outbound_redirect_to_unix_socket(netenv: NetEnv, tmp_path) -> None:
+    """vpnkit --forwards: VM connections to a prefix/port go to a host unix socket."""
+    sock_path = tmp_path / "redirect.sock"
+    rules = tmp_path / "forwards.json"
+    rules.write_text(json.dumps([{"protocol": "tcp", "dst_prefix": "198.51.100.0/24",
+                                  "dst_port": 80, "path": str(sock_path)}]))
+    netenv.start("host", "socat", f"UNIX-LISTEN:{sock_path},fork", "EXEC:cat")
+    from tests.integration.netenv import wait_for
+
+    assert wait_for(sock_path.exists)
+    script = ("printf 'through the unix socket' | socat -t2 - TCP:198.51.100.7:80; echo; "
+              "socat -T2 - TCP:198.51.100.7:81,connect-timeout=2 </dev/null || echo refused")
+    cmd = netenv.pyvpnkit("exec", *exec_args(), "--forwards", str(rules), "--",
+                          "sh", "-c", script)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "through the unix socket"
+    assert lines[-1] == "refused"  # port 81 is not redirected: the test world drops it

@@ -90,6 +90,9 @@ class Stack:
         tcp_checksums: bool = True,
         dns_query_id: Callable[[], int] | None = None,
         tcp_redirects: tuple[Redirect, ...] = (),
+        tcp_keepalive: float | None = 7200.0,
+        udp_idle_timeout: float = 60.0,
+        udp_max_flows: int = 4096,
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
@@ -110,8 +113,9 @@ class Stack:
             local_service=self._local_service,
             checksum=tcp_checksums,
             redirects=tcp_redirects,
+            keepalive_idle=tcp_keepalive,
         )
-        self.udp = UdpNat(config)
+        self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
         self.udp_forward = UdpForwarder(config)
         self.icmp = IcmpNat(config)
         self.frag = Reassembler()

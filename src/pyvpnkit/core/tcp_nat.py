@@ -106,8 +106,10 @@ class TcpNat:
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
         redirects: tuple[Redirect, ...] = (),
+        keepalive_idle: float | None = 7200.0,
     ) -> None:
         self.config = config
+        self._keepalive_idle = keepalive_idle
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
@@ -208,6 +210,7 @@ class TcpNat:
             rcv_buffer=self._rcv_buffer,
             snd_buffer=self._snd_buffer,
             checksum=self._checksum,
+            keepalive_idle=self._keepalive_idle,
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
@@ -232,6 +235,7 @@ class TcpNat:
             rcv_buffer=self._rcv_buffer,
             snd_buffer=self._snd_buffer,
             checksum=self._checksum,
+            keepalive_idle=self._keepalive_idle,
         )
         flow.conn.connect(now)
         self._register(flow)

@@ -76,6 +76,8 @@ class HostTcp:
             family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A remote peer that vanishes is noticed and reset towards the VM.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             address = (eff.host, eff.port)
         sock.setblocking(False)
         conn = _HostConn(eff.flow_id, sock)

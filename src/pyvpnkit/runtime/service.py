@@ -59,7 +59,10 @@ class Service:
             # Frames on TAP links are marked checksum-valid (virtio-net header);
             # hypervisor links without offloads need real TCP checksums.
             tcp_checksums=bool(listener_specs(args)),
-            verify_checksums=getattr(args, "verify_checksums", False),
+            verify_checksums=args.verify_checksums,
+            tcp_keepalive=args.tcp_keepalive or None,
+            udp_idle_timeout=args.udp_idle_timeout,
+            udp_max_flows=args.udp_max_flows,
         )
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
