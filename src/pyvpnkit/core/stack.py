@@ -88,6 +88,7 @@ class Stack:
         rng: random.Random | None = None,
         verify_checksums: bool = False,
         tcp_checksums: bool = True,
+        tcp_gso: bool = False,
         dns_query_id: Callable[[], int] | None = None,
         tcp_redirects: tuple[Redirect, ...] = (),
         tcp_keepalive: float | None = 7200.0,
@@ -114,6 +115,7 @@ class Stack:
             checksum=tcp_checksums,
             redirects=tcp_redirects,
             keepalive_idle=tcp_keepalive,
+            gso=tcp_gso,
         )
         self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
         self.udp_forward = UdpForwarder(config)

@@ -107,8 +107,11 @@ class TcpNat:
         checksum: bool = True,
         redirects: tuple[Redirect, ...] = (),
         keepalive_idle: float | None = 7200.0,
+        gso: bool = False,
     ) -> None:
         self.config = config
+        # Links that segment for us take packets up to the IPv4 maximum.
+        self._gso_size = 65535 - 40 if gso else None
         self._keepalive_idle = keepalive_idle
         self.redirects = redirects
         self._iss = iss
@@ -211,6 +214,7 @@ class TcpNat:
             snd_buffer=self._snd_buffer,
             checksum=self._checksum,
             keepalive_idle=self._keepalive_idle,
+            gso_size=self._gso_size,
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
@@ -236,6 +240,7 @@ class TcpNat:
             snd_buffer=self._snd_buffer,
             checksum=self._checksum,
             keepalive_idle=self._keepalive_idle,
+            gso_size=self._gso_size,
         )
         flow.conn.connect(now)
         self._register(flow)

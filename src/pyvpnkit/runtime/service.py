@@ -59,6 +59,7 @@ class Service:
             # Frames on TAP links are marked checksum-valid (virtio-net header);
             # hypervisor links without offloads need real TCP checksums.
             tcp_checksums=bool(listener_specs(args)),
+            tcp_gso=not listener_specs(args),
             verify_checksums=args.verify_checksums,
             tcp_keepalive=args.tcp_keepalive or None,
             udp_idle_timeout=args.udp_idle_timeout,

@@ -70,7 +70,7 @@ class TcpConnection:
         "_state", "_pb", "mss", "rcv_buffer", "snd_buffer", "keepalive_idle",
         "keepalive_interval", "keepalive_probes", "msl", "fin_wait_2_timeout", "max_retries",
         "user_timeout", "syn_retries", "_send_low", "_use_sack", "_use_ts", "_use_ws", "_ws_ok",
-        "_initial_cwnd", "_now",
+        "_initial_cwnd", "_now", "_gso_size",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd",
         "snd_mss", "snd_wscale", "_sb", "_fin_queued", "_cc", "_rto", "_rto_at", "_retries",
@@ -114,8 +114,13 @@ class TcpConnection:
         sack: bool = True,
         timestamps: bool = True,
         window_scaling: bool = True,
+        gso_size: int | None = None,
     ) -> None:
         self._state = CLOSED
+        # When the link segments for us (TSO through a TAP's virtio-net header),
+        # new data leaves in packets of up to gso_size bytes (options included)
+        # instead of snd_mss: one Python pass per 64 KB whatever the MTU.
+        self._gso_size = gso_size
         self._pb = PacketBuilder(local_ip, remote_ip, local_port, remote_port, checksum)
         self.mss = max(int(mss), MIN_MSS)
         self.rcv_buffer = max(int(rcv_buffer), 1)
@@ -835,6 +840,7 @@ class TcpConnection:
         end = sb.end
         fin_queued = self._fin_queued
         eff_mss = self.snd_mss - len(opts)
+        eff_seg = max(self._gso_size or 0, self.snd_mss) - len(opts)
         build = self._pb.build
         out = self._packets
         snd_una = self.snd_una
@@ -846,8 +852,10 @@ class TcpConnection:
         while nxt < end:
             room = limit - nxt
             n = end - nxt
-            if n > eff_mss:
-                n = eff_mss
+            if n > eff_seg:
+                n = eff_seg
+            if room < n and room >= eff_mss and n > eff_mss:
+                n = room - room % eff_mss  # a super-segment of whole segments
             if room < n:
                 # Sender SWS avoidance (RFC 9293 3.8.6.2.1) without Nagle.
                 peer_limited = snd_wnd <= cwnd and room >= self.max_snd_wnd // 2
