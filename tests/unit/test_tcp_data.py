@@ -337,3 +337,17 @@ def test_fin_is_retransmitted() -> None:
     link.feed(link.peer.seg(ACK, ack=5001 + 3))  # data acked, FIN lost
     (fin,) = link.fire()
     assert fin.flags & FIN and fin.seq == 5004 and not fin.payload
+
+
+def test_gso_sends_super_segments_of_whole_mss_within_the_window() -> None:
+    link = establish(gso_size=65495)
+    c = link.conn
+    assert c.send(b"g" * 100_000, link.now) == 100_000
+    segs = link.drain()
+    # Initial cwnd is 10 segments: one super-segment of 10 whole segments (options: 12 bytes).
+    assert [len(s.payload) for s in segs] == [14480]
+    assert segs[0].flags & PSH
+    more = link.feed(link.peer.seg(ACK, ack=segs[0].seq + 14480))
+    assert all(len(s.payload) % 1448 == 0 or s is more[-1] for s in more)
+    assert max(len(s.payload) for s in more) > 1448
+    assert link.peer.received.startswith(b"g" * 14480)
