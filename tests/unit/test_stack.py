@@ -171,3 +171,27 @@ def test_garbage_frames_are_dropped_not_raised(payload: bytes, etype: int) -> No
     stack.receive(1, payload, 0.0)
     stack.drain(0.0)
     stack.handle_timer(100.0)
+
+
+def test_tcp_never_reaches_host_loopback_or_unowned_subnet_addresses() -> None:
+    from dataclasses import replace
+
+    stack = Stack(replace(CFG, host_loopback=False), rng=random.Random(1))
+    for dst in (ip4("127.0.0.1"), ip4("192.168.65.50"), ip4("224.0.0.1"), HOST):
+        stack.receive(1, syn(dst, 22), 0.0)
+        frames, effects = stack.drain(0.0)
+        assert effects == [], dst
+        seg = tcp.parse_tcp(ipv4.parse_ipv4(ethernet.parse_ethernet(frames[0][1]).payload).payload,
+                            dst, VM_IP)
+        assert seg.flags & tcp.RST
+
+
+def test_vm_to_vm_through_the_gateway_is_routed_not_natted() -> None:
+    stack = make_stack()
+    other_mac, other_ip = bytes.fromhex("020000000002"), ip4("192.168.65.4")
+    stack.add_vm(2, other_mac, other_ip)
+    stack.receive(1, syn(other_ip, 80), 0.0)
+    frames, effects = stack.drain(0.0)
+    assert effects == []
+    ((link, frame),) = frames
+    assert link == 2 and ethernet.parse_ethernet(frame).dst == other_mac

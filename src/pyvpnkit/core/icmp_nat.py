@@ -12,7 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.udp_nat import NatBase, NatFlow, route
+from pyvpnkit.core.routes import route
+from pyvpnkit.core.udp_nat import NatBase, NatFlow
 from pyvpnkit.wire import icmp as icmpw
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, IPv4Packet, ipv4_header
 

@@ -224,6 +224,10 @@ class Stack:
             pkt = parse_ipv4(whole)
         dst = pkt.dst
         proto = pkt.proto
+        if dst in self.vms and dst != pkt.src:
+            # Another VM reached through the gateway: route it, no NAT.
+            self._route(pkt.header.tobytes() + pkt.payload.tobytes())
+            return
         if proto == PROTO_TCP:
             self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, dst, self._verify), now)
         elif proto == PROTO_UDP:
@@ -239,8 +243,6 @@ class Stack:
                     self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
             elif dst == LIMITED_BROADCAST or dst == cfg.subnet.broadcast_address.packed:
                 self.stats["drop_broadcast"] += 1
-            elif dst in self.vms:
-                self._route(pkt.header.tobytes() + pkt.payload.tobytes())
             else:
                 self.udp.handle(pkt, dgram, now)
         elif proto == PROTO_ICMP:
@@ -250,8 +252,6 @@ class Stack:
             elif dst in (cfg.gateway_ip, cfg.host_ip):
                 reply = build_icmp(icmpw.ECHO_REPLY, 0, msg.rest, msg.payload)
                 self._route(ipv4_header(dst, pkt.src, PROTO_ICMP, len(reply)) + reply)
-            elif dst in self.vms:
-                self._route(pkt.header.tobytes() + pkt.payload.tobytes())
             else:
                 self.icmp.handle(pkt, msg, now)
         else:
@@ -267,7 +267,9 @@ class Stack:
         if reply is None:
             return
         cfg = self.config
-        udp = build_udp(cfg.gateway_ip, reply.dst_ip, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload)
+        udp = build_udp(
+            cfg.gateway_ip, reply.dst_ip, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload
+        )
         ip = ipv4_header(cfg.gateway_ip, reply.dst_ip, PROTO_UDP, len(udp), dont_fragment=False)
         self._frames.append(
             (link, build_ethernet(reply.dst_mac, cfg.gateway_mac, ETHERTYPE_IPV4, ip + udp))

@@ -26,6 +26,7 @@ from pyvpnkit.core.effects import (
     TcpShutdown,
     TcpWrite,
 )
+from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
     Closed,
     DataReceived,
@@ -129,7 +130,7 @@ class TcpNat:
         self._packets: list[bytes] = []
         self._effects: list[object] = []
         self._dirty: set[int] = set()
-        self.closed_log: list[str] = []  # one summary line per finished flow, drained by the runtime
+        self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0}
 
     # -- from the VM ---------------------------------------------------------
@@ -179,13 +180,10 @@ class TcpNat:
                 self.stats["opened"] += 1
                 self._effects.append(TcpOpen(flow.flow_id, "", seg.dst_port, rule.path))
                 return
-        if pkt.dst == cfg.host_ip:
-            if not cfg.host_loopback:
-                self._reject(pkt, seg)
-                return
-            host = "127.0.0.1"
-        else:
-            host = socket.inet_ntoa(pkt.dst)
+        host, _error, _source = route(cfg, pkt.dst)
+        if host is None:
+            self._reject(pkt, seg)
+            return
         self._register(flow)
         self.stats["opened"] += 1
         self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port))

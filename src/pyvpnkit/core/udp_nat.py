@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.ipfrag import fragment_ipv4
+from pyvpnkit.core.routes import HOST_LOOPBACK, is_routable, route
 from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
 from pyvpnkit.wire.udp import UdpDatagram, build_udp
 
-HOST_LOOPBACK = "127.0.0.1"
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
 _ORIGINALS_PER_FLOW = 16  # quoted headers kept per flow, by destination
 _ADDR_CACHE = 4096
@@ -51,35 +51,6 @@ class UdpSend:
 @dataclass(frozen=True, slots=True)
 class UdpClose:
     flow_id: int
-
-
-def is_routable(config: NetConfig, dst: bytes) -> bool:
-    """False for addresses a NAT never sends to the host network.
-
-    This-network, loopback, multicast, reserved/broadcast and our subnet's
-    broadcast address would reach the host's own services or flood its LAN.
-    """
-    first = dst[0]
-    if first == 0 or first == 127 or first >= 224:
-        return False
-    return dst != config.subnet.broadcast_address.packed
-
-
-def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes | None]:
-    """Where a VM packet to ``dst`` goes: (host address, None, None) to forward,
-    (None, error kind, ICMP source) to refuse, or (None, None, None) to drop."""
-    if dst == config.host_ip:
-        if config.host_loopback:
-            return HOST_LOOPBACK, None, None
-        return None, "admin_prohibited", dst
-    if not is_routable(config, dst):
-        return None, None, None
-    if dst == config.gateway_ip:
-        return None, "port_unreachable", dst
-    if config.in_subnet(dst):
-        # An address no VM owns: what a router says when ARP fails.
-        return None, "host_unreachable", config.gateway_ip
-    return str(ipaddress.IPv4Address(dst)), None, None
 
 
 @dataclass(slots=True)

@@ -84,7 +84,7 @@ async def open_stdio(
         wtransport, _ = await loop.connect_write_pipe(lambda: _WriteSide(link), wfile)
         link._writer = wtransport
         await loop.connect_read_pipe(lambda: link, rfile)
-    except ValueError as exc:  # e.g. a regular file, which asyncio cannot poll
+    except (ValueError, PermissionError) as exc:  # a regular file or /dev/null: not pollable
         if wtransport is not None:
             wtransport.abort()
         wfile.close()
