@@ -123,6 +123,7 @@ class Stack:
         self.frag = Reassembler()
         self._frames: list[tuple[int, bytes]] = []
         self._effects: list[object] = []
+        self._timed = (self.udp, self.icmp, self.dns, self.frag, self.udp_forward)
 
     # -- links and VMs -------------------------------------------------------
 
@@ -338,19 +339,12 @@ class Stack:
         return frames, eff
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            d
-            for d in (
-                self.tcp.next_deadline(),
-                self.udp.next_deadline(),
-                self.udp_forward.next_deadline(),
-                self.icmp.next_deadline(),
-                self.dns.next_deadline(),
-                self.frag.next_deadline(),
-            )
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        best = self.tcp.next_deadline()
+        for machine in self._timed:
+            when = machine.next_deadline()
+            if when is not None and (best is None or when < best):
+                best = when
+        return best
 
     def handle_timer(self, now: float) -> None:
         self.tcp.handle_timer(now)

@@ -34,6 +34,10 @@ class FrameSink(Protocol):
 
     def link_closed(self, link: Link) -> None: ...
 
+    def batch_done(self) -> None:
+        """The link delivered all frames it could read at once (optional to act on)."""
+        ...
+
     def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
         """(mac, ip) for a vpnkit client, or raise VifError(reason)."""
         ...

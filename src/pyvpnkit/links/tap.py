@@ -63,7 +63,7 @@ class TapLink(Link):
             try:
                 frame = read(fd, size)
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
                 log.error("%s: read failed: %s", self.name, exc)
                 self.close()
@@ -77,6 +77,7 @@ class TapLink(Link):
             deliver(self, memoryview(frame)[skip:] if skip else frame)  # type: ignore[arg-type]
             if self.fd < 0:
                 return
+        self.sink.batch_done()
 
     def send_frame(self, frame: bytes) -> None:
         try:

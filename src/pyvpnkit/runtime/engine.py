@@ -17,6 +17,8 @@ from pyvpnkit.runtime.host_tcp import HostTcp
 
 log = logging.getLogger("pyvpnkit")
 
+MAX_ROUNDS = 8  # drain/effect rounds in one flush before yielding to the loop
+
 
 def mac_for_uuid(uuid: str) -> bytes:
     """A stable, locally administered unicast MAC for a vpnkit VIF UUID."""
@@ -34,9 +36,11 @@ class Engine:
         self._ids: dict[int, int] = {}  # id(link) -> link number
         self._next_link = 1
         self._flush_pending = False
+        self._flushing = False
+        self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
-        self.host_tcp = HostTcp(self.loop, stack.tcp, self.wake)
+        self.host_tcp = HostTcp(self.loop, stack.tcp, self.wake, settle=self.settle)
         self.handlers: dict[type, Callable[[object], None]] = dict(self.host_tcp.handlers)
         self.frame_taps: list[Callable[[int, bytes, bool], None]] = []  # pcap and friends
 
@@ -87,13 +91,59 @@ class Engine:
 
     def wake(self) -> None:
         """Something changed in the stack: drain it soon (once per loop iteration)."""
-        if not self._flush_pending:
+        if self._flushing:
+            self._again = True  # an effect fed the stack: flush() drains once more
+        elif not self._flush_pending:
             self._flush_pending = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        if self._flush_pending:
+            self.flush()
+
+    def settle(self) -> None:
+        """A host socket event changed the stack: drain it now (or after this flush)."""
+        if self._flushing:
+            self._again = True
+        else:
+            self.flush()
+
+    def batch_done(self) -> None:
+        """A link delivered a whole batch of frames: answer it now, not next iteration."""
+        if self._flush_pending and not self._flushing:
+            self.flush()
 
     def flush(self) -> None:
+        """Drain the stack and perform its effects until nothing new comes out.
+
+        Effects often feed the stack at once (a loopback connect completes
+        inside connect(), a send reports bytes taken): draining again here
+        saves a loop iteration per step of a short connection.
+        """
         self._flush_pending = False
+        self._flushing = True
+        try:
+            for _ in range(MAX_ROUNDS):
+                self._again = False
+                self._flush_once()
+                if not self._again:
+                    break
+        finally:
+            self._flushing = False
+        if self._again:
+            self.wake()
+        self._rearm()
+
+    def _flush_once(self) -> None:
         frames, effects = self.stack.drain(self.loop.time())
+        # Host effects first: a write to a host socket is usually on the
+        # critical path of a request, the ACK we owe the VM is not.
+        for eff in effects:
+            handler = self.handlers.get(type(eff))
+            if handler is None:
+                log.error("no executor for %r", eff)
+            else:
+                handler(eff)
         if frames:
             links = self.links
             taps = self.frame_taps
@@ -103,27 +153,26 @@ class Engine:
                     for tap in taps:
                         tap(n, frame, False)
                     link.send_frame(frame)
-        for eff in effects:
-            handler = self.handlers.get(type(eff))
-            if handler is None:
-                log.error("no executor for %r", eff)
-            else:
-                handler(eff)
-        for line in self.stack.tcp.closed_log:
-            log.info("%s", line)
-        self.stack.tcp.closed_log.clear()
-        self._rearm()
+        closed = self.stack.tcp.closed_log
+        if closed:
+            for line in closed:
+                log.info("%s", line)
+            closed.clear()
 
     def _rearm(self) -> None:
+        """Keep the one timer at or before the stack's earliest deadline.
+
+        A timer that is already earlier stays: firing early costs one empty
+        handle_timer, while cancelling and re-adding on every flush costs a
+        timer allocation per batch of frames.
+        """
         when = self.stack.next_deadline()
-        if when == self._timer_when:
+        if when is None or (self._timer_when is not None and self._timer_when <= when):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_when = when
-        if when is not None:
-            self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -50,10 +50,14 @@ class HostTcp:
         nat: TcpNat,
         wake: Callable[[], None],
         connect_timeout: float = 30.0,
+        settle: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.nat = nat
         self.wake = wake
+        # Called at the end of a socket callback: answer now rather than on
+        # the next loop iteration (defaults to wake, which defers).
+        self.settle = settle or wake
         self.connect_timeout = connect_timeout
         self.conns: dict[int, _HostConn] = {}
         self.handlers: dict[type, Callable[[object], None]] = {
@@ -209,25 +213,25 @@ class HostTcp:
         if data:
             self.nat.host_data(conn.fid, data, now)
             if len(data) >= READ_CHUNK or not conn.reading:
-                self.wake()
+                self.settle()
                 return
             # A short read often precedes EOF: look once more so the FIN can
             # ride with the data instead of costing another loop iteration.
             try:
                 data = conn.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
-                self.wake()
+                self.settle()
                 return
             except OSError as exc:
                 self._reset(conn, exc)
                 return
             if data:
                 self.nat.host_data(conn.fid, data, now)
-                self.wake()
+                self.settle()
                 return
         self._stop_reading(conn)
         self.nat.host_eof(conn.fid, now)
-        self.wake()
+        self.settle()
 
     def _on_writable(self, conn: _HostConn) -> None:
         try:

@@ -17,7 +17,7 @@ BROADCAST = b"\xff" * 6
 _HDR = struct.Struct("!6s6sH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~3 us a packet
 class EthernetFrame:
     dst: bytes
     src: bytes

@@ -24,7 +24,7 @@ ADMIN_PROHIBITED = 13
 _HDR = struct.Struct("!BBH4s")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~3 us a packet
 class IcmpMessage:
     type: int
     code: int

@@ -13,7 +13,7 @@ UDP_HEADER_LEN = 8
 _HDR = struct.Struct("!HHHH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~3 us a packet
 class UdpDatagram:
     src_port: int
     dst_port: int
