@@ -4,7 +4,8 @@ Everything runs inside a test-made "host" namespace (no way out but a veth to
 a test-made "world"), servers on that namespace's 127.0.0.1, clients in the
 namespace each tool creates. Prints a table and the ratios pyvpnkit/peer.
 
-    python3 bench/compare.py [--seconds 5] [--mtu 65520 --mtu 1500] [--tools pyvpnkit,slirp4netns,pasta]
+    python3 bench/compare.py [--seconds 5] [--mtu 65520 --mtu 1500]
+        [--tools pyvpnkit,slirp4netns,pasta] [--conn-only]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +59,21 @@ def wrap(tool: str, mtu: int, inner: str) -> str:
     `inner` may use $GW, the address that reaches the host's loopback.
     """
     if tool == "pyvpnkit":
-        return (f"GW=192.168.65.2 {sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
-                f"--dns-server 127.0.0.1#9 -- sh -c 'GW=192.168.65.2; {inner}'")
+        return (
+            f"GW=192.168.65.2 {sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
+            f"--dns-server 127.0.0.1#9 -- sh -c 'GW=192.168.65.2; {inner}'"
+        )
     if tool == "pasta":
-        return f"pasta --config-net -q -m {mtu} -- sh -c 'GW=203.0.113.2; {inner}'"
+        # As root pasta cannot map users; attach it to a namespace we make instead.
+        ns = f"pvk-pt-{uuid.uuid4().hex[:8]}"
+        pid = f"/tmp/{ns}.pid"
+        return (
+            f"ip netns add {ns}; "
+            f"pasta --config-net -q --runas 0 -m {mtu} --netns /run/netns/{ns} --netns-only "
+            f"-P {pid} 2>/dev/null; sleep 0.3; "
+            f"ip netns exec {ns} sh -c 'GW=203.0.113.2; {inner}'; "
+            f"kill $(cat {pid}); rm -f {pid}; ip netns del {ns}"
+        )
     if tool == "slirp4netns":
         return (
             "unshare -n sleep 600 & NS=$!; sleep 0.2; "
@@ -73,15 +86,16 @@ def wrap(tool: str, mtu: int, inner: str) -> str:
 
 def iperf(env: NetEnv, tool: str, mtu: int, seconds: int, reverse: bool) -> float:
     inner = f"iperf3 -c $GW -p 5201 -t {seconds} -J {'-R' if reverse else ''}"
-    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False,
-                     timeout=seconds + 60)
+    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False, timeout=seconds + 60)
     try:
-        text = out.stdout[out.stdout.index("{"):]
+        text = out.stdout[out.stdout.index("{") :]
         data = json.loads(text[: text.rindex("}") + 1])
         return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
     except (ValueError, KeyError) as exc:
-        print(f"  {tool} mtu {mtu} {'down' if reverse else 'up'} failed: {exc}: "
-              f"{out.stderr[-300:]}", file=sys.stderr)
+        print(
+            f"  {tool} mtu {mtu} {'down' if reverse else 'up'} failed: {exc}: {out.stderr[-300:]}",
+            file=sys.stderr,
+        )
         return float("nan")
 
 
@@ -89,8 +103,7 @@ def conn_rate(env: NetEnv, tool: str, mtu: int, seconds: int) -> float:
     script = REPO / "bench" / ".conn_client.py"
     script.write_text(CONN_CLIENT)
     inner = f"{sys.executable} {script} $GW 5202 {seconds}"
-    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False,
-                     timeout=seconds + 60)
+    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False, timeout=seconds + 60)
     try:
         return float(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -110,8 +123,9 @@ def main() -> None:
     tools = [t for t in args.tools.split(",") if t == "pyvpnkit" or shutil.which(t)]
     env = NetEnv()
     try:
-        env.start("host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201",
-                  stdout=subprocess.DEVNULL)
+        env.start(
+            "host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201", stdout=subprocess.DEVNULL
+        )
         proc = env.start("host", sys.executable, "-c", ECHO_SERVER, "5202", stdout=subprocess.PIPE)
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -126,8 +140,10 @@ def main() -> None:
                 if not args.skip_conn and mtu == mtus[0]:
                     r["conn/s"] = conn_rate(env, tool, mtu, args.seconds)
                 results[(tool, mtu)] = r
-                print(f"{tool:12} mtu {mtu:5}: " + "  ".join(
-                    f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+                print(
+                    f"{tool:12} mtu {mtu:5}: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()),
+                    flush=True,
+                )
         print("\nratios pyvpnkit / peer (same run):")
         for mtu in mtus:
             ours = results.get(("pyvpnkit", mtu))
@@ -135,8 +151,10 @@ def main() -> None:
                 if tool == "pyvpnkit" or ours is None:
                     continue
                 theirs = results[(tool, mtu)]
-                print(f"  vs {tool:12} mtu {mtu:5}: " + "  ".join(
-                    f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours if k in theirs))
+                print(
+                    f"  vs {tool:12} mtu {mtu:5}: "
+                    + "  ".join(f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours if k in theirs)
+                )
     finally:
         env.close()
         (REPO / "bench" / ".conn_client.py").unlink(missing_ok=True)

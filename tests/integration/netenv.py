@@ -36,8 +36,21 @@ class NetEnv:
         sh("ip", "netns", "add", self.world)
         try:
             veth_h, veth_w = f"vh{tag}", f"vw{tag}"
-            sh("ip", "link", "add", veth_h, "netns", self.host, "type", "veth",
-               "peer", "name", veth_w, "netns", self.world)
+            sh(
+                "ip",
+                "link",
+                "add",
+                veth_h,
+                "netns",
+                self.host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                veth_w,
+                "netns",
+                self.world,
+            )
             self.run_in("host", "ip", "link", "set", "lo", "up")
             self.run_in("world", "ip", "link", "set", "lo", "up")
             self.run_in("host", "ip", "addr", "add", f"{HOST_WORLD_IP}/24", "dev", veth_h)
@@ -55,10 +68,22 @@ class NetEnv:
     def cmd(self, which: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(which), *args]
 
-    def run_in(self, which: str, *args: str, check: bool = True, timeout: float = 60,
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cmd(which, *args), check=check, text=True,
-                              capture_output=True, timeout=timeout, input=input)
+    def run_in(
+        self,
+        which: str,
+        *args: str,
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.cmd(which, *args),
+            check=check,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            input=input,
+        )
 
     def start(self, which: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
         """Start a background process in a namespace; stopped by pid at close()."""
@@ -74,10 +99,13 @@ class NetEnv:
         """pyvpnkit in the background in the host namespace (stopped at close())."""
         return self.start("host", sys.executable, "-m", "pyvpnkit", *args, **kw)
 
-    def start_helper(self, which: str, script: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-        """Start tests/integration/helpers/SCRIPT and wait for its first stdout line (ready/port)."""
-        proc = self.start(which, sys.executable, str(HELPERS / script), *args,
-                          stdout=subprocess.PIPE)
+    def start_helper(
+        self, which: str, script: str, *args: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start helpers/SCRIPT; wait for its first stdout line (ready, or its port)."""
+        proc = self.start(
+            which, sys.executable, str(HELPERS / script), *args, stdout=subprocess.PIPE
+        )
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()
         if not line:

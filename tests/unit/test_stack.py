@@ -25,7 +25,9 @@ def make_stack() -> Stack:
     return Stack(CFG, rng=random.Random(1))
 
 
-def eth(payload: bytes, etype: int = ethernet.ETHERTYPE_IPV4, dst: bytes = CFG.gateway_mac) -> bytes:
+def eth(
+    payload: bytes, etype: int = ethernet.ETHERTYPE_IPV4, dst: bytes = CFG.gateway_mac
+) -> bytes:
     return ethernet.build_ethernet(dst, VM_MAC, etype, payload)
 
 
@@ -60,7 +62,9 @@ def test_arp_probe_and_vm_address_not_answered() -> None:
     stack.drain(0.0)
     other = bytes.fromhex("020000000002")
     req = arp.build_arp(arp.ARP_REQUEST, other, ip4("192.168.65.4"), b"\0" * 6, VM_IP)
-    stack.receive(2, ethernet.build_ethernet(ethernet.BROADCAST, other, ethernet.ETHERTYPE_ARP, req), 0)
+    stack.receive(
+        2, ethernet.build_ethernet(ethernet.BROADCAST, other, ethernet.ETHERTYPE_ARP, req), 0
+    )
     frames, _ = stack.drain(0.0)
     assert [link for link, _f in frames] == [1]  # flooded to the VM, not answered by us
 
@@ -87,12 +91,28 @@ def test_ping_gateway_and_host_alias() -> None:
 def test_dhcp_discover_gets_offer() -> None:
     stack = make_stack()
     chaddr = VM_MAC + b"\0" * 10
-    discover = DhcpMessage(op=1, htype=1, hlen=6, hops=0, xid=0x1234, secs=0, flags=0,
-                           ciaddr=b"\0" * 4, yiaddr=b"\0" * 4, siaddr=b"\0" * 4, giaddr=b"\0" * 4,
-                           chaddr=chaddr, options={53: b"\x01"})
+    discover = DhcpMessage(
+        op=1,
+        htype=1,
+        hlen=6,
+        hops=0,
+        xid=0x1234,
+        secs=0,
+        flags=0,
+        ciaddr=b"\0" * 4,
+        yiaddr=b"\0" * 4,
+        siaddr=b"\0" * 4,
+        giaddr=b"\0" * 4,
+        chaddr=chaddr,
+        options={53: b"\x01"},
+    )
     payload = udp.build_udp(b"\0" * 4, b"\xff" * 4, 68, 67, build_dhcp(discover))
-    frame = ethernet.build_ethernet(ethernet.BROADCAST, VM_MAC, ethernet.ETHERTYPE_IPV4,
-                                    ipv4.build_ipv4(b"\0" * 4, b"\xff" * 4, 17, payload))
+    frame = ethernet.build_ethernet(
+        ethernet.BROADCAST,
+        VM_MAC,
+        ethernet.ETHERTYPE_IPV4,
+        ipv4.build_ipv4(b"\0" * 4, b"\xff" * 4, 17, payload),
+    )
     stack.receive(1, frame, 0.0)
     (out,) = out_frames(stack)
     pkt = ipv4.parse_ipv4(out.payload)
@@ -112,8 +132,9 @@ def test_udp_to_unknown_gateway_port_is_unreachable() -> None:
 
 def syn(dst: bytes, port: int, sport: int = 40000) -> bytes:
     opts = tcp.encode_options(tcp.TcpOptions(mss=1460))
-    return ip_frame(dst, ipv4.PROTO_TCP, tcp.build_tcp(VM_IP, dst, sport, port, 1000, 0, tcp.SYN,
-                                                       64240, opts))
+    return ip_frame(
+        dst, ipv4.PROTO_TCP, tcp.build_tcp(VM_IP, dst, sport, port, 1000, 0, tcp.SYN, 64240, opts)
+    )
 
 
 def test_tcp_to_closed_gateway_port_gets_rst() -> None:
@@ -181,8 +202,9 @@ def test_tcp_never_reaches_host_loopback_or_unowned_subnet_addresses() -> None:
         stack.receive(1, syn(dst, 22), 0.0)
         frames, effects = stack.drain(0.0)
         assert effects == [], dst
-        seg = tcp.parse_tcp(ipv4.parse_ipv4(ethernet.parse_ethernet(frames[0][1]).payload).payload,
-                            dst, VM_IP)
+        seg = tcp.parse_tcp(
+            ipv4.parse_ipv4(ethernet.parse_ethernet(frames[0][1]).payload).payload, dst, VM_IP
+        )
         assert seg.flags & tcp.RST
 
 

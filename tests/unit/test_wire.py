@@ -43,7 +43,12 @@ def test_checksum_verifies(data: bytes) -> None:
 @given(mac, mac, st.integers(0x0600, 0xFFFF), st.binary(max_size=100))
 def test_ethernet_round_trip(dst: bytes, src: bytes, etype: int, payload: bytes) -> None:
     frame = ethernet.parse_ethernet(ethernet.build_ethernet(dst, src, etype, payload))
-    assert (frame.dst, frame.src, frame.ethertype, bytes(frame.payload)) == (dst, src, etype, payload)
+    assert (frame.dst, frame.src, frame.ethertype, bytes(frame.payload)) == (
+        dst,
+        src,
+        etype,
+        payload,
+    )
 
 
 def test_ethernet_rejects_short_and_8023() -> None:
@@ -74,11 +79,29 @@ def test_arp_rejects_other_protocols() -> None:
         arp.parse_arp(good[:6] + b"\x00\x09" + good[8:])
 
 
-@given(ip4, ip4, st.integers(0, 255), st.binary(max_size=1500), st.integers(0, 255), port,
-       st.booleans(), st.booleans(), st.integers(0, 0x1FFF))
+@given(
+    ip4,
+    ip4,
+    st.integers(0, 255),
+    st.binary(max_size=1500),
+    st.integers(0, 255),
+    port,
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 0x1FFF),
+)
 def test_ipv4_round_trip(src, dst, proto, payload, ttl, ident, df, mf, off8) -> None:
-    raw = ipv4.build_ipv4(src, dst, proto, payload, ttl=ttl, ident=ident, dont_fragment=df,
-                          more_fragments=mf, frag_offset=off8 * 8)
+    raw = ipv4.build_ipv4(
+        src,
+        dst,
+        proto,
+        payload,
+        ttl=ttl,
+        ident=ident,
+        dont_fragment=df,
+        more_fragments=mf,
+        frag_offset=off8 * 8,
+    )
     pkt = ipv4.parse_ipv4(raw + b"\x00" * 6)  # Ethernet padding is trimmed
     assert (pkt.src, pkt.dst, pkt.proto, pkt.ttl, pkt.ident) == (src, dst, proto, ttl, ident)
     assert (pkt.dont_fragment, pkt.more_fragments, pkt.frag_offset) == (df, mf, off8 * 8)
@@ -103,8 +126,12 @@ def test_ipv4_options_skipped_and_bad_checksum() -> None:
         ipv4.parse_ipv4(b"\x65" + raw[1:])  # IPv6 version nibble
 
 
-@given(st.integers(0, 255), st.integers(0, 255), st.binary(min_size=4, max_size=4),
-       st.binary(max_size=600))
+@given(
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.binary(min_size=4, max_size=4),
+    st.binary(max_size=600),
+)
 def test_icmp_round_trip(typ: int, code: int, rest: bytes, payload: bytes) -> None:
     msg = icmp.parse_icmp(icmp.build_icmp(typ, code, rest, payload))
     assert (msg.type, msg.code, msg.rest, bytes(msg.payload)) == (typ, code, rest, payload)
@@ -149,11 +176,18 @@ options = st.builds(
 
 @given(ip4, ip4, port, port, u32, u32, st.integers(0, 255), port, options, st.binary(max_size=1500))
 def test_tcp_round_trip(src, dst, sport, dport, seq, ack, flags, window, opts, payload) -> None:
-    raw = tcp.build_tcp(src, dst, sport, dport, seq, ack, flags, window,
-                        tcp.encode_options(opts), payload)
+    raw = tcp.build_tcp(
+        src, dst, sport, dport, seq, ack, flags, window, tcp.encode_options(opts), payload
+    )
     seg = tcp.parse_tcp(raw, src, dst)
     assert (seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window) == (
-        sport, dport, seq, ack, flags, window)
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window,
+    )
     assert seg.options == opts
     assert bytes(seg.payload) == payload
 

@@ -82,7 +82,9 @@ class Engine:
         from pyvpnkit.core.ippool import PoolError
 
         try:
-            ip = self.stack.pool.allocate("mac:" + mac.hex(":"), preferred_ip, strict=preferred_ip is not None)
+            ip = self.stack.pool.allocate(
+                "mac:" + mac.hex(":"), preferred_ip, strict=preferred_ip is not None
+            )
         except PoolError as exc:
             raise VifError(str(exc)) from exc
         return mac, ip

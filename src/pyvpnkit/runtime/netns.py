@@ -81,8 +81,9 @@ def _receive(sock: socket.socket, pid: int) -> tuple[int, bytes]:
     msg, fds, _flags, _addr = socket.recv_fds(sock, 64, 1)
     if not fds:
         _pid, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
         raise RuntimeError(
-            f"setting up the namespace failed (child exit status {os.waitstatus_to_exitcode(status)})"
+            f"setting up the namespace failed (child exit status {code})"
         )
     return fds[0], msg
 

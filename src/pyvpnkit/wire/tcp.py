@@ -98,7 +98,10 @@ def parse_options(buf: memoryview) -> TcpOptions:
         elif kind == OPT_SACK and (length - 2) % 8 == 0:
             for j in range(0, length - 2, 8):
                 blocks.append(
-                    (int.from_bytes(body[j : j + 4], "big"), int.from_bytes(body[j + 4 : j + 8], "big"))
+                    (
+                        int.from_bytes(body[j : j + 4], "big"),
+                        int.from_bytes(body[j + 4 : j + 8], "big"),
+                    )
                 )
         i += length
     if mss is None and wscale is None and not sack_ok and ts is None and not blocks:
