@@ -209,3 +209,36 @@ def test_packet_builder_without_checksum_and_raw_sum() -> None:
         data = os.urandom(n)
         assert raw_sum(data) == int.from_bytes(data + b"\x00" * (n & 1), "big") % 0xFFFF
         assert raw_sum(data) % 0xFFFF == ones_sum(data) % 0xFFFF
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.binary(max_size=9000)),
+            st.tuples(st.just("ack"), st.integers(0, 20000)),
+            st.tuples(st.just("slice"), st.tuples(st.integers(0, 30000), st.integers(0, 20000))),
+        ),
+        max_size=60,
+    )
+)
+def test_send_buffer_matches_a_bytearray_model(ops: list[tuple[str, object]]) -> None:
+    b = SendBuffer(7)
+    model = bytearray()
+    base = 7
+    for op, arg in ops:
+        if op == "append":
+            assert isinstance(arg, bytes)
+            b.append(memoryview(bytearray(arg)))  # a mutable source must be copied
+            model += arg
+        elif op == "ack":
+            assert isinstance(arg, int)
+            n = max(0, min(arg, len(model)))
+            assert b.ack(base + arg) == n
+            del model[:n]
+            base += n
+        else:
+            assert isinstance(arg, tuple)
+            off, n = arg
+            off = min(off, len(model))
+            assert bytes(b.slice(base + off, n)) == bytes(model[off : off + n])
+        assert len(b) == len(model) and b.base == base and b.end == base + len(model)

@@ -17,6 +17,7 @@ from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.links.tap import TapLink
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
+from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_udp import HostUdp
@@ -93,6 +94,7 @@ class Service:
     # -- assembly ------------------------------------------------------------
 
     def _start(self) -> Engine:
+        sysns.tune_malloc()
         loop = asyncio.get_running_loop()
         engine = Engine(self.stack, loop)
         self.udp = HostUdp(loop, self.stack.udp, engine.wake)

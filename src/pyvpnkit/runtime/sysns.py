@@ -40,3 +40,22 @@ def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
         ),
         f"mount {source} on {target}",
     )
+
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc() -> None:
+    """Keep glibc from mapping and unmapping memory for every 64-256 KB buffer.
+
+    Host reads and TCP segments are large, short-lived objects. With glibc's
+    defaults they cycle through mmap/munmap or heap trimming, and every new
+    buffer then page-faults on first touch (measured: ~25% of a download's
+    time). Fixed thresholds keep that memory in the heap for reuse.
+    """
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:  # not glibc
+        return
+    mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(4 << 20))
+    mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(64 << 20))
