@@ -100,3 +100,12 @@ def test_outbound_redirect_to_unix_socket(netenv: NetEnv, tmp_path) -> None:
     lines = out.stdout.splitlines()
     assert lines[0] == "through the unix socket"
     assert lines[-1] == "refused"  # port 81 is not redirected: the test world drops it
+
+
+def test_slow_host_reader_bounds_memory(netenv: NetEnv, servers) -> None:
+    """A host reader that stalls closes the VM's window: the stack does not buffer the upload."""
+    host, port = servers["alias"]
+    res = client(netenv, "slowput", host, str(port), str(MB32), mtu=65520)
+    assert res["ok"] is True, res
+    # 32 MB went through; the stack may hold its 2 MB receive window and some slack.
+    assert res["rss_growth_kb"] < 16 * 1024, res

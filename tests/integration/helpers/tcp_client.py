@@ -35,9 +35,39 @@ def get(host: str, port: int, n: int) -> dict[str, object]:
 
 
 def put(host: str, port: int, n: int) -> dict[str, object]:
+    return put_cmd(host, port, n, "PUT")
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def slowput(host: str, port: int, n: int) -> dict[str, object]:
+    """Upload to a server that does not read for 3 s; watch the stack's memory meanwhile."""
+    stack_pid = os.getppid()
+    before = rss_kb(stack_pid)
+    peak = before
+    result: dict[str, object] = {}
+
+    def upload() -> None:
+        result.update(put_cmd(host, port, n, "SLOWPUT"))
+
+    th = threading.Thread(target=upload)
+    th.start()
+    while th.is_alive():
+        peak = max(peak, rss_kb(stack_pid))
+        time.sleep(0.05)
+    return {**result, "rss_growth_kb": peak - before}
+
+
+def put_cmd(host: str, port: int, n: int, cmd: str) -> dict[str, object]:
     s = connect(host, port)
     data = pattern(n)
-    s.sendall(f"PUT {n}\n".encode() + data)
+    s.sendall(f"{cmd} {n}\n".encode() + data)
     reply = s.makefile().readline().strip()
     s.close()
     return {"ok": reply == hashlib.sha256(data).hexdigest()}
@@ -110,7 +140,8 @@ def many(host: str, port: int, sequential: int, concurrent: int) -> dict[str, ob
 
 def main() -> None:
     mode, host, port, *rest = sys.argv[1:]
-    funcs = {"get": get, "put": put, "refused": refused, "half": half, "many": many}
+    funcs = {"get": get, "put": put, "refused": refused, "half": half, "many": many,
+             "slowput": slowput}
     args = [int(x) for x in rest]
     print(json.dumps(funcs[mode](host, int(port), *args)), flush=True)
 

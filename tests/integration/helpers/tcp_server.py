@@ -2,6 +2,7 @@
 
 GET n  -> sends n bytes of pattern(n), closes.
 PUT n  -> reads n bytes, replies sha256 hex, closes.
+SLOWPUT n -> the same after not reading for 3 s.
 HALF   -> reads until EOF, then replies sha256 hex of what it read (half-close).
 ECHO   -> echoes until EOF.
 """
@@ -12,6 +13,7 @@ import hashlib
 import socket
 import sys
 import threading
+import time
 
 
 def pattern(n: int) -> bytes:
@@ -40,8 +42,10 @@ def serve(conn: socket.socket) -> None:
             while view:
                 sent = conn.send(view[: 1 << 20])
                 view = view[sent:]
-        elif cmd == "PUT":
+        elif cmd in ("PUT", "SLOWPUT"):
             n = int(arg)
+            if cmd == "SLOWPUT":
+                time.sleep(3)  # a host reader that falls behind
             h = hashlib.sha256(rest)
             got = len(rest)
             while got < n:
