@@ -16,6 +16,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
@@ -111,16 +112,19 @@ class TcpNat:
         gso: bool = False,
     ) -> None:
         self.config = config
-        # Links that segment for us take packets up to the IPv4 maximum.
-        self._gso_size = 65535 - 40 if gso else None
-        self._keepalive_idle = keepalive_idle
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
-        self._mss = config.mtu - 40
-        self._rcv_buffer = rcv_buffer
-        self._snd_buffer = snd_buffer
-        self._checksum = checksum
+        # Options every connection gets, whichever side opens it. Links that
+        # segment for us (TSO) take packets up to the IPv4 maximum.
+        self._conn_options: dict[str, Any] = {
+            "mss": config.mtu - 40,
+            "rcv_buffer": rcv_buffer,
+            "snd_buffer": snd_buffer,
+            "checksum": checksum,
+            "keepalive_idle": keepalive_idle,
+            "gso_size": 65535 - 40 if gso else None,
+        }
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
         self._next_id = 1
@@ -207,12 +211,7 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=flow.syn.src_port,
             iss=self._iss(),
-            mss=self._mss,
-            rcv_buffer=self._rcv_buffer,
-            snd_buffer=self._snd_buffer,
-            checksum=self._checksum,
-            keepalive_idle=self._keepalive_idle,
-            gso_size=self._gso_size,
+            **self._conn_options,
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
@@ -233,12 +232,7 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=vm_port,
             iss=self._iss(),
-            mss=self._mss,
-            rcv_buffer=self._rcv_buffer,
-            snd_buffer=self._snd_buffer,
-            checksum=self._checksum,
-            keepalive_idle=self._keepalive_idle,
-            gso_size=self._gso_size,
+            **self._conn_options,
         )
         flow.conn.connect(now)
         self._register(flow)
