@@ -192,6 +192,7 @@ def test_garbage_frames_are_dropped_not_raised(payload: bytes, etype: int) -> No
     stack.receive(1, payload, 0.0)
     stack.drain(0.0)
     stack.handle_timer(100.0)
+    assert stack.stats["drop_internal_error"] == 0, stack.last_error
 
 
 def test_tcp_never_reaches_host_loopback_or_unowned_subnet_addresses() -> None:

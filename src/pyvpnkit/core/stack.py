@@ -121,6 +121,7 @@ class Stack:
         self.udp_forward = UdpForwarder(config)
         self.icmp = IcmpNat(config)
         self.frag = Reassembler()
+        self.last_error = ""
         self._frames: list[tuple[int, bytes]] = []
         self._effects: list[object] = []
         self._timed = (self.udp, self.icmp, self.dns, self.frag, self.udp_forward)
@@ -180,6 +181,9 @@ class Stack:
         except ParseError as exc:
             self.stats["drop_malformed"] += 1
             self.last_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one frame, not the link
+            self.stats["drop_internal_error"] += 1
+            self.last_error = f"internal error: {exc!r}"
 
     def _receive(self, link: int, frame: bytes | memoryview, now: float) -> None:
         eth = parse_ethernet(frame)

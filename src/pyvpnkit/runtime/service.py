@@ -16,8 +16,8 @@ from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.links.tap import TapLink
-from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime import sysns
+from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_udp import HostUdp
@@ -104,6 +104,7 @@ class Service:
         engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
         engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
+        self._bugs_reported = 0
         self._watch_hosts()
         self.engine = engine
         self.pcap: PcapWriter | None = None
@@ -116,9 +117,14 @@ class Service:
         return engine
 
     def _watch_hosts(self) -> None:
-        """Reload the hosts file when it changes (cheap stat every 2 s)."""
+        """Every 2 s: reload the hosts file if it changed, report stack bugs."""
         loop = asyncio.get_running_loop()
         self._hosts.check(loop.time())
+        bugs = self.stack.stats["drop_internal_error"]
+        if bugs > self._bugs_reported:
+            log.error("%d frame(s) dropped by internal errors; last: %s",
+                      bugs - self._bugs_reported, self.stack.last_error)
+            self._bugs_reported = bugs
         self._hosts_timer = loop.call_later(2.0, self._watch_hosts)
 
     def _attach_tap(self, attached: Attached, name: str) -> None:
