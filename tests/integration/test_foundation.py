@@ -115,3 +115,24 @@ def test_pcap_shows_dhcp_and_tcp(netenv: NetEnv, tmp_path) -> None:
     assert "BOOTP/DHCP, Request" in text and "BOOTP/DHCP, Reply" in text
     assert f"192.168.65.2.{port}: Flags [S]" in text
     assert f"192.168.65.2.{port} > 192.168.65.3." in text and "Flags [S.]" in text
+
+
+def test_exec_stops_what_the_command_left_running(netenv: NetEnv) -> None:
+    import subprocess
+    import time
+
+    cmd = netenv.pyvpnkit("exec", *exec_args(), "--", "sh", "-c",
+                          "sleep 300 >/dev/null 2>&1 & echo $!")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.strip())
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"background process {pid} still running after exec returned")

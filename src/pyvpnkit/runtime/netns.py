@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -39,6 +40,7 @@ class Attached:
     mac: bytes
     pid: int  # the child: the command for exec, an exited helper for attach
     control: socket.socket | None = None  # exec: write one byte to let the command start
+    netns_ino: int = 0  # exec: the namespace's inode, to find what the command left running
 
     def release(self) -> None:
         """Let the command start (exec): the stack is ready for its frames."""
@@ -123,7 +125,27 @@ def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
     except BaseException:
         parent.close()
         raise
-    return Attached(fd, mac, pid, parent)
+    return Attached(fd, mac, pid, parent, os.stat(f"/proc/{pid}/ns/net").st_ino)
+
+
+def stop_leftovers(netns_ino: int, sig: int = signal.SIGTERM) -> int:
+    """Signal every process still in the exec namespace (the command's daemons).
+
+    The namespace is ours: once the command exits, nothing in it can reach
+    the network any more, so leaving its background processes running would
+    only leak them. Returns how many were signalled.
+    """
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == netns_ino:
+                os.kill(int(entry), sig)
+                count += 1
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return count
 
 
 def netns_path(name: str) -> str:

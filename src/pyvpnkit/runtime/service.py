@@ -21,7 +21,7 @@ from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_udp import HostUdp
-from pyvpnkit.runtime.netns import Attached, IfaceSetup
+from pyvpnkit.runtime.netns import Attached, IfaceSetup, stop_leftovers
 from pyvpnkit.runtime.pcap import PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
 from pyvpnkit.runtime.tap import open_tap
@@ -174,6 +174,8 @@ class Service:
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _pid, status = os.waitpid(attached.pid, 0)
+        if attached.netns_ino and stop_leftovers(attached.netns_ino):
+            log.info("stopped processes the command left in its namespace")
         if self.extras is not None:
             await self.extras.aclose()
         self._shutdown()
