@@ -218,3 +218,27 @@ def test_vm_to_vm_through_the_gateway_is_routed_not_natted() -> None:
     assert effects == []
     ((link, frame),) = frames
     assert link == 2 and ethernet.parse_ethernet(frame).dst == other_mac
+
+
+def test_spoofed_source_addresses_are_dropped() -> None:
+    stack = make_stack()
+    stack.pool.allocate("mac:" + VM_MAC.hex(":"), VM_IP)
+    ping = icmp.build_icmp(icmp.ECHO_REQUEST, 0, icmp.echo_rest(1, 1), b"")
+    intruder = bytes.fromhex("020000000099")
+
+    def from_mac(mac: bytes, src: bytes) -> bytes:
+        return ethernet.build_ethernet(
+            CFG.gateway_mac, mac, ethernet.ETHERTYPE_IPV4,
+            ipv4.build_ipv4(src, GW, ipv4.PROTO_ICMP, ping),
+        )
+
+    for src in (VM_IP, GW, HOST):  # leased to another MAC, or the stack's own addresses
+        stack.receive(2, from_mac(intruder, src), 0.0)
+    assert out_frames(stack) == []
+    assert stack.stats["drop_spoofed_source"] == 3
+    stack.receive(1, from_mac(VM_MAC, VM_IP), 0.0)  # the owner is answered
+    assert len(out_frames(stack)) == 1
+    stack.receive(2, from_mac(intruder, ip4("192.168.65.9")), 0.0)  # a free address is fine
+    assert len(out_frames(stack)) == 1
+    stack.receive(1, from_mac(VM_MAC, ip4("192.168.65.9")), 0.0)  # now in use by the intruder
+    assert out_frames(stack) == [] and stack.stats["drop_spoofed_source"] == 4

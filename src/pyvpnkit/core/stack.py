@@ -161,14 +161,29 @@ class Stack:
         self._learn(link, mac, ip)
         return self.vms.get(ip)
 
-    def _learn(self, link: int, mac: bytes, ip: bytes) -> None:
+    def _learn(self, link: int, mac: bytes, ip: bytes) -> bool:
+        """Note that ``ip`` lives behind ``mac`` on ``link``; False for a spoofed source.
+
+        An address leased to another MAC, or in use by another VM, cannot be
+        taken over by sending from it.
+        """
         vm = self.vms.get(ip)
-        if vm is not None and vm.link == link and vm.mac == mac:
-            return
-        if ip in (self.config.gateway_ip, self.config.host_ip) or not self.config.in_subnet(ip):
-            return
+        if vm is not None:
+            if vm.mac != mac:
+                return False
+            if vm.link == link:
+                return True
+        elif ip in (self.config.gateway_ip, self.config.host_ip):
+            return False
+        elif not self.config.in_subnet(ip):
+            return True  # routed from behind the VM: nothing to learn, nothing to steal
+        else:
+            owner = self.pool.owner(ip)
+            if owner is not None and owner.startswith("mac:") and owner != "mac:" + mac.hex(":"):
+                return False
         self.vms[ip] = Vm(ip, link, mac, mac + self.config.gateway_mac + b"\x08\x00")
         self.dns.set_vm_addresses(list(self.vms))
+        return True
 
     # -- frames in -----------------------------------------------------------
 
@@ -220,8 +235,9 @@ class Stack:
 
     def _ipv4(self, link: int, src_mac: bytes, pkt: IPv4Packet, now: float) -> None:
         cfg = self.config
-        if pkt.src != b"\x00\x00\x00\x00":
-            self._learn(link, src_mac, pkt.src)
+        if pkt.src != b"\x00\x00\x00\x00" and not self._learn(link, src_mac, pkt.src):
+            self.stats["drop_spoofed_source"] += 1
+            return
         if pkt.is_fragment:
             whole = self.frag.add(pkt, now)
             if whole is None:
