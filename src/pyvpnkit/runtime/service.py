@@ -10,6 +10,7 @@ import signal
 import socket
 
 from pyvpnkit.api.commands import ServiceExtras, start_service_extras
+from pyvpnkit.cli import listener_specs, load_redirects
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dns.forwarder import UpstreamQuery
 from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
@@ -49,16 +50,14 @@ class Service:
             log.warning("no upstream DNS servers: only built-in names and %s answer", args.hosts)
         self.upstreams = upstreams
         self.hosts_path: str = args.hosts
-        from pyvpnkit.cli import listener_specs, load_redirects
-
         self.stack = Stack(
             config,
             dns_upstreams=upstreams,
             hosts_text=_read(args.hosts),
             dns_query_id=secure_query_id,
             tcp_redirects=load_redirects(getattr(args, "forwards", None)),
-            # Frames on TAP links are marked checksum-valid (virtio-net header);
-            # hypervisor links without offloads need real TCP checksums.
+            # TAP links hand TCP to the kernel with partial checksums and as
+            # GSO super-segments; hypervisor links need both done by us.
             tcp_checksums=bool(listener_specs(args)),
             tcp_gso=not listener_specs(args),
             verify_checksums=args.verify_checksums,
@@ -71,13 +70,11 @@ class Service:
         self._stop: asyncio.Event | None = None
 
     def resolv_conf_text(self) -> str:
-        lines = [f"nameserver {socket.inet_ntoa(self.config.gateway_ip)}"]
-        search = [d for d in (self.config.domain, *self.config.search_domains) if d]
-        if self.config.search_domains:
-            lines.append("search " + " ".join(self.config.search_domains))
-        elif search and search[0] != "localdomain":
-            lines.append("search " + search[0])
-        return "\n".join(lines) + "\n"
+        """/etc/resolv.conf inside an exec namespace: the gateway answers DNS."""
+        cfg = self.config
+        search = cfg.search_domains or tuple(d for d in (cfg.domain,) if d != "localdomain")
+        text = f"nameserver {socket.inet_ntoa(cfg.gateway_ip)}\n"
+        return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, args: argparse.Namespace, resolv_conf: str | None = None) -> IfaceSetup:
         cfg = self.config
@@ -158,6 +155,10 @@ class Service:
             self._shutdown()
             return 125
         loop = asyncio.get_running_loop()
+        # Ctrl-C reaches the command from the terminal; like `time` or
+        # `unshare`, we wait for the command instead of killing it.
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self._attach_tap(attached, f"netns:{self.args.ifname}")
         pidfd = os.pidfd_open(attached.pid)
         exited = asyncio.Event()
@@ -195,7 +196,6 @@ class Service:
                 name=f"tap:{tap_name}",
                 vnet_hdr=True,
             )
-        from pyvpnkit.cli import listener_specs
         from pyvpnkit.links import start_listener
 
         listeners = []
