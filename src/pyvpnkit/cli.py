@@ -81,6 +81,14 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         help="upstream DNS server (repeatable; default: the host's /etc/resolv.conf)",
     )
     d.add_argument("--hosts", default="/etc/hosts", help="hosts file to answer from")
+    d.add_argument(
+        "--dns-mode",
+        choices=["forward", "host"],
+        default="forward",
+        help="forward: names not built in or in --hosts go to the upstream servers; "
+        "host: A/AAAA/PTR go to the host's own resolver (getaddrinfo: VPN split DNS, "
+        "mDNS, nsswitch), other types to the upstream servers (default %(default)s)",
+    )
     d.add_argument("--host-names", type=_names, default=("host.docker.internal", "host.internal"))
     d.add_argument(
         "--gateway-names", type=_names, default=("gateway.docker.internal", "gateway.internal")

@@ -94,6 +94,7 @@ class Stack:
         tcp_keepalive: float | None = 7200.0,
         udp_idle_timeout: float = 60.0,
         udp_max_flows: int = 4096,
+        dns_mode: str = "forward",
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
@@ -106,7 +107,9 @@ class Stack:
         self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
         self.arp = ArpResponder(config.gateway_mac, self._is_vm_address)
         self.dhcp = DhcpServer(config, self.pool)
-        self.dns = DnsServer(config, dns_upstreams or [], hosts_text, new_id=dns_query_id)
+        self.dns = DnsServer(
+            config, dns_upstreams or [], hosts_text, new_id=dns_query_id, mode=dns_mode
+        )
         self._dns_tcp = _DnsOverTcp(self)
         self.tcp = TcpNat(
             config,

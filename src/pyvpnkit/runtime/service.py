@@ -13,6 +13,7 @@ from pyvpnkit.api.commands import ServiceExtras, start_service_extras
 from pyvpnkit.cli import listener_specs, load_redirects
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dns.forwarder import UpstreamQuery
+from pyvpnkit.core.dns.hostmode import HostResolve
 from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
@@ -21,6 +22,7 @@ from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
+from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, stop_leftovers
 from pyvpnkit.runtime.pcap import PcapWriter
@@ -46,7 +48,10 @@ class Service:
         if not upstreams:
             upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
             upstreams = [u for u in upstreams if u[0] != socket.inet_ntoa(config.gateway_ip)]
-        if not upstreams:
+        self.dns_mode: str = getattr(args, "dns_mode", "forward")
+        if not upstreams and self.dns_mode == "host":
+            log.warning("no upstream DNS servers: types other than A, AAAA and PTR get SERVFAIL")
+        elif not upstreams:
             log.warning("no upstream DNS servers: only built-in names and %s answer", args.hosts)
         self.upstreams = upstreams
         self.hosts_path: str = args.hosts
@@ -64,6 +69,7 @@ class Service:
             tcp_keepalive=args.tcp_keepalive or None,
             udp_idle_timeout=args.udp_idle_timeout,
             udp_max_flows=args.udp_max_flows,
+            dns_mode=self.dns_mode,
         )
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
@@ -100,6 +106,9 @@ class Service:
         engine.add_executor({t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)})
         engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
         engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
+        if self.dns_mode == "host":
+            self.host_dns = HostResolver(loop, self.stack.dns, engine.wake)
+            engine.add_executor({HostResolve: self.host_dns.perform})  # type: ignore[dict-item]
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
         self._bugs_reported = 0
         self._watch_hosts()
@@ -138,7 +147,7 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        for part in ("udp", "icmp", "dns", "pcap"):
+        for part in ("udp", "icmp", "dns", "host_dns", "pcap"):
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()

@@ -1,7 +1,9 @@
 """The DNS server on the gateway (UDP and TCP port 53), sans-I/O.
 
 Order of authority: built-in names, then the hosts file, then the upstream
-servers (forwarded unchanged, whatever the record type). Answers over UDP
+servers (forwarded unchanged, whatever the record type). In host mode
+(`mode="host"`) A, AAAA and PTR go to the host's OS resolver instead (see
+hostmode.py); other types still go upstream. Answers over UDP
 obey the client's size limit (512, or its EDNS payload up to what fits the
 VM's MTU): bigger ones are cut to the question with TC set so the client
 retries over TCP. Bad queries never raise: garbage and responses are
@@ -10,19 +12,35 @@ dropped, a readable header gets FORMERR or NOTIMP.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
+import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import dns.rrset
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dns.forwarder import Forwarder, Resolved, Server, UpstreamQuery
+from pyvpnkit.core.dns.hostmode import (
+    UNSUPPORTED_TEXT,
+    HostDone,
+    HostLookups,
+    HostResolve,
+    host_question,
+)
 from pyvpnkit.core.dns.names import LocalNames
+
+log = logging.getLogger("pyvpnkit.dns")
+
+MODES = ("forward", "host")
 
 UDP_DEFAULT_LIMIT = 512  # RFC 1035 limit without EDNS
 TCP_LIMIT = 65535
@@ -91,11 +109,19 @@ class DnsServer:
         down_after: int = 3,
         max_pending: int = 1024,
         udp_cap: int | None = None,
+        mode: str = "forward",
+        host_timeout: float = 5.0,
+        host_max_inflight: int = 64,
     ) -> None:
         """`new_id` draws upstream query ids; pass an unpredictable source in
         production (the default counter is deterministic, for tests).
-        `udp_cap` bounds EDNS answers so they fit one frame (default MTU-28)."""
+        `udp_cap` bounds EDNS answers so they fit one frame (default MTU-28).
+        `mode` "host" sends A/AAAA/PTR to the OS resolver (HostResolve effects),
+        at most `host_max_inflight` at once, each SERVFAIL after `host_timeout`."""
+        if mode not in MODES:
+            raise ValueError(f"DNS mode must be one of {MODES}, not {mode!r}")
         self.config = config
+        self.mode = mode
         self.names = LocalNames(config, hosts_text)
         self.forwarder = Forwarder(
             upstreams,
@@ -105,9 +131,13 @@ class DnsServer:
             down_after=down_after,
             max_pending=max_pending,
         )
+        self.host = HostLookups(
+            timeout=host_timeout, max_inflight=host_max_inflight, max_waiting=max_pending
+        )
+        self._unsupported_logged: set[int] = set()
         self.udp_cap = max(UDP_DEFAULT_LIMIT, udp_cap or config.mtu - 28)
         self._udp_inflight: set[tuple[object, ...]] = set()
-        self._effects: list[DnsAnswer | UpstreamQuery] = []
+        self._effects: list[DnsAnswer | UpstreamQuery | HostResolve] = []
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "queries",
@@ -119,6 +149,8 @@ class DnsServer:
                 "servfail",
                 "truncated",
                 "duplicates",
+                "host",
+                "unsupported",
             ),
             0,
         )
@@ -175,6 +207,9 @@ class DnsServer:
                 self.stats["duplicates"] += 1
                 return
         origin = _Origin(client, transport, query, limit, dup_key)
+        if self.mode == "host" and q.rdclass == dns.rdataclass.IN:
+            if self._ask_host(origin, q.name, q.rdtype, now):
+                return
         question = (q.name, q.rdtype, q.rdclass)
         if not self.forwarder.submit(raw, question, origin, transport, now):
             self._servfail(origin)
@@ -192,11 +227,22 @@ class DnsServer:
         self.forwarder.handle_error(token, now)
         self._pump()
 
+    def handle_host_answer(
+        self, token: int, addresses: list[str] | None, error: str | None, now: float
+    ) -> None:
+        """Result of a HostResolve: address texts (for PTR: host names), or
+        `addresses` None and `error` one of hostmode.NXDOMAIN/NODATA/SERVFAIL."""
+        self.host.handle_answer(token, addresses, error, now)
+        self._pump()
+
     def next_deadline(self) -> float | None:
-        return self.forwarder.next_deadline()
+        deadlines = (self.forwarder.next_deadline(), self.host.next_deadline())
+        ours = [d for d in deadlines if d is not None]
+        return min(ours) if ours else None
 
     def handle_timer(self, now: float) -> None:
         self.forwarder.handle_timer(now)
+        self.host.handle_timer(now)
         self._pump()
 
     def drain(self) -> list[object]:
@@ -233,6 +279,51 @@ class DnsServer:
         wire = response.to_wire(max_size=TCP_LIMIT)
         self._send(client, transport, wire, limit, self._our_payload(query))
 
+    def _ask_host(
+        self, origin: _Origin, qname: dns.name.Name, rdtype: int, now: float
+    ) -> bool:
+        """Host mode: start an OS lookup, or answer what nobody here can.
+        False: forward upstream as in forward mode."""
+        name = host_question(qname, rdtype)
+        if name is None:
+            if self.forwarder.servers:
+                return False  # hybrid: the OS resolver for addresses, upstream for the rest
+            self._unsupported(origin, rdtype)
+            return True
+        if not self.host.submit(name, rdtype, qname, origin, now):
+            self._servfail(origin)
+            return True
+        if origin.dup_key is not None:
+            self._udp_inflight.add(origin.dup_key)
+        self.stats["host"] += 1
+        self._pump()
+        return True
+
+    def _unsupported(self, origin: _Origin, rdtype: int) -> None:
+        """SERVFAIL, not NXDOMAIN: the name may well exist (vpnkit issue #509)."""
+        self.stats["unsupported"] += 1
+        if rdtype not in self._unsupported_logged:
+            self._unsupported_logged.add(rdtype)
+            log.warning(
+                "DNS host mode without upstream servers: %s queries get SERVFAIL (%s)",
+                dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype)),
+                UNSUPPORTED_TEXT,
+            )
+        response = dns.message.make_response(
+            origin.query, recursion_available=True, our_payload=self.udp_cap
+        )
+        response.set_rcode(dns.rcode.SERVFAIL)
+        if origin.query.edns >= 0:
+            ede = dns.edns.EDEOption(dns.edns.EDECode.NOT_SUPPORTED, UNSUPPORTED_TEXT)
+            response.use_edns(0, 0, self.udp_cap, options=[ede])
+        self._send(
+            origin.client,
+            origin.transport,
+            response.to_wire(max_size=TCP_LIMIT),
+            origin.limit,
+            self._our_payload(origin.query),
+        )
+
     def _servfail(self, origin: _Origin) -> None:
         self.stats["servfail"] += 1
         response = dns.message.make_response(
@@ -253,6 +344,32 @@ class DnsServer:
                 self._effects.append(item)
                 continue
             self._resolved(item)
+        for host_item in self.host.drain():
+            if isinstance(host_item, HostResolve):
+                self._effects.append(host_item)
+                continue
+            self._host_done(host_item)
+
+    def _host_done(self, item: HostDone) -> None:
+        origin = item.context
+        assert isinstance(origin, _Origin)
+        if origin.dup_key is not None:
+            self._udp_inflight.discard(origin.dup_key)
+        if item.rcode == dns.rcode.SERVFAIL:
+            self._servfail(origin)
+            return
+        response = dns.message.make_response(
+            origin.query, recursion_available=True, our_payload=self.udp_cap
+        )
+        response.set_rcode(item.rcode)
+        response.answer = list(item.rrsets)
+        self._send(
+            origin.client,
+            origin.transport,
+            response.to_wire(max_size=TCP_LIMIT),
+            origin.limit,
+            self._our_payload(origin.query),
+        )
 
     def _resolved(self, item: Resolved) -> None:
         origin = item.context
