@@ -55,6 +55,19 @@ class NewReno:
             return True
         return False
 
+    def on_sack_loss(self, snd_una: int, snd_max: int) -> None:
+        """SACK-based loss detection (RFC 6675 5): halve once, no window inflation.
+
+        The sender then paces (re)transmissions by its pipe estimate against cwnd,
+        and a partial ACK leaves cwnd alone (it must not call :meth:`on_ack` for it).
+        """
+        if not self.in_recovery:
+            self.ssthresh = max((snd_max - snd_una) // 2, 2 * self.mss)
+        self.cwnd = self.ssthresh
+        self.recover = snd_max
+        self.in_recovery = True
+        self.dupacks = 0
+
     def on_timeout(self, snd_una: int, snd_max: int) -> None:
         """Retransmission timer expiry: back to one segment, slow start (RFC 5681 3.1)."""
         flight = snd_max - snd_una

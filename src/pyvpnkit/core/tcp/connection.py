@@ -1,4 +1,4 @@
-"""One TCP connection as a sans-I/O state machine (RFC 9293, 6298, 5681/6582, 7323, 2018).
+"""One TCP connection as a sans-I/O state machine (RFC 9293, 6298, 5681/6582, 7323, 2018, 6675).
 
 Segments, host data and timer expiries go in; complete IPv4 packets and
 events come out of :meth:`TcpConnection.drain`. Work is deferred to ``drain``
@@ -7,6 +7,13 @@ window update) answers a whole batch and data rides on it.
 
 Sequence numbers are kept unwrapped (growing ints starting at the ISS/IRS) and
 only reduced modulo 2**32 on the wire, so comparisons are plain ``<``.
+
+Loss recovery: NewReno (one hole per RTT) while the peer sends no SACK blocks.
+Once it does, a scoreboard drives RFC 6675-style recovery: every un-SACKed
+range below the highest SACKed byte counts as lost (the link does not reorder,
+as in FACK) and is resent once per recovery, as many per RTT as cwnd minus the
+pipe estimate allows; after a timeout only the un-SACKed ranges are resent.
+The scoreboard is only touched when SACK blocks arrive or during recovery.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pyvpnkit.core.tcp.events import (
 from pyvpnkit.core.tcp.packet import PacketBuilder
 from pyvpnkit.core.tcp.reassembly import Chunk, Reassembly
 from pyvpnkit.core.tcp.rto import RtoEstimator
+from pyvpnkit.core.tcp.scoreboard import RetransmitLog, Scoreboard
 from pyvpnkit.core.tcp.sendbuf import SendBuffer
 from pyvpnkit.core.tcp.seq import MASK, unwrap
 from pyvpnkit.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions, TcpSegment, encode_options
@@ -51,6 +59,8 @@ _KEEPALIVE = frozenset((ESTABLISHED, CLOSE_WAIT))
 MIN_MSS = 64  # below this the options would not leave room for data
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1
 MAX_DUPACKS_PER_DRAIN = 64
+DUPTHRESH = 3  # segments SACKed above a hole before it counts as lost (RFC 6675)
+MAX_SACK_RTOS = 2  # consecutive timeouts that keep the scoreboard (reneging safety)
 _TS_PREFIX = b"\x01\x01\x08\x0a"
 _II = struct.Struct("!II")
 
@@ -76,6 +86,7 @@ class TcpConnection:
         "snd_mss", "snd_wscale", "_sb", "_fin_queued", "_cc", "_rto", "_rto_at", "_retries",
         "_first_rexmit", "_rtt_seq", "_rtt_time", "_rexmit_una", "_syn_pending", "_persist_at",
         "_persist_backoff", "_probes_unanswered", "_probe_pending", "_space_low", "_heard",
+        "_sacks", "_rec_end", "_lost_to", "_high_rxt", "_rec_force", "_rxt_log",
         # receive side
         "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "_reasm", "_peer_fin", "_unconsumed",
         "_pending", "_ack_pending", "_dupacks_out", "sack_ok", "ts_ok", "_ts_recent",
@@ -167,6 +178,12 @@ class TcpConnection:
         self._probe_pending = False
         self._space_low = False
         self._heard = False  # a segment arrived since the last timer run
+        self._sacks = Scoreboard()
+        self._rec_end: int | None = None  # SACK recovery runs until SND.UNA reaches this
+        self._lost_to = 0  # in SACK recovery, holes below max(this, highest SACK) are lost
+        self._high_rxt = 0  # lost data below this was already resent in this recovery
+        self._rec_force = False  # resend the first hole even if the pipe is full
+        self._rxt_log = RetransmitLog()
 
         self.irs = 0
         self.rcv_nxt = 0
@@ -435,17 +452,80 @@ class TcpConnection:
             if new_wnd:
                 self._persist_at = None
                 self._persist_backoff = 0
+        blocks = seg.options.sack_blocks if self.sack_ok else ()
         if ack > snd_una:
-            return self._on_new_ack(ack, seg)
+            if not self._on_new_ack(ack, seg):
+                return False
+            if blocks or self._sacks.starts:
+                self._on_sack(blocks)
+            return True
+        if blocks:
+            self._on_sack(blocks)
         if (
             plen == 0
             and same_wnd
             and not seg.flags & (SYN | FIN)
             and self.snd_max > snd_una
+            and self._rec_end is None
             and self._cc.on_dupack(snd_una, self.snd_max)
         ):
-            self._rexmit_una = True
+            if self._sacks.starts:
+                self._enter_sack_recovery()
+            else:
+                self._rexmit_una = True
         return True
+
+    def _on_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        """Fold the peer's SACK blocks into the scoreboard; detect loss and reneging."""
+        sb = self._sacks
+        una = self.snd_una
+        if sb.starts and not sb.ack(una):
+            # The peer dropped data it had SACKed: forget all of it and fall back
+            # to NewReno (or go back N after a timeout).
+            sb.clear()
+            self._rxt_log.reset()
+            if self._rec_end is not None:
+                self._rec_end = None
+                if not self._cc.in_recovery:
+                    self.snd_nxt = una
+                self._rexmit_una = True
+        snd_max = self.snd_max
+        newest = None
+        for left, right in blocks:
+            start = unwrap(left, una)
+            end = unwrap(right, una)
+            # Blocks at or below SND.UNA are D-SACKs (RFC 2883) or bogus.
+            if una < start < end <= snd_max:
+                sb.add(start, end)
+                if newest is None:
+                    newest = (start, end)
+        if not sb.starts:
+            return
+        if self._rec_end is not None:
+            if self._rxt_log.starts:
+                self._rxt_log.detect(sb, una, newest)
+            return
+        cc = self._cc
+        if cc.in_recovery:  # NewReno recovery that now has SACK information
+            cc.cwnd = cc.ssthresh
+            self._rec_end = cc.recover
+            self._lost_to = una
+            self._rxt_log.reset()
+        elif una >= cc.recover and (
+            sb.sacked >= DUPTHRESH * self.snd_mss or sb.ends[-1] >= min(snd_max, self._sb.end)
+        ):
+            # Enough SACKed above the first hole, or everything sent after it
+            # arrived (no more duplicate ACKs will come: RFC 5827 early retransmit).
+            self._enter_sack_recovery()
+
+    def _enter_sack_recovery(self) -> None:
+        una = self.snd_una
+        self._cc.on_sack_loss(una, self.snd_max)
+        self._rec_end = self.snd_max
+        self._lost_to = una
+        self._high_rxt = una
+        self._rec_force = True
+        self._rxt_log.reset()
 
     def _on_new_ack(self, ack: int, seg: TcpSegment) -> bool:
         """``ack`` advances SND.UNA; False when the connection ended with it."""
@@ -465,8 +545,15 @@ class TcpConnection:
             self.snd_nxt = ack
         self._retries = 0
         self._first_rexmit = None
-        if self._cc.on_ack(ack, acked, self.snd_max - ack):
-            self._rexmit_una = True
+        rec = self._rec_end
+        if rec is None:
+            if self._cc.on_ack(ack, acked, self.snd_max - ack):
+                self._rexmit_una = True
+        elif ack >= rec:
+            self._rec_end = None
+            self._cc.on_ack(ack, acked, self.snd_max - ack)  # leaves recovery
+        elif not self._cc.in_recovery:
+            self._cc.on_ack(ack, acked, self.snd_max - ack)  # slow start after a timeout
         self._rto_at = None if ack == self.snd_max else now + self._rto.rto
 
         if self._fin_queued and ack > sb.end:  # our FIN is acknowledged
@@ -617,11 +704,23 @@ class TcpConnection:
                 return
         self._cc.on_timeout(self.snd_una, self.snd_max)
         self._rto.backoff()
+        self._rtt_seq = None
+        self._rto_at = now + self._rto.rto
+        if self._sacks.starts and self._retries <= MAX_SACK_RTOS:
+            # Resend every un-SACKed range (RFC 6675 5.1), first one even into a
+            # zero window (it is the probe). Repeated timeouts without progress
+            # drop the scoreboard, in case the peer reneged.
+            self._rec_end = self._lost_to = self.snd_max
+            self._high_rxt = self.snd_una
+            self._rec_force = True
+            self._rexmit_una = False
+            self._rxt_log.reset()
+            return
+        self._sacks.clear()
+        self._rec_end = None
         # Go back N; the first segment goes out even into a zero window (it is the probe).
         self.snd_nxt = self.snd_una
-        self._rtt_seq = None
         self._rexmit_una = True
-        self._rto_at = now + self._rto.rto
 
     def _on_persist(self, now: float) -> None:
         self._persist_at = None
@@ -661,6 +760,8 @@ class TcpConnection:
         self._tw_at = None
         self._syn_pending = False
         self._sb = SendBuffer(self._sb.end)
+        self._sacks.clear()
+        self._rec_end = None
         self._reasm = Reassembly(1)
         self._emit_closed()
 
@@ -785,6 +886,10 @@ class TcpConnection:
         self._dupacks_out = 0
 
         if st in _SENDING:
+            limit = None
+            if self._rec_end is not None:
+                limit, sent = self._sack_output(window, ack, opts)
+                acked = acked or sent
             if self._rexmit_una:
                 self._rexmit_una = False
                 if self.snd_max > self.snd_una:
@@ -793,7 +898,7 @@ class TcpConnection:
                         self.snd_nxt = sent_to
                     acked = True
             if self.snd_nxt < self._sb.end or (self._fin_queued and self.snd_nxt == self._sb.end):
-                acked = self._send_data(window, ack, opts) or acked
+                acked = self._send_data(window, ack, opts, limit) or acked
         if self._probe_pending:
             self._probe_pending = False
             out.append(build((self.snd_una - 1) & MASK, ack, ACK, window, opts))
@@ -828,14 +933,87 @@ class TcpConnection:
                 flags |= FIN
             payload = self._sb.slice(una, n)
             self._packets.append(self._pb.build(una & MASK, ack, flags, window, opts, payload))
+            if una + n > self._high_rxt:
+                self._high_rxt = una + n
             return una + n + (1 if flags & FIN else 0)
         if self._fin_queued:
             self._packets.append(self._pb.build(una & MASK, ack, ACK | FIN, window, opts))
             return una + 1
         return una
 
-    def _send_data(self, window: int, ack: int, opts: bytes) -> bool:
-        """Send new (or, after a timeout, resend) data and the FIN as the windows allow."""
+    def _sack_output(self, window: int, ack: int, opts: bytes) -> tuple[int, bool]:
+        """SACK recovery: resend lost ranges while cwnd exceeds the pipe (RFC 6675 5).
+
+        Returns the sequence new data may go up to, and whether anything was sent.
+        """
+        sb = self._sacks
+        log = self._rxt_log
+        una = self.snd_una
+        snd_max = self.snd_max
+        lost_to = self._lost_to
+        if sb.starts and sb.ends[-1] > lost_to:
+            lost_to = sb.ends[-1]
+        if lost_to > snd_max:
+            lost_to = snd_max
+        nxt = self._high_rxt if self._high_rxt > una else una
+        # In the pipe: all outstanding bytes but the SACKed and the lost not yet resent.
+        pipe = snd_max - una - sb.sacked - sb.hole_bytes(nxt, lost_to)
+        relost = log.lost
+        if relost:
+            pipe -= sum(sb.hole_bytes(max(s, una), e) for s, e in relost)
+        cwnd = self._cc.cwnd
+        eff_mss = self.snd_mss - len(opts)
+        sent = False
+        # Resent ranges that were lost again go first (once more; then the RTO).
+        while relost and (cwnd - pipe >= eff_mss or self._rec_force):
+            start, end = relost[0]
+            hole = sb.next_hole(max(start, una), end)
+            if hole is None:
+                relost.pop(0)
+                continue
+            start, end = hole
+            n = min(end - start, eff_mss)
+            relost[0] = (start + n, relost[0][1])
+            self._resend(start, n, window, ack, opts)
+            self._rec_force = False
+            sent = True
+            pipe += n
+        while cwnd - pipe >= eff_mss or self._rec_force:
+            hole = sb.next_hole(nxt, lost_to)
+            if hole is None:
+                break
+            self._rec_force = False
+            start, end = hole
+            n = min(end - start, eff_mss)
+            self._resend(start, n, window, ack, opts)
+            log.record(start, start + n, snd_max)
+            sent = True
+            pipe += n
+            nxt = start + n
+        self._rec_force = False
+        if nxt > self._high_rxt:
+            self._high_rxt = nxt
+        if sent and self._rtt_seq is not None and self._rtt_seq > una:
+            self._rtt_seq = None  # Karn: this range is now ambiguous
+        room = cwnd - pipe
+        limit = self.snd_nxt + (room if room > 0 else 0)
+        wnd_edge = una + self.snd_wnd
+        return (limit if limit < wnd_edge else wnd_edge), sent
+
+    def _resend(self, start: int, n: int, window: int, ack: int, opts: bytes) -> None:
+        """Resend ``n`` sequence numbers from ``start`` (the last may be our FIN)."""
+        data_end = self._sb.end
+        stop = start + n
+        payload = self._sb.slice(start, min(stop, data_end) - start) if start < data_end else b""
+        flags = ACK | PSH if payload else ACK
+        if self._fin_queued and stop > data_end:
+            flags |= FIN
+        self._packets.append(self._pb.build(start & MASK, ack, flags, window, opts, payload))
+
+    def _send_data(self, window: int, ack: int, opts: bytes, limit: int | None = None) -> bool:
+        """Send new (or, after a timeout, resend) data and the FIN as the windows allow.
+
+        ``limit`` overrides the congestion/peer window edge (SACK recovery)."""
         sb = self._sb
         end = sb.end
         fin_queued = self._fin_queued
@@ -846,7 +1024,8 @@ class TcpConnection:
         snd_una = self.snd_una
         cwnd = self._cc.cwnd
         snd_wnd = self.snd_wnd
-        limit = snd_una + (cwnd if cwnd < snd_wnd else snd_wnd)
+        if limit is None:
+            limit = snd_una + (cwnd if cwnd < snd_wnd else snd_wnd)
         nxt = self.snd_nxt
         sent = False
         while nxt < end:

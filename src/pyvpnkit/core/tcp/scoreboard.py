@@ -1,0 +1,149 @@
+"""What the peer has selectively acknowledged (RFC 2018, RFC 6675 scoreboard).
+
+Disjoint, sorted byte intervals above SND.UNA, in the connection's unwrapped
+sequence numbers. The sender only touches it when SACK blocks arrive or
+during loss recovery, so it favours simplicity over speed: a few dozen
+intervals at most in practice (one per hole in flight).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+MAX_INTERVALS = 512  # beyond this, new SACK information is ignored (always safe)
+
+
+class Scoreboard:
+    __slots__ = ("starts", "ends", "sacked")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.sacked = 0  # bytes covered
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    @property
+    def high(self) -> int:
+        """End of the highest SACKed byte (the scoreboard must not be empty)."""
+        return self.ends[-1]
+
+    def intervals(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts, self.ends, strict=True))
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
+        self.sacked = 0
+
+    def add(self, start: int, end: int) -> None:
+        """Mark [start, end) SACKed, merging with what touches it."""
+        if end <= start:
+            return
+        starts, ends = self.starts, self.ends
+        i = bisect_left(ends, start)  # first interval ending at or after start
+        j = bisect_right(starts, end)  # intervals i..j-1 touch [start, end)
+        if i == j:
+            if len(starts) >= MAX_INTERVALS:
+                return
+            starts.insert(i, start)
+            ends.insert(i, end)
+            self.sacked += end - start
+            return
+        new_start = min(start, starts[i])
+        new_end = max(end, ends[j - 1])
+        covered = sum(ends[k] - starts[k] for k in range(i, j))
+        starts[i:j] = [new_start]
+        ends[i:j] = [new_end]
+        self.sacked += new_end - new_start - covered
+
+    def ack(self, una: int) -> bool:
+        """Forget what lies below the cumulative ACK ``una``; False if the peer reneged
+        (it acknowledged up to, but not past, data it had SACKed: a receiver holding
+        that data would have acknowledged it too)."""
+        starts, ends = self.starts, self.ends
+        i = bisect_right(ends, una)  # intervals ending at or below una are done
+        if i:
+            self.sacked -= sum(ends[k] - starts[k] for k in range(i))
+            del starts[:i], ends[:i]
+        return not starts or starts[0] > una
+
+    def next_hole(self, seq: int, limit: int) -> tuple[int, int] | None:
+        """The first un-SACKed range at or after ``seq`` and below ``limit``."""
+        starts, ends = self.starts, self.ends
+        i = bisect_right(ends, seq)
+        if i < len(starts) and starts[i] <= seq:
+            seq = ends[i]
+            i += 1
+        if seq >= limit:
+            return None
+        end = starts[i] if i < len(starts) and starts[i] < limit else limit
+        return seq, end
+
+    def hole_bytes(self, lo: int, hi: int) -> int:
+        """Un-SACKed bytes in [lo, hi)."""
+        if hi <= lo:
+            return 0
+        covered = 0
+        starts, ends = self.starts, self.ends
+        for k in range(bisect_right(ends, lo), len(starts)):
+            s = starts[k]
+            if s >= hi:
+                break
+            covered += min(ends[k], hi) - max(s, lo)
+        return hi - lo - covered
+
+
+class RetransmitLog:
+    """The ranges resent in one recovery, in send order, to notice lost retransmissions.
+
+    Within a recovery, holes are resent in sequence order, so send order is
+    sequence order. The link does not reorder: a resent range still missing
+    when one resent after it, or new data sent after it, has arrived was
+    lost again (what RACK finds with timestamps, RFC 8985). Each range is
+    judged once; ranges found lost are queued in ``lost`` to be resent.
+    """
+
+    __slots__ = ("starts", "ends", "marks", "checked", "lost")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.marks: list[int] = []  # SND.MAX when each was resent
+        self.checked = 0
+        self.lost: list[tuple[int, int]] = []
+
+    def reset(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
+        self.marks.clear()
+        self.checked = 0
+        self.lost.clear()
+
+    def record(self, start: int, end: int, mark: int) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+        self.marks.append(mark)
+
+    def detect(self, sb: Scoreboard, una: int, newest: tuple[int, int] | None) -> None:
+        """Judge the resent ranges older than the newest one known to have arrived.
+
+        ``newest`` is the peer's first SACK block, which holds its latest arrival.
+        """
+        starts = self.starts
+        if self.checked >= len(starts) or not sb.starts:
+            return
+        upto = bisect_left(self.marks, sb.ends[-1])  # new data sent after these arrived
+        if newest is not None:
+            lo, hi = newest
+            j = bisect_right(starts, hi - 1) - 1  # the last range starting inside the block
+            if j >= upto and starts[j] >= lo and self.ends[j] <= hi:
+                upto = j
+        ends = self.ends
+        for k in range(self.checked, upto):
+            start = starts[k] if starts[k] > una else una
+            if ends[k] > start and sb.hole_bytes(start, ends[k]):
+                self.lost.append((start, ends[k]))
+        if upto > self.checked:
+            self.checked = upto
