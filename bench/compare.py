@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -84,18 +86,33 @@ def wrap(tool: str, mtu: int, inner: str) -> str:
     raise ValueError(tool)
 
 
+def run_tool(env: NetEnv, tool: str, mtu: int, inner: str, timeout: float) -> tuple[str, str]:
+    """Run `inner` behind `tool`; whatever happens, no daemonized peer is left behind."""
+    before = set(Path("/tmp").glob("pvk-pt-*.pid"))
+    try:
+        out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False, timeout=timeout)
+        return out.stdout, out.stderr
+    except subprocess.TimeoutExpired:
+        return "", "timed out"
+    finally:
+        for pidfile in set(Path("/tmp").glob("pvk-pt-*.pid")) - before:
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+            pidfile.unlink(missing_ok=True)
+
+
 def iperf(env: NetEnv, tool: str, mtu: int, seconds: int, reverse: bool) -> float:
     inner = f"iperf3 -c $GW -p 5201 -t {seconds} -J {'-R' if reverse else ''}"
-    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False, timeout=seconds + 60)
+    stdout, stderr = run_tool(env, tool, mtu, inner, seconds + 60)
     try:
-        text = out.stdout[out.stdout.index("{") :]
+        text = stdout[stdout.index("{") :]
         data = json.loads(text[: text.rindex("}") + 1])
         return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
     except (ValueError, KeyError) as exc:
-        print(
-            f"  {tool} mtu {mtu} {'down' if reverse else 'up'} failed: {exc}: {out.stderr[-300:]}",
-            file=sys.stderr,
-        )
+        direction = "down" if reverse else "up"
+        print(f"  {tool} mtu {mtu} {direction} failed: {exc}: {stderr[-300:]}", file=sys.stderr)
         return float("nan")
 
 
@@ -103,11 +120,11 @@ def conn_rate(env: NetEnv, tool: str, mtu: int, seconds: int) -> float:
     script = REPO / "bench" / ".conn_client.py"
     script.write_text(CONN_CLIENT)
     inner = f"{sys.executable} {script} $GW 5202 {seconds}"
-    out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False, timeout=seconds + 60)
+    stdout, stderr = run_tool(env, tool, mtu, inner, seconds + 60)
     try:
-        return float(out.stdout.strip().splitlines()[-1])
+        return float(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        print(f"  {tool} conn rate failed: {out.stderr[-300:]}", file=sys.stderr)
+        print(f"  {tool} conn rate failed: {stderr[-300:]}", file=sys.stderr)
         return float("nan")
 
 

@@ -76,14 +76,25 @@ class NetEnv:
         timeout: float = 60,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        """Run a command in a namespace; on timeout its whole process group is killed."""
+        proc = subprocess.Popen(
             self.cmd(which, *args),
-            check=check,
             text=True,
-            capture_output=True,
-            timeout=timeout,
-            input=input,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        if check:
+            result.check_returncode()
+        return result
 
     def start(self, which: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
         """Start a background process in a namespace; stopped by pid at close()."""
