@@ -309,27 +309,31 @@ class DnsServer:
                 dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype)),
                 UNSUPPORTED_TEXT,
             )
-        response = dns.message.make_response(
-            origin.query, recursion_available=True, our_payload=self.udp_cap
-        )
-        response.set_rcode(dns.rcode.SERVFAIL)
+        ede = None
         if origin.query.edns >= 0:
             ede = dns.edns.EDEOption(dns.edns.EDECode.NOT_SUPPORTED, UNSUPPORTED_TEXT)
-            response.use_edns(0, 0, self.udp_cap, options=[ede])
-        self._send(
-            origin.client,
-            origin.transport,
-            response.to_wire(max_size=TCP_LIMIT),
-            origin.limit,
-            self._our_payload(origin.query),
-        )
+        self._respond(origin, dns.rcode.SERVFAIL, ede=ede)
 
     def _servfail(self, origin: _Origin) -> None:
         self.stats["servfail"] += 1
+        self._respond(origin, dns.rcode.SERVFAIL)
+
+    def _respond(
+        self,
+        origin: _Origin,
+        rcode: dns.rcode.Rcode,
+        answer: list[dns.rrset.RRset] | None = None,
+        ede: dns.edns.EDEOption | None = None,
+    ) -> None:
+        """Answer a query we resolved ourselves (host lookups, failures)."""
         response = dns.message.make_response(
             origin.query, recursion_available=True, our_payload=self.udp_cap
         )
-        response.set_rcode(dns.rcode.SERVFAIL)
+        response.set_rcode(rcode)
+        if answer:
+            response.answer = answer
+        if ede is not None:
+            response.use_edns(0, 0, self.udp_cap, options=[ede])
         self._send(
             origin.client,
             origin.transport,
@@ -358,18 +362,7 @@ class DnsServer:
         if item.rcode == dns.rcode.SERVFAIL:
             self._servfail(origin)
             return
-        response = dns.message.make_response(
-            origin.query, recursion_available=True, our_payload=self.udp_cap
-        )
-        response.set_rcode(item.rcode)
-        response.answer = list(item.rrsets)
-        self._send(
-            origin.client,
-            origin.transport,
-            response.to_wire(max_size=TCP_LIMIT),
-            origin.limit,
-            self._our_payload(origin.query),
-        )
+        self._respond(origin, item.rcode, list(item.rrsets))
 
     def _resolved(self, item: Resolved) -> None:
         origin = item.context
