@@ -14,6 +14,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.ipfrag import fragment_ipv4
 from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
 from pyvpnkit.wire.udp import UdpDatagram, build_udp
@@ -44,7 +45,7 @@ class _Flow:
     last: float
 
 
-class UdpForwarder:
+class UdpForwarder(IdleFlows[_Flow]):
     """Sans-I/O table of UDP forwards and their per-client flows."""
 
     def __init__(
@@ -72,9 +73,6 @@ class UdpForwarder:
         self._out: list[bytes] = []
         self._effects: list[object] = []
 
-    def __len__(self) -> int:
-        return len(self._flows)
-
     # -- listeners -----------------------------------------------------------
 
     def add(self, listener_id: int, vm_ip: bytes, vm_port: int) -> None:
@@ -92,7 +90,7 @@ class UdpForwarder:
 
     def _drop_flows(self, listener_id: int) -> None:
         for flow in [f for f in self._flows.values() if f.listener_id == listener_id]:
-            self._forget(flow)
+            self._drop(flow)
 
     # -- from the host -------------------------------------------------------
 
@@ -112,8 +110,7 @@ class UdpForwarder:
         if flow is None:
             flow = self._new_flow(listener_id, client, target, now)
         else:
-            flow.last = now
-            self._flows.move_to_end(flow.gw_port)
+            self._touch_flow(flow.gw_port, flow, now)
         gw = self.config.gateway_ip
         udp = build_udp(gw, flow.vm_ip, flow.gw_port, flow.vm_port, payload)
         self._ip_ident = (self._ip_ident + 1) & 0xFFFF
@@ -129,9 +126,7 @@ class UdpForwarder:
     def _new_flow(
         self, listener_id: int, client: Client, target: tuple[bytes, int], now: float
     ) -> _Flow:
-        if len(self._flows) >= self.max_flows:
-            self.stats["evicted"] += 1
-            self._forget(next(iter(self._flows.values())))
+        self._make_room()
         while True:  # a free port exists: fewer flows than ports
             port = self._first + self._cursor
             self._cursor = (self._cursor + 1) % self._span
@@ -158,8 +153,7 @@ class UdpForwarder:
             # Like a connected socket: only the forward's target may answer.
             self.stats["drop_wrong_source"] += 1
             return
-        flow.last = now
-        self._flows.move_to_end(flow.gw_port)
+        self._touch_flow(flow.gw_port, flow, now)
         self.stats["to_host"] += 1
         self._effects.append(
             UdpForwardReply(flow.listener_id, flow.client, dgram.payload.tobytes())
@@ -167,26 +161,13 @@ class UdpForwarder:
 
     # -- timers and output ---------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        for flow in self._flows.values():
-            return flow.last + self.idle_timeout
-        return None
-
-    def handle_timer(self, now: float) -> None:
-        while self._flows:
-            flow = next(iter(self._flows.values()))
-            if flow.last + self.idle_timeout > now:
-                break
-            self.stats["expired"] += 1
-            self._forget(flow)
-
     def drain(self) -> tuple[list[bytes], list[object]]:
         """IPv4 packets for VMs and UdpForwardReply effects, since the last drain."""
         out, eff = self._out, self._effects
         self._out, self._effects = [], []
         return out, eff
 
-    def _forget(self, flow: _Flow) -> None:
+    def _drop(self, flow: _Flow) -> None:
         del self._flows[flow.gw_port]
         del self._by_client[(flow.listener_id, flow.client)]
 

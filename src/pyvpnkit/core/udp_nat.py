@@ -13,12 +13,13 @@ ECONNREFUSED and its traceroute sees every hop.
 from __future__ import annotations
 
 import ipaddress
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
+from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.ipfrag import fragment_ipv4
 from pyvpnkit.core.routes import HOST_LOOPBACK, is_routable, route
 from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
@@ -67,7 +68,7 @@ class _UdpFlow(NatFlow):
     originals: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
 
 
-class NatBase(ABC):
+class NatBase(IdleFlows[NatFlow]):
     """Flow table with idle expiry and LRU eviction, shared by the UDP and ICMP NATs."""
 
     def __init__(self, config: NetConfig, idle_timeout: float, max_flows: int, mtu: int) -> None:
@@ -83,27 +84,11 @@ class NatBase(ABC):
         self._effects: list[object] = []
         self._addr_cache: dict[str, bytes | None] = {}
 
-    def __len__(self) -> int:
-        return len(self._flows)
-
     def drain(self) -> tuple[list[bytes], list[object]]:
         """IPv4 packets for VMs and effects for the runtime, since the last drain."""
         out, eff = self._out, self._effects
         self._out, self._effects = [], []
         return out, eff
-
-    def next_deadline(self) -> float | None:
-        for flow in self._flows.values():
-            return flow.last + self.idle_timeout
-        return None
-
-    def handle_timer(self, now: float) -> None:
-        while self._flows:
-            flow = next(iter(self._flows.values()))
-            if flow.last + self.idle_timeout > now:
-                break
-            self.stats["expired"] += 1
-            self._close(flow)
 
     def forget_vm(self, vm_ip: bytes) -> None:
         """The VM left the switch: release every flow it had."""
@@ -113,16 +98,16 @@ class NatBase(ABC):
     # -- helpers for subclasses ------------------------------------------------
 
     def _allocate_id(self) -> int:
-        if len(self._flows) >= self.max_flows:
-            self.stats["evicted"] += 1
-            self._close(next(iter(self._flows.values())))
+        self._make_room()
         flow_id = self._next_id
         self._next_id += 1
         return flow_id
 
     def _touch(self, flow: NatFlow, now: float) -> None:
-        flow.last = now
-        self._flows.move_to_end(flow.flow_id)
+        self._touch_flow(flow.flow_id, flow, now)
+
+    def _drop(self, flow: NatFlow) -> None:
+        self._close(flow)
 
     @abstractmethod
     def _close(self, flow: NatFlow) -> None:
