@@ -21,6 +21,7 @@ import os
 import random
 import select
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -207,6 +208,55 @@ def connect_vpnkit(
         io.close()
         raise VifRefused(resp.reason)
     return io, VpnkitHello(init.version, init.commit, resp)
+
+
+def vmnet_go_discover(mac: bytes) -> bytes:
+    """The DHCPDISCOVER frame vpnkit's Go vmnet client (rootlesskit's parent) sends.
+
+    Byte for byte as go/pkg/vmnet builds it: XID 1, broadcast flag, only option
+    53, no padding, and an IPv4 header checksum of 0 ("as if offloaded").
+    """
+    bootp = bytes([1, 1, 6, 0, 1, 0, 0, 0, 0, 0, 0x80, 0]) + bytes(16) + mac + bytes(202)
+    dhcp = bootp + b"\x63\x82\x53\x63\x35\x01\x01\xff"
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(dhcp), 0) + dhcp
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x7F61, 0, 64, 17, 0, ZERO_IP, ALL_ONES
+    )
+    return build_ethernet(BROADCAST, mac, ETHERTYPE_IPV4, ip + udp)
+
+
+def vmnet_go_offer(frame: bytes, mac: bytes) -> bytes | None:
+    """The offered address if ``frame`` is what the Go vmnet client accepts as its answer."""
+    if len(frame) < 14 or frame[:6] not in (BROADCAST, mac) or frame[12:14] != b"\x08\x00":
+        return None
+    ip = frame[14:]
+    if len(ip) < 20:
+        return None
+    udp = ip[(ip[0] & 0xF) * 4 :]
+    data = udp[8:]
+    if udp[:4] != b"\x00\x43\x00\x44" or len(data) < 243 or data[0] != 2:
+        return None
+    return data[16:20] if data[4:8] == b"\x01\x00\x00\x00" else None
+
+
+def rootlesskit_parent(url: str, uuid: str, timeout: float = 10.0) -> tuple[StreamIO, bytes, bytes]:
+    """What rootlesskit's parent does: handshake, DHCP for the address, keep the link open.
+
+    Returns (the open link, MAC, IP); the caller holds the link and never reads it again.
+    """
+    io, hello = connect_vpnkit(url, uuid, timeout=timeout)
+    mac = hello.vif.mac
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        io.send(vmnet_go_discover(mac))  # resent every second, as the Go client does
+        end = time.monotonic() + min(1.0, left)
+        while (wait := end - time.monotonic()) > 0:
+            frame = io.recv(wait)
+            ip = vmnet_go_offer(frame, mac) if frame is not None else None
+            if ip is not None:
+                return io, mac, ip
+    io.close()
+    raise TimeoutError(f"no DHCP answer to the vmnet client's DISCOVER within {timeout} s")
 
 
 def connect_bess(url: str) -> PacketIO:

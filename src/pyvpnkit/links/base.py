@@ -47,6 +47,7 @@ class Link(abc.ABC):
     name: str  # e.g. "qemu:unix:///tmp/x.sock#3"
     mtu: int
     mac: bytes | None  # the VM's MAC if the transport told us (vpnkit), else None
+    ip: bytes | None = None  # the VM's address if the transport assigned one (vpnkit)
     dropped: int = 0  # frames dropped on the way out (queue full, peer gone, too big)
 
     @abc.abstractmethod

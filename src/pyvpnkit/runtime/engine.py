@@ -54,6 +54,11 @@ class Engine:
         self._next_link += 1
         self.links[n] = link
         self._ids[id(link)] = n
+        if link.mac is not None and link.ip is not None:
+            # The transport named the VM (vmnet): its frames go to this link from now
+            # on, even if an older connection with the same UUID is still open, as
+            # rootlesskit's parent leaves its own while the child takes over.
+            self.stack.add_vm(n, link.mac, link.ip)
         log.info("link %s opened", link.name)
 
     def link_id(self, link: Link) -> int | None:
