@@ -116,6 +116,8 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--pcap", metavar="FILE", help="capture every VM frame to a libpcap file")
     o.add_argument("--pcap-snaplen", type=int, default=65535, metavar="N",
                    help="bytes kept per captured frame (default 65535)")
+    o.add_argument("--pcap-listen", action="append", default=[], metavar="PATH",
+                   help="serve a live capture to every client of this unix socket (repeatable)")
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:

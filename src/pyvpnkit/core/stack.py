@@ -214,8 +214,8 @@ class Stack:
         if eth.ethertype == ETHERTYPE_IPV4:
             # A zero header checksum means "left to offload" (vpnkit's Go vmnet client,
             # used by rootlesskit, sends its DHCP DISCOVER so); a wrong non-zero one is damage.
-            ip_csum = eth.payload[10:12]
-            self._ipv4(link, eth.src, parse_ipv4(eth.payload, check=ip_csum != b"\0\0"), now)
+            csum_set = any(eth.payload[10:12])
+            self._ipv4(link, eth.src, parse_ipv4(eth.payload, check=csum_set), now)
         elif eth.ethertype == ETHERTYPE_ARP:
             _pkt, reply = self.arp.handle(eth.payload)
             if reply is not None:

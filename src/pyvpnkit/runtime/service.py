@@ -25,7 +25,7 @@ from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, stop_leftovers
-from pyvpnkit.runtime.pcap import PcapWriter
+from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
 from pyvpnkit.runtime.tap import open_tap
 
@@ -117,6 +117,10 @@ class Service:
         if getattr(self.args, "pcap", None):
             self.pcap = PcapWriter(self.args.pcap, self.args.pcap_snaplen)
             engine.frame_taps.append(self.pcap.tap)
+        self.pcap_listeners: list[PcapListener] = []
+        for path in getattr(self.args, "pcap_listen", None) or []:
+            self.pcap_listeners.append(PcapListener(path, self.args.pcap_snaplen))
+            engine.frame_taps.append(self.pcap_listeners[-1].tap)
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
@@ -151,6 +155,8 @@ class Service:
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()
+        for listener in getattr(self, "pcap_listeners", ()):
+            listener.close()
 
     async def run_exec(self, attached: Attached) -> int:
         self._start()
