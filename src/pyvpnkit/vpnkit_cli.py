@@ -7,8 +7,8 @@ translated into the `pyvpnkit run` options that do the same, so the ordinary
 service runs with a vmnet listener. vpnkit flags for features pyvpnkit does
 not have are refused by name rather than ignored.
 
-Exit status: 0 after SIGINT/SIGTERM, 1 when the --ethernet socket cannot be
-served, 124 for a command-line error (vpnkit's own code for one).
+Exit status: 0 after SIGINT/SIGTERM, 1 when a socket (--ethernet, --pcap)
+cannot be served, 124 for a command-line error (vpnkit's own code for one).
 """
 
 from __future__ import annotations
@@ -225,31 +225,27 @@ def run_options(args: argparse.Namespace) -> argparse.Namespace:
     subnet = ipaddress.IPv4Network(f"{args.lowest_ip}/32")
     while not all(ip in subnet for ip in ips):
         subnet = subnet.supernet()
-    run = ["--listen-vpnkit", "unix://" + quote(args.ethernet, safe="/@"), "--mtu", str(args.mtu)]
-    run += ["--subnet", str(subnet), "--hosts", args.hosts]
-    for flag in ("gateway-ip", "lowest-ip", "highest-ip"):
-        run += [f"--{flag}", str(getattr(args, flag.replace("-", "_")))]
+    # A leading "@" is a file name to vpnkit, an abstract socket in a pyvpnkit URL.
+    path = "./" + args.ethernet if args.ethernet.startswith("@") else args.ethernet
+    run = [f"--listen-vpnkit=unix://{quote(path, safe='/')}", f"--subnet={subnet}"]
+    options = {"mtu": args.mtu, "hosts": args.hosts, "pcap-snaplen": args.pcap_snaplen}
+    for name in ("gateway-ip", "lowest-ip", "highest-ip", "domain", "host-names",
+                 "gateway-names", "vm-names", "forwards"):  # fmt: skip
+        options[name] = getattr(args, name.replace("-", "_"))
     if args.host_ip.packed == bytes(4):
         run.append("--no-host-loopback")
     else:
-        run += ["--host-ip", str(args.host_ip)]
+        options["host-ip"] = args.host_ip
+    run += [f"--{name}={value}" for name, value in options.items() if value is not None]
     if args.dns is None:
-        run += ["--dns-mode", "host"]  # vpnkit's default resolver is the host's own
+        run.append("--dns-mode=host")  # vpnkit's default resolver is the host's own
     else:
         servers, search = parse_dns_file(args.dns)
-        for server in servers:
-            run += ["--dns-server", server]
-        for domain in search:
-            run += ["--search", domain]
-    for flag in ("domain", "host-names", "gateway-names", "vm-names", "forwards"):
-        value = getattr(args, flag.replace("-", "_"))
-        if value is not None:
-            run += [f"--{flag}", value]
-    for path in args.pcap:
-        run += ["--pcap-listen", path]
-    run += ["--pcap-snaplen", str(args.pcap_snaplen)]
+        run += [f"--dns-server={server}" for server in servers]
+        run += [f"--search={domain}" for domain in search]
+    run += [f"--pcap-listen={path}" for path in args.pcap]
     debug = args.debug or "VPNKIT_DEBUG" in os.environ
-    run += ["--log-level", "debug" if debug else "warning"]
+    run.append(f"--log-level={'debug' if debug else 'warning'}")
     return cli.make_parser().parse_args(["run", *run])
 
 

@@ -72,9 +72,10 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert opts.log_level == "debug"
 
 
-def test_debug_flag() -> None:
-    _, opts = vpnkit_cli.configure(["--ethernet", "e.sock", "--debug"])
-    assert opts.log_level == "debug"
+def test_debug_flag_and_odd_paths() -> None:
+    _, opts = vpnkit_cli.configure(["--ethernet", "@e.sock", "--debug", "--hosts=-h"])
+    assert parse_listen_url(opts.listen_vpnkit[0]).path == "./@e.sock"  # a file, not abstract
+    assert opts.log_level == "debug" and opts.hosts == "-h"
 
 
 @pytest.mark.parametrize(
