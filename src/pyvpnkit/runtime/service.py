@@ -47,7 +47,8 @@ class Service:
         upstreams: list[tuple[str, int]] = list(args.dns_server)
         if not upstreams:
             upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
-            upstreams = [u for u in upstreams if u[0] != socket.inet_ntoa(config.gateway_ip)]
+            ours = {socket.inet_ntoa(config.gateway_ip), socket.inet_ntoa(config.dns_ip)}
+            upstreams = [u for u in upstreams if u[0] not in ours]
         self.dns_mode: str = getattr(args, "dns_mode", "forward")
         if not upstreams and self.dns_mode == "host":
             log.warning("no upstream DNS servers: types other than A, AAAA and PTR get SERVFAIL")
@@ -76,10 +77,10 @@ class Service:
         self._stop: asyncio.Event | None = None
 
     def resolv_conf_text(self) -> str:
-        """/etc/resolv.conf inside an exec namespace: the gateway answers DNS."""
+        """/etc/resolv.conf inside an exec namespace: the stack answers DNS."""
         cfg = self.config
         search = cfg.search_domains or tuple(d for d in (cfg.domain,) if d != "localdomain")
-        text = f"nameserver {socket.inet_ntoa(cfg.gateway_ip)}\n"
+        text = f"nameserver {socket.inet_ntoa(cfg.dns_ip)}\n"
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, args: argparse.Namespace, resolv_conf: str | None = None) -> IfaceSetup:
