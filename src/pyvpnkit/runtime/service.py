@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 
 from pyvpnkit.api.commands import ServiceExtras, start_service_extras
 from pyvpnkit.cli import listener_specs, load_redirects
@@ -193,7 +194,18 @@ class Service:
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code  # killed by a signal: shell convention
 
-    async def run_forever(self, attached: Attached | None, tap_name: str | None) -> int:
+    def stop(self) -> None:
+        """End run_forever (as SIGTERM does)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run_forever(
+        self,
+        attached: Attached | None,
+        tap_name: str | None,
+        on_started: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """Serve until stopped; ``on_started`` runs once links and listeners are up."""
         engine = self._start()
         self.extras = await start_service_extras(self)
         if attached is not None:
@@ -222,6 +234,8 @@ class Service:
                 # The parent holds the VM end: its pipes closing ends the service, as in gvproxy.
                 self._stdio_done = asyncio.ensure_future(listener.wait_closed())  # type: ignore[attr-defined]
                 self._stdio_done.add_done_callback(lambda _f: stop.set())
+        if on_started is not None:
+            await on_started()
         log.info("pyvpnkit running")
         await self._stop.wait()
         for listener in listeners:
