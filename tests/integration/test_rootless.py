@@ -1,0 +1,202 @@
+"""Issue 9: pyvpnkit without root — `exec` as an ordinary user, and the slirp4netns
+drop-in under Debian's rootlesskit — run by a user these tests create."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.netenv import HELPERS, WORLD_IP, NetEnv, exec_args, wait_for
+from tests.integration.rootless import User, run, slirp4netns_binary, unusable_reason
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() == 0 and unusable_reason() is not None, reason=str(unusable_reason())
+)
+SIZE = 3_000_000  # bytes per download: several windows, still quick
+NAME, NAME_IP = "www.example.test", "203.0.113.2"  # from helpers/dns_server.py
+
+
+@pytest.fixture(scope="module")
+def user() -> Iterator[User]:
+    u = User.create()
+    try:
+        yield u
+    finally:
+        u.remove()
+
+
+def _servers(netenv: NetEnv) -> tuple[str, str]:
+    """A download server on the host's loopback and one in the world; their ports."""
+    _p, local = netenv.start_helper("host", "tcp_server.py", "127.0.0.1")
+    _p, world = netenv.start_helper("world", "tcp_server.py", WORLD_IP)
+    return local, world
+
+
+def _guest_checks(user: User, gateway: str, dns: str, local: str | None, world: str) -> str:
+    """Shell run inside the guest: ping, two downloads (JSON lines), one DNS answer."""
+    client = f"{sys.executable} {user.home}/tcp_client.py"
+    lines = [f"ping -c 1 -W 3 {gateway} >/dev/null && echo PING-OK"]
+    if local is not None:
+        lines.append(f"{client} get {gateway} {local} {SIZE}")
+    lines.append(f"{client} get {WORLD_IP} {world} {SIZE}")
+    lines.append(f"echo DNS=$(dig +short +time=2 +tries=2 @{dns} {NAME})")
+    return "; ".join(lines)
+
+
+def _check_output(out: subprocess.CompletedProcess[str], downloads: int) -> None:
+    text = out.stdout
+    assert out.returncode == 0, text + out.stderr
+    assert "PING-OK" in text, text + out.stderr
+    results = [json.loads(line) for line in text.splitlines() if line.startswith('{"bytes"')]
+    assert results == [{"bytes": SIZE, "ok": True}] * downloads, text + out.stderr
+    assert f"DNS={NAME_IP}" in text, text + out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- pyvpnkit exec ------------------------------------------------------------
+
+
+def test_exec_as_user(netenv: NetEnv, user: User) -> None:
+    """ping the gateway, download from the host's loopback and the world, resolve a name."""
+    local, world = _servers(netenv)
+    _p, dns_port = netenv.start_helper("host", "dns_server.py")
+    script = _guest_checks(user, "192.168.65.2", "192.168.65.1", local, world)
+    cmd = user.in_host(netenv, sys.executable, "-m", "pyvpnkit", "exec",
+                       *exec_args(int(dns_port)), "--", "sh", "-c", f"id -u; {script}")
+    out = run(cmd)
+    _check_output(out, downloads=2)
+    assert out.stdout.splitlines()[0] == "0"  # root inside its own user namespace
+
+
+def test_exec_command_dies_with_pyvpnkit(netenv: NetEnv, user: User) -> None:
+    """SIGKILL to pyvpnkit takes the command with it (PR_SET_PDEATHSIG)."""
+    pidfile = user.home / "cmd.pid"
+    cmd = user.in_host(netenv, sys.executable, "-m", "pyvpnkit", "exec", *exec_args(), "--",
+                       "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300")
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20)
+        child = int(pidfile.read_text())
+        assert Path(f"/proc/{child}").exists()
+        proc.kill()  # nsenter, setpriv and env exec: this is pyvpnkit itself
+        proc.wait(10)
+        assert wait_for(lambda: not _alive(child), 10), "the command outlived pyvpnkit"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _one_line_125(out: subprocess.CompletedProcess[str], words: str) -> None:
+    assert out.returncode == 125, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], out.stderr
+    assert lines[0].startswith("pyvpnkit: ")
+
+
+def test_exec_without_user_namespaces_says_why(netenv: NetEnv, user: User) -> None:
+    """user.max_user_namespaces=0 (set in an enclosing namespace): one line, exit 125."""
+    inner = [sys.executable, "-m", "pyvpnkit", "exec", *exec_args(), "--", "true"]
+    env_args = [e for e in user.env() if e.startswith("PYTHONPATH=")]
+    cmd = ["nsenter", f"--net=/run/netns/{netenv.host}", sys.executable,
+           str(HELPERS / "userns_limit.py"), str(user.uid), str(user.gid),
+           "env", "-i", *user.env(), *inner]
+    out = run(cmd, env={**os.environ, **dict(e.split("=", 1) for e in env_args)})
+    _one_line_125(out, "user.max_user_namespaces=0")
+
+
+def test_exec_without_tun_device_says_why(netenv: NetEnv, user: User) -> None:
+    inner = " ".join(user.cmd(sys.executable, "-m", "pyvpnkit", "exec", *exec_args(), "--",
+                              "true"))
+    cmd = ["nsenter", f"--net=/run/netns/{netenv.host}", "unshare", "-m", "sh", "-c",
+           f"mount -t tmpfs none /dev/net && exec {inner}"]
+    _one_line_125(run(cmd), "/dev/net/tun is missing")
+
+
+# -- rootlesskit --net=slirp4netns --slirp4netns-binary=pyvpnkit-slirp4netns ----------
+
+
+def _rootlesskit(netenv: NetEnv, user: User, resolv: Path, *args: str) -> list[str]:
+    """rootlesskit as USER in the host namespace, seeing RESOLV as /etc/resolv.conf."""
+    state = user.home / f"rk-{os.urandom(4).hex()}"
+    inner = user.cmd(
+        "rootlesskit", f"--state-dir={state}", "--net=slirp4netns",
+        f"--slirp4netns-binary={slirp4netns_binary(user)}", "--copy-up=/etc", *args,
+    )
+    return ["nsenter", f"--net=/run/netns/{netenv.host}", "unshare", "-m", "sh", "-c",
+            f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh", *inner]
+
+
+def _resolv(user: User) -> Path:
+    """The host's resolv.conf for the drop-in: the test DNS server on 127.0.0.1:53."""
+    path = user.home / "resolv.conf"
+    path.write_text("nameserver 127.0.0.1\n")
+    path.chmod(0o644)
+    return path
+
+
+needs_rootlesskit = pytest.mark.skipif(shutil.which("rootlesskit") is None,
+                                       reason="needs rootlesskit")
+
+
+@needs_rootlesskit
+@pytest.mark.parametrize("loopback", [True, False], ids=["host-loopback", "no-host-loopback"])
+def test_rootlesskit_slirp4netns(netenv: NetEnv, user: User, loopback: bool) -> None:
+    local, world = _servers(netenv)
+    netenv.start_helper("host", "dns_server.py", "53")
+    extra = [] if loopback else ["--disable-host-loopback"]
+    script = _guest_checks(user, "10.0.2.2", "10.0.2.3", local if loopback else None, world)
+    if not loopback:  # 10.0.2.2 must not reach the host's 127.0.0.1
+        script += f"; {sys.executable} {user.home}/tcp_client.py refused 10.0.2.2 {local}"
+    out = run(_rootlesskit(netenv, user, _resolv(user), *extra, "sh", "-c", script))
+    _check_output(out, downloads=2 if loopback else 1)
+    if not loopback:
+        assert json.loads(out.stdout.splitlines()[-1])["refused"] is True, out.stdout
+
+
+@needs_rootlesskit
+def test_rootlesskit_port_driver_slirp4netns(netenv: NetEnv, user: User) -> None:
+    """`-p 127.0.0.1:PORT:PORT/tcp` through the API socket: a host client reaches the guest."""
+    port = "18765"
+    server = f"{sys.executable} {user.home}/tcp_server.py 0.0.0.0 {port}"
+    cmd = _rootlesskit(netenv, user, _resolv(user), "--port-driver=slirp4netns",
+                       "-p", f"127.0.0.1:{port}:{port}/tcp", "sh", "-c", f"exec {server}")
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == port, proc.stderr.read() if proc.stderr else ""
+        got: dict[str, object] = {}
+
+        def fetched() -> bool:
+            out = netenv.run_in("host", sys.executable, str(HELPERS / "tcp_client.py"), "get",
+                                "127.0.0.1", port, str(SIZE), check=False, timeout=30)
+            got.update(json.loads(out.stdout) if out.returncode == 0 else {"err": out.stderr})
+            return got.get("ok") is True
+
+        assert wait_for(fetched, 20, 0.3), got
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
