@@ -200,3 +200,118 @@ def test_rootlesskit_port_driver_slirp4netns(netenv: NetEnv, user: User) -> None
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# -- rootless podman with network_cmd_path = pyvpnkit-slirp4netns ----------------------
+
+CONTAINERS_CONF = """[engine]
+network_cmd_path = "{helper}"
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+STORAGE_CONF = """[storage]
+driver = "vfs"
+rootless_storage_path = "{home}/storage"
+runroot = "{home}/run/storage"
+"""
+APPLETS = ("sh", "httpd", "nc", "sha256sum", "nslookup", "echo", "printf", "sleep")
+
+
+def _drop_in_running(user: User) -> bool:
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == user.uid:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if b"pyvpnkit.slirp4netns" in cmdline or b"pyvpnkit-slirp4netns" in cmdline:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _busybox_image(dest: Path) -> Path:
+    """A tarball of a root filesystem with Debian's busybox and the libraries it needs."""
+    root = dest / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    shutil.copy(busybox, root / "bin" / "busybox")
+    ldd = subprocess.run(["ldd", busybox], capture_output=True, text=True, check=True).stdout
+    for lib in [w for w in ldd.split() if w.startswith("/")]:
+        (root / lib.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lib, root / lib.lstrip("/"))
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "www").mkdir()
+    (root / "www" / "index.html").write_text("hello from the container\n")
+    tarball = dest / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "."], check=True)
+    return tarball
+
+
+@pytest.mark.skipif(shutil.which("podman") is None or shutil.which("busybox") is None,
+                    reason="needs podman and busybox")
+def test_podman_network_cmd_path(netenv: NetEnv, user: User) -> None:
+    """podman --network slirp4netns:port_handler=slirp4netns: world download, DNS on
+    10.0.2.3, and a published port answered through our API socket."""
+    import hashlib
+
+    from tests.integration.helpers.tcp_server import pattern
+
+    _p, world = netenv.start_helper("world", "tcp_server.py", WORLD_IP)
+    netenv.start_helper("host", "dns_server.py", "53")
+    home = user.home
+    (home / "containers.conf").write_text(CONTAINERS_CONF.format(helper=slirp4netns_binary(user)))
+    (home / "storage.conf").write_text(STORAGE_CONF.format(home=home))
+    tarball = _busybox_image(home)
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(home)], check=True)
+    env = [f"CONTAINERS_CONF={home}/containers.conf",
+           f"CONTAINERS_STORAGE_CONF={home}/storage.conf"]
+
+    def podman(*args: str) -> list[str]:
+        inner = user.cmd("env", *env, "podman", *args)
+        return ["nsenter", f"--net=/run/netns/{netenv.host}", "unshare", "-m", "sh", "-c",
+                f'mount --bind {_resolv(user)} /etc/resolv.conf && exec "$@"', "sh", *inner]
+
+    out = run(podman("import", str(tarball), "localhost/pvk-busybox:1"), timeout=60)
+    assert out.returncode == 0, out.stderr
+    n, port = 200_000, "18766"
+    script = (f"printf 'GET {n}\\n' | nc {WORLD_IP} {world} | sha256sum; "
+              f"nslookup {NAME} 10.0.2.3; httpd -p 8080 -h /www; echo READY; "
+              # PID 1 ignores signals it has no handler for: stop at once on SIGTERM.
+              "trap 'exit 0' TERM; while :; do sleep 0.2; done")
+    proc = subprocess.Popen(
+        podman("run", "--rm", "--network", "slirp4netns:port_handler=slirp4netns",
+               "-p", f"127.0.0.1:{port}:8080", "localhost/pvk-busybox:1", "sh", "-c", script),
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while "READY" not in lines and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+        text = "\n".join(lines)
+        assert "READY" in lines, text + (proc.stderr.read() if proc.stderr else "")
+        assert hashlib.sha256(pattern(n)).hexdigest() in text, text
+        assert f"Address: {NAME_IP}" in text or f"Address 1: {NAME_IP}" in text, text
+        got: dict[str, str] = {}
+
+        def fetched() -> bool:
+            res = netenv.run_in("host", "curl", "-sS", "--max-time", "5",
+                                f"http://127.0.0.1:{port}/", check=False, timeout=30)
+            got["out"] = res.stdout + res.stderr
+            return res.stdout == "hello from the container\n"
+
+        assert wait_for(fetched, 20, 0.3), got
+        assert _drop_in_running(user), "podman did not run pyvpnkit-slirp4netns"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
