@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyvpnkit
-
 from tests.integration.netenv import HELPERS, NetEnv
 
 PACKAGE_DIR = Path(pyvpnkit.__file__).resolve().parents[1]
@@ -96,6 +95,7 @@ class User:
 
     def env(self) -> list[str]:
         env = [f"HOME={self.home}", f"XDG_RUNTIME_DIR={self.home}/run", f"USER={self.name}",
+               f"TMPDIR={self.home}",
                "PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"]
         if not str(Path(pyvpnkit.__file__).resolve()).startswith(sys.prefix):
             env.append(f"PYTHONPATH={PACKAGE_DIR}")  # a source tree, not installed

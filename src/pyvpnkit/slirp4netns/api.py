@@ -156,7 +156,7 @@ async def _serve_one(api: HostFwdApi, reader: asyncio.StreamReader,
         reply = api.handle(data) if len(data) <= MAX_REQUEST else error("bad request: too large")
         writer.write(json.dumps(reply, separators=(",", ":")).encode())
         await writer.drain()
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         pass
     finally:
         writer.close()

@@ -1,6 +1,7 @@
 """Test upstream DNS server (dnspython) on 127.0.0.1, UDP and TCP on one port.
 
-Prints the port (argv[1], default any free one), then answers a small zone under example.test. Never forwards.
+Prints the port (argv[1], default any free one), then answers a small zone under
+example.test. Never forwards.
 """
 
 from __future__ import annotations
