@@ -315,3 +315,68 @@ def test_podman_network_cmd_path(netenv: NetEnv, user: User) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# -- the drop-in's own lifecycle (as root: no user namespace to join) ------------------
+
+
+def _start_drop_in(netenv: NetEnv, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """pyvpnkit-slirp4netns in the host namespace with a ready pipe and an exit pipe;
+    returns the process and the write end of the exit pipe."""
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{netenv.host}", sys.executable, "-m",
+         "pyvpnkit.slirp4netns", "-c", "-r", str(ready_w), "-e", str(exit_r), *args],
+        pass_fds=(ready_w, exit_r), start_new_session=True,
+    )
+    os.close(ready_w)
+    os.close(exit_r)
+    with os.fdopen(ready_r, "rb") as ready:
+        assert ready.read() == b"1"  # written once, then closed
+    return proc, exit_w
+
+
+def _stops(proc: subprocess.Popen[bytes], timeout: float = 10) -> bool:
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return False
+
+
+def test_drop_in_path_target_exits_when_namespace_is_removed(netenv: NetEnv) -> None:
+    name = f"pvk-s4-{os.urandom(4).hex()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        proc, exit_w = _start_drop_in(netenv, "--netns-type=path", f"/run/netns/{name}", "tap0")
+        ping = subprocess.run(["ip", "netns", "exec", name, "ping", "-c1", "-W3", "10.0.2.2"],
+                              capture_output=True, text=True, timeout=30)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        subprocess.run(["ip", "netns", "del", name], check=True)
+        assert _stops(proc), "still running after its namespace was removed"
+        os.close(exit_w)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_drop_in_pid_target_exit_fd_and_target_exit(netenv: NetEnv) -> None:
+    for end in ("exit-fd", "target"):
+        target = subprocess.Popen(["unshare", "-n", "sleep", "60"], start_new_session=True)
+        try:
+            assert wait_for(lambda: os.readlink(f"/proc/{target.pid}/ns/net")  # noqa: B023
+                            != os.readlink("/proc/self/ns/net"), 5)
+            proc, exit_w = _start_drop_in(netenv, str(target.pid), "tap0")
+            if end == "exit-fd":
+                os.close(exit_w)
+            else:
+                target.kill()
+            assert _stops(proc), f"still running after the {end} went away"
+            assert proc.returncode == 0
+            if end == "target":
+                os.close(exit_w)
+        finally:
+            target.kill()
+            target.wait()

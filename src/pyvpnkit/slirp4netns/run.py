@@ -85,20 +85,26 @@ class Slirp4netns:
                 self.failed = True
                 service.stop()
                 return
-        if opts.exit_fd is not None:
-            loop.add_reader(opts.exit_fd, self._gone, "the exit fd was closed")
-        if opts.netns_type == "pid":
-            self._pidfd = os.pidfd_open(int(opts.target))
-            loop.add_reader(self._pidfd, self._gone, f"process {opts.target} exited")
-        else:
-            loop.call_later(TARGET_POLL, self._check_path)
-        if opts.enable_sandbox or opts.enable_seccomp:
-            log.info("sandbox: %s", ", ".join(sandbox.confine()))
-        if opts.ready_fd is not None:
-            try:
-                os.write(opts.ready_fd, b"1")
-            finally:
-                os.close(opts.ready_fd)
+        try:
+            if opts.exit_fd is not None:
+                loop.add_reader(opts.exit_fd, self._gone, "the exit fd was closed")
+            if opts.netns_type == "pid":
+                self._pidfd = os.pidfd_open(int(opts.target))
+                loop.add_reader(self._pidfd, self._gone, f"process {opts.target} exited")
+            else:
+                loop.call_later(TARGET_POLL, self._check_path)
+            if opts.enable_sandbox or opts.enable_seccomp:
+                log.info("sandbox: %s", ", ".join(sandbox.confine()))
+            if opts.ready_fd is not None:
+                try:
+                    os.write(opts.ready_fd, b"1")
+                finally:
+                    os.close(opts.ready_fd)
+        except OSError as exc:  # a bad -e/-r fd, the target already gone
+            print(f"{PROG}: {exc.strerror or exc} (exit fd {opts.exit_fd}, ready fd "
+                  f"{opts.ready_fd}, target {opts.target})", file=sys.stderr)
+            self.failed = True
+            service.stop()
 
     def _gone(self, why: str) -> None:
         log.info("exiting: %s", why)
