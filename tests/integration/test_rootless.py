@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _stops(proc: subprocess.Popen[Any], timeout: float = 10) -> bool:
+    """True if PROC ends within TIMEOUT; else its process group is killed."""
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return False
+
+
+def _terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    _stops(proc, timeout)
+
+
 def _one_line_125(out: subprocess.CompletedProcess[str], words: str) -> None:
     assert out.returncode == 125, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
@@ -194,12 +214,7 @@ def test_rootlesskit_port_driver_slirp4netns(netenv: NetEnv, user: User) -> None
 
         assert wait_for(fetched, 20, 0.3), got
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _terminate(proc, 10)
 
 
 # -- rootless podman with network_cmd_path = pyvpnkit-slirp4netns ----------------------
@@ -309,12 +324,7 @@ def test_podman_network_cmd_path(netenv: NetEnv, user: User) -> None:
         assert wait_for(fetched, 20, 0.3), got
         assert _drop_in_running(user), "podman did not run pyvpnkit-slirp4netns"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _terminate(proc, 20)
 
 
 # -- the drop-in's own lifecycle (as root: no user namespace to join) ------------------
@@ -335,16 +345,6 @@ def _start_drop_in(netenv: NetEnv, *args: str) -> tuple[subprocess.Popen[bytes],
     with os.fdopen(ready_r, "rb") as ready:
         assert ready.read() == b"1"  # written once, then closed
     return proc, exit_w
-
-
-def _stops(proc: subprocess.Popen[bytes], timeout: float = 10) -> bool:
-    try:
-        proc.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return False
 
 
 def test_drop_in_path_target_exits_when_namespace_is_removed(netenv: NetEnv) -> None:
