@@ -128,11 +128,11 @@ def _id(flag: str, name: str) -> str:
 
 
 def _has_subids(name: str) -> bool:
-    return all(
-        any(line.startswith(f"{name}:") for line in Path(path).read_text().splitlines())
-        for path in ("/etc/subuid", "/etc/subgid")
-        if Path(path).exists()
-    ) and Path("/etc/subuid").exists() and Path("/etc/subgid").exists()
+    for path in ("/etc/subuid", "/etc/subgid"):
+        Path(path).touch(exist_ok=True)
+        if not any(line.startswith(f"{name}:") for line in Path(path).read_text().splitlines()):
+            return False
+    return True
 
 
 def _pids_of(uid: int) -> list[int]:

@@ -19,9 +19,8 @@ import pytest
 from tests.integration.netenv import HELPERS, WORLD_IP, NetEnv, exec_args, wait_for
 from tests.integration.rootless import User, run, slirp4netns_binary, unusable_reason
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() == 0 and unusable_reason() is not None, reason=str(unusable_reason())
-)
+_UNUSABLE = unusable_reason()
+pytestmark = pytest.mark.skipif(_UNUSABLE is not None, reason=str(_UNUSABLE))
 SIZE = 3_000_000  # bytes per download: several windows, still quick
 NAME, NAME_IP = "www.example.test", "203.0.113.2"  # from helpers/dns_server.py
 
@@ -380,3 +379,17 @@ def test_drop_in_pid_target_exit_fd_and_target_exit(netenv: NetEnv) -> None:
         finally:
             target.kill()
             target.wait()
+
+
+def test_sandbox_applies_what_help_says() -> None:
+    """--enable-sandbox as root: no_new_privs, capabilities down to NET_BIND_SERVICE + NET_RAW."""
+    code = ("from pyvpnkit.slirp4netns.sandbox import confine; confine(); "
+            "print(open('/proc/self/status').read())")
+    out = run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    status = dict(line.split(":\t", 1) for line in out.stdout.splitlines() if ":\t" in line)
+    kept = hex((1 << 10) | (1 << 13))
+    assert status["NoNewPrivs"].strip() == "1"
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert hex(int(status[field], 16)) == kept, (field, status[field])
+    assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0

@@ -84,8 +84,6 @@ def _drop_capabilities() -> None:
 def confine() -> list[str]:
     """Apply the sandbox; returns what was applied, for the log."""
     sysns.set_no_new_privs()
-    applied = ["no_new_privs"]
     _drop_capabilities()
-    effective, permitted = _capget()
-    applied.append(f"capabilities {permitted:#x}")
-    return applied
+    _effective, permitted = _capget()
+    return ["no_new_privs", f"permitted capabilities {permitted:#x}"]
