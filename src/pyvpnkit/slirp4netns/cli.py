@@ -119,8 +119,7 @@ def make_parser() -> argparse.ArgumentParser:
       help="target type ([netns], default=netns; bess is not supported)")
     a("-h", "--help", action="help", help="show this help and exit")
     a("-v", "--version", action="version",
-      version=f"{PROG} version {__version__} (pyvpnkit; slirp4netns 1.x compatible)\n"
-      "SLIRP_CONFIG_VERSION_MAX: 4")
+      version=f"{PROG} version {__version__} (pyvpnkit; slirp4netns 1.x command line)")
     return p
 
 
