@@ -6,6 +6,11 @@ namespace each tool creates. Prints a table and the ratios pyvpnkit/peer.
 
     python3 bench/compare.py [--seconds 5] [--mtu 65520 --mtu 1500]
         [--tools pyvpnkit,slirp4netns,pasta] [--conn-only]
+    python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
+
+The rootlesskit-* tools run Debian's rootlesskit --net=slirp4netns as a
+temporary unprivileged user, with pyvpnkit-slirp4netns or slirp4netns as
+the helper: the rootless-container setup, compared like for like.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,6 +31,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.integration.netenv import NetEnv  # noqa: E402
+from tests.integration.rootless import User, slirp4netns_binary  # noqa: E402
+
+ROOTLESSKIT = ("rootlesskit-pyvpnkit", "rootlesskit-slirp4netns")
+_user: User | None = None
+
+
+def rootless_user() -> User:
+    """One temporary user for the whole run (removed in main's finally)."""
+    global _user
+    if _user is None:
+        _user = User.create()
+    return _user
 
 CONN_CLIENT = r"""
 import socket, sys, time
@@ -83,6 +101,14 @@ def wrap(tool: str, mtu: int, inner: str) -> str:
             f"nsenter -t $NS -n sh -c 'GW=10.0.2.2; {inner}'; "
             "kill $SL $NS"
         )
+    if tool in ROOTLESSKIT:
+        user = rootless_user()
+        helper = slirp4netns_binary(user) if tool == "rootlesskit-pyvpnkit" else "slirp4netns"
+        state = user.home / f"rk-{uuid.uuid4().hex[:8]}"
+        cmd = user.cmd("rootlesskit", f"--state-dir={state}", "--net=slirp4netns",
+                       f"--mtu={mtu}", f"--slirp4netns-binary={helper}",
+                       "sh", "-c", f"GW=10.0.2.2; {inner}")
+        return shlex.join(cmd)
     raise ValueError(tool)
 
 
@@ -128,6 +154,15 @@ def conn_rate(env: NetEnv, tool: str, mtu: int, seconds: int) -> float:
         return float("nan")
 
 
+def available(tool: str) -> bool:
+    if tool == "pyvpnkit":
+        return True
+    if tool in ROOTLESSKIT:
+        peer = tool == "rootlesskit-pyvpnkit" or shutil.which("slirp4netns") is not None
+        return peer and shutil.which("rootlesskit") is not None
+    return shutil.which(tool) is not None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
@@ -137,7 +172,7 @@ def main() -> None:
     ap.add_argument("--conn-only", action="store_true")
     args = ap.parse_args()
     mtus = args.mtu or [65520, 1500]
-    tools = [t for t in args.tools.split(",") if t == "pyvpnkit" or shutil.which(t)]
+    tools = [t for t in args.tools.split(",") if available(t)]
     env = NetEnv()
     try:
         env.start(
@@ -158,22 +193,26 @@ def main() -> None:
                     r["conn/s"] = conn_rate(env, tool, mtu, args.seconds)
                 results[(tool, mtu)] = r
                 print(
-                    f"{tool:12} mtu {mtu:5}: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()),
+                    f"{tool:23} mtu {mtu:5}: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()),
                     flush=True,
                 )
         print("\nratios pyvpnkit / peer (same run):")
+        pairs = [("pyvpnkit", t) for t in tools if t not in ("pyvpnkit", *ROOTLESSKIT)]
+        if all(t in tools for t in ROOTLESSKIT):
+            pairs.append(ROOTLESSKIT)
         for mtu in mtus:
-            ours = results.get(("pyvpnkit", mtu))
-            for tool in tools:
-                if tool == "pyvpnkit" or ours is None:
+            for mine, peer in pairs:
+                ours, theirs = results.get((mine, mtu)), results.get((peer, mtu))
+                if ours is None or theirs is None:
                     continue
-                theirs = results[(tool, mtu)]
                 print(
-                    f"  vs {tool:12} mtu {mtu:5}: "
+                    f"  {mine} vs {peer:12} mtu {mtu:5}: "
                     + "  ".join(f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours if k in theirs)
                 )
     finally:
         env.close()
+        if _user is not None:
+            _user.remove()
         (REPO / "bench" / ".conn_client.py").unlink(missing_ok=True)
 
 

@@ -17,10 +17,12 @@ from pyvpnkit import __version__
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.tcp_nat import Redirect
+from pyvpnkit.runtime.nsdiag import SetupError
 
 log = logging.getLogger("pyvpnkit")
 
 MAX_MTU = 65520
+SETUP_FAILED = 125  # the namespace or TAP could not be made (as `unshare` and `docker run`)
 
 
 def _ipv4(text: str) -> bytes:
@@ -256,7 +258,11 @@ def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
         with open(resolv, "w") as f:
             f.write(service.resolv_conf_text())
         setup = service.iface_setup(args, resolv_conf=resolv)
-        attached = netns.spawn(cmd, setup)
+        try:
+            attached = netns.spawn(cmd, setup)
+        except SetupError as exc:
+            print(f"pyvpnkit: {exc}", file=sys.stderr)
+            return SETUP_FAILED
         return asyncio.run(service.run_exec(attached))
 
 
@@ -268,7 +274,11 @@ def run_service(args: argparse.Namespace) -> int:
     service = Service(config, args)
     attached = None
     if args.netns:
-        attached = netns.attach(args.netns, service.iface_setup(args))
+        try:
+            attached = netns.attach(args.netns, service.iface_setup(args))
+        except SetupError as exc:
+            print(f"pyvpnkit: {exc}", file=sys.stderr)
+            return SETUP_FAILED
     return asyncio.run(service.run_forever(attached, tap_name=args.tap))
 
 

@@ -19,6 +19,8 @@ class NetConfig:
     subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("192.168.65.0/24")
     gateway_ip: bytes = ip4("192.168.65.1")
     host_ip: bytes = ip4("192.168.65.2")  # connections to it go to the host's 127.0.0.1
+    dns_ip: bytes = b""  # where DNS is answered; empty: the gateway (slirp4netns uses .3)
+    serve_dns: bool = True  # False: no DNS server at all (slirp4netns --disable-dns)
     lowest_ip: bytes = ip4("192.168.65.3")
     highest_ip: bytes = ip4("192.168.65.254")
     gateway_mac: bytes = GATEWAY_MAC
@@ -31,6 +33,10 @@ class NetConfig:
     vm_names: tuple[str, ...] = ("vm.internal",)
     lease_time: int = 7 * 24 * 3600
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.dns_ip:
+            object.__setattr__(self, "dns_ip", self.gateway_ip)
 
     @property
     def netmask(self) -> bytes:

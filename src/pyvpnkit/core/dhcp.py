@@ -112,7 +112,7 @@ class DhcpServer:
         net: dict[int, bytes] = {
             OPT_SUBNET_MASK: config.netmask,
             OPT_ROUTER: gw,
-            OPT_DNS: gw,
+            **({OPT_DNS: config.dns_ip} if config.serve_dns else {}),
         }
         if config.domain:
             net[OPT_DOMAIN_NAME] = encode_str(config.domain)

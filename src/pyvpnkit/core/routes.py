@@ -36,7 +36,7 @@ def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes 
         return None, "admin_prohibited", dst
     if not is_routable(config, dst):
         return None, None, None
-    if dst == config.gateway_ip:
+    if dst == config.gateway_ip or dst == config.dns_ip:
         return None, "port_unreachable", dst
     if config.in_subnet(dst):
         # An address no VM owns: what a router says when ARP fails.

@@ -101,7 +101,9 @@ class Stack:
         self._verify = verify_checksums
         self.stats: Counter[str] = Counter()
         self.pool = AddressPool(
-            config.lowest_ip, config.highest_ip, reserved=(config.gateway_ip, config.host_ip)
+            config.lowest_ip,
+            config.highest_ip,
+            reserved=(config.gateway_ip, config.host_ip, config.dns_ip),
         )
         self.vms: dict[bytes, Vm] = {}
         self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
@@ -176,7 +178,7 @@ class Stack:
                 return False
             if vm.link == link:
                 return True
-        elif ip in (self.config.gateway_ip, self.config.host_ip):
+        elif ip in (self.config.gateway_ip, self.config.host_ip, self.config.dns_ip):
             return False
         elif not self.config.in_subnet(ip):
             return True  # routed from behind the VM: nothing to learn, nothing to steal
@@ -261,13 +263,12 @@ class Stack:
             dgram = parse_udp(pkt.payload, pkt.src, dst, self._verify)
             if dgram.dst_port == DHCP_SERVER_PORT and dst in (cfg.gateway_ip, LIMITED_BROADCAST):
                 self._dhcp(link, dgram.payload, now)
-            elif dst == cfg.gateway_ip:
-                if dgram.dst_port == DNS_PORT:
-                    self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
-                elif self.udp_forward.owns(dgram.dst_port):
-                    self.udp_forward.handle(pkt, dgram, now)
-                else:
-                    self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
+            elif dst == cfg.dns_ip and dgram.dst_port == DNS_PORT and cfg.serve_dns:
+                self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
+            elif dst == cfg.gateway_ip and self.udp_forward.owns(dgram.dst_port):
+                self.udp_forward.handle(pkt, dgram, now)
+            elif dst == cfg.gateway_ip and dst != cfg.host_ip:
+                self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
             elif dst == LIMITED_BROADCAST or dst == cfg.subnet.broadcast_address.packed:
                 self.stats["drop_broadcast"] += 1
             else:
@@ -276,7 +277,7 @@ class Stack:
             msg = parse_icmp(pkt.payload, self._verify)
             if msg.type != icmpw.ECHO_REQUEST:
                 self.stats["drop_icmp_type"] += 1
-            elif dst in (cfg.gateway_ip, cfg.host_ip):
+            elif dst in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip):
                 reply = build_icmp(icmpw.ECHO_REPLY, 0, msg.rest, msg.payload)
                 self._route(ipv4_header(dst, pkt.src, PROTO_ICMP, len(reply)) + reply)
             else:
@@ -303,7 +304,8 @@ class Stack:
         )
 
     def _local_service(self, ip: bytes, port: int) -> LocalService | None:
-        return self._dns_tcp if port == DNS_PORT else None
+        cfg = self.config
+        return self._dns_tcp if ip == cfg.dns_ip and port == DNS_PORT and cfg.serve_dns else None
 
     # -- frames out ----------------------------------------------------------
 
@@ -333,9 +335,9 @@ class Stack:
             else:
                 assert isinstance(client, tuple)
                 vm_ip, vm_port = client
-                gw = self.config.gateway_ip
-                udp = build_udp(gw, vm_ip, DNS_PORT, vm_port, eff.data)
-                self._route(ipv4_header(gw, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
+                src = self.config.dns_ip
+                udp = build_udp(src, vm_ip, DNS_PORT, vm_port, eff.data)
+                self._route(ipv4_header(src, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
 
     _now = 0.0
 

@@ -168,11 +168,8 @@ class TcpNat:
         cfg = self.config
         flow = Flow(self._next_id, key, seg, started=now)
         self._next_id += 1
-        if pkt.dst == cfg.gateway_ip:
-            local = self._local_service(pkt.dst, seg.dst_port)
-            if local is None:
-                self._reject(pkt, seg)
-                return
+        local = self._local_service(pkt.dst, seg.dst_port)
+        if local is not None:
             flow.local = local
             flow.host_open = False
             self._register(flow)

@@ -204,7 +204,7 @@ class Forwarder:
         if (
             addr.version != 4
             or not cfg.in_subnet(addr.packed)
-            or addr.packed in (cfg.gateway_ip, cfg.host_ip)
+            or addr.packed in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip)
             or addr == cfg.subnet.network_address
             or addr == cfg.subnet.broadcast_address
         ):

@@ -3,6 +3,13 @@
 The TAP device is created *inside* the target namespace by a forked child,
 which hands the fd back over a unix socket; the stack keeps running in the
 caller's namespace and so uses the host's network for its sockets.
+
+Without root, `spawn` first creates a user namespace in which the caller is
+root (uid and gid mapped one to one, as `unshare -rn` does): the network and
+mount namespaces made with it belong to it, so the child may create the TAP,
+mount sysfs and bind-mount resolv.conf there. A child that fails sends one
+line naming the cause (see nsdiag) instead of the fd; the parent raises it as
+`SetupError`, which the command line prints and exits 125 on.
 """
 
 from __future__ import annotations
@@ -14,22 +21,28 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyvpnkit.runtime import sysns
+from pyvpnkit.runtime.nsdiag import SetupError, explain
 from pyvpnkit.runtime.tap import open_tap
 
 SIOCGIFHWADDR = 0x8927
+FAILED = 125  # exit status of a child that could not set up: `unshare`'s convention
 
 
 @dataclass(frozen=True)
 class IfaceSetup:
     ifname: str = "eth0"
+    bring_up: bool = True  # False: leave the interface alone (slirp4netns without -c)
     config_net: bool = True  # address, default route, MTU; else only bring the link up
     address: str = "192.168.65.3"
     prefixlen: int = 24
     gateway: str = "192.168.65.1"
     mtu: int = 1500
+    mac: str | None = None  # set the interface's MAC (slirp4netns --macaddress)
     resolv_conf: str | None = None  # file to bind-mount over /etc/resolv.conf (exec only)
     vnet_hdr: bool = True  # frames carry a virtio-net header (checksum and TSO offloads)
 
@@ -52,73 +65,146 @@ class Attached:
                 self.control = None
 
 
+class _StepFailed(Exception):
+    def __init__(self, step: str, exc: OSError) -> None:
+        super().__init__(explain(step, exc))
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Tag an OSError with the set-up step it happened in (for the user's message)."""
+    try:
+        yield
+    except OSError as exc:
+        raise _StepFailed(name, exc) from exc
+
+
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, stdin=subprocess.DEVNULL)
+    with _step("ip"):
+        proc = subprocess.run(["ip", *args], stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise _StepFailed("ip", OSError(0, f"ip {' '.join(args)}: {err[-1] if err else ''}"))
 
 
-def _configure(setup: IfaceSetup) -> bytes:
-    """Runs inside the namespace: create the TAP and configure it."""
-    fd = open_tap(setup.ifname, vnet_hdr=setup.vnet_hdr)
-    _ip("link", "set", "lo", "up")
-    _ip("link", "set", setup.ifname, "mtu", str(setup.mtu))
-    _ip("link", "set", setup.ifname, "up")
-    if setup.config_net:
-        _ip("addr", "add", f"{setup.address}/{setup.prefixlen}", "dev", setup.ifname)
-        _ip("route", "add", "default", "via", setup.gateway, "dev", setup.ifname)
+def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
+    """Runs inside the namespace: create (or open) the TAP and configure it."""
+    with _step("tun"):
+        fd = open_tap(setup.ifname, vnet_hdr=setup.vnet_hdr)
+    if setup.bring_up:
+        _ip("link", "set", "lo", "up")
+        if setup.mac:
+            _ip("link", "set", setup.ifname, "address", setup.mac)
+        _ip("link", "set", setup.ifname, "mtu", str(setup.mtu))
+        _ip("link", "set", setup.ifname, "up")
+        if setup.config_net:
+            _ip("addr", "add", f"{setup.address}/{setup.prefixlen}", "dev", setup.ifname)
+            _ip("route", "add", "default", "via", setup.gateway, "dev", setup.ifname)
     # /sys still shows the parent namespace's devices; ask the kernel directly.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifr = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", setup.ifname.encode()))
-    mac = ifr[18:24]
-    return fd.to_bytes(4, "little") + mac
+    return fd, ifr[18:24]
 
 
 def _child_send(sock: socket.socket, setup: IfaceSetup) -> None:
-    info = _configure(setup)
-    fd = int.from_bytes(info[:4], "little")
-    socket.send_fds(sock, [info[4:]], [fd])
+    fd, mac = _configure(setup)
+    socket.send_fds(sock, [mac], [fd])
     os.close(fd)
 
 
+def _child_failed(sock: socket.socket, exc: BaseException) -> None:
+    """Tell the parent why, in one line; it prints it (never a traceback)."""
+    message = str(exc) if isinstance(exc, _StepFailed) else f"{type(exc).__name__}: {exc}"
+    try:
+        sock.sendall(message.encode(errors="replace")[:4000])
+    except OSError:
+        pass
+
+
 def _receive(sock: socket.socket, pid: int) -> tuple[int, bytes]:
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 64, 1)
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
     if not fds:
         _pid, status = os.waitpid(pid, 0)
+        text = msg.decode(errors="replace").strip()
         code = os.waitstatus_to_exitcode(status)
-        raise RuntimeError(
-            f"setting up the namespace failed (child exit status {code})"
-        )
+        raise SetupError(text or f"setting up the namespace failed (child exit status {code})")
     return fds[0], msg
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def _new_namespaces() -> None:
+    """New network + mount namespaces; without root, inside a new user namespace.
+
+    The user namespace maps the caller one to one to root (like `unshare -r`):
+    a process may write a single mapping of its own ids into its new
+    namespace, after denying setgroups(2).
+    """
+    if os.geteuid() == 0:
+        with _step("netns"):
+            sysns.unshare(sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    with _step("userns"):
+        sysns.unshare(sysns.CLONE_NEWUSER | sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
+    with _step("writing the user namespace's id maps"):
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"0 {uid} 1")
+        _write("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def _exec_child(sock: socket.socket, cmd: list[str], setup: IfaceSetup, parent: int) -> None:
+    """The command's side of `spawn`: namespaces, TAP, mounts, wait for go, exec."""
+    _new_namespaces()
+    with _step("making the mount namespace private"):
+        sysns.mount("none", "/", None, sysns.MS_REC | sysns.MS_PRIVATE)
+    try:  # /sys shows the namespace it was mounted in: show ours
+        sysns.mount("sysfs", "/sys", "sysfs", 0)
+    except OSError:
+        pass
+    if setup.resolv_conf and os.path.exists("/etc/resolv.conf"):
+        try:
+            sysns.mount(setup.resolv_conf, "/etc/resolv.conf", None, sysns.MS_BIND)
+        except OSError as exc:
+            print(f"pyvpnkit: cannot replace /etc/resolv.conf: {exc}", file=sys.stderr)
+    _child_send(sock, setup)
+    if sock.recv(1) != b"g":
+        os._exit(FAILED)
+    sock.close()
+    # Die with pyvpnkit even if it is SIGKILLed (as `unshare --kill-child`); set
+    # late because credential changes (the user namespace) clear it. If the
+    # parent died before, getppid() already names another process.
+    sysns.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(FAILED)
+    os.execvp(cmd[0], cmd)
 
 
 def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
     """Fork CMD into new network + mount namespaces wired to a TAP we keep.
 
     The command waits until :meth:`Attached.release` so no frame is lost.
+    Raises SetupError (one line for the user) when the namespace cannot be made.
     """
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    me = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
+        code = FAILED
         try:
             parent.close()
-            sysns.unshare(sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
-            sysns.mount("none", "/", None, sysns.MS_REC | sysns.MS_PRIVATE)
-            try:  # /sys shows the namespace it was mounted in: show ours
-                sysns.mount("sysfs", "/sys", "sysfs", 0)
-            except OSError:
-                pass
-            if setup.resolv_conf and os.path.exists("/etc/resolv.conf"):
-                try:
-                    sysns.mount(setup.resolv_conf, "/etc/resolv.conf", None, sysns.MS_BIND)
-                except OSError as exc:
-                    print(f"pyvpnkit: cannot replace /etc/resolv.conf: {exc}", file=sys.stderr)
-            _child_send(child, setup)
-            if child.recv(1) != b"g":
-                os._exit(125)
-            child.close()
-            os.execvp(cmd[0], cmd)
+            _exec_child(child, cmd, setup, me)
         except BaseException as exc:  # noqa: BLE001 - report anything, never return
-            print(f"pyvpnkit: {exc}", file=sys.stderr)
-        os._exit(127)
+            if child.fileno() != -1:
+                _child_failed(child, exc)
+            else:  # the parent runs the stack already: the command itself failed
+                print(f"pyvpnkit: {cmd[0]}: {getattr(exc, 'strerror', None) or exc}",
+                      file=sys.stderr)
+                code = 127 if isinstance(exc, FileNotFoundError) else 126
+        os._exit(code)
     child.close()
     try:
         fd, mac = _receive(parent, pid)
@@ -153,23 +239,41 @@ def netns_path(name: str) -> str:
     return name if "/" in name else f"/run/netns/{name}"
 
 
-def attach(netns: str, setup: IfaceSetup) -> Attached:
-    """Create and configure a TAP inside an existing namespace; return its fd."""
-    path = netns_path(netns)
-    nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _join(nsfds: list[tuple[int, int]]) -> None:
+    with _step("setns"):
+        for fd, nstype in nsfds:
+            sysns.setns(fd, nstype)
+
+
+def attach(netns: str, setup: IfaceSetup, userns: str | None = None) -> Attached:
+    """Open (creating if needed) and configure a TAP inside an existing namespace.
+
+    With ``userns``, that user namespace is joined first (a rootless
+    container's), unless it is already ours. Raises SetupError.
+    """
+    nsfds: list[tuple[int, int]] = []
+    try:
+        if userns is not None and os.stat(userns).st_ino != os.stat("/proc/self/ns/user").st_ino:
+            nsfds.append((os.open(userns, os.O_RDONLY | os.O_CLOEXEC), sysns.CLONE_NEWUSER))
+        nsfds.append((os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC), sysns.CLONE_NEWNET))
+    except OSError as exc:
+        for fd, _type in nsfds:
+            os.close(fd)
+        raise SetupError(f"cannot open namespace {exc.filename}: {exc.strerror}") from None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
+        code = FAILED
         try:
             parent.close()
-            sysns.setns(nsfd, sysns.CLONE_NEWNET)
+            _join(nsfds)
             _child_send(child, setup)
             code = 0
         except BaseException as exc:  # noqa: BLE001
-            print(f"pyvpnkit: {exc}", file=sys.stderr)
+            _child_failed(child, exc)
         os._exit(code)
-    os.close(nsfd)
+    for fd, _type in nsfds:
+        os.close(fd)
     child.close()
     try:
         fd, mac = _receive(parent, pid)

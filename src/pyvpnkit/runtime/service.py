@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 
 from pyvpnkit.api.commands import ServiceExtras, start_service_extras
 from pyvpnkit.cli import listener_specs, load_redirects
@@ -47,7 +48,8 @@ class Service:
         upstreams: list[tuple[str, int]] = list(args.dns_server)
         if not upstreams:
             upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
-            upstreams = [u for u in upstreams if u[0] != socket.inet_ntoa(config.gateway_ip)]
+            ours = {socket.inet_ntoa(config.gateway_ip), socket.inet_ntoa(config.dns_ip)}
+            upstreams = [u for u in upstreams if u[0] not in ours]
         self.dns_mode: str = getattr(args, "dns_mode", "forward")
         if not upstreams and self.dns_mode == "host":
             log.warning("no upstream DNS servers: types other than A, AAAA and PTR get SERVFAIL")
@@ -76,10 +78,10 @@ class Service:
         self._stop: asyncio.Event | None = None
 
     def resolv_conf_text(self) -> str:
-        """/etc/resolv.conf inside an exec namespace: the gateway answers DNS."""
+        """/etc/resolv.conf inside an exec namespace: the stack answers DNS."""
         cfg = self.config
         search = cfg.search_domains or tuple(d for d in (cfg.domain,) if d != "localdomain")
-        text = f"nameserver {socket.inet_ntoa(cfg.gateway_ip)}\n"
+        text = f"nameserver {socket.inet_ntoa(cfg.dns_ip)}\n"
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, args: argparse.Namespace, resolv_conf: str | None = None) -> IfaceSetup:
@@ -198,7 +200,18 @@ class Service:
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code  # killed by a signal: shell convention
 
-    async def run_forever(self, attached: Attached | None, tap_name: str | None) -> int:
+    def stop(self) -> None:
+        """End run_forever (as SIGTERM does)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run_forever(
+        self,
+        attached: Attached | None,
+        tap_name: str | None,
+        on_started: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """Serve until stopped; ``on_started`` runs once links and listeners are up."""
         engine = self._start()
         self.extras = await start_service_extras(self)
         if attached is not None:
@@ -227,6 +240,8 @@ class Service:
                 # The parent holds the VM end: its pipes closing ends the service, as in gvproxy.
                 self._stdio_done = asyncio.ensure_future(listener.wait_closed())  # type: ignore[attr-defined]
                 self._stdio_done.add_done_callback(lambda _f: stop.set())
+        if on_started is not None:
+            await on_started()
         log.info("pyvpnkit running")
         await self._stop.wait()
         for listener in listeners:

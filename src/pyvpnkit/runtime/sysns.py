@@ -1,4 +1,4 @@
-"""Thin ctypes wrappers for the Linux calls Python 3.11 lacks (unshare, setns, mount)."""
+"""Thin ctypes wrappers for the Linux calls Python 3.11 lacks (unshare, setns, mount, prctl)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_BIND = 0x1000
@@ -40,6 +41,20 @@ def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
         ),
         f"mount {source} on {target}",
     )
+
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies."""
+    _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl")
+
+
+def set_no_new_privs() -> None:
+    """Nothing this process executes may gain privileges (setuid bits, file caps)."""
+    _check(_libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), 0, 0, 0), "prctl")
 
 
 M_TRIM_THRESHOLD = -1

@@ -1,6 +1,7 @@
 """Test upstream DNS server (dnspython) on 127.0.0.1, UDP and TCP on one port.
 
-Prints the port, then answers a small zone under example.test. Never forwards.
+Prints the port (argv[1], default any free one), then answers a small zone under
+example.test. Never forwards.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def serve_tcp_conn(conn: socket.socket) -> None:
 
 def main() -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
+    udp.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
     port = udp.getsockname()[1]
     tcp = socket.socket()
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
