@@ -99,6 +99,7 @@ class Stack:
         self.config = config
         self._rng = rng or random.Random()
         self._verify = verify_checksums
+        self._check = verify_checksums  # for the frame being handled
         self.stats: Counter[str] = Counter()
         self.pool = AddressPool(
             config.lowest_ip, config.highest_ip, reserved=(config.gateway_ip, config.host_ip)
@@ -190,10 +191,18 @@ class Stack:
 
     # -- frames in -----------------------------------------------------------
 
-    def receive(self, link: int, frame: bytes | memoryview, now: float) -> None:
-        """Handle one Ethernet frame from a VM link. Never raises for bad input."""
+    def receive(
+        self, link: int, frame: bytes | memoryview, now: float, checksum_partial: bool = False
+    ) -> None:
+        """Handle one Ethernet frame from a VM link. Never raises for bad input.
+
+        ``checksum_partial``: the link says the L4 checksum was left for the
+        receiver to compute (virtio-net NEEDS_CSUM from a local kernel), so
+        there is no complete checksum to verify in this frame.
+        """
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += len(frame)
+        self._check = self._verify and not checksum_partial
         try:
             self._receive(link, frame, now)
         except ParseError as exc:
@@ -253,9 +262,9 @@ class Stack:
             self._route(pkt.header.tobytes() + pkt.payload.tobytes())
             return
         if proto == PROTO_TCP:
-            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, dst, self._verify), now)
+            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, dst, self._check), now)
         elif proto == PROTO_UDP:
-            dgram = parse_udp(pkt.payload, pkt.src, dst, self._verify)
+            dgram = parse_udp(pkt.payload, pkt.src, dst, self._check)
             if dgram.dst_port == DHCP_SERVER_PORT and dst in (cfg.gateway_ip, LIMITED_BROADCAST):
                 self._dhcp(link, dgram.payload, now)
             elif dst == cfg.gateway_ip:
@@ -270,7 +279,7 @@ class Stack:
             else:
                 self.udp.handle(pkt, dgram, now)
         elif proto == PROTO_ICMP:
-            msg = parse_icmp(pkt.payload, self._verify)
+            msg = parse_icmp(pkt.payload, self._check)
             if msg.type != icmpw.ECHO_REQUEST:
                 self.stats["drop_icmp_type"] += 1
             elif dst in (cfg.gateway_ip, cfg.host_ip):
