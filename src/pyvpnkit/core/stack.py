@@ -136,7 +136,7 @@ class Stack:
         """Forget the VMs behind a link; their addresses stay bound to their MAC."""
         for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
             del self.vms[ip]
-            self.tcp.forget_vm(ip)
+            self.tcp.forget_vm(ip, now)
             self.udp.forget_vm(ip)
             self.icmp.forget_vm(ip)
         for mac in [m for m, lk in self.macs.items() if lk == link]:
