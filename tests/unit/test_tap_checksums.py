@@ -58,7 +58,7 @@ async def _exchange(frame: bytes) -> tuple[Stack, bytes | None]:
     await loop.sock_sendall(kernel, frame)
     try:
         reply: bytes | None = await asyncio.wait_for(loop.sock_recv(kernel, 65536), 1.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         reply = None
     link.close()
     kernel.close()
