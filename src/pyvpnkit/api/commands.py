@@ -167,7 +167,10 @@ async def start_service_extras(service: Any) -> ServiceExtras:
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)
             app = make_app(extras.forwarder, stack, counter=counter)
-            extras.api = await start_api(url, app)
+            try:
+                extras.api = await start_api(url, app)
+            except OSError as exc:
+                raise ForwardError(f"cannot serve --api {url}: {exc.strerror or exc}") from None
     except (ForwardError, OSError, ValueError) as exc:
         extras.error = str(exc)
         log.error("%s", exc)

@@ -91,7 +91,7 @@ class Stack:
         tcp_gso: bool = False,
         dns_query_id: Callable[[], int] | None = None,
         tcp_redirects: tuple[Redirect, ...] = (),
-        tcp_keepalive: float | None = 7200.0,
+        tcp_keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
         udp_idle_timeout: float = 60.0,
         udp_max_flows: int = 4096,
         dns_mode: str = "forward",
@@ -118,7 +118,7 @@ class Stack:
             local_service=self._local_service,
             checksum=tcp_checksums,
             redirects=tcp_redirects,
-            keepalive_idle=tcp_keepalive,
+            keepalive=tcp_keepalive,
             gso=tcp_gso,
         )
         self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)

@@ -109,7 +109,7 @@ class TcpNat:
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
         redirects: tuple[Redirect, ...] = (),
-        keepalive_idle: float | None = 7200.0,
+        keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
         gso: bool = False,
     ) -> None:
         self.config = config
@@ -123,7 +123,10 @@ class TcpNat:
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
             "checksum": checksum,
-            "keepalive_idle": keepalive_idle,
+            # Idle seconds before the first probe, seconds between probes, probes.
+            "keepalive_idle": keepalive[0] if keepalive else None,
+            "keepalive_interval": keepalive[1] if keepalive else 75.0,
+            "keepalive_probes": keepalive[2] if keepalive else 9,
             "gso_size": 65535 - 40 if gso else None,
         }
         self.flows: dict[FlowKey, Flow] = {}

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from pyvpnkit.runtime import sysns
-from pyvpnkit.runtime.tap import open_tap
+from pyvpnkit.runtime.tap import open_tap, tap_error
 
 SIOCGIFHWADDR = 0x8927
 
@@ -80,13 +80,12 @@ def _child_send(sock: socket.socket, setup: IfaceSetup) -> None:
 
 
 def _receive(sock: socket.socket, pid: int) -> tuple[int, bytes]:
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 64, 1)
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 1024, 1)
     if not fds:
         _pid, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        raise RuntimeError(
-            f"setting up the namespace failed (child exit status {code})"
-        )
+        reason = msg.decode(errors="replace")  # attach's child says what failed
+        raise RuntimeError(reason or f"setting up the namespace failed (child exit status {code})")
     return fds[0], msg
 
 
@@ -154,7 +153,11 @@ def netns_path(name: str) -> str:
 
 
 def attach(netns: str, setup: IfaceSetup) -> Attached:
-    """Create and configure a TAP inside an existing namespace; return its fd."""
+    """Create and configure a TAP inside an existing namespace; return its fd.
+
+    Raises OSError when the namespace cannot be opened, RuntimeError with the
+    reason (sent back by the child) when it cannot be entered or wired.
+    """
     path = netns_path(netns)
     nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -163,11 +166,19 @@ def attach(netns: str, setup: IfaceSetup) -> Attached:
         code = 1
         try:
             parent.close()
-            sysns.setns(nsfd, sysns.CLONE_NEWNET)
-            _child_send(child, setup)
+            try:
+                sysns.setns(nsfd, sysns.CLONE_NEWNET)
+            except OSError as exc:
+                raise RuntimeError(f"{path} is not a network namespace") from exc
+            try:
+                _child_send(child, setup)
+            except OSError as exc:
+                raise RuntimeError(tap_error(setup.ifname, exc)) from None
+            except subprocess.CalledProcessError as exc:
+                raise RuntimeError(f"configuring {setup.ifname} failed: {exc}") from None
             code = 0
-        except BaseException as exc:  # noqa: BLE001
-            print(f"pyvpnkit: {exc}", file=sys.stderr)
+        except BaseException as exc:  # noqa: BLE001 - the parent reports it
+            child.sendall(str(exc).encode())
         os._exit(code)
     os.close(nsfd)
     child.close()
