@@ -72,7 +72,8 @@ def test_bad_option_values_are_usage_errors(env: NetEnv, args: list[str], line: 
 
 def test_forwards_file_errors(env: NetEnv, tmp_path: Path) -> None:
     code, last = pyvpnkit(env, *EXEC, "--forwards", "/nonexistent.json", "--", "true")
-    assert (code, last) == (125, "pyvpnkit: --forwards /nonexistent.json: No such file or directory")
+    assert (code, last) == (
+        125, "pyvpnkit: --forwards /nonexistent.json: No such file or directory")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     code, last = pyvpnkit(env, *EXEC, "--forwards", str(bad), "--", "true")
