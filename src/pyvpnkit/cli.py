@@ -350,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s pyvpnkit %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.ready_fd is not None:
+            try:  # ours alone: a command holding it would delay the reader's EOF
+                os.set_inheritable(args.ready_fd, False)
+            except OSError:
+                raise UserError(f"--ready-fd {args.ready_fd}: not an open file descriptor") from None
         if args.command == "exec":
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":

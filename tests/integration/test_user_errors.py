@@ -59,6 +59,7 @@ USAGE_ERRORS = [
     (["--mtu", "abc"], "argument --mtu: MTU must be a whole number from 576 to 65520"),
     (["--mtu", "575"], "argument --mtu: MTU must be a whole number from 576 to 65520"),
     (["--tcp-keepalive", "1,2"], "argument --tcp-keepalive: use IDLE[,INTERVAL,COUNT]"),
+    (["--ready-fd", "99"], "pyvpnkit: --ready-fd 99: not an open file descriptor"),
 ]
 
 

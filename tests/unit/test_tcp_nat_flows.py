@@ -1,4 +1,4 @@
-"""The one summary line per TCP flow: logged once, duration from the SYN to the close."""
+"""TCP NAT flows: one summary line each (SYN to close, logged once) and keepalive options."""
 
 from __future__ import annotations
 
@@ -65,3 +65,24 @@ def test_flow_of_a_vm_that_leaves_is_logged_with_the_time_it_left() -> None:
     stack.drain(45.0)
     (line,) = logged(stack)
     assert line.endswith("duration=45.000s end=reset")
+
+
+def test_tcp_keepalive_option_sets_idle_interval_and_count() -> None:
+    from pyvpnkit.cli import make_parser
+
+    args = make_parser().parse_args(["exec", "--tcp-keepalive", "10,2,3", "--", "true"])
+    assert args.tcp_keepalive == (10.0, 2.0, 3)
+    assert make_parser().parse_args(["exec", "--tcp-keepalive", "0", "--", "true"]).tcp_keepalive \
+        is None
+    stack = Stack(make_stack().config, tcp_keepalive=args.tcp_keepalive)
+    established(stack)
+    probes = []
+    for _ in range(4):  # a dead VM: three probes 2 s apart after 10 s idle, then a reset
+        deadline = stack.tcp.next_deadline()
+        assert deadline is not None
+        stack.handle_timer(deadline)
+        (seg,) = to_vm(stack, deadline)
+        probes.append((round(deadline, 3), seg.flags & tcp.RST != 0))
+    assert probes == [(10.2, False), (12.2, False), (14.2, False), (16.2, True)]
+    (line,) = logged(stack)
+    assert line.endswith("duration=16.200s end=timeout")
