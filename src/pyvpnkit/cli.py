@@ -354,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:  # ours alone: a command holding it would delay the reader's EOF
                 os.set_inheritable(args.ready_fd, False)
             except OSError:
-                raise UserError(f"--ready-fd {args.ready_fd}: not an open file descriptor") from None
+                fd = args.ready_fd
+                raise UserError(f"--ready-fd {fd}: not an open file descriptor") from None
         if args.command == "exec":
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":
