@@ -117,7 +117,7 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--highest-ip", type=_ipv4, metavar="IP",
                    help="last VM address (default: the subnet's last host); the pool "
                    "--lowest-ip..--highest-ip must not hold the gateway or the alias")
-    g.add_argument("--mtu", type=_int_in(MIN_MTU, MAX_MTU, "MTU"), default=1500,
+    g.add_argument("--mtu", type=_int_in(MIN_MTU, MAX_MTU, "MTU"), default=1500, metavar="N",
                    help=f"link MTU, {MIN_MTU} to {MAX_MTU} (default 1500)")
     g.add_argument(
         "--no-host-loopback",
@@ -157,12 +157,14 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--host-names", type=_names, metavar="NAMES",
                    default=("host.docker.internal", "host.internal"),
-                   help="comma-separated names of the host alias (default %(default)s)")
+                   help="comma-separated names of the host alias "
+                   "(default host.docker.internal,host.internal)")
     d.add_argument("--gateway-names", type=_names, metavar="NAMES",
                    default=("gateway.docker.internal", "gateway.internal"),
-                   help="comma-separated names of the gateway (default %(default)s)")
+                   help="comma-separated names of the gateway "
+                   "(default gateway.docker.internal,gateway.internal)")
     d.add_argument("--vm-names", type=_names, default=("vm.internal",), metavar="NAMES",
-                   help="comma-separated names of the first VM (default %(default)s)")
+                   help="comma-separated names of the first VM (default vm.internal)")
     g.add_argument(
         "--tcp-keepalive",
         type=_keepalive,
