@@ -422,9 +422,9 @@ def run_service(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     service = Service(config, args)
-    attached = service.attach_netns(args.netns) if args.netns else None
-    tap_fd = service.open_existing_tap(args.tap) if args.tap else None
     try:
+        attached = service.attach_netns(args.netns) if args.netns else None
+        tap_fd = service.open_existing_tap(args.tap) if args.tap else None
         return asyncio.run(service.run_forever(attached, tap_fd))
     finally:
         service.remove_netns_resolv_conf()

@@ -83,6 +83,7 @@ class Service:
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
         self._netns_resolv: str | None = None  # run --netns NAME: /etc/netns/NAME/resolv.conf
+        self._killed = False  # exec's command ignored two signals and got SIGKILL
         self.pcap: PcapWriter | None = None
         if getattr(args, "pcap", None):
             try:
@@ -266,7 +267,7 @@ class Service:
         pidfd = os.pidfd_open(attached.pid)
         exited = asyncio.Event()
         loop.add_reader(pidfd, exited.set)
-        killed = self._forward_signals(loop, attached.pid)
+        self._forward_signals(loop, attached.pid)
         attached.release()
         self._announce_ready()
         await exited.wait()
@@ -274,7 +275,7 @@ class Service:
         os.close(pidfd)
         _pid, status = os.waitpid(attached.pid, 0)
         if attached.netns_ino and stop_leftovers(
-            attached.netns_ino, signal.SIGKILL if killed else signal.SIGTERM
+            attached.netns_ino, signal.SIGKILL if self._killed else signal.SIGTERM
         ):
             log.info("stopped processes the command left in its namespace")
         if self.extras is not None:
@@ -284,19 +285,18 @@ class Service:
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code  # killed by a signal: shell convention
 
-    def _forward_signals(self, loop: asyncio.AbstractEventLoop, pid: int) -> list[bool]:
+    def _forward_signals(self, loop: asyncio.AbstractEventLoop, pid: int) -> None:
         """exec's signals, as `unshare --kill-child` and container runtimes treat them.
 
         SIGTERM is passed on to the command. SIGINT is not: Ctrl-C reaches the
         command from the terminal, and we wait for it as `time` does. A second
         SIGTERM or SIGINT means "stop now": if the command has not exited
-        KILL_GRACE seconds later, it gets SIGKILL. Returns a flag set on SIGKILL.
+        KILL_GRACE seconds later, it gets SIGKILL (and so do its leftovers).
         """
         received: list[int] = []
-        killed = [False]
 
         def kill() -> None:
-            killed[0] = True
+            self._killed = True
             log.warning("the command ignored the signals; sending SIGKILL")
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -315,7 +315,6 @@ class Service:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
-        return killed
 
     async def run_forever(self, attached: Attached | None, tap_fd: int | None) -> int:
         engine = self._start()
