@@ -134,7 +134,8 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
                    help="DHCP domain name (option 15; default %(default)s)")
     g.add_argument("--search", action="append", default=[], metavar="DOMAIN",
                    help="DNS search domain for DHCP (option 119) and the namespace's "
-                   "resolv.conf (repeatable; default: none, or --domain if it is not localdomain)")
+                   "resolv.conf (repeatable; without it, resolv.conf searches --domain unless that "
+                   "is localdomain)")
     d = p.add_argument_group("DNS")
     d.add_argument(
         "--dns-server",
