@@ -414,7 +414,10 @@ def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
         with open(resolv, "w") as f:
             f.write(service.resolv_conf_text())
         setup = service.iface_setup(args, resolv_conf=resolv)
-        attached = netns.spawn(cmd, setup)
+        try:
+            attached = netns.spawn(cmd, setup)
+        except (OSError, RuntimeError) as exc:
+            raise UserError(f"cannot set up the namespace: {exc}", SETUP_FAILED) from None
         return asyncio.run(service.run_exec(attached))
 
 
