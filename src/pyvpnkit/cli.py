@@ -8,21 +8,25 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyvpnkit import __version__
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
-from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.config import NetConfig, network_layout
 from pyvpnkit.core.tcp_nat import Redirect
+from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
 from pyvpnkit.runtime.nsdiag import SetupError
 
 log = logging.getLogger("pyvpnkit")
 
+MIN_MTU = 576
 MAX_MTU = 65520
-SETUP_FAILED = 125  # the namespace or TAP could not be made (as `unshare` and `docker run`)
+MAX_SNAPLEN = 262144  # tcpdump's maximum
+IFNAMSIZ = 16
 
 
 def _ipv4(text: str) -> bytes:
@@ -32,20 +36,69 @@ def _ipv4(text: str) -> bytes:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _mtu(text: str) -> int:
-    value = int(text)
-    if not 576 <= value <= MAX_MTU:
-        raise argparse.ArgumentTypeError(f"MTU must be between 576 and {MAX_MTU}")
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0")
     return value
 
 
+def _keepalive(text: str) -> tuple[float, float, int] | None:
+    """IDLE[,INTERVAL,COUNT]: probe after IDLE s, then every INTERVAL s, give up after COUNT."""
+    parts = text.split(",")
+    try:
+        if len(parts) not in (1, 3):
+            raise ValueError
+        idle = float(parts[0])
+        interval = float(parts[1]) if len(parts) == 3 else 75.0
+        count = int(parts[2]) if len(parts) == 3 else 9
+        if idle < 0 or interval <= 0 or count < 1 or idle == float("inf"):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "use IDLE[,INTERVAL,COUNT]: seconds idle (0: off), seconds between probes (>0), "
+            "probes before giving up (>=1)"
+        ) from None
+    return None if idle == 0 else (idle, interval, count)
+
+
 def _dns_server(text: str) -> tuple[str, int]:
-    host, _, port = text.partition("#")
+    host, sep, port = text.partition("#")
     try:
         ipaddress.ip_address(host)
-        return host, int(port or 53)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad DNS server {text!r}: use IP or IP#PORT") from exc
+        number = int(port) if sep else 53
+    except ValueError:
+        raise argparse.ArgumentTypeError("use IP or IP#PORT") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is not in 1..65535")
+    return host, number
+
+
+def _ifname(text: str) -> str:
+    """A name the kernel accepts for a new interface (dev_valid_name), other than lo."""
+    if not text or text in (".", "..") or len(text.encode()) >= IFNAMSIZ:
+        raise argparse.ArgumentTypeError("an interface name has 1 to 15 characters")
+    if "/" in text or ":" in text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError("an interface name has no '/', ':' or whitespace")
+    if text == "lo":
+        raise argparse.ArgumentTypeError("lo is the namespace's loopback")
+    return text
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -54,12 +107,19 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("virtual network")
-    g.add_argument("--subnet", default="192.168.65.0/24", help="VM subnet (default %(default)s)")
-    g.add_argument("--gateway-ip", type=_ipv4, help="gateway address (default: subnet .1)")
-    g.add_argument("--host-ip", type=_ipv4, help="host-loopback alias (default: subnet .2)")
-    g.add_argument("--lowest-ip", type=_ipv4, help="first VM address (default: subnet .3)")
-    g.add_argument("--highest-ip", type=_ipv4, help="last VM address (default: last host)")
-    g.add_argument("--mtu", type=_mtu, default=1500, help="link MTU, up to 65520 (default 1500)")
+    g.add_argument("--subnet", default="192.168.65.0/24", metavar="CIDR",
+                   help="IPv4 VM subnet, /29 or larger (default %(default)s)")
+    g.add_argument("--gateway-ip", type=_ipv4, metavar="IP",
+                   help="gateway address: ARP, DHCP, DNS, ping (default: subnet .1)")
+    g.add_argument("--host-ip", type=_ipv4, metavar="IP",
+                   help="host-loopback alias, reaches the host's 127.0.0.1 (default: subnet .2)")
+    g.add_argument("--lowest-ip", type=_ipv4, metavar="IP",
+                   help="first VM address; exec's namespace gets it (default: subnet .3)")
+    g.add_argument("--highest-ip", type=_ipv4, metavar="IP",
+                   help="last VM address (default: the subnet's last host); the pool "
+                   "--lowest-ip..--highest-ip must not hold the gateway or the alias")
+    g.add_argument("--mtu", type=_int_in(MIN_MTU, MAX_MTU, "MTU"), default=1500, metavar="N",
+                   help=f"link MTU, {MIN_MTU} to {MAX_MTU} (default 1500)")
     g.add_argument(
         "--no-host-loopback",
         action="store_true",
@@ -71,8 +131,12 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         help="JSON list of outbound redirects "
         '[{"protocol":"tcp","dst_prefix":"10.0.0.0/8","dst_port":80,"path":"/run/x.sock"}]',
     )
-    g.add_argument("--domain", default="localdomain", help="DHCP domain name")
-    g.add_argument("--search", action="append", default=[], help="DNS search domain (repeatable)")
+    g.add_argument("--domain", default="localdomain",
+                   help="DHCP domain name (option 15; default %(default)s)")
+    g.add_argument("--search", action="append", default=[], metavar="DOMAIN",
+                   help="DNS search domain for DHCP (option 119) and the namespace's "
+                   "resolv.conf (repeatable; without it, resolv.conf searches --domain unless that "
+                   "is localdomain)")
     d = p.add_argument_group("DNS")
     d.add_argument(
         "--dns-server",
@@ -82,7 +146,9 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         metavar="IP[#PORT]",
         help="upstream DNS server (repeatable; default: the host's /etc/resolv.conf)",
     )
-    d.add_argument("--hosts", default="/etc/hosts", help="hosts file to answer from")
+    d.add_argument("--hosts", default="/etc/hosts", metavar="FILE",
+                   help="hosts file the DNS server answers from, reloaded when it changes "
+                   "(checked every 2 s; default %(default)s, /dev/null for none)")
     d.add_argument(
         "--dns-mode",
         choices=["forward", "host"],
@@ -91,55 +157,68 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         "host: A/AAAA/PTR go to the host's own resolver (getaddrinfo: VPN split DNS, "
         "mDNS, nsswitch), other types to the upstream servers (default %(default)s)",
     )
-    d.add_argument("--host-names", type=_names, default=("host.docker.internal", "host.internal"))
-    d.add_argument(
-        "--gateway-names", type=_names, default=("gateway.docker.internal", "gateway.internal")
-    )
-    d.add_argument("--vm-names", type=_names, default=("vm.internal",))
+    d.add_argument("--host-names", type=_names, metavar="NAMES",
+                   default=("host.docker.internal", "host.internal"),
+                   help="comma-separated names of the host alias "
+                   "(default host.docker.internal,host.internal)")
+    d.add_argument("--gateway-names", type=_names, metavar="NAMES",
+                   default=("gateway.docker.internal", "gateway.internal"),
+                   help="comma-separated names of the gateway "
+                   "(default gateway.docker.internal,gateway.internal)")
+    d.add_argument("--vm-names", type=_names, default=("vm.internal",), metavar="NAMES",
+                   help="comma-separated names of the first VM (default vm.internal)")
     g.add_argument(
         "--tcp-keepalive",
-        type=float,
-        default=7200.0,
-        metavar="SECONDS",
-        help="probe a VM connection after this long idle; only dead ones are closed "
-        "(0 disables; default 7200)",
+        type=_keepalive,
+        default=(7200.0, 75.0, 9),
+        metavar="IDLE[,INTERVAL,COUNT]",
+        help="probe a VM connection idle for IDLE s, then every INTERVAL s; close it after "
+        "COUNT unanswered probes; only dead ones are closed (0: off; default 7200,75,9)",
     )
-    g.add_argument("--udp-idle-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="forget a UDP flow after this long idle (default 60)")
-    g.add_argument("--udp-max-flows", type=int, default=4096, metavar="N",
-                   help="UDP flows kept at most; the oldest goes first (default 4096)")
+    g.add_argument("--udp-idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="forget a UDP flow after this long idle, above 0 (default 60)")
+    g.add_argument("--udp-max-flows", type=_int_in(1, 1 << 20, "--udp-max-flows"),
+                   default=4096, metavar="N",
+                   help="UDP flows kept at most, 1 or more; the oldest goes first (default 4096)")
     g.add_argument(
         "--verify-checksums",
         action="store_true",
-        help="verify TCP/UDP/ICMP checksums of VM frames (off: local links cannot corrupt)",
+        help="verify TCP/UDP/ICMP checksums of VM frames (off: local links cannot corrupt; "
+        "frames a TAP's kernel left to us to checksum are not verified)",
     )
     o = p.add_argument_group("output")
-    o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="info adds a line per finished TCP flow (default %(default)s)")
     o.add_argument("--pcap", metavar="FILE", help="capture every VM frame to a libpcap file")
-    o.add_argument("--pcap-snaplen", type=int, default=65535, metavar="N",
-                   help="bytes kept per captured frame (default 65535)")
+    o.add_argument("--pcap-snaplen", type=_int_in(1, MAX_SNAPLEN, "--pcap-snaplen"),
+                   default=65535, metavar="N",
+                   help=f"bytes kept per captured frame, 1 to {MAX_SNAPLEN} (default 65535)")
     o.add_argument("--pcap-listen", action="append", default=[], metavar="PATH",
                    help="serve a live capture to every client of this unix socket (repeatable)")
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ifname", default="eth0", help="interface name inside the namespace")
+    p.add_argument("--ifname", type=_ifname, default="eth0",
+                   help="TAP interface name inside the namespace (default %(default)s)")
     p.add_argument(
         "--no-config-net",
         action="store_true",
         help="only bring the interface up (configure it with DHCP yourself)",
     )
+    p.add_argument("--pid-file", metavar="PATH",
+                   help="write pyvpnkit's pid here once it serves; removed at exit")
+    p.add_argument("--ready-fd", type=_int_in(0, 1 << 20, "--ready-fd"), metavar="FD",
+                   help="write a line to this inherited fd and close it once pyvpnkit serves")
 
 
 def build_config(args: argparse.Namespace) -> NetConfig:
-    subnet = ipaddress.IPv4Network(args.subnet, strict=False)
-    hosts = list(subnet.hosts())
-    return NetConfig(
-        subnet=subnet,
-        gateway_ip=args.gateway_ip or hosts[0].packed,
-        host_ip=args.host_ip or hosts[1].packed,
-        lowest_ip=args.lowest_ip or hosts[2].packed,
-        highest_ip=args.highest_ip or hosts[-1].packed,
+    """The layout and the options the core takes; a bad layout is a UserError."""
+    return network_layout(
+        args.subnet,
+        args.gateway_ip,
+        args.host_ip,
+        args.lowest_ip,
+        args.highest_ip,
         mtu=args.mtu,
         domain=args.domain,
         search_domains=tuple(args.search),
@@ -150,40 +229,73 @@ def build_config(args: argparse.Namespace) -> NetConfig:
     )
 
 
+def _redirect(path: str, i: int, rule: object) -> Redirect:
+    where = f"--forwards {path} entry {i}"
+    if not isinstance(rule, dict):
+        raise UserError(f"{where}: expected an object with dst_prefix, dst_port and path, "
+                        f"got {json.dumps(rule)}")
+    if rule.get("protocol", "tcp") != "tcp":
+        raise UserError(f"{where}: protocol {rule['protocol']!r}: only \"tcp\" is supported")
+    for key in ("dst_prefix", "dst_port", "path"):
+        if key not in rule:
+            raise UserError(f"{where}: missing \"{key}\"")
+    try:
+        prefix = ipaddress.IPv4Network(rule["dst_prefix"], strict=False)
+    except (TypeError, ValueError):
+        prefix_text = rule["dst_prefix"]
+        raise UserError(f"{where}: dst_prefix {prefix_text!r} is not an IPv4 prefix") from None
+    port = rule["dst_port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UserError(f"{where}: dst_port {port!r} is not a port number 1..65535")
+    if not isinstance(rule["path"], str) or not rule["path"]:
+        raise UserError(f"{where}: path {rule['path']!r} is not a unix socket path")
+    return Redirect(prefix, port, rule["path"])
+
+
 def load_redirects(path: str | None) -> tuple[Redirect, ...]:
-    """Parse a vpnkit-style --forwards file; errors name the bad entry."""
+    """Parse a vpnkit-style --forwards file; errors name the bad entry and field."""
     if not path:
         return ()
-    with open(path) as f:
-        rules = json.load(f)
-    out = []
-    for i, rule in enumerate(rules):
+    try:
+        with open(path) as f:
+            rules = json.load(f)
+    except OSError as exc:
+        raise UserError(f"--forwards {path}: {exc.strerror}", SETUP_FAILED) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"--forwards {path}: not JSON ({exc})") from None
+    if not isinstance(rules, list):
+        raise UserError(f"--forwards {path}: expected a JSON list of redirects")
+    return tuple(_redirect(path, i, rule) for i, rule in enumerate(rules))
+
+
+def _listen_url(kind: str) -> Callable[[str], str]:
+    def check(url: str) -> str:
+        from pyvpnkit.links.url import ListenURLError, parse_listen_url
+
         try:
-            if rule.get("protocol", "tcp") != "tcp":
-                raise ValueError("only tcp redirects are supported")
-            out.append(
-                Redirect(
-                    ipaddress.IPv4Network(rule["dst_prefix"], strict=False),
-                    int(rule["dst_port"]),
-                    str(rule["path"]),
-                )
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SystemExit(f"pyvpnkit: --forwards entry {i}: {exc}") from exc
-    return tuple(out)
+            parse_listen_url(url, kind)
+        except ListenURLError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return url
+
+    return check
 
 
 def add_listener_options(p: argparse.ArgumentParser) -> None:
     """VM transports, spelled as gvproxy spells them; each repeatable, all at once."""
     g = p.add_argument_group("VM listeners")
+    stream = "unix:///PATH, tcp://127.0.0.1:PORT or vsock://PORT"
     g.add_argument("--listen-qemu", action="append", default=[], metavar="URL",
-                   help="unix:///PATH, tcp://127.0.0.1:PORT or vsock://PORT; "
-                   "4-byte big-endian length framing (QEMU -netdev stream/socket)")
+                   type=_listen_url("qemu"),
+                   help=f"{stream}; 4-byte big-endian length framing (QEMU -netdev stream/socket)")
     g.add_argument("--listen-vpnkit", action="append", default=[], metavar="URL",
-                   help="unix:///PATH or vsock://PORT; hyperkit/Docker Desktop vmnet protocol")
+                   type=_listen_url("vpnkit"),
+                   help=f"{stream}; hyperkit/Docker Desktop vmnet protocol")
     g.add_argument("--listen-bess", action="append", default=[], metavar="URL",
+                   type=_listen_url("bess"),
                    help="unixpacket:///PATH; one frame per SOCK_SEQPACKET message")
     g.add_argument("--listen-vfkit", action="append", default=[], metavar="URL",
+                   type=_listen_url("vfkit"),
                    help="unixgram:///PATH; one frame per datagram (vfkit)")
     g.add_argument("--listen-stdio", action="store_true",
                    help="uint16 LE length-prefixed frames on stdin/stdout")
@@ -197,26 +309,37 @@ def listener_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return specs
 
 
+EPILOG = """exit status: the command's (exec), 128+N if it was killed by signal N;
+2 for a bad command line, 125 when pyvpnkit could not set up (namespace, TAP,
+file, socket), 126 when the command cannot be executed, 127 when it is not found"""
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyvpnkit",
         description="User-mode network stack giving VMs and network namespaces the host's network.",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"pyvpnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ex = sub.add_parser("exec", help="run a command in a new network namespace wired to the stack")
+    ex = sub.add_parser(
+        "exec", help="run a command in a new network namespace wired to the stack", epilog=EPILOG
+    )
     add_network_options(ex)
     add_iface_options(ex)
     add_service_options(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
-    run = sub.add_parser("run", help="long-running service")
+    run = sub.add_parser("run", help="long-running service", epilog=EPILOG)
     add_network_options(run)
     add_iface_options(run)
     add_service_options(run)
-    run.add_argument("--netns", help="attach to an existing namespace (NAME or PATH)")
-    run.add_argument("--tap", help="use an existing TAP device in the current namespace")
+    run.add_argument("--netns", metavar="NAME|PATH",
+                     help="attach to an existing namespace (ip netns NAME, or a path such as "
+                     "/proc/PID/ns/net): create and configure a TAP in it")
+    run.add_argument("--tap", metavar="IFNAME",
+                     help="serve an existing TAP device of the current namespace")
     add_listener_options(run)
     add_subcommands(sub)
     return parser
@@ -232,19 +355,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s pyvpnkit %(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "exec":
-        cmd = list(args.cmd)
-        if cmd and cmd[0] == "--":
-            cmd = cmd[1:]
-        if not cmd:
-            parser.error("exec needs a command: pyvpnkit exec [OPTIONS] -- CMD [ARGS...]")
-        return run_exec(args, cmd)
-    if args.command == "run":
+    try:
+        if args.ready_fd is not None:
+            try:  # ours alone: a command holding it would delay the reader's EOF
+                os.set_inheritable(args.ready_fd, False)
+            except OSError:
+                fd = args.ready_fd
+                raise UserError(f"--ready-fd {fd}: not an open file descriptor") from None
+        if args.command == "exec":
+            cmd = list(args.cmd)
+            if cmd and cmd[0] == "--":
+                cmd = cmd[1:]
+            if not cmd:
+                parser.error("exec needs a command: pyvpnkit exec [OPTIONS] -- CMD [ARGS...]")
+            return run_exec(args, cmd)
         if not args.netns and not args.tap and not listener_specs(args):
             parser.error("run needs --netns, --tap or a --listen-* option")
         return run_service(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except UserError as exc:
+        print(f"pyvpnkit: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def check_command(name: str) -> None:
+    """Refuse a command the namespace could not execute, with unshare's exit codes."""
+    path = shutil.which(name) if "/" not in name else name
+    if path is None or not os.path.exists(path):
+        what = "No such file or directory" if "/" in name else "command not found"
+        raise UserError(f"{name}: {what}", NOT_FOUND)
+    if os.path.isdir(path):
+        raise UserError(f"{name}: Is a directory", NOT_EXECUTABLE)
+    if not os.access(path, os.X_OK):
+        raise UserError(f"{name}: Permission denied (not executable)", NOT_EXECUTABLE)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise UserError(f"{name}: {exc.strerror}", NOT_EXECUTABLE) from None
+    if magic != b"\x7fELF" and not magic.startswith(b"#!") and not _binfmt_misc_handlers():
+        raise UserError(f"{name}: Exec format error (neither ELF nor a #! script)",
+                        NOT_EXECUTABLE)
+
+
+def _binfmt_misc_handlers() -> bool:
+    """Whether binfmt_misc may run other formats (qemu-user, Java...): then let exec decide."""
+    try:
+        return bool(set(os.listdir("/proc/sys/fs/binfmt_misc")) - {"register", "status"})
+    except OSError:
+        return False
 
 
 def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
@@ -252,6 +410,7 @@ def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
     from pyvpnkit.runtime.service import Service
 
     config = build_config(args)
+    check_command(cmd[0])
     service = Service(config, args)
     with tempfile.TemporaryDirectory(prefix="pyvpnkit-") as tmp:
         resolv = os.path.join(tmp, "resolv.conf")
@@ -261,25 +420,21 @@ def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
         try:
             attached = netns.spawn(cmd, setup)
         except SetupError as exc:
-            print(f"pyvpnkit: {exc}", file=sys.stderr)
-            return SETUP_FAILED
+            raise UserError(str(exc), SETUP_FAILED) from None
         return asyncio.run(service.run_exec(attached))
 
 
 def run_service(args: argparse.Namespace) -> int:
-    from pyvpnkit.runtime import netns
     from pyvpnkit.runtime.service import Service
 
     config = build_config(args)
     service = Service(config, args)
-    attached = None
-    if args.netns:
-        try:
-            attached = netns.attach(args.netns, service.iface_setup(args))
-        except SetupError as exc:
-            print(f"pyvpnkit: {exc}", file=sys.stderr)
-            return SETUP_FAILED
-    return asyncio.run(service.run_forever(attached, tap_name=args.tap))
+    try:
+        attached = service.attach_netns(args.netns) if args.netns else None
+        tap_fd = service.open_existing_tap(args.tap) if args.tap else None
+        return asyncio.run(service.run_forever(attached, tap_fd))
+    finally:
+        service.remove_netns_resolv_conf()
 
 
 __all__ = ["main", "signal", "sys"]

@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyvpnkit.runtime.service import Service
 
     try:
-        return asyncio.run(Service(config, options).run_forever(None, tap_name=None))
+        return asyncio.run(Service(config, options).run_forever(None, None))
     except OSError as exc:  # a --pcap socket that cannot be bound
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

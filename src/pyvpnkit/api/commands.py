@@ -72,12 +72,15 @@ def add_subcommands(subparsers: Any) -> None:
     _add_api_option(p)
     p.add_argument("local", help="host side: IP:PORT ([V6]:PORT), or a path for --protocol unix")
     p.add_argument("remote", help="VM side: IP:PORT (:PORT means the first VM)")
-    p.add_argument("--protocol", choices=["tcp", "udp", "unix"], default="tcp")
+    p.add_argument("--protocol", choices=["tcp", "udp", "unix"], default="tcp",
+                   help="tcp or udp port, or unix: a host socket path to a VM TCP port "
+                   "(default %(default)s)")
 
     p = subparsers.add_parser("unexpose", help="stop a forward")
     _add_api_option(p)
-    p.add_argument("local")
-    p.add_argument("--protocol", choices=["tcp", "udp", "unix"], default="tcp")
+    p.add_argument("local", help="the host side as given to expose")
+    p.add_argument("--protocol", choices=["tcp", "udp", "unix"], default="tcp",
+                   help="the protocol given to expose (default %(default)s)")
 
     p = subparsers.add_parser("forwards", help="list the forwards")
     _add_api_option(p)
@@ -167,7 +170,10 @@ async def start_service_extras(service: Any) -> ServiceExtras:
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)
             app = make_app(extras.forwarder, stack, counter=counter)
-            extras.api = await start_api(url, app)
+            try:
+                extras.api = await start_api(url, app)
+            except OSError as exc:
+                raise ForwardError(f"cannot serve --api {url}: {exc.strerror or exc}") from None
     except (ForwardError, OSError, ValueError) as exc:
         extras.error = str(exc)
         log.error("%s", exc)

@@ -91,7 +91,7 @@ class Stack:
         tcp_gso: bool = False,
         dns_query_id: Callable[[], int] | None = None,
         tcp_redirects: tuple[Redirect, ...] = (),
-        tcp_keepalive: float | None = 7200.0,
+        tcp_keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
         udp_idle_timeout: float = 60.0,
         udp_max_flows: int = 4096,
         dns_mode: str = "forward",
@@ -99,6 +99,7 @@ class Stack:
         self.config = config
         self._rng = rng or random.Random()
         self._verify = verify_checksums
+        self._check = verify_checksums  # for the frame being handled
         self.stats: Counter[str] = Counter()
         self.pool = AddressPool(
             config.lowest_ip,
@@ -119,7 +120,7 @@ class Stack:
             local_service=self._local_service,
             checksum=tcp_checksums,
             redirects=tcp_redirects,
-            keepalive_idle=tcp_keepalive,
+            keepalive=tcp_keepalive,
             gso=tcp_gso,
         )
         self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
@@ -137,7 +138,7 @@ class Stack:
         """Forget the VMs behind a link; their addresses stay bound to their MAC."""
         for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
             del self.vms[ip]
-            self.tcp.forget_vm(ip)
+            self.tcp.forget_vm(ip, now)
             self.udp.forget_vm(ip)
             self.icmp.forget_vm(ip)
         for mac in [m for m, lk in self.macs.items() if lk == link]:
@@ -192,10 +193,18 @@ class Stack:
 
     # -- frames in -----------------------------------------------------------
 
-    def receive(self, link: int, frame: bytes | memoryview, now: float) -> None:
-        """Handle one Ethernet frame from a VM link. Never raises for bad input."""
+    def receive(
+        self, link: int, frame: bytes | memoryview, now: float, checksum_partial: bool = False
+    ) -> None:
+        """Handle one Ethernet frame from a VM link. Never raises for bad input.
+
+        ``checksum_partial``: the link says the L4 checksum was left for the
+        receiver to compute (virtio-net NEEDS_CSUM from a local kernel), so
+        there is no complete checksum to verify in this frame.
+        """
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += len(frame)
+        self._check = self._verify and not checksum_partial
         try:
             self._receive(link, frame, now)
         except ParseError as exc:
@@ -258,9 +267,9 @@ class Stack:
             self._route(pkt.header.tobytes() + pkt.payload.tobytes())
             return
         if proto == PROTO_TCP:
-            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, dst, self._verify), now)
+            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, dst, self._check), now)
         elif proto == PROTO_UDP:
-            dgram = parse_udp(pkt.payload, pkt.src, dst, self._verify)
+            dgram = parse_udp(pkt.payload, pkt.src, dst, self._check)
             if dgram.dst_port == DHCP_SERVER_PORT and dst in (cfg.gateway_ip, LIMITED_BROADCAST):
                 self._dhcp(link, dgram.payload, now)
             elif dst == cfg.dns_ip and dgram.dst_port == DNS_PORT and cfg.serve_dns:
@@ -274,7 +283,7 @@ class Stack:
             else:
                 self.udp.handle(pkt, dgram, now)
         elif proto == PROTO_ICMP:
-            msg = parse_icmp(pkt.payload, self._verify)
+            msg = parse_icmp(pkt.payload, self._check)
             if msg.type != icmpw.ECHO_REQUEST:
                 self.stats["drop_icmp_type"] += 1
             elif dst in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip):

@@ -83,7 +83,8 @@ class Flow:
     host_open: bool = True
     bytes_up: int = 0
     bytes_down: int = 0
-    started: float = 0.0
+    started: float = 0.0  # the VM's SYN (or our SYN for a port forward)
+    ended: bool = False  # its summary is logged (at close, not after TIME_WAIT)
     deadline: float | None = None
 
 
@@ -108,7 +109,7 @@ class TcpNat:
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
         redirects: tuple[Redirect, ...] = (),
-        keepalive_idle: float | None = 7200.0,
+        keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
         gso: bool = False,
     ) -> None:
         self.config = config
@@ -122,14 +123,16 @@ class TcpNat:
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
             "checksum": checksum,
-            "keepalive_idle": keepalive_idle,
+            # Idle seconds before the first probe, seconds between probes, probes.
+            "keepalive_idle": keepalive[0] if keepalive else None,
+            "keepalive_interval": keepalive[1] if keepalive else 75.0,
+            "keepalive_probes": keepalive[2] if keepalive else 9,
             "gso_size": 65535 - 40 if gso else None,
         }
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
         self._next_id = 1
         self._next_port = 32767
-        self._now = 0.0  # the latest time we were given, for flow summaries
         self._timers: list[tuple[float, int]] = []
         self._packets: list[bytes] = []
         self._effects: list[object] = []
@@ -140,13 +143,12 @@ class TcpNat:
     # -- from the VM ---------------------------------------------------------
 
     def handle(self, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
-        self._now = now
         key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
         flow = self.flows.get(key)
         if flow is not None and flow.conn is not None and flow.conn.state == "TIME_WAIT" \
                 and seg.flags & SYN and not seg.flags & ACK:
             # The VM reuses the port pair of a finished connection.
-            self._forget(flow, reset=False)
+            self._forget(flow, now, reset=False)
             flow = None
         if flow is not None:
             if flow.conn is not None:
@@ -154,7 +156,7 @@ class TcpNat:
                 self._dirty.add(flow.flow_id)
             elif seg.flags & RST:
                 # The VM gave up while we were still connecting on the host.
-                self._forget(flow, reset=True)
+                self._forget(flow, now, reset=True)
             # Otherwise a retransmitted SYN while connecting: absorbed.
             return
         if seg.flags & RST:
@@ -261,7 +263,7 @@ class TcpNat:
         tcp = build_tcp(ip, vm_ip, port, vm_port, 0, (syn.seq + 1) & 0xFFFFFFFF, RST | ACK, 0)
         self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
         self.stats["refused"] += 1
-        self._forget(flow, reset=False, host_closed=True)
+        self._forget(flow, now, reset=False, host_closed=True)
 
     def host_data(self, flow_id: int, data: bytes, now: float) -> None:
         flow = self.by_id.get(flow_id)
@@ -310,10 +312,10 @@ class TcpNat:
         """A local service answers on its stream."""
         self.host_data(flow_id, data, now)
 
-    def forget_vm(self, vm_ip: bytes) -> None:
+    def forget_vm(self, vm_ip: bytes, now: float) -> None:
         """The VM left the switch: close the host side of all its flows, forget them."""
         for flow in [f for f in self.flows.values() if f.key[0] == vm_ip]:
-            self._forget(flow, reset=True)
+            self._forget(flow, now, reset=True)
 
     # -- timers and output ---------------------------------------------------
 
@@ -338,7 +340,6 @@ class TcpNat:
             self._dirty.add(fid)
 
     def drain(self, now: float) -> tuple[list[bytes], list[object]]:
-        self._now = now
         self._process_dirty(now)
         packets, effects = self._packets, self._effects
         self._packets, self._effects = [], []
@@ -377,12 +378,14 @@ class TcpNat:
                     self._effects.append(TcpShutdown(fid))
             elif type(ev) in (Reset, TimedOut):
                 self._close_host(flow, reset=True)
+                self._log_end(flow, now, "reset" if type(ev) is Reset else "timeout")
             elif type(ev) is Closed:
                 self._close_host(flow, reset=False)
+                self._log_end(flow, now, "closed")
             elif type(ev) is Established:
                 pass
         if conn.closed:
-            self._forget(flow, reset=False)
+            self._forget(flow, now, reset=False)
             return
         deadline = conn.next_deadline()
         if deadline != flow.deadline:
@@ -409,23 +412,30 @@ class TcpNat:
             flow.host_open = False
             self._effects.append(TcpCloseHost(flow.flow_id, reset))
 
-    def _forget(self, flow: Flow, reset: bool, host_closed: bool = False) -> None:
+    def _forget(self, flow: Flow, now: float, reset: bool, host_closed: bool = False) -> None:
         if not host_closed:
             self._close_host(flow, reset)
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
         if self.by_id.pop(flow.flow_id, None) is not None:
-            vm_ip, vm_port, ip, port = flow.key
             if flow.conn is None:
                 reason = "refused" if host_closed else "abandoned while connecting"
             else:
                 reason = "reset" if reset else flow.conn.state.lower()
-            self.closed_log.append(
-                f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
-                f"up={flow.bytes_up} down={flow.bytes_down} "
-                f"duration={self._now - flow.started:.3f}s end={reason}"
-            )
+            self._log_end(flow, now, reason)
         self._dirty.discard(flow.flow_id)
+
+    def _log_end(self, flow: Flow, now: float, reason: str) -> None:
+        """One summary per flow, when the connection ends: TIME_WAIT is not its lifetime."""
+        if flow.ended:
+            return
+        flow.ended = True
+        vm_ip, vm_port, ip, port = flow.key
+        self.closed_log.append(
+            f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
+            f"up={flow.bytes_up} down={flow.bytes_down} "
+            f"duration={now - flow.started:.3f}s end={reason}"
+        )
 
     def __len__(self) -> int:
         return len(self.flows)

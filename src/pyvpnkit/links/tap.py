@@ -71,10 +71,14 @@ class TapLink(Link):
             if len(frame) <= skip:
                 self.close()
                 return
-            # The header's checksum and GSO hints need no action: we do not
-            # verify checksums of frames from a local kernel, and a TCP
-            # super-segment is just a large segment to our TCP.
-            deliver(self, memoryview(frame)[skip:] if skip else frame)  # type: ignore[arg-type]
+            # NEEDS_CSUM: the kernel left the L4 checksum partial (only the
+            # pseudo-header sum), so there is nothing to verify. A TCP
+            # super-segment (GSO hint) is just a large segment to our TCP.
+            if skip:
+                partial = bool(frame[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+                deliver(self, memoryview(frame)[skip:], partial)  # type: ignore[arg-type]
+            else:
+                deliver(self, frame)
             if self.fd < 0:
                 return
         self.sink.batch_done()

@@ -64,13 +64,13 @@ class Engine:
     def link_id(self, link: Link) -> int | None:
         return self._ids.get(id(link))
 
-    def frame_received(self, link: Link, frame: bytes) -> None:
+    def frame_received(self, link: Link, frame: bytes, checksum_partial: bool = False) -> None:
         n = self._ids.get(id(link))
         if n is None:
             return
         for tap in self.frame_taps:
             tap(n, frame, True)
-        self.stack.receive(n, frame, self.loop.time())
+        self.stack.receive(n, frame, self.loop.time(), checksum_partial)
         self.wake()
 
     def link_closed(self, link: Link) -> None:

@@ -14,6 +14,7 @@ line naming the cause (see nsdiag) instead of the fd; the parent raises it as
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -25,12 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pyvpnkit.errors import SETUP_FAILED
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.nsdiag import SetupError, explain
-from pyvpnkit.runtime.tap import open_tap
+from pyvpnkit.runtime.tap import open_tap, tap_error
 
 SIOCGIFHWADDR = 0x8927
-FAILED = 125  # exit status of a child that could not set up: `unshare`'s convention
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,12 @@ def _ip(*args: str) -> None:
 
 def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
     """Runs inside the namespace: create (or open) the TAP and configure it."""
-    with _step("tun"):
+    try:
         fd = open_tap(setup.ifname, vnet_hdr=setup.vnet_hdr)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EACCES):  # /dev/net/tun itself
+            raise _StepFailed("tun", exc) from exc
+        raise SetupError(tap_error(setup.ifname, exc)) from exc
     if setup.bring_up:
         _ip("link", "set", "lo", "up")
         if setup.mac:
@@ -114,7 +119,8 @@ def _child_send(sock: socket.socket, setup: IfaceSetup) -> None:
 
 def _child_failed(sock: socket.socket, exc: BaseException) -> None:
     """Tell the parent why, in one line; it prints it (never a traceback)."""
-    message = str(exc) if isinstance(exc, _StepFailed) else f"{type(exc).__name__}: {exc}"
+    known = isinstance(exc, (_StepFailed, SetupError))
+    message = str(exc) if known else f"{type(exc).__name__}: {exc}"
     try:
         sock.sendall(message.encode(errors="replace")[:4000])
     except OSError:
@@ -172,14 +178,14 @@ def _exec_child(sock: socket.socket, cmd: list[str], setup: IfaceSetup, parent: 
             print(f"pyvpnkit: cannot replace /etc/resolv.conf: {exc}", file=sys.stderr)
     _child_send(sock, setup)
     if sock.recv(1) != b"g":
-        os._exit(FAILED)
+        os._exit(SETUP_FAILED)
     sock.close()
     # Die with pyvpnkit even if it is SIGKILLed (as `unshare --kill-child`); set
     # late because credential changes (the user namespace) clear it. If the
     # parent died before, getppid() already names another process.
     sysns.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:
-        os._exit(FAILED)
+        os._exit(SETUP_FAILED)
     os.execvp(cmd[0], cmd)
 
 
@@ -193,7 +199,7 @@ def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
     me = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        code = FAILED
+        code = SETUP_FAILED
         try:
             parent.close()
             _exec_child(child, cmd, setup, me)
@@ -239,10 +245,15 @@ def netns_path(name: str) -> str:
     return name if "/" in name else f"/run/netns/{name}"
 
 
-def _join(nsfds: list[tuple[int, int]]) -> None:
-    with _step("setns"):
-        for fd, nstype in nsfds:
+def _join(nsfds: list[tuple[int, int, str]]) -> None:
+    for fd, nstype, path in nsfds:
+        try:
             sysns.setns(fd, nstype)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # a file, or a namespace of another type
+                kind = "user" if nstype == sysns.CLONE_NEWUSER else "network"
+                raise SetupError(f"{path} is not a {kind} namespace") from None
+            raise _StepFailed("setns", exc) from exc
 
 
 def attach(netns: str, setup: IfaceSetup, userns: str | None = None) -> Attached:
@@ -251,19 +262,26 @@ def attach(netns: str, setup: IfaceSetup, userns: str | None = None) -> Attached
     With ``userns``, that user namespace is joined first (a rootless
     container's), unless it is already ours. Raises SetupError.
     """
-    nsfds: list[tuple[int, int]] = []
+    wanted = [(netns_path(netns), sysns.CLONE_NEWNET, "network")]
+    if userns is not None:
+        wanted.insert(0, (userns, sysns.CLONE_NEWUSER, "user"))
+    nsfds: list[tuple[int, int, str]] = []
     try:
-        if userns is not None and os.stat(userns).st_ino != os.stat("/proc/self/ns/user").st_ino:
-            nsfds.append((os.open(userns, os.O_RDONLY | os.O_CLOEXEC), sysns.CLONE_NEWUSER))
-        nsfds.append((os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC), sysns.CLONE_NEWNET))
+        if userns is not None and os.stat(userns).st_ino == os.stat("/proc/self/ns/user").st_ino:
+            del wanted[0]  # already ours: setns into it would fail
+        for path, nstype, _kind in wanted:
+            nsfds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), nstype, path))
     except OSError as exc:
-        for fd, _type in nsfds:
+        for fd, _type, _path in nsfds:
             os.close(fd)
-        raise SetupError(f"cannot open namespace {exc.filename}: {exc.strerror}") from None
+        kind = wanted[len(nsfds)][2]
+        if isinstance(exc, FileNotFoundError):
+            raise SetupError(f"no such {kind} namespace ({exc.filename})") from None
+        raise SetupError(f"cannot open {kind} namespace {exc.filename}: {exc.strerror}") from None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        code = FAILED
+        code = SETUP_FAILED
         try:
             parent.close()
             _join(nsfds)
@@ -272,7 +290,7 @@ def attach(netns: str, setup: IfaceSetup, userns: str | None = None) -> Attached
         except BaseException as exc:  # noqa: BLE001
             _child_failed(child, exc)
         os._exit(code)
-    for fd, _type in nsfds:
+    for fd, _type, _path in nsfds:
         os.close(fd)
     child.close()
     try:

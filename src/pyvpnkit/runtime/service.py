@@ -1,4 +1,8 @@
-"""Assembles a running pyvpnkit: stack, engine, host executors, links, signals."""
+"""Assembles a running pyvpnkit: stack, engine, host executors, links, signals.
+
+Whatever the user can get wrong (files, namespaces, TAP devices, sockets) is
+opened before the stack starts and reported as a UserError: one line, exit 125.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pyvpnkit.core.dns.hostmode import HostResolve
 from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
+from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
@@ -25,12 +30,16 @@ from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_udp import HostUdp
-from pyvpnkit.runtime.netns import Attached, IfaceSetup, stop_leftovers
+from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
+from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
-from pyvpnkit.runtime.tap import open_tap
+from pyvpnkit.runtime.tap import open_tap, tap_error
 
 log = logging.getLogger("pyvpnkit")
+
+# After a second SIGTERM/SIGINT, exec's command gets this long to exit before SIGKILL.
+KILL_GRACE = 2.0
 
 
 def _read(path: str) -> str:
@@ -68,7 +77,7 @@ class Service:
             tcp_checksums=bool(listener_specs(args)),
             tcp_gso=not listener_specs(args),
             verify_checksums=args.verify_checksums,
-            tcp_keepalive=args.tcp_keepalive or None,
+            tcp_keepalive=args.tcp_keepalive,
             udp_idle_timeout=args.udp_idle_timeout,
             udp_max_flows=args.udp_max_flows,
             dns_mode=self.dns_mode,
@@ -76,6 +85,14 @@ class Service:
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
+        self._netns_resolv: str | None = None  # run --netns NAME: /etc/netns/NAME/resolv.conf
+        self._killed = False  # exec's command ignored two signals and got SIGKILL
+        self.pcap: PcapWriter | None = None
+        if getattr(args, "pcap", None):
+            try:
+                self.pcap = PcapWriter(args.pcap, args.pcap_snaplen)
+            except OSError as exc:
+                raise UserError(f"--pcap {args.pcap}: {exc.strerror}", SETUP_FAILED) from None
 
     def resolv_conf_text(self) -> str:
         """/etc/resolv.conf inside an exec namespace: the stack answers DNS."""
@@ -115,9 +132,7 @@ class Service:
         self._bugs_reported = 0
         self._watch_hosts()
         self.engine = engine
-        self.pcap: PcapWriter | None = None
-        if getattr(self.args, "pcap", None):
-            self.pcap = PcapWriter(self.args.pcap, self.args.pcap_snaplen)
+        if self.pcap is not None:
             engine.frame_taps.append(self.pcap.tap)
         self.pcap_listeners: list[PcapListener] = []
         for path in getattr(self.args, "pcap_listen", None) or []:
@@ -160,6 +175,84 @@ class Service:
         for listener in getattr(self, "pcap_listeners", ()):
             listener.close()
 
+    # -- what the user names: checked before anything runs -------------------
+
+    def attach_netns(self, name: str) -> Attached:
+        """run --netns: wire a TAP into an existing namespace, and give it our resolv.conf.
+
+        A named namespace (`ip netns add NAME`) gets /etc/netns/NAME/resolv.conf,
+        which `ip netns exec` shows as /etc/resolv.conf, unless one is there
+        already; we remove ours at exit. A namespace given by path is left alone.
+        """
+        try:
+            attached = attach(name, self.iface_setup(self.args))
+        except SetupError as exc:
+            raise UserError(f"--netns {name}: {exc}", SETUP_FAILED) from None
+        if "/" not in name:
+            resolv = f"/etc/netns/{name}/resolv.conf"
+            try:
+                os.makedirs(os.path.dirname(resolv), exist_ok=True)
+                with open(resolv, "x") as f:
+                    f.write(self.resolv_conf_text())
+                self._netns_resolv = resolv
+            except FileExistsError:
+                log.warning("%s exists: leaving it as it is", resolv)
+            except OSError as exc:
+                log.warning("cannot write %s: %s", resolv, exc.strerror)
+        return attached
+
+    def remove_netns_resolv_conf(self) -> None:
+        if self._netns_resolv is not None:
+            try:
+                os.unlink(self._netns_resolv)
+                os.rmdir(os.path.dirname(self._netns_resolv))
+            except OSError:
+                pass  # the directory holds other files: keep it
+            self._netns_resolv = None
+
+    def open_existing_tap(self, name: str) -> int:
+        """run --tap: serve a TAP that exists; never create one (that would serve nothing)."""
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise UserError(f"--tap {name}: no such interface (create it first: "
+                            f"ip tuntap add {name} mode tap)", SETUP_FAILED) from None
+        try:
+            return open_tap(name, vnet_hdr=True)
+        except OSError as exc:
+            raise UserError(f"--tap {name}: {tap_error(name, exc)}", SETUP_FAILED) from None
+
+    def _announce_ready(self) -> None:
+        """--pid-file and --ready-fd: tell a launcher we serve."""
+        pid_file = getattr(self.args, "pid_file", None)
+        if pid_file:
+            try:
+                with open(pid_file, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            except OSError as exc:
+                log.error("--pid-file %s: %s", pid_file, exc.strerror)
+        ready_fd = getattr(self.args, "ready_fd", None)
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+            except OSError as exc:
+                log.error("--ready-fd %d: %s", ready_fd, exc.strerror)
+
+    def _remove_pid_file(self) -> None:
+        """Remove the pid file only if it is still a regular file holding our pid."""
+        pid_file = getattr(self.args, "pid_file", None)
+        if not pid_file or not os.path.isfile(pid_file):
+            return
+        try:
+            with open(pid_file) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.unlink(pid_file)
+        except OSError:
+            pass
+
+    # -- running ----------------------------------------------------------------
+
     async def run_exec(self, attached: Attached) -> int:
         self._start()
         self.extras = await start_service_extras(self)
@@ -170,33 +263,27 @@ class Service:
             os.waitpid(attached.pid, 0)
             os.close(attached.tap_fd)
             self._shutdown()
-            return 125
+            return SETUP_FAILED
         loop = asyncio.get_running_loop()
-        # Ctrl-C reaches the command from the terminal; like `time` or
-        # `unshare`, we wait for the command instead of killing it.
-        loop.remove_signal_handler(signal.SIGINT)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self._attach_tap(attached, f"netns:{self.args.ifname}")
         pidfd = os.pidfd_open(attached.pid)
         exited = asyncio.Event()
         loop.add_reader(pidfd, exited.set)
+        self._forward_signals(loop, attached.pid)
         attached.release()
-        assert self._stop is not None
-        stop_task = asyncio.ensure_future(self._stop.wait())
-        exit_task = asyncio.ensure_future(exited.wait())
-        await asyncio.wait({stop_task, exit_task}, return_when=asyncio.FIRST_COMPLETED)
-        if not exited.is_set():
-            os.kill(attached.pid, signal.SIGTERM)
-            await exited.wait()
-        stop_task.cancel()
+        self._announce_ready()
+        await exited.wait()
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _pid, status = os.waitpid(attached.pid, 0)
-        if attached.netns_ino and stop_leftovers(attached.netns_ino):
+        if attached.netns_ino and stop_leftovers(
+            attached.netns_ino, signal.SIGKILL if self._killed else signal.SIGTERM
+        ):
             log.info("stopped processes the command left in its namespace")
         if self.extras is not None:
             await self.extras.aclose()
         self._shutdown()
+        self._remove_pid_file()
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code  # killed by a signal: shell convention
 
@@ -205,10 +292,41 @@ class Service:
         if self._stop is not None:
             self._stop.set()
 
+    def _forward_signals(self, loop: asyncio.AbstractEventLoop, pid: int) -> None:
+        """exec's signals, as `unshare --kill-child` and container runtimes treat them.
+
+        SIGTERM is passed on to the command. SIGINT is not: Ctrl-C reaches the
+        command from the terminal, and we wait for it as `time` does. A second
+        SIGTERM or SIGINT means "stop now": if the command has not exited
+        KILL_GRACE seconds later, it gets SIGKILL (and so do its leftovers).
+        """
+        received: list[int] = []
+
+        def kill() -> None:
+            self._killed = True
+            log.warning("the command ignored the signals; sending SIGKILL")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        def on_signal(sig: int) -> None:
+            received.append(sig)
+            if sig == signal.SIGTERM and len(received) == 1:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            elif len(received) == 2:
+                loop.call_later(KILL_GRACE, kill)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+
     async def run_forever(
         self,
         attached: Attached | None,
-        tap_name: str | None,
+        tap_fd: int | None,
         on_started: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         """Serve until stopped; ``on_started`` runs once links and listeners are up."""
@@ -216,37 +334,38 @@ class Service:
         self.extras = await start_service_extras(self)
         if attached is not None:
             self._attach_tap(attached, f"netns:{self.args.netns}")
-        if tap_name:
-            TapLink(
-                open_tap(tap_name, vnet_hdr=True),
-                engine,
-                self.config.mtu,
-                name=f"tap:{tap_name}",
-                vnet_hdr=True,
-            )
+        if tap_fd is not None:
+            TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.args.tap}", vnet_hdr=True)
         from pyvpnkit.links import start_listener
 
         listeners = []
-        try:
-            for kind, url in listener_specs(self.args):
+        failed = self.extras.error is not None
+        for kind, url in listener_specs(self.args):
+            try:
                 listeners.append(await start_listener(kind, url, engine, self.config.mtu))
-                log.info("listening for %s VMs on %s", kind, url)
-        except (OSError, ValueError) as exc:
-            log.error("cannot listen: %s", exc)
-            self._stop.set()
+            except (OSError, ValueError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                log.error("cannot listen on --listen-%s %s: %s", kind, url, reason)
+                failed = True
+                break
+            log.info("listening for %s VMs on %s", kind, url)
+        assert self._stop is not None
         stop = self._stop
         for listener in listeners:
             if listener.kind == "stdio":
                 # The parent holds the VM end: its pipes closing ends the service, as in gvproxy.
                 self._stdio_done = asyncio.ensure_future(listener.wait_closed())  # type: ignore[attr-defined]
                 self._stdio_done.add_done_callback(lambda _f: stop.set())
-        if on_started is not None:
-            await on_started()
-        log.info("pyvpnkit running")
-        await self._stop.wait()
+        if not failed:
+            if on_started is not None:
+                await on_started()
+            log.info("pyvpnkit running")
+            self._announce_ready()
+            await stop.wait()
         for listener in listeners:
             listener.close()
         if self.extras is not None:
             await self.extras.aclose()
         self._shutdown()
-        return 1 if len(listeners) < len(listener_specs(self.args)) else 0
+        self._remove_pid_file()
+        return SETUP_FAILED if failed else 0

@@ -8,6 +8,7 @@ segments far larger than the MTU (TSO/GSO): the kernel splits or merges them.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -44,6 +45,17 @@ def open_tap(ifname: str, vnet_hdr: bool = False) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def tap_error(ifname: str, exc: OSError) -> str:
+    """What open_tap's failure means, in words (the kernel's errno alone misleads)."""
+    if exc.errno == errno.EBUSY:
+        return f"TAP {ifname} is already in use (served by another pyvpnkit?)"
+    if exc.errno == errno.EINVAL:
+        return f"{ifname} exists and is not a TAP device pyvpnkit can attach to"
+    if exc.errno == errno.EPERM:
+        return f"not allowed to create or attach TAP {ifname} (needs CAP_NET_ADMIN)"
+    return f"cannot open TAP {ifname}: {exc.strerror}"
 
 
 def enable_offloads(fd: int) -> None:

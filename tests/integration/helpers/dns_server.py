@@ -72,7 +72,7 @@ def serve_tcp_conn(conn: socket.socket) -> None:
 
 def main() -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    udp.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))  # [PORT]
     port = udp.getsockname()[1]
     tcp = socket.socket()
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
