@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from pyvpnkit import __version__, cli
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.errors import UserError
 
 PROG = "pyvpnkit-vpnkit"
 EXIT_USAGE = 124
@@ -252,12 +253,12 @@ def run_options(args: argparse.Namespace) -> argparse.Namespace:
 def configure(argv: Sequence[str] | None) -> tuple[NetConfig, argparse.Namespace]:
     """The network and the `pyvpnkit run` options for a vpnkit command line."""
     args = parse_args(argv)
+    options = run_options(args)
     try:
         cli.load_redirects(args.forwards)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--forwards {args.forwards}: {exc}") from None
-    options = run_options(args)
-    config = cli.build_config(options)
+        config = cli.build_config(options)
+    except UserError as exc:
+        raise UsageError(str(exc)) from None
     if args.server_macaddr is not None:
         config = dataclasses.replace(config, gateway_mac=args.server_macaddr)
     return config, options
@@ -277,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(Service(config, options).run_forever(None, None))
+    except UserError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a --pcap socket that cannot be bound
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
