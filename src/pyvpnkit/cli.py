@@ -111,11 +111,43 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="verify TCP/UDP/ICMP checksums of VM frames (off: local links cannot corrupt)",
     )
+    add_limits_options(p)
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     o.add_argument("--pcap", metavar="FILE", help="capture every VM frame to a libpcap file")
     o.add_argument("--pcap-snaplen", type=int, default=65535, metavar="N",
                    help="bytes kept per captured frame (default 65535)")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def add_limits_options(p: argparse.ArgumentParser) -> None:
+    """Resource limits and timeouts for floods and dead upstreams (README: Limits)."""
+    g = p.add_argument_group("limits")
+    g.add_argument("--connect-timeout", type=_positive, default=30.0, metavar="SECONDS",
+                   help="a host connect not done after this long gives the VM an RST "
+                   "(default 30)")
+    g.add_argument("--max-pending-connects", type=_count, default=1024, metavar="N",
+                   help="host connects one VM may have in flight; a SYN beyond gets an RST "
+                   "(default 1024)")
+    g.add_argument("--dns-timeout", type=_positive, default=5.0, metavar="SECONDS",
+                   help="a query no upstream answered after trying each gets SERVFAIL "
+                   "(default 5)")
+    g.add_argument("--runas", metavar="USER[:GROUP]",
+                   help="when started as root, switch to this user once TAPs are open and "
+                   "listeners bound")
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:

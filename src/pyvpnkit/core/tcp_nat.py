@@ -2,11 +2,13 @@
 
 On a SYN to a new flow we ask the runtime to connect on the host first and
 answer the VM only once we know: SYN-ACK on success, RST on failure, so a
-refused connection is seen at once and a black hole never stalls other flows
-(there is no cap on connects in flight). Flow control is end to end: the
-window offered to the VM shrinks while the host socket has not taken our
-writes, and reading from the host pauses while the VM has not acknowledged
-what we sent it.
+refused connection is seen at once and a black hole never stalls other flows.
+Each VM may have ``max_pending_connects`` host connects in flight; a SYN
+beyond that gets an RST at once, so a SYN flood into a black hole holds a
+bounded number of sockets and the VM's other connections are still served.
+Flow control is end to end: the window offered to the VM shrinks while the
+host socket has not taken our writes, and reading from the host pauses while
+the VM has not acknowledged what we sent it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Flow:
     host_eof: bool = False
     paused: bool = False
     host_open: bool = True
+    connecting: bool = False  # counted in TcpNat._connecting until the host connect ends
     bytes_up: int = 0
     bytes_down: int = 0
     started: float = 0.0
@@ -110,8 +113,11 @@ class TcpNat:
         redirects: tuple[Redirect, ...] = (),
         keepalive_idle: float | None = 7200.0,
         gso: bool = False,
+        max_pending_connects: int = 1024,
     ) -> None:
         self.config = config
+        self.max_pending_connects = max_pending_connects
+        self._connecting: dict[bytes, int] = {}  # VM ip -> host connects in flight
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
@@ -135,7 +141,7 @@ class TcpNat:
         self._effects: list[object] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
-        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0}
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "refused_pending_cap": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -178,19 +184,20 @@ class TcpNat:
             self._register(flow)
             self._accept(flow, now)
             return
-        for rule in self.redirects:
-            if rule.matches(pkt.dst, seg.dst_port):
-                self._register(flow)
-                self.stats["opened"] += 1
-                self._effects.append(TcpOpen(flow.flow_id, "", seg.dst_port, rule.path))
-                return
-        host, _error, _source = route(cfg, pkt.dst)
+        path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
+        host = "" if path is not None else route(cfg, pkt.dst)[0]
         if host is None:
             self._reject(pkt, seg)
             return
+        if self._connecting.get(pkt.src, 0) >= self.max_pending_connects:
+            self.stats["refused_pending_cap"] += 1
+            self._reject(pkt, seg)
+            return
         self._register(flow)
+        self._connecting[pkt.src] = self._connecting.get(pkt.src, 0) + 1
+        flow.connecting = True
         self.stats["opened"] += 1
-        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port))
+        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port, path))
 
     def _register(self, flow: Flow) -> None:
         self.flows[flow.key] = flow
@@ -252,7 +259,18 @@ class TcpNat:
     def host_connected(self, flow_id: int, now: float) -> None:
         flow = self.by_id.get(flow_id)
         if flow is not None and flow.conn is None:
+            self._connect_ended(flow)
             self._accept(flow, now)
+
+    def _connect_ended(self, flow: Flow) -> None:
+        if flow.connecting:
+            flow.connecting = False
+            vm_ip = flow.key[0]
+            left = self._connecting[vm_ip] - 1
+            if left:
+                self._connecting[vm_ip] = left
+            else:
+                del self._connecting[vm_ip]
 
     def host_connect_failed(self, flow_id: int, now: float) -> None:
         """Refused, unreachable or timed out: the VM gets an RST at once."""
@@ -413,6 +431,7 @@ class TcpNat:
             self._effects.append(TcpCloseHost(flow.flow_id, reset))
 
     def _forget(self, flow: Flow, reset: bool, host_closed: bool = False) -> None:
+        self._connect_ended(flow)
         if not host_closed:
             self._close_host(flow, reset)
         if self.flows.get(flow.key) is flow:
@@ -429,6 +448,11 @@ class TcpNat:
                 f"duration={self._now - flow.started:.3f}s end={reason}"
             )
         self._dirty.discard(flow.flow_id)
+
+    @property
+    def pending_connects(self) -> int:
+        """Host connects in flight, all VMs together."""
+        return sum(self._connecting.values())
 
     def __len__(self) -> int:
         return len(self.flows)
