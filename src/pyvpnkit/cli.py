@@ -140,8 +140,8 @@ def add_limits_options(p: argparse.ArgumentParser) -> None:
                    help="a host connect not done after this long gives the VM an RST "
                    "(default 30)")
     g.add_argument("--max-pending-connects", type=_count, default=1024, metavar="N",
-                   help="host connects one VM may have in flight; a SYN beyond gets an RST "
-                   "(default 1024)")
+                   help="host connects one VM may have in flight; a SYN beyond resets the "
+                   "oldest (default 1024)")
     g.add_argument("--dns-timeout", type=_positive, default=5.0, metavar="SECONDS",
                    help="a query no upstream answered after trying each gets SERVFAIL "
                    "(default 5)")

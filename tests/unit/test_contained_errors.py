@@ -235,3 +235,50 @@ def test_a_send_error_costs_one_frame() -> None:
         assert engine.stats["send_errors"] == 1 and len(sent) == 2
 
     run(body)
+
+
+def test_pending_connects_beyond_the_cap_evict_the_oldest() -> None:
+    stack = Stack(CFG, rng=random.Random(1), max_pending_connects=2)
+    for sport in (40001, 40002, 40003):
+        stack.receive(1, syn(sport, 9), 0.0)
+    frames, effects = stack.drain(0.0)
+    opens = [e for e in effects if type(e).__name__ == "TcpOpen"]
+    closes = [e for e in effects if type(e).__name__ == "TcpCloseHost"]
+    assert len(opens) == 3 and [c.flow_id for c in closes] == [opens[0].flow_id]
+    (rst,) = frames
+    pkt = ipv4.parse_ipv4(ethernet.parse_ethernet(rst[1]).payload)
+    seg = tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst)
+    assert seg.dst_port == 40001 and seg.flags & tcp.RST
+    assert stack.tcp.pending_connects == 2 and stack.tcp.stats["evicted_pending"] == 1
+    stack.tcp.host_connected(opens[1].flow_id, 0.1)
+    stack.tcp.host_connect_failed(opens[2].flow_id, 0.1)
+    assert stack.tcp.pending_connects == 0
+
+
+def test_connect_timeout_resets_the_vm() -> None:
+    """A host connect that never completes (a full accept queue drops SYNs) ends in an RST."""
+
+    async def body(engine: Engine, vm: VmLink, server: socket.socket) -> None:
+        full = socket.socket()
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        for f in fillers:
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        engine.host_tcp.connect_timeout = 0.3
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        engine.frame_received(vm, syn(40001, port))
+        engine.flush()
+        while not vm.tcp_to(40001) and loop.time() - t < 3:
+            await asyncio.sleep(0.02)
+        (rst,) = vm.tcp_to(40001)
+        assert rst.flags & tcp.RST and 0.25 < loop.time() - t < 1.5
+        assert engine.host_tcp.budget.in_use == 0
+        for f in [*fillers, full]:
+            f.close()
+
+    run(body)

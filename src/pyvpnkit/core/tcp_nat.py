@@ -4,8 +4,9 @@ On a SYN to a new flow we ask the runtime to connect on the host first and
 answer the VM only once we know: SYN-ACK on success, RST on failure, so a
 refused connection is seen at once and a black hole never stalls other flows.
 Each VM may have ``max_pending_connects`` host connects in flight; a SYN
-beyond that gets an RST at once, so a SYN flood into a black hole holds a
-bounded number of sockets and the VM's other connections are still served.
+beyond that evicts the VM's oldest one (an RST for it), so a SYN flood into a
+black hole holds a bounded number of sockets while a connect to a working
+destination, which completes in milliseconds, still gets through.
 Flow control is end to end: the window offered to the VM shrinks while the
 host socket has not taken our writes, and reading from the host pauses while
 the VM has not acknowledged what we sent it.
@@ -117,7 +118,8 @@ class TcpNat:
     ) -> None:
         self.config = config
         self.max_pending_connects = max_pending_connects
-        self._connecting: dict[bytes, int] = {}  # VM ip -> host connects in flight
+        # VM ip -> its flows whose host connect is in flight, oldest first
+        self._connecting: dict[bytes, dict[int, Flow]] = {}
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
@@ -141,7 +143,7 @@ class TcpNat:
         self._effects: list[object] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
-        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "refused_pending_cap": 0}
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -189,12 +191,14 @@ class TcpNat:
         if host is None:
             self._reject(pkt, seg)
             return
-        if self._connecting.get(pkt.src, 0) >= self.max_pending_connects:
-            self.stats["refused_pending_cap"] += 1
-            self._reject(pkt, seg)
-            return
+        pending = self._connecting.setdefault(pkt.src, {})
+        if len(pending) >= self.max_pending_connects:
+            self.stats["evicted_pending"] += 1
+            oldest = pending[next(iter(pending))]
+            self._refuse_syn(oldest)
+            self._forget(oldest, reset=True)
         self._register(flow)
-        self._connecting[pkt.src] = self._connecting.get(pkt.src, 0) + 1
+        pending[flow.flow_id] = flow
         flow.connecting = True
         self.stats["opened"] += 1
         self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port, path))
@@ -265,24 +269,27 @@ class TcpNat:
     def _connect_ended(self, flow: Flow) -> None:
         if flow.connecting:
             flow.connecting = False
-            vm_ip = flow.key[0]
-            left = self._connecting[vm_ip] - 1
-            if left:
-                self._connecting[vm_ip] = left
-            else:
-                del self._connecting[vm_ip]
+            pending = self._connecting[flow.key[0]]
+            del pending[flow.flow_id]
+            if not pending:
+                del self._connecting[flow.key[0]]
 
     def host_connect_failed(self, flow_id: int, now: float) -> None:
         """Refused, unreachable or timed out: the VM gets an RST at once."""
         flow = self.by_id.get(flow_id)
         if flow is None or flow.syn is None:
             return
-        vm_ip, vm_port, ip, port = flow.key
-        syn = flow.syn
-        tcp = build_tcp(ip, vm_ip, port, vm_port, 0, (syn.seq + 1) & 0xFFFFFFFF, RST | ACK, 0)
-        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
+        self._refuse_syn(flow)
         self.stats["refused"] += 1
         self._forget(flow, reset=False, host_closed=True)
+
+    def _refuse_syn(self, flow: Flow) -> None:
+        """RST answering the SYN of a flow still waiting for its host connect."""
+        assert flow.syn is not None
+        vm_ip, vm_port, ip, port = flow.key
+        ack = (flow.syn.seq + 1) & 0xFFFFFFFF
+        tcp = build_tcp(ip, vm_ip, port, vm_port, 0, ack, RST | ACK, 0)
+        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
 
     def host_data(self, flow_id: int, data: bytes, now: float) -> None:
         flow = self.by_id.get(flow_id)
@@ -452,7 +459,7 @@ class TcpNat:
     @property
     def pending_connects(self) -> int:
         """Host connects in flight, all VMs together."""
-        return sum(self._connecting.values())
+        return sum(map(len, self._connecting.values()))
 
     def __len__(self) -> int:
         return len(self.flows)
