@@ -146,8 +146,8 @@ def add_limits_options(p: argparse.ArgumentParser) -> None:
                    help="a query no upstream answered after trying each gets SERVFAIL "
                    "(default 5)")
     g.add_argument("--runas", metavar="USER[:GROUP]",
-                   help="when started as root, switch to this user once TAPs are open and "
-                   "listeners bound")
+                   help="run only: when started as root, switch to this user once TAPs are "
+                   "open and listeners bound")
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:
@@ -260,6 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s pyvpnkit %(levelname)s %(name)s: %(message)s",
     )
+    if args.runas:
+        from pyvpnkit.runtime.privileges import RunAsError, resolve
+
+        if args.command != "run":
+            parser.error("--runas is for `pyvpnkit run` (exec must be able to stop its command)")
+        try:
+            resolve(args.runas)
+        except RunAsError as exc:
+            parser.error(str(exc))
     if args.command == "exec":
         cmd = list(args.cmd)
         if cmd and cmd[0] == "--":

@@ -142,3 +142,31 @@ def test_silent_dns_upstreams_give_servfail_within_the_timeout(netenv: NetEnv) -
     assert 1.8 <= float(seconds) < 3.0, seconds
     counters = netenv.run_in("host", "nft", "list", "counters").stdout
     assert counters.count("packets 0 ") == 0, counters  # both servers were asked
+
+
+def test_runas_drops_root_after_setup_and_keeps_serving(netenv: NetEnv, tmp_path: Path) -> None:
+    port = echo_server(netenv)
+    vm = f"pvk-vm-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", vm], check=True)
+    log_path = tmp_path / "stack.log"
+    try:
+        with open(log_path, "w") as log_file:
+            stack = netenv.start_pyvpnkit(
+                "run", *exec_args(), "--log-level", "info", "--netns", vm, "--runas", "nobody",
+                stderr=log_file,
+            )
+        assert wait_for(lambda: "pyvpnkit running" in log_path.read_text(), 15)
+        status = Path(f"/proc/{stack.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == ["65534"] * 4, uid_line
+        out = subprocess.run(
+            ["ip", "netns", "exec", vm, sys.executable, FLOOD, "hold", HOST_ALIAS, str(port),
+             "20", "0", str(stack.pid)], capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.loads(out.stdout)["ok"] == 20
+        stack.terminate()
+        assert stack.wait(10) == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", vm], check=False)
+    assert "Traceback" not in log_path.read_text()

@@ -282,3 +282,25 @@ def test_connect_timeout_resets_the_vm() -> None:
             f.close()
 
     run(body)
+
+
+def test_host_socket_error_mid_stream_resets_the_vm() -> None:
+    async def body(engine: Engine, vm: VmLink, server: socket.socket) -> None:
+        port = server.getsockname()[1]
+        engine.frame_received(vm, syn(40001, port))
+        engine.flush()
+        (synack,) = vm.tcp_to(40001)
+        engine.frame_received(vm, ack_with(40001, port, synack, b"hello"))
+        engine.flush()
+        peer, _ = server.accept()
+        assert peer.recv(5) == b"hello"
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # an RST from the host side: recv() fails with ECONNRESET
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        while not any(s.flags & tcp.RST for s in vm.tcp_to(40001)) and loop.time() - t < 2:
+            await asyncio.sleep(0.01)
+        assert any(s.flags & tcp.RST for s in vm.tcp_to(40001))
+        assert engine.host_tcp.conns == {} and engine.host_tcp.budget.in_use == 0
+
+    run(body)

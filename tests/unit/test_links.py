@@ -280,7 +280,13 @@ def test_send_queue_is_bounded(tmp_path: Path) -> None:
         link.send_frames([big] * 10)
         assert link.dropped > 0
         assert link.queued <= MAX_SEND_QUEUE + len(big) + 4
+        # Another VM on the same listener is not stalled by the one that stopped reading.
+        d = await connect_unix(path)
+        await sink.until(lambda: len(sink.opened) == 2)
+        sink.opened[1].send_frame(frame(8))
+        assert await asyncio.wait_for(recv_frame(d, QEMU), 2) == frame(8)
         c.close()
+        d.close()
         listener.close()
 
     run(body)

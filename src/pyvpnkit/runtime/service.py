@@ -77,6 +77,7 @@ class Service:
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
+        self._runas_failed = False
 
     def resolv_conf_text(self) -> str:
         """/etc/resolv.conf inside an exec namespace: the gateway answers DNS."""
@@ -262,6 +263,15 @@ class Service:
         except (OSError, ValueError) as exc:
             log.error("cannot listen: %s", exc)
             self._stop.set()
+        if self.args.runas and not self._stop.is_set():
+            from pyvpnkit.runtime.privileges import RunAsError, drop_to
+
+            try:
+                drop_to(self.args.runas)
+            except (RunAsError, OSError) as exc:
+                log.error("cannot switch user: %s", exc)
+                self._stop.set()
+                self._runas_failed = True
         stop = self._stop
         for listener in listeners:
             if listener.kind == "stdio":
@@ -275,4 +285,5 @@ class Service:
         if self.extras is not None:
             await self.extras.aclose()
         self._shutdown()
-        return 1 if len(listeners) < len(listener_specs(self.args)) else 0
+        failed = len(listeners) < len(listener_specs(self.args)) or self._runas_failed
+        return 1 if failed else 0
