@@ -24,7 +24,7 @@ from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.limits import DescriptorBudget
-from pyvpnkit.wire import ethernet, icmp, ipv4, tcp, udp
+from pyvpnkit.wire import arp, ethernet, icmp, ipv4, tcp, udp
 
 CFG = NetConfig()
 VM_MAC = bytes.fromhex("020000000001")
@@ -302,5 +302,29 @@ def test_host_socket_error_mid_stream_resets_the_vm() -> None:
             await asyncio.sleep(0.01)
         assert any(s.flags & tcp.RST for s in vm.tcp_to(40001))
         assert engine.host_tcp.conns == {} and engine.host_tcp.budget.in_use == 0
+
+    run(body)
+
+
+@pytest.mark.parametrize("framing_name", ["qemu", "u16le"])
+def test_runts_on_a_stream_link_are_counted_drops(framing_name: str) -> None:
+    from pyvpnkit.links.stream import StreamLink
+    from pyvpnkit.wire.framing import QEMU, U16LE
+
+    framing = QEMU if framing_name == "qemu" else U16LE
+
+    async def body(engine: Engine, vm: VmLink, server: socket.socket) -> None:
+        link = StreamLink(engine, 1500, "stream", framing)
+        engine.link_opened(link)
+        before = engine.stack.stats["drop_malformed"]
+        arp_req = ethernet.build_ethernet(
+            ethernet.BROADCAST, VM_MAC, ethernet.ETHERTYPE_ARP,
+            arp.build_arp(
+                1, VM_MAC, VM_IP, b"\0" * 6, CFG.gateway_ip),
+        )
+        runts = b"".join(framing.header.pack(n) + b"r" * n for n in (0, 1, 13))
+        link.frames_from(runts + framing.encode(arp_req))
+        assert engine.stack.stats["drop_malformed"] - before == 3
+        assert not link.closed and engine.stack.stats["frames_in"] >= 4
 
     run(body)
