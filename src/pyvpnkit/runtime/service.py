@@ -110,7 +110,7 @@ class Service:
             self.stack, loop, connect_timeout=self.args.connect_timeout, budget=self.budget
         )
         self.udp = HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget)
-        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake)
+        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget)
         self.dns = DnsUpstream(loop, self.stack.dns, engine.wake)
         engine.add_executor(
             {t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)}, self.udp.fail
