@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.integration.netenv import HELPERS, WORLD_IP, NetEnv, exec_args, wait_for
 
@@ -44,31 +47,45 @@ def test_10000_concurrent_connections_from_a_soft_limit_of_1024(netenv: NetEnv) 
           f"{res['seconds']} s")
 
 
+@contextmanager
+def stack_for_vm(
+    netenv: NetEnv, log_path: Path, *args: str, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`pyvpnkit run --netns VM ARGS` (logging to log_path) for a fresh VM namespace."""
+    vm = f"pvk-vm-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", vm], check=True)
+    try:
+        with open(log_path, "w") as log_file:
+            stack = subprocess.Popen(
+                [*prefix, *netenv.pyvpnkit("run", *exec_args(), "--log-level", "info",
+                                           "--netns", vm, *args)],
+                stderr=log_file, start_new_session=True,
+            )
+        netenv.procs.append(stack)
+        assert wait_for(lambda: "pyvpnkit running" in log_path.read_text(), 15)
+        yield stack, vm
+    finally:
+        subprocess.run(["ip", "netns", "del", vm], check=False)
+
+
+def hold_from(vm: str, stack_pid: int, port: int, n: int, after: int) -> dict[str, Any]:
+    """conn_flood.py hold, run in the VM namespace with the test's own descriptor limit."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", vm, sys.executable, FLOOD, "hold", HOST_ALIAS, str(port),
+         str(n), str(after), str(stack_pid)], capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def test_beyond_a_low_hard_limit_connections_are_refused_at_once(
     netenv: NetEnv, tmp_path: Path
 ) -> None:
     """`run --netns` under a hard limit of 1,024 (the VM's client has its own, higher one)."""
     port = echo_server(netenv)
-    vm = f"pvk-vm-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", vm], check=True)
     log_path = tmp_path / "stack.log"
-    try:
-        with open(log_path, "w") as log_file:
-            stack = subprocess.Popen(
-                ["prlimit", "--nofile=1024:1024", *netenv.pyvpnkit(
-                    "run", *exec_args(), "--log-level", "info", "--netns", vm)],
-                stderr=log_file, start_new_session=True,
-            )
-        netenv.procs.append(stack)
-        assert wait_for(lambda: "pyvpnkit running" in log_path.read_text(), 15)
-        out = subprocess.run(
-            ["ip", "netns", "exec", vm, sys.executable, FLOOD, "hold", HOST_ALIAS, str(port),
-             "1500", "300", str(stack.pid)], capture_output=True, text=True, timeout=120,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-    finally:
-        subprocess.run(["ip", "netns", "del", vm], check=False)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    with stack_for_vm(netenv, log_path, prefix=("prlimit", "--nofile=1024:1024")) as (stack, vm):
+        res = hold_from(vm, stack.pid, port, 1500, 300)
     log = log_path.read_text()
     print(f"\nhard limit 1024: {res['ok']} served, {res['refused']} refused, "
           f"slowest refusal {res['max_refusal_s']} s")
@@ -150,27 +167,12 @@ def test_silent_dns_upstreams_give_servfail_within_the_timeout(netenv: NetEnv) -
 
 def test_runas_drops_root_after_setup_and_keeps_serving(netenv: NetEnv, tmp_path: Path) -> None:
     port = echo_server(netenv)
-    vm = f"pvk-vm-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", vm], check=True)
     log_path = tmp_path / "stack.log"
-    try:
-        with open(log_path, "w") as log_file:
-            stack = netenv.start_pyvpnkit(
-                "run", *exec_args(), "--log-level", "info", "--netns", vm, "--runas", "nobody",
-                stderr=log_file,
-            )
-        assert wait_for(lambda: "pyvpnkit running" in log_path.read_text(), 15)
+    with stack_for_vm(netenv, log_path, "--runas", "nobody") as (stack, vm):
         status = Path(f"/proc/{stack.pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uid_line.split()[1:] == ["65534"] * 4, uid_line
-        out = subprocess.run(
-            ["ip", "netns", "exec", vm, sys.executable, FLOOD, "hold", HOST_ALIAS, str(port),
-             "20", "0", str(stack.pid)], capture_output=True, text=True, timeout=60,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert json.loads(out.stdout)["ok"] == 20
+        assert hold_from(vm, stack.pid, port, 20, 0)["ok"] == 20
         stack.terminate()
         assert stack.wait(10) == 0
-    finally:
-        subprocess.run(["ip", "netns", "del", vm], check=False)
     assert "Traceback" not in log_path.read_text()
