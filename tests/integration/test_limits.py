@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pyvpnkit.api.client import ApiClient
 from tests.integration.netenv import HELPERS, WORLD_IP, NetEnv, exec_args, wait_for
 
 HOST_ALIAS = "192.168.65.2"
@@ -84,9 +85,17 @@ def test_beyond_a_low_hard_limit_connections_are_refused_at_once(
     """`run --netns` under a hard limit of 1,024 (the VM's client has its own, higher one)."""
     port = echo_server(netenv)
     log_path = tmp_path / "stack.log"
-    with stack_for_vm(netenv, log_path, prefix=("prlimit", "--nofile=1024:1024")) as (stack, vm):
+    api = f"unix://{tmp_path}/api.sock"
+    with stack_for_vm(netenv, log_path, "--api", api,
+                      prefix=("prlimit", "--nofile=1024:1024")) as (stack, vm):
         res = hold_from(vm, stack.pid, port, 1500, 300)
+        limits = ApiClient(api).stats()["limits"]
     log = log_path.read_text()
+    # /stats counts what was refused and why; nothing escaped as an error.
+    descriptors = limits["descriptors"]
+    assert descriptors["tcp_refused"] == descriptors["refused_budget"] == res["refused"], limits
+    assert descriptors["peak"] == descriptors["capacity"] and descriptors["in_use"] == 0, limits
+    assert limits["errors_contained"] == {"callback": 0}, limits
     print(f"\nhard limit 1024: {res['ok']} served, {res['refused']} refused, "
           f"slowest refusal {res['max_refusal_s']} s")
     assert res["hung"] == 0 and res["reset"] == 0 and res["other"] == 0, res

@@ -237,21 +237,23 @@ def test_a_send_error_costs_one_frame() -> None:
     run(body)
 
 
-def test_pending_connects_beyond_the_cap_evict_the_oldest() -> None:
-    stack = Stack(CFG, rng=random.Random(1), max_pending_connects=2)
-    for sport in (40001, 40002, 40003):
+@pytest.mark.parametrize("cap", [1, 2])
+def test_pending_connects_beyond_the_cap_evict_the_oldest(cap: int) -> None:
+    stack = Stack(CFG, rng=random.Random(1), max_pending_connects=cap)
+    sports = list(range(40001, 40002 + cap))
+    for sport in sports:
         stack.receive(1, syn(sport, 9), 0.0)
     frames, effects = stack.drain(0.0)
     opens = [e for e in effects if type(e).__name__ == "TcpOpen"]
     closes = [e for e in effects if type(e).__name__ == "TcpCloseHost"]
-    assert len(opens) == 3 and [c.flow_id for c in closes] == [opens[0].flow_id]
+    assert len(opens) == cap + 1 and [c.flow_id for c in closes] == [opens[0].flow_id]
     (rst,) = frames
     pkt = ipv4.parse_ipv4(ethernet.parse_ethernet(rst[1]).payload)
     seg = tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst)
     assert seg.dst_port == 40001 and seg.flags & tcp.RST
-    assert stack.tcp.pending_connects == 2 and stack.tcp.stats["evicted_pending"] == 1
+    assert stack.tcp.pending_connects == cap and stack.tcp.stats["evicted_pending"] == 1
     stack.tcp.host_connected(opens[1].flow_id, 0.1)
-    stack.tcp.host_connect_failed(opens[2].flow_id, 0.1)
+    stack.tcp.host_connect_failed(opens[-1].flow_id, 0.1)
     assert stack.tcp.pending_connects == 0
 
 

@@ -191,14 +191,14 @@ class TcpNat:
         if host is None:
             self._reject(pkt, seg)
             return
-        pending = self._connecting.setdefault(pkt.src, {})
+        pending = self._connecting.get(pkt.src, {})
         if len(pending) >= self.max_pending_connects:
             self.stats["evicted_pending"] += 1
             oldest = pending[next(iter(pending))]
             self._refuse_syn(oldest)
             self._forget(oldest, reset=True)
         self._register(flow)
-        pending[flow.flow_id] = flow
+        self._connecting.setdefault(pkt.src, {})[flow.flow_id] = flow
         flow.connecting = True
         self.stats["opened"] += 1
         self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port, path))

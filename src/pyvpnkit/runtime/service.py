@@ -141,9 +141,10 @@ class Service:
 
         def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
             self.callback_errors += 1
+            exc = context.get("exception")
+            log.debug("callback error: %s", context.get("message"), exc_info=exc)  # type: ignore[arg-type]
             count = throttle.event()
             if count:
-                exc = context.get("exception")
                 log.error("%d callback error(s) contained; last: %s", count,
                           repr(exc) if exc is not None else context.get("message"))
 
