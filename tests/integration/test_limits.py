@@ -107,6 +107,24 @@ def test_beyond_a_low_hard_limit_connections_are_refused_at_once(
     assert "Traceback" not in log and "Too many open files" not in log
 
 
+def test_when_the_kernel_says_emfile_connections_are_refused_at_once(
+    netenv: NetEnv, tmp_path: Path
+) -> None:
+    """The limit lowered under a running stack: the kernel's EMFILE, not the budget, says no."""
+    port = echo_server(netenv)
+    log_path = tmp_path / "stack.log"
+    with stack_for_vm(netenv, log_path) as (stack, vm):
+        subprocess.run(["prlimit", "--pid", str(stack.pid), "--nofile=600:600"], check=True)
+        res = hold_from(vm, stack.pid, port, 1000, 200)
+    log = log_path.read_text()
+    assert res["hung"] == 0 and res["reset"] == 0 and res["other"] == 0, res
+    assert 400 <= res["ok"] < 600 and res["ok"] + res["refused"] == 1000, res
+    assert res["max_refusal_s"] < 2.0, res
+    assert res["after"]["ok"] == 200, res
+    assert "out of descriptors (emfile): refused" in log
+    assert "Traceback" not in log
+
+
 BLACKHOLE = """table inet pvkhole {
   chain input { type filter hook input priority 0; policy accept;
     tcp dport 9 drop
