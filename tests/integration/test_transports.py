@@ -363,3 +363,20 @@ def test_runt_frames_are_dropped_and_the_link_stays(switch: Switch, kind: str) -
     finally:
         guest.close()
     assert switch.alive() is None, switch.alive()
+
+
+def test_dhcp_pool_exhaustion_gives_no_offer_and_one_log_line(netenv: NetEnv) -> None:
+    sw = _start_switch(netenv, ("--highest-ip", "192.168.65.3"))
+    first, second = guests = (sw.guest(name="first"), sw.guest(name="second"))
+    try:
+        assert first.dhcp().ip == socket.inet_aton("192.168.65.3")
+        with pytest.raises(TimeoutError):
+            second.dhcp(timeout=2)
+        assert wait_for(lambda: "DHCP: no free address" in sw.log.read_text(), 5)
+        # The VM that has the address is still served.
+        assert hashlib.sha256(sw.fetch(first)).hexdigest() == _expected_sha()
+    finally:
+        for guest in guests:
+            guest.close()
+        netenv.close()
+        shutil.rmtree(sw.dir, ignore_errors=True)
