@@ -365,7 +365,7 @@ def test_runt_frames_are_dropped_and_the_link_stays(switch: Switch, kind: str) -
     assert switch.alive() is None, switch.alive()
 
 
-def test_dhcp_pool_exhaustion_gives_no_offer_and_one_log_line(netenv: NetEnv) -> None:
+def test_dhcp_pool_exhaustion_gives_no_offer_and_a_log_line(netenv: NetEnv) -> None:
     sw = _start_switch(netenv, ("--highest-ip", "192.168.65.3"))
     first, second = guests = (sw.guest(name="first"), sw.guest(name="second"))
     try:
