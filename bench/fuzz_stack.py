@@ -21,6 +21,7 @@ as an internal error; and afterwards ARP, DHCP and a TCP handshake still work.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import struct
 import sys
@@ -29,7 +30,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if importlib.util.find_spec("pyvpnkit") is None:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pyvpnkit.core.config import NetConfig, ip4  # noqa: E402
 from pyvpnkit.core.dns.forwarder import UpstreamQuery  # noqa: E402

@@ -16,6 +16,7 @@ flows waiting for their idle timeout, plus the few opened once on first use).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,7 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "src"))
+if importlib.util.find_spec("pyvpnkit") is None:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO / "src"))
 
 from pyvpnkit.api.client import ApiClient  # noqa: E402
 from tests.integration.netenv import WORLD_IP, NetEnv, wait_for  # noqa: E402
