@@ -138,7 +138,7 @@ def test_syn_flood_into_a_black_hole_is_bounded(netenv: NetEnv) -> None:
     port = echo_server(netenv, "world", WORLD_IP)
     py = sys.executable
     script = (
-        f"{py} {FLOOD} syn {WORLD_IP} 9 10000 10 & sleep 4; "
+        f"{py} {FLOOD} syn {WORLD_IP} 9 10000 6 & sleep 3; "
         f"{py} {FLOOD} hold {WORLD_IP} {port} 50 0 $PPID; st=$?; wait; exit $st"
     )
     cmd = netenv.pyvpnkit(
