@@ -186,6 +186,7 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         help="verify TCP/UDP/ICMP checksums of VM frames (off: local links cannot corrupt; "
         "frames a TAP's kernel left to us to checksum are not verified)",
     )
+    add_limits_options(p)
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="info adds a line per finished TCP flow (default %(default)s)")
@@ -195,6 +196,24 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
                    help=f"bytes kept per captured frame, 1 to {MAX_SNAPLEN} (default 65535)")
     o.add_argument("--pcap-listen", action="append", default=[], metavar="PATH",
                    help="serve a live capture to every client of this unix socket (repeatable)")
+
+
+def add_limits_options(p: argparse.ArgumentParser) -> None:
+    """Resource limits and timeouts for floods and dead upstreams (README: Limits)."""
+    g = p.add_argument_group("limits")
+    g.add_argument("--connect-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="a host connect not done after this long gives the VM an RST "
+                   "(default 30)")
+    g.add_argument("--max-pending-connects", type=_int_in(1, 1 << 20, "--max-pending-connects"),
+                   default=1024, metavar="N",
+                   help="host connects one VM may have in flight; a SYN beyond resets the "
+                   "oldest (default 1024)")
+    g.add_argument("--dns-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="a query no upstream answered after trying each gets SERVFAIL "
+                   "(default 5)")
+    g.add_argument("--runas", metavar="USER[:GROUP]",
+                   help="run only: when started as root, switch to this user once TAPs are "
+                   "open and listeners bound")
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:
@@ -362,6 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError:
                 fd = args.ready_fd
                 raise UserError(f"--ready-fd {fd}: not an open file descriptor") from None
+        if args.runas:
+            from pyvpnkit.runtime.privileges import RunAsError, resolve
+
+            if args.command != "run":
+                parser.error("--runas is for `pyvpnkit run` "
+                             "(exec must be able to stop its command)")
+            try:
+                resolve(args.runas)
+            except RunAsError as exc:
+                parser.error(str(exc))
         if args.command == "exec":
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":

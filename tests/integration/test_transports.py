@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from pyvpnkit.runtime.engine import mac_for_uuid
+from pyvpnkit.wire.framing import QEMU, U16LE
 from tests.integration import vmclient
 from tests.integration.helpers.tcp_server import pattern
 from tests.integration.netenv import NetEnv, exec_args, wait_for
@@ -328,20 +329,54 @@ def _assert_hung_up(io: vmclient.StreamIO) -> None:
         raise AssertionError("the switch kept a connection with a bad length prefix")
 
 
-@pytest.mark.parametrize("bad", ["qemu-huge", "qemu-tiny", "vpnkit-tiny"])
-def test_bad_length_prefix_drops_only_that_client(switch: Switch, bad: str) -> None:
+def test_bad_length_prefix_drops_only_that_client(switch: Switch) -> None:
+    """A length beyond any frame: the framing is lost, that client (only) is hung up on."""
     good = switch.guest(name="good")
     try:
         good.dhcp()
-        if bad.startswith("qemu"):
-            io = vmclient.connect_qemu(switch.url("qemu"))
-            io.send_raw(b"\xff\xff\xff\xff" if bad == "qemu-huge" else b"\x00\x00\x00\x05hello")
-        else:
-            io, _hello = vmclient.connect_vpnkit(switch.url("vpnkit"), UUID_B)
-            io.send_raw(b"\x03\x00abc")
+        io = vmclient.connect_qemu(switch.url("qemu"))
+        io.send_raw(b"\xff\xff\xff\xff")
         _assert_hung_up(io)
         io.close()
         assert hashlib.sha256(switch.fetch(good)).hexdigest() == _expected_sha()
     finally:
         good.close()
     assert switch.alive() is None, switch.alive()
+
+
+@pytest.mark.parametrize("kind", ["qemu", "vpnkit"])
+def test_runt_frames_are_dropped_and_the_link_stays(switch: Switch, kind: str) -> None:
+    """0-, 1- and 13-byte frames with intact length prefixes cost only themselves."""
+    if kind == "qemu":
+        guest = switch.guest(name="runts")
+        header = QEMU.header
+    else:
+        guest, _hello = switch.vpnkit_guest(UUID_B, name="runts")
+        header = U16LE.header
+    try:
+        io = guest.io
+        assert isinstance(io, vmclient.StreamIO)
+        for n in (0, 1, 13):
+            io.send_raw(header.pack(n) + b"r" * n)
+        guest.dhcp()
+        assert hashlib.sha256(switch.fetch(guest)).hexdigest() == _expected_sha()
+    finally:
+        guest.close()
+    assert switch.alive() is None, switch.alive()
+
+
+def test_dhcp_pool_exhaustion_gives_no_offer_and_a_log_line(netenv: NetEnv) -> None:
+    sw = _start_switch(netenv, ("--highest-ip", "192.168.65.3"))
+    first, second = guests = (sw.guest(name="first"), sw.guest(name="second"))
+    try:
+        assert first.dhcp().ip == socket.inet_aton("192.168.65.3")
+        with pytest.raises(TimeoutError):
+            second.dhcp(timeout=2)
+        assert wait_for(lambda: "DHCP: no free address" in sw.log.read_text(), 5)
+        # The VM that has the address is still served.
+        assert hashlib.sha256(sw.fetch(first)).hexdigest() == _expected_sha()
+    finally:
+        for guest in guests:
+            guest.close()
+        netenv.close()
+        shutil.rmtree(sw.dir, ignore_errors=True)

@@ -264,6 +264,7 @@ def test_pool_exhaustion_gives_no_offer_until_an_offer_expires() -> None:
     offer, _ = handle(server, client_msg(DHCPDISCOVER, MAC2))  # offered, never requested
     assert offer.yiaddr == vm(4)
     assert server.handle(client_msg(DHCPDISCOVER, MAC3), 101.0) is None
+    assert server.stats["no_address"] == 1  # counted: the service logs it
     # The unanswered offer is reclaimed once its hold has passed; the ACKed lease is not.
     offer, _ = handle(server, client_msg(DHCPDISCOVER, MAC3), 100.0 + server.offer_hold)
     assert offer.yiaddr == vm(4)

@@ -220,11 +220,18 @@ def test_qemu_tcp_bad_length_closes_only_that_client() -> None:
         port = listener.address[1]
         good, bad = await connect_tcp(port), await connect_tcp(port)
         await sink.until(lambda: len(sink.opened) == 2)
+        # A runt (intact length, too short for Ethernet) is passed on for the
+        # switch to drop and count; the stream goes on.
         await send(bad, QEMU.encode(frame(9)) + b"\x00\x00\x00\x05" + b"short")
+        assert await recv_frame(bad, QEMU) == frame(9)
+        assert await recv_frame(bad, QEMU) == b"short"
+        assert not sink.closed
+        # A length beyond any frame loses the framing: only that client is closed.
+        await send(bad, QEMU.encode(frame(10)) + b"\x7f\xff\xff\xff")
         await expect_eof(bad)
         await sink.until(lambda: len(sink.closed) == 1)
-        # The frame before the bad header was still delivered.
-        assert [f for _, f in sink.frames] == [frame(9)]
+        # The frames before the bad header were still delivered.
+        assert [f for _, f in sink.frames] == [frame(9), b"short", frame(10)]
         for i in range(20):
             await send(good, QEMU.encode(frame(i)))
             assert await recv_frame(good, QEMU) == frame(i)
@@ -273,7 +280,13 @@ def test_send_queue_is_bounded(tmp_path: Path) -> None:
         link.send_frames([big] * 10)
         assert link.dropped > 0
         assert link.queued <= MAX_SEND_QUEUE + len(big) + 4
+        # Another VM on the same listener is not stalled by the one that stopped reading.
+        d = await connect_unix(path)
+        await sink.until(lambda: len(sink.opened) == 2)
+        sink.opened[1].send_frame(frame(8))
+        assert await asyncio.wait_for(recv_frame(d, QEMU), 2) == frame(8)
         c.close()
+        d.close()
         listener.close()
 
     run(body)
@@ -378,9 +391,12 @@ def test_vpnkit_handshake_and_frames(tmp_path: Path) -> None:
         assert sink.vif_calls[-1] == (UUID.replace("9", "8"), want)
         assert await recv_frame(b, U16LE) == frame(5)
 
-        # A bad length from b closes b only.
-        await send(b, b"\x03\x00abc")
-        await expect_eof(b)
+        # A runt from b is passed on (for the switch to drop); b stays up.
+        await send(b, b"\x03\x00abc" + b"\x00\x00" + U16LE.encode(frame(7)))
+        assert await recv_frame(b, U16LE) == b"abc"
+        assert await recv_frame(b, U16LE) == b""
+        assert await recv_frame(b, U16LE) == frame(7)
+        b.close()
         await sink.until(lambda: len(sink.closed) == 1)
         await send(a, U16LE.encode(frame(6)))
         assert await recv_frame(a, U16LE) == frame(6)

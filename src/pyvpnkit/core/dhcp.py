@@ -13,6 +13,7 @@ this switch, and answering one would need the relay's MAC, which we lack.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from pyvpnkit.core.config import NetConfig
@@ -101,6 +102,7 @@ class DhcpServer:
         self.decline_hold = decline_hold
         self._expires: dict[str, float] = {}  # key -> end of its offer/lease
         self._blocked: dict[bytes, float] = {}  # declined address -> unblock time
+        self.stats: Counter[str] = Counter()  # no_address: a client the pool had none for
         gw = config.gateway_ip
         lease = min(config.lease_time, _U32_MAX)
         self._lease_opts = {
@@ -160,6 +162,9 @@ class DhcpServer:
     def _discover(self, msg: DhcpMessage, key: str, now: float) -> DhcpReply | None:
         try:
             addr = self._allocate(key, msg.requested_ip, now)
+        except PoolExhausted:
+            self.stats["no_address"] += 1  # no offer: the client retries later
+            return None
         except PoolError:
             return None
         self._expires[key] = max(self._expires.get(key, now), now + self.offer_hold)
@@ -180,6 +185,8 @@ class DhcpServer:
         try:
             addr = self._allocate(key, wanted, now)
         except PoolError as exc:
+            if isinstance(exc, PoolExhausted):
+                self.stats["no_address"] += 1
             return self._nak(msg, str(exc))
         if addr != wanted:
             return self._nak(msg, "requested address is not available to this client")

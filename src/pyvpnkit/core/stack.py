@@ -95,6 +95,8 @@ class Stack:
         udp_idle_timeout: float = 60.0,
         udp_max_flows: int = 4096,
         dns_mode: str = "forward",
+        dns_timeout: float = 5.0,
+        max_pending_connects: int = 1024,
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
@@ -111,7 +113,8 @@ class Stack:
         self.arp = ArpResponder(config.gateway_mac, self._is_vm_address)
         self.dhcp = DhcpServer(config, self.pool)
         self.dns = DnsServer(
-            config, dns_upstreams or [], hosts_text, new_id=dns_query_id, mode=dns_mode
+            config, dns_upstreams or [], hosts_text, new_id=dns_query_id, mode=dns_mode,
+            timeout=dns_timeout,
         )
         self._dns_tcp = _DnsOverTcp(self)
         self.tcp = TcpNat(
@@ -122,6 +125,7 @@ class Stack:
             redirects=tcp_redirects,
             keepalive=tcp_keepalive,
             gso=tcp_gso,
+            max_pending_connects=max_pending_connects,
         )
         self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
         self.udp_forward = UdpForwarder(config)

@@ -2,11 +2,14 @@
 
 On a SYN to a new flow we ask the runtime to connect on the host first and
 answer the VM only once we know: SYN-ACK on success, RST on failure, so a
-refused connection is seen at once and a black hole never stalls other flows
-(there is no cap on connects in flight). Flow control is end to end: the
-window offered to the VM shrinks while the host socket has not taken our
-writes, and reading from the host pauses while the VM has not acknowledged
-what we sent it.
+refused connection is seen at once and a black hole never stalls other flows.
+Each VM may have ``max_pending_connects`` host connects in flight; a SYN
+beyond that evicts the VM's oldest one (an RST for it), so a SYN flood into a
+black hole holds a bounded number of sockets while a connect to a working
+destination, which completes in milliseconds, still gets through.
+Flow control is end to end: the window offered to the VM shrinks while the
+host socket has not taken our writes, and reading from the host pauses while
+the VM has not acknowledged what we sent it.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Flow:
     host_eof: bool = False
     paused: bool = False
     host_open: bool = True
+    connecting: bool = False  # counted in TcpNat._connecting until the host connect ends
     bytes_up: int = 0
     bytes_down: int = 0
     started: float = 0.0  # the VM's SYN (or our SYN for a port forward)
@@ -111,8 +115,12 @@ class TcpNat:
         redirects: tuple[Redirect, ...] = (),
         keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
         gso: bool = False,
+        max_pending_connects: int = 1024,
     ) -> None:
         self.config = config
+        self.max_pending_connects = max_pending_connects
+        # VM ip -> its flows whose host connect is in flight, oldest first
+        self._connecting: dict[bytes, dict[int, Flow]] = {}
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
@@ -138,7 +146,7 @@ class TcpNat:
         self._effects: list[object] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
-        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0}
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -177,19 +185,22 @@ class TcpNat:
             self._register(flow)
             self._accept(flow, now)
             return
-        for rule in self.redirects:
-            if rule.matches(pkt.dst, seg.dst_port):
-                self._register(flow)
-                self.stats["opened"] += 1
-                self._effects.append(TcpOpen(flow.flow_id, "", seg.dst_port, rule.path))
-                return
-        host, _error, _source = route(cfg, pkt.dst)
+        path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
+        host = "" if path is not None else route(cfg, pkt.dst)[0]
         if host is None:
             self._reject(pkt, seg)
             return
+        pending = self._connecting.get(pkt.src, {})
+        if len(pending) >= self.max_pending_connects:
+            self.stats["evicted_pending"] += 1
+            oldest = pending[next(iter(pending))]
+            self._refuse_syn(oldest)
+            self._forget(oldest, now, reset=True)
         self._register(flow)
+        self._connecting.setdefault(pkt.src, {})[flow.flow_id] = flow
+        flow.connecting = True
         self.stats["opened"] += 1
-        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port))
+        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port, path))
 
     def _register(self, flow: Flow) -> None:
         self.flows[flow.key] = flow
@@ -251,19 +262,33 @@ class TcpNat:
     def host_connected(self, flow_id: int, now: float) -> None:
         flow = self.by_id.get(flow_id)
         if flow is not None and flow.conn is None:
+            self._connect_ended(flow)
             self._accept(flow, now)
+
+    def _connect_ended(self, flow: Flow) -> None:
+        if flow.connecting:
+            flow.connecting = False
+            pending = self._connecting[flow.key[0]]
+            del pending[flow.flow_id]
+            if not pending:
+                del self._connecting[flow.key[0]]
 
     def host_connect_failed(self, flow_id: int, now: float) -> None:
         """Refused, unreachable or timed out: the VM gets an RST at once."""
         flow = self.by_id.get(flow_id)
         if flow is None or flow.syn is None:
             return
-        vm_ip, vm_port, ip, port = flow.key
-        syn = flow.syn
-        tcp = build_tcp(ip, vm_ip, port, vm_port, 0, (syn.seq + 1) & 0xFFFFFFFF, RST | ACK, 0)
-        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
+        self._refuse_syn(flow)
         self.stats["refused"] += 1
         self._forget(flow, now, reset=False, host_closed=True)
+
+    def _refuse_syn(self, flow: Flow) -> None:
+        """RST answering the SYN of a flow still waiting for its host connect."""
+        assert flow.syn is not None
+        vm_ip, vm_port, ip, port = flow.key
+        ack = (flow.syn.seq + 1) & 0xFFFFFFFF
+        tcp = build_tcp(ip, vm_ip, port, vm_port, 0, ack, RST | ACK, 0)
+        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
 
     def host_data(self, flow_id: int, data: bytes, now: float) -> None:
         flow = self.by_id.get(flow_id)
@@ -413,6 +438,7 @@ class TcpNat:
             self._effects.append(TcpCloseHost(flow.flow_id, reset))
 
     def _forget(self, flow: Flow, now: float, reset: bool, host_closed: bool = False) -> None:
+        self._connect_ended(flow)
         if not host_closed:
             self._close_host(flow, reset)
         if self.flows.get(flow.key) is flow:
@@ -436,6 +462,11 @@ class TcpNat:
             f"up={flow.bytes_up} down={flow.bytes_down} "
             f"duration={now - flow.started:.3f}s end={reason}"
         )
+
+    @property
+    def pending_connects(self) -> int:
+        """Host connects in flight, all VMs together."""
+        return sum(map(len, self._connecting.values()))
 
     def __len__(self) -> int:
         return len(self.flows)

@@ -2,6 +2,11 @@
 
 Frames arriving in one loop iteration are all handed to the stack before it
 is drained once, so one ACK or window update covers a whole batch.
+
+Nothing raised while handling one frame or one effect leaves the engine: a
+failed effect costs its own flow (the executor's ``fail`` resets it), a failed
+send costs that frame, each is counted in ``stats`` and reported by one
+throttled log line, and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -9,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link, VifError
 from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.limits import DescriptorBudget, Throttle
 
 log = logging.getLogger("pyvpnkit")
 
@@ -29,7 +36,14 @@ def mac_for_uuid(uuid: str) -> bytes:
 class Engine:
     """The FrameSink every link reports to, and the executor of the stack's effects."""
 
-    def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        connect_timeout: float = 30.0,
+        budget: DescriptorBudget | None = None,
+    ) -> None:
         self.stack = stack
         self.loop = loop or asyncio.get_running_loop()
         self.links: dict[int, Link] = {}
@@ -40,12 +54,34 @@ class Engine:
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
-        self.host_tcp = HostTcp(self.loop, stack.tcp, self.wake, settle=self.settle)
-        self.handlers: dict[type, Callable[[object], None]] = dict(self.host_tcp.handlers)
+        self.host_tcp = HostTcp(
+            self.loop, stack.tcp, self.wake, connect_timeout, settle=self.settle, budget=budget
+        )
+        self.handlers: dict[type, Callable[[object], None]] = {}
+        self.failers: dict[type, Callable[[object], None]] = {}
+        self.add_executor(self.host_tcp.handlers, self.host_tcp.fail)
         self.frame_taps: list[Callable[[int, bytes, bool], None]] = []  # pcap and friends
+        self.stats: Counter[str] = Counter()
+        self.last_error = ""
+        self._errors = Throttle(self.loop.time)
 
-    def add_executor(self, handlers: dict[type, Callable[[object], None]]) -> None:
+    def add_executor(
+        self,
+        handlers: dict[type, Callable[[object], None]],
+        fail: Callable[[object], None] | None = None,
+    ) -> None:
+        """Route effect types to their executor; ``fail`` cleans up after one that raised."""
         self.handlers.update(handlers)
+        if fail is not None:
+            self.failers.update(dict.fromkeys(handlers, fail))
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Count an error confined to one frame or effect; log it now and then, no traceback."""
+        self.stats[what] += 1
+        self.last_error = f"{what}: {exc!r}"
+        count = self._errors.event()
+        if count:
+            log.error("%d frame or effect error(s) contained; last %s", count, self.last_error)
 
     # -- FrameSink -----------------------------------------------------------
 
@@ -69,7 +105,10 @@ class Engine:
         if n is None:
             return
         for tap in self.frame_taps:
-            tap(n, frame, True)
+            try:
+                tap(n, frame, True)
+            except Exception as exc:  # noqa: BLE001 - a capture error costs the capture
+                self._failed("tap_errors", exc)
         self.stack.receive(n, frame, self.loop.time(), checksum_partial)
         self.wake()
 
@@ -142,29 +181,50 @@ class Engine:
         self._rearm()
 
     def _flush_once(self) -> None:
-        frames, effects = self.stack.drain(self.loop.time())
+        try:
+            frames, effects = self.stack.drain(self.loop.time())
+        except Exception as exc:  # noqa: BLE001 - a stack bug must not stop the links
+            self._failed("drain_errors", exc)
+            return
         # Host effects first: a write to a host socket is usually on the
         # critical path of a request, the ACK we owe the VM is not.
+        handlers = self.handlers
         for eff in effects:
-            handler = self.handlers.get(type(eff))
+            handler = handlers.get(type(eff))
             if handler is None:
                 log.error("no executor for %r", eff)
-            else:
+                continue
+            try:
                 handler(eff)
+            except Exception as exc:  # noqa: BLE001 - one effect's error costs its flow only
+                self._effect_failed(eff, exc)
         if frames:
             links = self.links
             taps = self.frame_taps
             for n, frame in frames:
                 link = links.get(n)
                 if link is not None:
-                    for tap in taps:
-                        tap(n, frame, False)
-                    link.send_frame(frame)
+                    try:
+                        for tap in taps:
+                            tap(n, frame, False)
+                        link.send_frame(frame)
+                    except Exception as exc:  # noqa: BLE001 - costs this frame only
+                        self._failed("send_errors", exc)
         closed = self.stack.tcp.closed_log
         if closed:
             for line in closed:
                 log.info("%s", line)
             closed.clear()
+
+    def _effect_failed(self, eff: object, exc: Exception) -> None:
+        self._failed("effect_errors", exc)
+        fail = self.failers.get(type(eff))
+        if fail is not None:
+            try:
+                fail(eff)
+            except Exception as exc2:  # noqa: BLE001
+                self._failed("effect_errors", exc2)
+        self._again = True  # the failure fed the stack (an RST to send)
 
     def _rearm(self) -> None:
         """Keep the one timer at or before the stack's earliest deadline.

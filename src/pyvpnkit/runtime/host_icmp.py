@@ -25,6 +25,7 @@ from typing import Literal
 from pyvpnkit.core.icmp_errors import kind_from_icmp
 from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend, IcmpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.wire import icmp as icmpw
 from pyvpnkit.wire.ipv4 import PROTO_ICMP
 
@@ -93,11 +94,13 @@ class HostIcmp:
         *,
         clock: Callable[[], float] | None = None,
         mode: Literal["auto", "ping", "raw"] = "auto",
+        budget: DescriptorBudget | None = None,
     ) -> None:
         self._loop = loop
         self._nat = nat
         self._wake = wake
         self._clock = clock or loop.time
+        self.budget = budget or DescriptorBudget(1 << 30, self._clock)
         self.mode: Mode | None = choose_mode(mode)
         if self.mode == "raw" and mode == "auto":
             log.info(
@@ -187,10 +190,16 @@ class HostIcmp:
         self._sendto(ps.sock, _echo_request(eff.ident, eff.seq, eff.payload), eff)
 
     def _ping_open(self, flow_id: int) -> _PingSocket | None:
+        if not self.budget.take("icmp"):
+            return None
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
         except OSError as exc:
-            log.warning("cannot open an ICMP ping socket: %s", exc)
+            self.budget.give()
+            if exc.errno in EXHAUSTED:
+                self.budget.refused("icmp", reason_of(exc))
+            else:
+                log.warning("cannot open an ICMP ping socket: %s", exc)
             return None
         try:
             sock.setblocking(False)
@@ -199,6 +208,7 @@ class HostIcmp:
             self._loop.add_reader(sock.fileno(), self._ping_readable, flow_id)
         except OSError as exc:
             sock.close()
+            self.budget.give()
             log.warning("cannot set up an ICMP ping socket: %s", exc)
             return None
         ps = _PingSocket(sock, ttl)
@@ -373,6 +383,7 @@ class HostIcmp:
     def _close_flow(self, flow_id: int) -> None:
         ps = self._socks.pop(flow_id, None)
         if ps is not None:
+            self.budget.give()
             self._loop.remove_reader(ps.sock.fileno())
             ps.sock.close()
         ident = self._ident_of.pop(flow_id, None)

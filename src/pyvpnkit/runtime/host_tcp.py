@@ -24,6 +24,7 @@ from pyvpnkit.core.effects import (
     TcpWrite,
 )
 from pyvpnkit.core.tcp_nat import READ_CHUNK, TcpNat
+from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger("pyvpnkit.tcp")
 
@@ -51,6 +52,7 @@ class HostTcp:
         wake: Callable[[], None],
         connect_timeout: float = 30.0,
         settle: Callable[[], None] | None = None,
+        budget: DescriptorBudget | None = None,
     ) -> None:
         self.loop = loop
         self.nat = nat
@@ -59,6 +61,7 @@ class HostTcp:
         # the next loop iteration (defaults to wake, which defers).
         self.settle = settle or wake
         self.connect_timeout = connect_timeout
+        self.budget = budget or DescriptorBudget(1 << 30, loop.time)
         self.conns: dict[int, _HostConn] = {}
         self.handlers: dict[type, Callable[[object], None]] = {
             TcpOpen: self._open,  # type: ignore[dict-item]
@@ -72,21 +75,25 @@ class HostTcp:
     # -- effects -------------------------------------------------------------
 
     def _open(self, eff: TcpOpen) -> None:
-        address: str | tuple[str, int]
-        if eff.unix_path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address = eff.unix_path
-        else:
-            family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # A remote peer that vanishes is noticed and reset towards the VM.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            address = (eff.host, eff.port)
-        sock.setblocking(False)
+        if not self.budget.take("tcp"):
+            self._refuse(eff.flow_id)
+            return
+        try:
+            sock, address = self._socket_for(eff)
+        except OSError as exc:
+            self.budget.give()
+            if exc.errno in EXHAUSTED:
+                self.budget.refused("tcp", reason_of(exc))
+            else:
+                log.debug("flow %d: no host socket: %s", eff.flow_id, exc)
+            self._refuse(eff.flow_id)
+            return
         conn = _HostConn(eff.flow_id, sock)
         self.conns[conn.fid] = conn
-        err = sock.connect_ex(address)
+        try:
+            err = sock.connect_ex(address)
+        except OSError as exc:  # e.g. a unix path too long
+            err = exc.errno or errno.EINVAL
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             self._connect_failed(conn, err)
             return
@@ -98,6 +105,40 @@ class HostTcp:
         conn.timeout = self.loop.call_later(
             self.connect_timeout, self._connect_failed, conn, errno.ETIMEDOUT
         )
+
+    @staticmethod
+    def _socket_for(eff: TcpOpen) -> tuple[socket.socket, str | tuple[str, int]]:
+        if eff.unix_path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            return sock, eff.unix_path
+        family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A remote peer that vanishes is noticed and reset towards the VM.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock, (eff.host, eff.port)
+
+    def _refuse(self, flow_id: int) -> None:
+        """No host socket for a new flow: the VM gets an RST at once."""
+        self.nat.host_connect_failed(flow_id, self.loop.time())
+        self.wake()
+
+    def fail(self, eff: object) -> None:
+        """An effect for this flow raised: drop its host socket, reset the VM's side."""
+        flow_id = getattr(eff, "flow_id", None)
+        if flow_id is None:
+            return
+        conn = self.conns.get(flow_id)
+        if conn is not None:
+            self._forget(conn)
+        self.nat.host_reset(flow_id, self.loop.time())
+        self.wake()
 
     def _write(self, eff: TcpWrite) -> None:
         conn = self.conns.get(eff.flow_id)
@@ -163,6 +204,7 @@ class HostTcp:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _HostConn(flow_id, sock, connected=True)
+        self.budget.add()
         self.conns[flow_id] = conn
         self._start_reading(conn)
 
@@ -279,6 +321,7 @@ class HostTcp:
     def _forget(self, conn: _HostConn) -> None:
         if self.conns.get(conn.fid) is conn:
             del self.conns[conn.fid]
+            self.budget.give()
         if conn.timeout is not None:
             conn.timeout.cancel()
         fd = conn.sock.fileno()

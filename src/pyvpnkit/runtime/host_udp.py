@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pyvpnkit.core.udp_nat import UdpClose, UdpNat, UdpOpen, UdpSend
 from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,13 @@ class HostUdp:
         wake: Callable[[], None],
         *,
         clock: Callable[[], float] | None = None,
+        budget: DescriptorBudget | None = None,
     ) -> None:
         self._loop = loop
         self._nat = nat
         self._wake = wake
         self._clock = clock or loop.time
+        self.budget = budget or DescriptorBudget(1 << 30, self._clock)
         self._socks: dict[int, _HostSocket] = {}
         self._unopened: set[int] = set()  # open failed (EMFILE...): retried on send
         self._buf = bytearray(65536)
@@ -100,12 +103,14 @@ class HostUdp:
         self._close(eff.flow_id)
 
     def _open(self, flow_id: int) -> _HostSocket | None:
+        """The flow's host socket, or None (counted) when no descriptor is to be had."""
+        if not self.budget.take("udp"):
+            self._unopened.add(flow_id)
+            return None
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         except OSError as exc:
-            self.stats["open_failed"] += 1
-            self._unopened.add(flow_id)
-            log.warning("cannot open a host UDP socket: %s", exc)
+            self._open_failed(flow_id, exc)
             return None
         try:
             sock.setblocking(False)
@@ -115,22 +120,36 @@ class HostUdp:
             self._loop.add_reader(sock.fileno(), self._readable, flow_id)
         except OSError as exc:
             sock.close()
-            self.stats["open_failed"] += 1
-            self._unopened.add(flow_id)
-            log.warning("cannot set up a host UDP socket: %s", exc)
+            self._open_failed(flow_id, exc)
             return None
         self._unopened.discard(flow_id)
         hs = _HostSocket(sock, ttl)
         self._socks[flow_id] = hs
         return hs
 
+    def _open_failed(self, flow_id: int, exc: OSError) -> None:
+        self.budget.give()
+        self.stats["open_failed"] += 1
+        self._unopened.add(flow_id)
+        if exc.errno in EXHAUSTED:
+            self.budget.refused("udp", reason_of(exc))
+        else:
+            log.warning("cannot set up a host UDP socket: %s", exc)
+
     def _close(self, flow_id: int) -> None:
         self._unopened.discard(flow_id)
         hs = self._socks.pop(flow_id, None)
         if hs is None:
             return
+        self.budget.give()
         self._loop.remove_reader(hs.sock.fileno())
         hs.sock.close()
+
+    def fail(self, eff: object) -> None:
+        """An effect for this flow raised: drop its socket; the next datagram opens a new one."""
+        flow_id = getattr(eff, "flow_id", None)
+        if flow_id is not None:
+            self._close(flow_id)
 
     def _sendto(self, eff: UdpSend) -> None:
         hs = self._socks.get(eff.flow_id)
@@ -140,7 +159,12 @@ class HostUdp:
                 return
             hs = self._open(eff.flow_id)
             if hs is None:
+                # Out of descriptors: the VM hears "unreachable" rather than silence.
                 self.stats["send_dropped"] += 1
+                self._nat.host_error(
+                    eff.flow_id, "host_unreachable", None, eff.dst_ip, eff.dst_port, self._clock()
+                )
+                self._wake()
                 return
         sock = hs.sock
         if eff.ttl != hs.ttl and 0 < eff.ttl < 256:

@@ -30,6 +30,7 @@ from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_udp import HostUdp
+from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
@@ -81,6 +82,8 @@ class Service:
             udp_idle_timeout=args.udp_idle_timeout,
             udp_max_flows=args.udp_max_flows,
             dns_mode=self.dns_mode,
+            dns_timeout=args.dns_timeout,
+            max_pending_connects=args.max_pending_connects,
         )
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
@@ -118,11 +121,18 @@ class Service:
     def _start(self) -> Engine:
         sysns.tune_malloc()
         loop = asyncio.get_running_loop()
-        engine = Engine(self.stack, loop)
-        self.udp = HostUdp(loop, self.stack.udp, engine.wake)
-        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake)
+        self._contain_callback_errors(loop)
+        self.budget = DescriptorBudget.from_limit(raise_nofile_limit(), loop.time)
+        log.info("host sockets for flows: at most %d", self.budget.capacity)
+        engine = Engine(
+            self.stack, loop, connect_timeout=self.args.connect_timeout, budget=self.budget
+        )
+        self.udp = HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget)
+        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget)
         self.dns = DnsUpstream(loop, self.stack.dns, engine.wake)
-        engine.add_executor({t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)})
+        engine.add_executor(
+            {t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)}, self.udp.fail
+        )
         engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
         engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
         if self.dns_mode == "host":
@@ -130,6 +140,7 @@ class Service:
             engine.add_executor({HostResolve: self.host_dns.perform})  # type: ignore[dict-item]
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
         self._bugs_reported = 0
+        self._exhausted_reported = 0
         self._watch_hosts()
         self.engine = engine
         if self.pcap is not None:
@@ -143,6 +154,36 @@ class Service:
             loop.add_signal_handler(sig, self._stop.set)
         return engine
 
+    def _contain_callback_errors(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Last line of defence: an error escaping a socket callback is one counted line."""
+        self.callback_errors = 0
+        throttle = Throttle(loop.time)
+
+        def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+            self.callback_errors += 1
+            exc = context.get("exception")
+            log.debug("callback error: %s", context.get("message"), exc_info=exc)  # type: ignore[arg-type]
+            count = throttle.event()
+            if count:
+                log.error("%d callback error(s) contained; last: %s", count,
+                          repr(exc) if exc is not None else context.get("message"))
+
+        loop.set_exception_handler(handler)
+
+    def extra_stats(self) -> dict[str, object]:
+        """Limits for /stats: descriptors, contained errors, link drops, pending connects."""
+        assert self.engine is not None
+        links = self.engine.links.values()
+        return {
+            "limits": {
+                "descriptors": self.budget.describe(),
+                "errors_contained": {**self.engine.stats, "callback": self.callback_errors},
+                "link_send_dropped": sum(link.dropped for link in links),
+                "tcp_connecting": self.stack.tcp.pending_connects,
+                "dhcp_no_address": self.stack.dhcp.stats["no_address"],
+            }
+        }
+
     def _watch_hosts(self) -> None:
         """Every 2 s: reload the hosts file if it changed, report stack bugs."""
         loop = asyncio.get_running_loop()
@@ -152,6 +193,13 @@ class Service:
             log.error("%d frame(s) dropped by internal errors; last: %s",
                       bugs - self._bugs_reported, self.stack.last_error)
             self._bugs_reported = bugs
+        exhausted = self.stack.dhcp.stats["no_address"]
+        if exhausted > self._exhausted_reported:
+            log.warning("DHCP: no free address for %d request(s); pool %s..%s is full",
+                        exhausted - self._exhausted_reported,
+                        socket.inet_ntoa(self.config.lowest_ip),
+                        socket.inet_ntoa(self.config.highest_ip))
+            self._exhausted_reported = exhausted
         self._hosts_timer = loop.call_later(2.0, self._watch_hosts)
 
     def _attach_tap(self, attached: Attached, name: str) -> None:
@@ -350,6 +398,14 @@ class Service:
                 break
             log.info("listening for %s VMs on %s", kind, url)
         assert self._stop is not None
+        if self.args.runas and not failed:
+            from pyvpnkit.runtime.privileges import RunAsError, drop_to
+
+            try:
+                drop_to(self.args.runas)
+            except (RunAsError, OSError) as exc:
+                log.error("cannot switch user: %s", exc)
+                failed = True
         stop = self._stop
         for listener in listeners:
             if listener.kind == "stdio":

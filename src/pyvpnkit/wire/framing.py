@@ -3,9 +3,12 @@
 A stream has no packet boundaries, so every frame carries a length header:
 qemu's ``-netdev stream``/``socket`` uses a 4-byte big-endian length, the
 vpnkit/hyperkit data phase and gvproxy's stdio mode a 2-byte little-endian one.
-A length that no Ethernet frame can have means the stream is out of sync (or
-is not speaking this framing at all); there is no way to resynchronise, so the
-decoder raises :class:`FramingError` and the caller drops the connection.
+A length beyond any frame the link can carry means the stream is out of sync
+(or is not speaking this framing at all); there is no way to resynchronise,
+so the decoder raises :class:`FramingError` and the caller drops the
+connection. A short length (0..13, a runt) still delimits its bytes: the runt
+is handed on like any frame, for the switch to drop and count, and the stream
+goes on. Closing there would cut the VM off the network for one bad frame.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ U16_MAX = 0xFFFF
 
 
 class FramingError(ParseError):
-    """A length header no frame can have: the stream cannot be trusted any more.
+    """A length header beyond any frame: the stream cannot be trusted any more.
 
     ``frames`` holds the whole frames decoded from the same chunk before the
     bad header, so a caller may still deliver them before closing.
@@ -109,7 +112,7 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self.failed:  # no way to find the next frame boundary again
-            raise FramingError(self._bad_length, MIN_FRAME_LEN, self.max_frame, [])
+            raise FramingError(self._bad_length, 0, self.max_frame, [])
         frames: list[bytes] = []
         hlen, unpack, hi = self._hlen, self._unpack, self.max_frame
         if self._buf:
@@ -124,11 +127,11 @@ class FrameDecoder:
         with memoryview(buf) as mv:
             while n - off >= hlen:
                 (length,) = unpack(buf, off)
-                if length < MIN_FRAME_LEN or length > hi:
+                if length > hi:
                     self.failed = True
                     self._bad_length = length
                     self._buf = bytearray()
-                    raise FramingError(length, MIN_FRAME_LEN, hi, frames)
+                    raise FramingError(length, 0, hi, frames)
                 start = off + hlen
                 end = start + length
                 if end > n:

@@ -1,0 +1,24 @@
+"""A short bench/soak.py run: mixed traffic, no errors, descriptors back, RSS steady."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+
+
+def test_short_soak() -> None:
+    spec = importlib.util.spec_from_file_location("soak", BENCH)
+    assert spec is not None and spec.loader is not None
+    soak = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = soak
+    spec.loader.exec_module(soak)
+    res = soak.soak(40, 5, report=print)
+    traffic = res["traffic"]
+    assert traffic["errors"] == 0, res
+    assert traffic["short_tcp"] > 100 and traffic["stream_mb"] > 0, res
+    assert traffic["udp"] > 100 and traffic["dns"] > 50 and traffic["ping_ok"] == 2, res
+    assert res["fds_back"], res
+    assert res["rss_drift_after_warmup_mb"] < 10, res
