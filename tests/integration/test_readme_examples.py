@@ -25,6 +25,11 @@ EXCLUDED = {
     "bash .ci/run": "runs this very test suite",
     "qemu-system-x86_64": "needs QEMU and a guest kernel (tests/integration/test_qemu.py)",
     "--listen-vfkit": "needs hyperkit or vfkit, macOS hypervisors",
+    "python3 -m venv": "installs from PyPI (CI installs the same way, into its own venv)",
+    "rootlesskit --net=slirp4netns": "interactive, as an ordinary user: test_rootless.py runs "
+    "this command line as a user it creates",
+    "rootlesskit --net=vpnkit": "Debian's rootlesskit has its vpnkit driver compiled out: "
+    "test_vpnkit_cli.py drives pyvpnkit-vpnkit as rootlesskit does",
 }
 # What each block run here must print, and the servers it talks to (matched by a
 # string in the block).
