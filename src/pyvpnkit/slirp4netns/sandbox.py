@@ -8,9 +8,11 @@ execute gains privileges). Then:
   dropped from all sets and the bounding set except CAP_NET_BIND_SERVICE
   (publishing ports below 1024) and CAP_NET_RAW (ICMP echo where ping
   sockets are not allowed); and where the kernel has Landlock, no writes to
-  the filesystem (runtime/landlock.py). slirp4netns instead pivots into an
-  empty root; pyvpnkit rereads files and imports lazily, so reads stay.
-- --enable-seccomp: runtime/seccomp.py's filter, through libseccomp.
+  the filesystem and no exec (runtime/landlock.py; a warning when the
+  kernel lacks it). slirp4netns instead pivots into an empty root; pyvpnkit
+  rereads files and imports lazily, so reads stay.
+- --enable-seccomp: runtime/seccomp.py's filter, through libseccomp (EPERM
+  where slirp4netns kills the process).
 
 Capabilities, no_new_privs and Landlock belong to a thread, so confine()
 refuses to run once the process has more than one.
