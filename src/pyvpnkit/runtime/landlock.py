@@ -22,7 +22,7 @@ SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
 CREATE_RULESET_VERSION = 1
 RULE_PATH_BENEATH = 1
 
-EXECUTE, WRITE_FILE, REMOVE_FILE = 1 << 0, 1 << 1, 1 << 5
+EXECUTE, REMOVE_FILE = 1 << 0, 1 << 5
 WRITES_V1 = sum(1 << bit for bit in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))  # write, remove, make
 REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15  # ABI 2, 3, 5
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
