@@ -43,6 +43,7 @@ class Engine:
         self.host_tcp = HostTcp(self.loop, stack.tcp, self.wake, settle=self.settle)
         self.handlers: dict[type, Callable[[object], None]] = dict(self.host_tcp.handlers)
         self.frame_taps: list[Callable[[int, bytes, bool], None]] = []  # pcap and friends
+        self.close_taps: list[Callable[[int], None]] = []  # told each link number that closes
 
     def add_executor(self, handlers: dict[type, Callable[[object], None]]) -> None:
         self.handlers.update(handlers)
@@ -79,6 +80,8 @@ class Engine:
             return
         del self.links[n]
         self.stack.link_closed(n, self.loop.time())
+        for tap in self.close_taps:
+            tap(n)
         log.info("link %s closed", link.name)
         self.wake()
 
