@@ -89,7 +89,7 @@ class Settings:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     try:
         with open(path, encoding="utf-8") as f:

@@ -147,7 +147,8 @@ class Gvproxy:
         try:
             await front.start()
         except (OSError, ValueError) as exc:
-            raise OSError(f"cannot listen on {url}: {getattr(exc, 'strerror', None) or exc}")
+            reason = getattr(exc, "strerror", None) or exc
+            raise OSError(f"cannot listen on {url}: {reason}") from None
         self.fronts.append(front)
 
     async def _gateway_api(self, forwarder: Any) -> None:

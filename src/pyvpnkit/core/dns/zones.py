@@ -152,7 +152,9 @@ class Zones:
     def __len__(self) -> int:
         return len(self._zones)
 
-    def lookup(self, qname: dns.name.Name, rdtype: int) -> list[dns.rrset.RRset] | NoSuchName | None:
+    def lookup(
+        self, qname: dns.name.Name, rdtype: int
+    ) -> list[dns.rrset.RRset] | NoSuchName | None:
         """Answer rrsets, [] for NODATA, NXDOMAIN, or None when no zone holds the name."""
         for zone in self._zones:
             if qname == zone.name or not qname.is_subdomain(zone.name):
