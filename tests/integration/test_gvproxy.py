@@ -90,8 +90,8 @@ class Setup:
     def in_vm(self, *args: str, timeout: float = 20) -> str:
         return sh("ip", "netns", "exec", self.vm, *args, timeout=timeout).stdout
 
-    def api(self, method: str, path: str, body: object = None) -> str:
-        cmd = ["curl", "-sS", "--fail-with-body", "--unix-socket", str(self.d / "api.sock"),
+    def api(self, method: str, path: str, body: object = None, sock: str = "api.sock") -> str:
+        cmd = ["curl", "-sS", "--fail-with-body", "--unix-socket", str(self.d / sock),
                "-X", method, f"http://gvproxy{path}"]
         if body is not None:
             cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
@@ -122,6 +122,7 @@ def gv() -> Iterator[Setup]:
             gvproxy = env.start(
                 "host", sys.executable, "-m", "pyvpnkit.gvproxy.cli", "-debug",
                 "-listen", f"unix://{d}/api.sock", "-listen-qemu", f"unix://{d}/qemu.sock",
+                "-services", f"unix://{d}/svc.sock",
                 "--ssh-port", str(SSH_PORT), "-notification", f"unix://{d}/notify.sock",
                 "-forward-sock", str(d / "host.sock"), "-forward-dest", str(d / "guest.sock"),
                 "-forward-user", "root", "-forward-identity", str(d / "id"),
@@ -216,6 +217,7 @@ def test_dns_zones_through_the_api_and_dig_in_the_guest(gv: Setup) -> None:
     assert dig("api-7.apps.test") == "10.1.2.4"
     zones = json.loads(gv.api("GET", "/services/dns/all"))
     assert [z["Name"] for z in zones] == ["containers.internal.", "docker.internal.", "apps.test."]
+    assert json.loads(gv.api("GET", "/services/dns/all", sock="svc.sock")) == zones
     # Other names go to the upstream server (the test's).
     assert dig("www.example.test") == "203.0.113.2"
 
@@ -231,6 +233,10 @@ def test_api_routes_and_the_gateway_forwarder_api_in_the_guest(gv: Setup) -> Non
                       "http://192.168.127.1/services/forwarder/all")
     assert {"local": f"127.0.0.1:{SSH_PORT}", "remote": f"{GUEST}:22",
             "protocol": "tcp"} in json.loads(inside)
+    # -services serves the same API without /connect.
+    code = sh("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket",
+              str(gv.d / "svc.sock"), "-X", "POST", "http://gvproxy/connect", timeout=10).stdout
+    assert code == "404"
     # gvproxy serves only the forwarder there.
     code = gv.in_vm("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                     "http://192.168.127.1/leases")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from pathlib import Path
 
 import pytest
 
 from pyvpnkit.core.config import ip4
+from pyvpnkit.core.stack import Stack
 from pyvpnkit.gvproxy import cli, flags
-from pyvpnkit.gvproxy.config import ConfigError, settings
+from pyvpnkit.gvproxy.config import HYPERKIT_UUID, ConfigError, settings
 from pyvpnkit.gvproxy.flags import FlagError
 from pyvpnkit.gvproxy.run import net_config, pool_bounds, run_options
+from pyvpnkit.runtime.engine import Engine
 
 
 def parse(*argv: str) -> flags.Args:
@@ -143,6 +146,8 @@ stack:
         ("stack:\n  dns: [{name: z., records: [{name: a, ip: x}]}]\n", [], r"stack.dns\[0\]"),
         ("stack:\n  gatewayMacAddress: nope\n", [], "is not a MAC address"),
         ("stack:\n  dhcpStaticLeases: {192.168.127.2: zz}\n", [], "is not a MAC"),
+        ("stack:\n  vpnKitUUIDMacAddresses: {u: zz}\n", [], "is not a MAC"),
+        ("stack:\n  dnsSearchDomains: ['a..b']\n", [], "'a..b' is not a domain name"),
         ("{}\n", ["-listen-bess", "unix:///x"], "must be unixpacket://"),
         ("{}\n", ["-listen-qemu", "unix:///q", "-listen-vpnkit", "unix:///v"],
          "cannot use qemu and vpnkit"),
@@ -165,3 +170,21 @@ def test_bad_config_is_one_clear_error(
 def test_bad_ssh_port_without_config() -> None:
     with pytest.raises(ConfigError, match="ssh-port value must be between 1024 and 65535"):
         settings(parse("-ssh-port", "22"))
+
+
+def test_hyperkit_uuid_gets_the_static_lease_mac_and_address(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search good.example bad..example\n")  # the bad one is skipped
+    s = settings(parse(), str(resolv))
+    assert s.search_domains == ["good.example"]
+    stack = Stack(net_config(s, run_options(s)))
+    stack.pool.allocate("mac:5a:94:ef:e4:0c:ee", ip4("192.168.127.2"), strict=True)
+    loop = asyncio.new_event_loop()
+    try:
+        engine = Engine(stack, loop)
+        assert engine.vif_request(HYPERKIT_UUID, None) == (
+            bytes.fromhex("5a94efe40cee"), ip4("192.168.127.2"))
+        other_mac, other_ip = engine.vif_request("0b6d1a2e-0000-4000-8000-000000000001", None)
+        assert other_mac != bytes.fromhex("5a94efe40cee") and other_ip == ip4("192.168.127.3")
+    finally:
+        loop.close()

@@ -35,6 +35,7 @@ class NetConfig:
     gateway_names: tuple[str, ...] = ("gateway.docker.internal", "gateway.internal")
     vm_names: tuple[str, ...] = ("vm.internal",)
     lease_time: int = 7 * 24 * 3600
+    uuid_macs: dict[str, bytes] = field(default_factory=dict)  # vmnet UUID -> MAC (gvproxy)
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

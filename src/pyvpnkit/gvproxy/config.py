@@ -72,6 +72,7 @@ class Settings:
     search_domains: list[str] = field(default_factory=list)
     forwards: dict[str, str] = field(default_factory=dict)  # "[udp:]IP:PORT" -> "IP:PORT"
     static_leases: dict[str, str] = field(default_factory=dict)  # IP -> MAC
+    uuid_macs: dict[str, str] = field(default_factory=dict)  # hyperkit VM UUID -> MAC
     ssh_forwards: list[SshForward] = field(default_factory=list)
     dns_servers: list[str] = field(default_factory=list)
     hosts: str = "/etc/hosts"
@@ -171,6 +172,18 @@ def _search_domains(resolv_conf: str) -> list[str]:
     except OSError:
         pass
     return []
+
+
+def _usable_domain(name: str) -> bool:
+    """A search domain DHCP can carry; the host's odd ones are skipped, not fatal."""
+    from pyvpnkit.wire.dhcp import encode_domain_search
+
+    try:
+        encode_domain_search([name])
+    except ValueError:
+        log.warning("search domain %r from the host's resolv.conf skipped: not a domain", name)
+        return False
+    return True
 
 
 def settings(args: Args, resolv_conf: str = "/etc/resolv.conf") -> Settings:
@@ -286,15 +299,17 @@ def _from_file(s: Settings, stack: dict[str, Any], args: Args) -> None:
         raise ConfigError(f"config: {exc}") from None
     s.search_domains = _strings(_typed(stack, "dnsSearchDomains", list, "stack.") or [],
                                 "stack.dnsSearchDomains")
+    for name in s.search_domains:
+        if not _usable_domain(name):
+            raise ConfigError(f"config: stack.dnsSearchDomains: {name!r} is not a domain name")
     s.forwards = _string_map(_typed(stack, "forwards", dict, "stack.") or {}, "stack.forwards")
     leases = _string_map(_typed(stack, "dhcpStaticLeases", dict, "stack.") or {},
                          "stack.dhcpStaticLeases")
     s.static_leases = {str(_ip(ip, "stack.dhcpStaticLeases")): _mac(mac, "stack.dhcpStaticLeases")
                        for ip, mac in leases.items()}
-    uuids = _typed(stack, "vpnKitUUIDMacAddresses", dict, "stack.") or {}
-    if uuids and uuids != {HYPERKIT_UUID: DEVICE_MAC}:
-        log.warning("config: stack.vpnKitUUIDMacAddresses ignored: pyvpnkit derives a hyperkit "
-                    "VM's MAC from its UUID")
+    uuids = _string_map(_typed(stack, "vpnKitUUIDMacAddresses", dict, "stack.") or {},
+                        "stack.vpnKitUUIDMacAddresses")
+    s.uuid_macs = {u: _mac(m, "stack.vpnKitUUIDMacAddresses") for u, m in uuids.items()}
     if "ssh-port" in args.given:
         log.warning('-ssh-port is unavailable with a config file: add "127.0.0.1:%d: %s:22" '
                     "to stack.forwards instead", args["ssh-port"], s.device_ip)
@@ -308,10 +323,11 @@ def _default_mode(s: Settings, args: Args, resolv_conf: str) -> None:
     names = [{"Name": "gateway", "IP": str(s.gateway_ip)}, {"Name": "host", "IP": str(s.host_ip)}]
     s.zones = [zone_from_dict({"Name": z, "Records": names})
                for z in ("containers.internal.", "docker.internal.")]
-    s.search_domains = _search_domains(resolv_conf)
+    s.search_domains = [d for d in _search_domains(resolv_conf) if _usable_domain(d)]
     if port != -1:
         s.forwards = {f"127.0.0.1:{port}": f"{s.device_ip}:22"}
     s.static_leases = {str(s.device_ip): DEVICE_MAC}
+    s.uuid_macs = {HYPERKIT_UUID: DEVICE_MAC}
 
 
 def _ssh_forwards(s: Settings, args: Args, data: dict[str, Any]) -> None:

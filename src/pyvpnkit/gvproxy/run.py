@@ -70,8 +70,13 @@ def net_config(s: Settings, options: argparse.Namespace) -> NetConfig:
         config = cli.build_config(options)
     except UserError as exc:
         raise ConfigError(str(exc)) from None
-    mac = bytes.fromhex(s.gateway_mac.replace(":", ""))
-    return dataclasses.replace(config, gateway_mac=mac, lease_time=3600)  # gvproxy: 1 hour
+    def mac(text: str) -> bytes:
+        return bytes.fromhex(text.replace(":", ""))
+
+    uuid_macs = {uuid: mac(m) for uuid, m in s.uuid_macs.items()}
+    # gvproxy leases for one hour.
+    return dataclasses.replace(config, gateway_mac=mac(s.gateway_mac), lease_time=3600,
+                               uuid_macs=uuid_macs)
 
 
 class Gvproxy:

@@ -86,7 +86,7 @@ class Engine:
         self.wake()
 
     def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
-        mac = mac_for_uuid(uuid)
+        mac = self.stack.config.uuid_macs.get(uuid) or mac_for_uuid(uuid)
         from pyvpnkit.core.ippool import PoolError
 
         try:
