@@ -251,3 +251,21 @@ def test_notifications_and_link_close(gv: Setup) -> None:
     assert wait_for(lambda: gv.notes.seen("connection_closed", GUEST_MAC), 10), gv.notes.messages
     assert gv.gvproxy.poll() is None  # the service outlives its VM's connection
     assert (gv.d / "gvproxy.pid").read_text().strip() == str(gv.gvproxy.pid)
+
+
+def test_unservable_vm_socket_is_a_hypervisor_error_and_exit_1(netenv: NetEnv) -> None:
+    d = Path(tempfile.mkdtemp(prefix="pvk-gv-"))
+    try:
+        notes = Notifications(str(d / "notify.sock"))
+        out = netenv.run_in(
+            "host", sys.executable, "-m", "pyvpnkit.gvproxy.cli", "-ssh-port", "-1",
+            "-listen-qemu", f"unix://{d}/missing-dir/qemu.sock", "-hosts", "/dev/null",
+            "-dns-server", "127.0.0.1#9", "-notification", f"unix://{d}/notify.sock",
+            check=False, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr and "missing-dir" in out.stderr
+        assert wait_for(lambda: notes.seen("hypervisor_error"), 5), notes.messages
+        assert not notes.seen("ready")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
