@@ -26,9 +26,15 @@ from pathlib import Path
 import pytest
 
 from tests.integration.netenv import NetEnv, sh, wait_for
-from tests.integration.qemu_image import ImageError, boot_kernel, build_initramfs, find_kernel
 from tests.integration.test_gvproxy import GUEST, GUEST_MAC, Notifications
-from tests.integration.test_qemu import QEMU, QEMU_MACHINE, UDHCPC, BootImage, _netdev_backends
+from tests.integration.test_qemu import (
+    BOOT,
+    QEMU,
+    QEMU_MACHINE,
+    BootImage,
+    _netdev_backends,
+    build_boot_image,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -36,18 +42,7 @@ HTTP_PORT = 48081
 BLOB_SIZE = 1 << 20
 BOOT_TIMEOUT = 90.0
 
-INIT = """#!/bin/sh
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-for m in $(cat /modules.order); do insmod /lib/modules/$m.ko || echo "PVK-MODFAIL $m"; done
-n=0
-while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
-ip link set lo up
-ip link set eth0 up
-udhcpc -i eth0 -f -n -q -t 10 -T 1 -O mtu -s /udhcpc.sh || echo "PVK-NODHCP"
+INIT = BOOT + """udhcpc -i eth0 -f -n -q -t 10 -T 1 -O mtu -s /udhcpc.sh || echo "PVK-NODHCP"
 wget -q -O /tmp/blob http://192.168.127.254:{port}/blob
 echo "PVK-WGET rc=$? size=$(wc -c < /tmp/blob)"
 echo "PVK-SHA256 $(sha256sum /tmp/blob)"
@@ -64,18 +59,7 @@ poweroff -f
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootImage]:
-    if shutil.which(QEMU) is None or shutil.which("busybox") is None:
-        pytest.skip(f"needs {QEMU} (qemu-system-x86) and busybox")
-    d = tmp_path_factory.mktemp("gvproxy-image")
-    try:
-        kernel = find_kernel()
-        initrd = build_initramfs(
-            d / "initrd.gz", kernel, INIT.format(port=HTTP_PORT), {"/udhcpc.sh": UDHCPC}
-        )
-    except ImageError as exc:
-        pytest.skip(f"{exc} (Debian: linux-image-amd64)")
-    yield BootImage(boot_kernel(kernel, d / "vmlinux"), initrd)
-    shutil.rmtree(d, ignore_errors=True)
+    yield from build_boot_image(tmp_path_factory, INIT.format(port=HTTP_PORT))
 
 
 def _tunnel_get(api: Path, ip: str, port: int) -> bytes:

@@ -115,9 +115,12 @@ class Front:
         self._bound: BoundUnixPath | None = None
 
     async def start(self) -> None:
-        sock, self._bound = listen_stream(parse_listen_url(self.url, "qemu"))
+        addr = parse_listen_url(self.url, "qemu")
+        sock, self._bound = listen_stream(addr)
         if self._bound is not None:
             os.chmod(self._bound.path, stat.S_IRUSR | stat.S_IWUSR)  # no authentication
+        if addr.scheme == "tcp" and addr.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("the API has no authentication and listens on %s", self.url)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Sniff(self), sock=sock)
         log.info("API listening on %s", self.url)

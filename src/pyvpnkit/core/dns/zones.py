@@ -79,6 +79,8 @@ def _get(obj: dict[str, Any], key: str) -> Any:
 def _ip(value: Any, where: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if value in (None, ""):
         return None
+    if not isinstance(value, str):
+        raise ZoneError(f"{where}: {value!r} is not an IP address")
     try:
         return ipaddress.ip_address(value)
     except ValueError:
