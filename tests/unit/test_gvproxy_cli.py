@@ -13,7 +13,7 @@ from pyvpnkit.core.stack import Stack
 from pyvpnkit.gvproxy import cli, flags
 from pyvpnkit.gvproxy.config import HYPERKIT_UUID, ConfigError, settings
 from pyvpnkit.gvproxy.flags import FlagError
-from pyvpnkit.gvproxy.run import net_config, pool_bounds, run_options
+from pyvpnkit.gvproxy.run import Gvproxy, net_config, pool_bounds, run_options
 from pyvpnkit.runtime.engine import Engine
 
 
@@ -188,3 +188,16 @@ def test_hyperkit_uuid_gets_the_static_lease_mac_and_address(tmp_path: Path) -> 
         assert other_mac != bytes.fromhex("5a94efe40cee") and other_ip == ip4("192.168.127.3")
     finally:
         loop.close()
+
+
+def test_static_leases_the_pool_cannot_give_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "gv.yaml"
+    path.write_text("stack:\n  dhcpStaticLeases:\n    192.168.127.254: 02:00:00:00:00:01\n")
+    with pytest.raises(ConfigError, match="outside the VM range"):
+        Gvproxy(settings(parse("-config", str(path), "-dns-server", "127.0.0.1", "-hosts",
+                               "/dev/null")))
+    path.write_text("stack:\n  dhcpStaticLeases:\n    192.168.127.5: 02:00:00:00:00:01\n"
+                    "    192.168.127.6: 02:00:00:00:00:01\n")
+    with pytest.raises(ConfigError, match="static lease 192.168.127.6 .* already holds"):
+        Gvproxy(settings(parse("-config", str(path), "-dns-server", "127.0.0.1", "-hosts",
+                               "/dev/null")))

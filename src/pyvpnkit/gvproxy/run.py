@@ -20,6 +20,7 @@ from typing import Any
 
 from pyvpnkit import cli
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.ippool import PoolError
 from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import UserError
 from pyvpnkit.gvproxy.config import ConfigError, Settings
@@ -65,17 +66,18 @@ def run_options(s: Settings) -> argparse.Namespace:
     return cli.make_parser().parse_args(["run", *run])
 
 
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
 def net_config(s: Settings, options: argparse.Namespace) -> NetConfig:
     try:
         config = cli.build_config(options)
     except UserError as exc:
         raise ConfigError(str(exc)) from None
-    def mac(text: str) -> bytes:
-        return bytes.fromhex(text.replace(":", ""))
-
-    uuid_macs = {uuid: mac(m) for uuid, m in s.uuid_macs.items()}
+    uuid_macs = {uuid: _mac(m) for uuid, m in s.uuid_macs.items()}
     # gvproxy leases for one hour.
-    return dataclasses.replace(config, gateway_mac=mac(s.gateway_mac), lease_time=3600,
+    return dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
                                uuid_macs=uuid_macs)
 
 
@@ -89,7 +91,10 @@ class Gvproxy:
         for ip, mac in s.static_leases.items():
             if not low <= ipaddress.IPv4Address(ip) <= high:
                 raise ConfigError(f"static lease {ip} for {mac}: outside the VM range {low}-{high}")
-            stack.pool.allocate("mac:" + mac, ipaddress.IPv4Address(ip).packed, strict=True)
+            try:
+                stack.pool.allocate("mac:" + mac, ipaddress.IPv4Address(ip).packed, strict=True)
+            except PoolError as exc:
+                raise ConfigError(f"static lease {ip} for {mac}: {exc}") from None
         for zone in s.zones:
             stack.dns.names.zones.add(zone)
         self.notifier = Notifier(s.notification) if s.notification else None
@@ -97,7 +102,7 @@ class Gvproxy:
         self.ssh: list[SshSocketForward] = []
         self.runner: Any = None  # the aiohttp AppRunner behind every API endpoint
         self.gateway_api: Any = None
-        self.tmp = tempfile.mkdtemp(prefix="pyvpnkit-gvproxy-")
+        self.tmp: str | None = None  # holds the gateway:80 API socket
         self.failed = False
 
     async def started(self) -> None:
@@ -167,6 +172,7 @@ class Gvproxy:
         app.router.add_post("/services/forwarder/expose", api.expose)
         app.router.add_post("/services/forwarder/unexpose", api.unexpose)
         app.router.add_get("/services/forwarder/all", api.forwards)
+        self.tmp = tempfile.mkdtemp(prefix="pyvpnkit-gvproxy-")
         path = f"{self.tmp}/gateway-api.sock"
         self.gateway_api = await api.start_api(f"unix://{path}", app)
         gateway = ipaddress.IPv4Network(f"{self.s.gateway_ip}/32")
@@ -227,7 +233,8 @@ class Gvproxy:
         if self.notifier is not None:
             await self.notifier.flush()
             self.notifier.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return 1 if code != 0 or self.failed else 0
 
 
