@@ -243,6 +243,19 @@ def test_api_routes_and_the_gateway_forwarder_api_in_the_guest(gv: Setup) -> Non
     assert code == "404"
 
 
+def test_cloud_metadata_is_refused_at_once(gv: Setup) -> None:
+    def rst_sent() -> int:
+        return int(json.loads(gv.api("GET", "/stats"))["connections"]["tcp_rst_sent"])
+
+    before = rst_sent()
+    started = time.monotonic()
+    out = subprocess.run(["ip", "netns", "exec", gv.vm, "curl", "-sS", "--max-time", "5",
+                          "http://169.254.169.254/"], capture_output=True, text=True)
+    assert out.returncode == 7, out.stderr  # could not connect: an RST, not a timeout
+    assert time.monotonic() - started < 4
+    assert rst_sent() == before + 1
+
+
 def test_notifications_and_link_close(gv: Setup) -> None:
     assert gv.notes.seen("ready")
     assert gv.notes.seen("connection_established", GUEST_MAC)

@@ -201,3 +201,15 @@ def test_static_leases_the_pool_cannot_give_are_config_errors(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="static lease 192.168.127.6 .* already holds"):
         Gvproxy(settings(parse("-config", str(path), "-dns-server", "127.0.0.1", "-hosts",
                                "/dev/null")))
+
+
+def test_link_local_refused_unless_ec2_metadata_access() -> None:
+    from pyvpnkit.core.routes import route
+
+    config = net_config(s := settings(parse("-ssh-port", "-1")), run_options(s))
+    assert route(config, ip4("169.254.169.254")) == (None, "admin_prohibited",
+                                                      ip4("169.254.169.254"))
+    assert route(config, ip4("203.0.113.9")) == ("203.0.113.9", None, None)
+    allowed = settings(parse("-ssh-port", "-1", "-ec2-metadata-access"))
+    config = net_config(allowed, run_options(allowed))
+    assert route(config, ip4("169.254.169.254")) == ("169.254.169.254", None, None)

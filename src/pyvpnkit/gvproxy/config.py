@@ -76,6 +76,7 @@ class Settings:
     ssh_forwards: list[SshForward] = field(default_factory=list)
     dns_servers: list[str] = field(default_factory=list)
     hosts: str = "/etc/hosts"
+    ec2_metadata_access: bool = False  # False: 169.254.0.0/16 is refused, as in gvproxy
 
     @property
     def protocol(self) -> str:
@@ -223,6 +224,9 @@ def settings(args: Args, resolv_conf: str = "/etc/resolv.conf") -> Settings:
     _host_alias(s, stack)
     s.pcap = _typed(stack, "capture-file", str, "stack.") or ""
     s.dns_servers = list(args["dns-server"])
+    s.ec2_metadata_access = bool(args["ec2-metadata-access"]
+                                 or _typed(data, "ec2-metadata-access", bool, "")
+                                 or _typed(stack, "ec2MetadataAccess", bool, "stack."))
     s.hosts = args["hosts"]
     if args["config"]:
         _from_file(s, stack, args)

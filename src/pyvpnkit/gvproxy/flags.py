@@ -67,7 +67,7 @@ FLAGS = [
     Flag("services", "string", "", "Exposes the same HTTP API as the --listen flag, without "
          "the /connect endpoint"),
     Flag("ec2-metadata-access", "bool", False, "Permits access to EC2 Metadata Service and "
-         "Amazon Time Sync Service (accepted; pyvpnkit does not block 169.254.0.0/16)"),
+         "Amazon Time Sync Service (169.254.0.0/16, refused otherwise)"),
     Flag("notification", "string", "", "Socket to be used to send network-ready notifications"),
     Flag("version", "bool", False, "Print version information and exit"),
     # pyvpnkit additions: gvproxy asks the host's resolver and reads /etc/hosts.

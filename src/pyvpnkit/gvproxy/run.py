@@ -34,6 +34,7 @@ from pyvpnkit.wire.framing import QEMU, U16LE
 
 log = logging.getLogger("pyvpnkit.gvproxy")
 
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")  # cloud metadata, unless allowed
 LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warn": "warning",
           "warning": "warning", "error": "error", "fatal": "error", "panic": "error"}
 
@@ -77,8 +78,9 @@ def net_config(s: Settings, options: argparse.Namespace) -> NetConfig:
         raise ConfigError(str(exc)) from None
     uuid_macs = {uuid: _mac(m) for uuid, m in s.uuid_macs.items()}
     # gvproxy leases for one hour.
+    blocked = () if s.ec2_metadata_access else (LINK_LOCAL,)
     return dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
-                               uuid_macs=uuid_macs)
+                               uuid_macs=uuid_macs, blocked=blocked)
 
 
 class Gvproxy:
