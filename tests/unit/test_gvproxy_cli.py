@@ -156,6 +156,8 @@ stack:
                   "-forward-identity", "/nonexistent/key"], "identity file"),
         ("{}\n", ["-notification", "tcp://x:1"], "must be unix://"),
         ("{}\n", ["-mtu", "100"], "mtu 100"),
+        ("interfaces: {qemu: 5}\n", [], "-listen-qemu: '5': no scheme"),
+        ("{}\n", ["-dns-server", "nope"], "-dns-server: use IP or IP#PORT"),
     ],
 )
 def test_bad_config_is_one_clear_error(
@@ -164,7 +166,8 @@ def test_bad_config_is_one_clear_error(
     path = tmp_path / "gv.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
-        settings(parse("-config", str(path), *argv))
+        s = settings(parse("-config", str(path), *argv))
+        run_options(s)
 
 
 def test_bad_ssh_port_without_config() -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import io
 import ipaddress
 import logging
 import shutil
@@ -64,7 +66,13 @@ def run_options(s: Settings) -> argparse.Namespace:
     run += ["--listen-stdio"] if s.interfaces.get("stdio") else []
     run += [f"--pid-file={s.pid_file}"] if s.pid_file else []
     run += [f"--pcap={s.pcap}"] if s.pcap else []
-    return cli.make_parser().parse_args(["run", *run])
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return cli.make_parser().parse_args(["run", *run])
+    except SystemExit:  # a value only `run`'s own checks catch, e.g. -dns-server's syntax
+        message = err.getvalue().strip().splitlines()[-1].partition("error: ")[2]
+        raise ConfigError(message.replace("argument --", "-")) from None
 
 
 def _mac(text: str) -> bytes:
