@@ -66,7 +66,6 @@ class Settings:
     gateway_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("192.168.127.1")
     device_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("192.168.127.2")
     host_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("192.168.127.254")
-    host_loopback: bool = True
     gateway_mac: str = GATEWAY_MAC
     zones: list[Zone] = field(default_factory=list)
     search_domains: list[str] = field(default_factory=list)
