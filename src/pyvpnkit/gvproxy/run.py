@@ -16,6 +16,7 @@ import dataclasses
 import io
 import ipaddress
 import logging
+import os
 import shutil
 import tempfile
 from typing import Any
@@ -64,7 +65,6 @@ def run_options(s: Settings) -> argparse.Namespace:
     run += [f"--dns-server={d}" for d in s.dns_servers]
     run += [f"--listen-{k}={url}" for k, url in s.interfaces.items() if k != "stdio"]
     run += ["--listen-stdio"] if s.interfaces.get("stdio") else []
-    run += [f"--pid-file={s.pid_file}"] if s.pid_file else []
     run += [f"--pcap={s.pcap}"] if s.pcap else []
     err = io.StringIO()
     try:
@@ -228,7 +228,26 @@ class Gvproxy:
 
     # -- running -------------------------------------------------------------------
 
+    def _write_pid_file(self) -> None:
+        """As gvproxy, at start and without a newline: podman reads it with strconv.Atoi."""
+        try:
+            with open(self.s.pid_file, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as exc:
+            reason = exc.strerror
+            raise ConfigError(f"failed to create pidfile {self.s.pid_file}: {reason}") from None
+
     async def run(self) -> int:
+        if self.s.pid_file:
+            self._write_pid_file()
+        try:
+            return await self._serve()
+        finally:
+            if self.s.pid_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.s.pid_file)
+
+    async def _serve(self) -> int:
         code = await self.service.run_forever(None, None, on_started=self.started)
         if code != 0 and not self.failed and self.notifier is not None:
             self.notifier.send(HYPERVISOR_ERROR)
