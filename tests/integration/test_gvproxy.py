@@ -10,9 +10,11 @@ a test DNS server as upstream and no hosts file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,6 +154,11 @@ def gv() -> Iterator[Setup]:
         yield setup
     finally:
         env.close()
+        # sshd's per-connection children start their own sessions: stop every process
+        # left in the VM namespace by its pid.
+        for pid in sh("ip", "netns", "pids", vm, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
         sh("ip", "netns", "del", vm, check=False)
         shutil.rmtree(d, ignore_errors=True)
 
