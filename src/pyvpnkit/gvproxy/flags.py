@@ -22,7 +22,7 @@ class FlagError(Exception):
     """A bad command line: one line, exit status 2."""
 
 
-class HelpRequested(Exception):  # noqa: N818 - a request, not an error
+class HelpRequested(Exception):
     """-h / -help: print the usage and exit 0."""
 
 
