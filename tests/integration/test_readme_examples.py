@@ -38,6 +38,7 @@ EXPECTED = {
         "hello pyvpnkit", "lease of 192.168.65.3 obtained", "iperf Done."
     ],
     "--api unix:///tmp/pvk.sock": ["\n200\n", "udp   127.0.0.1:5353", '"frames_in"'],
+    "pyvpnkit-gvproxy -listen": ['"local": "127.0.0.1:2222"', '"Name": "apps.internal."'],
 }
 SERVERS = {
     "curl http://host.docker.internal:8080/": [
@@ -67,9 +68,11 @@ def env(tmp_path: Path) -> Iterator[tuple[NetEnv, str]]:
         resolv.parent.mkdir(parents=True)
         resolv.write_text("nameserver 127.0.0.1\n")
         netenv.start_helper("host", "dns_server.py", "53")
-        wrapper = tmp_path / "pyvpnkit"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m pyvpnkit "$@"\n')
-        wrapper.chmod(0o755)
+        commands = (("pyvpnkit", "pyvpnkit"), ("pyvpnkit-gvproxy", "pyvpnkit.gvproxy.cli"))
+        for name, module in commands:
+            wrapper = tmp_path / name
+            wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m {module} "$@"\n')
+            wrapper.chmod(0o755)
         yield netenv, f"{tmp_path}:/usr/sbin:/usr/bin:/sbin:/bin"
     finally:
         netenv.close()

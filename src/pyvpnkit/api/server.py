@@ -2,7 +2,9 @@
 
 Routes: POST /services/forwarder/expose {"local","remote","protocol"},
 POST /services/forwarder/unexpose {"local","protocol"}, GET
-/services/forwarder/all, GET /stats, GET /leases. Bad requests get a 4xx with
+/services/forwarder/all, GET /stats, GET /leases (also /services/dhcp/leases),
+GET /cam (VM MAC -> link), POST /services/dns/add {"Name","Records","DefaultIP"},
+GET /services/dns/all. Bad requests get a 4xx with
 a one-line text reason; no request can stop the service. There is no
 authentication: the unix socket is created mode 0600 (owner only) and a TCP
 listener should stay on loopback.
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from pyvpnkit.core.dns.zones import ZoneError, zone_from_dict
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.runtime.forwarder import ForwardError, remove_stale_socket
 
@@ -119,6 +122,25 @@ async def leases(request: web.Request) -> web.Response:
     return web.json_response(leases_of(request.app[STACK]))
 
 
+async def cam(request: web.Request) -> web.Response:
+    """gvproxy's switch table: each VM MAC and the link it was last seen on."""
+    return web.json_response({m.hex(":"): n for m, n in request.app[STACK].macs.items()})
+
+
+async def dns_add(request: web.Request) -> web.Response:
+    """Add a zone, or put records in front of an existing zone's (gvproxy's /services/dns/add)."""
+    try:
+        zone = zone_from_dict(await _json_object(request))
+    except ZoneError as exc:
+        return _text(400, str(exc))
+    request.app[STACK].dns.names.zones.add(zone)
+    return web.Response(status=200)
+
+
+async def dns_all(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STACK].dns.names.zones.to_json())
+
+
 def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any]:
     """Traffic counters, drops by reason and live flows, from the machines' own counters."""
     s = stack.stats
@@ -200,6 +222,10 @@ def make_app(
     app.router.add_get("/services/forwarder/all", forwards)
     app.router.add_get("/stats", stats)
     app.router.add_get("/leases", leases)
+    app.router.add_get("/services/dhcp/leases", leases)
+    app.router.add_get("/cam", cam)
+    app.router.add_post("/services/dns/add", dns_add)
+    app.router.add_get("/services/dns/all", dns_all)
     return app
 
 
