@@ -102,7 +102,7 @@ class RetransmitLog:
     sequence order. The link does not reorder: a resent range still missing
     when one resent after it, or new data sent after it, has arrived was
     lost again (what RACK finds with timestamps, RFC 8985). Each range is
-    judged once; ranges found lost are queued in ``lost`` to be resent.
+    judged once; ranges found lost are queued to be resent (:meth:`next_lost`).
     """
 
     __slots__ = ("starts", "ends", "marks", "checked", "lost")
@@ -132,9 +132,9 @@ class RetransmitLog:
         ``newest`` is the peer's first SACK block, which holds its latest arrival.
         """
         starts = self.starts
-        if self.checked >= len(starts) or not sb.starts:
+        if self.checked >= len(starts) or not sb:
             return
-        upto = bisect_left(self.marks, sb.ends[-1])  # new data sent after these arrived
+        upto = bisect_left(self.marks, sb.high)  # new data sent after these arrived
         if newest is not None:
             lo, hi = newest
             j = bisect_right(starts, hi - 1) - 1  # the last range starting inside the block
@@ -147,3 +147,23 @@ class RetransmitLog:
                 self.lost.append((start, ends[k]))
         if upto > self.checked:
             self.checked = upto
+
+    def lost_bytes(self, sb: Scoreboard, una: int) -> int:
+        """Bytes of the ranges lost again that the peer still misses."""
+        return sum(sb.hole_bytes(s if s > una else una, e) for s, e in self.lost)
+
+    def next_lost(self, sb: Scoreboard, una: int, size: int) -> tuple[int, int] | None:
+        """Take up to ``size`` still missing bytes of the first range lost again:
+        (start, length), or None when none is left."""
+        lost = self.lost
+        while lost:
+            start, end = lost[0]
+            hole = sb.next_hole(start if start > una else una, end)
+            if hole is None:
+                lost.pop(0)
+                continue
+            start, stop = hole
+            n = min(stop - start, size)
+            lost[0] = (start + n, end)
+            return start, n
+        return None
