@@ -37,52 +37,31 @@ from pyvpnkit.core.tcp.receiver import Receiver
 from pyvpnkit.core.tcp.recovery import Recovery
 from pyvpnkit.core.tcp.rto import RtoEstimator
 from pyvpnkit.core.tcp.scoreboard import Scoreboard
-from pyvpnkit.core.tcp.sender import Sender
+from pyvpnkit.core.tcp.sender import DUPLICATE, Sender
 from pyvpnkit.core.tcp.seq import MASK, unwrap
+from pyvpnkit.core.tcp.state import (
+    CLOSE,
+    CLOSED,
+    CONNECT,
+    EXPIRED,
+    FIN_ACKED,
+    FIN_WAIT_2,
+    HANDSHAKE,
+    HANDSHAKE_DONE,
+    KEEPALIVE,
+    OPEN,
+    PASSIVE_OPEN,
+    PEER_FIN,
+    PEER_SYN,
+    RECEIVING,
+    SENDING,
+    SYN_RCVD,
+    SYN_SENT,
+    TIME_WAIT,
+    TRANSITIONS,
+)
 from pyvpnkit.core.tcp.timers import Timers, earliest
 from pyvpnkit.wire.tcp import ACK, FIN, RST, SYN, TcpSegment
-
-CLOSED = "CLOSED"
-SYN_SENT = "SYN_SENT"
-SYN_RCVD = "SYN_RCVD"
-ESTABLISHED = "ESTABLISHED"
-FIN_WAIT_1 = "FIN_WAIT_1"
-FIN_WAIT_2 = "FIN_WAIT_2"
-CLOSE_WAIT = "CLOSE_WAIT"
-CLOSING = "CLOSING"
-LAST_ACK = "LAST_ACK"
-TIME_WAIT = "TIME_WAIT"
-
-# What moves a connection from one state to the next (RFC 9293 3.3.2, figure 5).
-CONNECT = "connect"  # the host opens actively
-PASSIVE_OPEN = "passive open"  # the peer's SYN arrives for a listener
-PEER_SYN = "peer SYN"  # the peer's SYN without an ACK of ours (simultaneous open)
-HANDSHAKE_DONE = "handshake done"  # the peer acknowledged our SYN
-CLOSE = "close"  # the host has no more data (shutdown)
-FIN_ACKED = "FIN acked"  # the peer acknowledged our FIN
-PEER_FIN = "peer FIN"  # the peer's FIN arrived in order
-EXPIRED = "expired"  # TIME_WAIT's 2 MSL or FIN_WAIT_2's timeout ran out
-
-# Every state and every edge; an event missing from a state's row leaves it where it is.
-# Not listed: from any state, RST, abort() and giving up (timeouts) lead to CLOSED.
-TRANSITIONS: dict[str, dict[str, str]] = {
-    CLOSED: {CONNECT: SYN_SENT, PASSIVE_OPEN: SYN_RCVD},
-    SYN_SENT: {HANDSHAKE_DONE: ESTABLISHED, PEER_SYN: SYN_RCVD},
-    SYN_RCVD: {HANDSHAKE_DONE: ESTABLISHED},  # a FIN queued meanwhile then closes at once
-    ESTABLISHED: {CLOSE: FIN_WAIT_1, PEER_FIN: CLOSE_WAIT},
-    FIN_WAIT_1: {FIN_ACKED: FIN_WAIT_2, PEER_FIN: CLOSING},
-    FIN_WAIT_2: {PEER_FIN: TIME_WAIT, EXPIRED: CLOSED},
-    CLOSE_WAIT: {CLOSE: LAST_ACK},
-    CLOSING: {FIN_ACKED: TIME_WAIT},
-    LAST_ACK: {FIN_ACKED: CLOSED},
-    TIME_WAIT: {EXPIRED: CLOSED},
-}
-
-_OPEN = frozenset((SYN_SENT, SYN_RCVD, ESTABLISHED, CLOSE_WAIT))  # send() allowed
-_RECEIVING = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))  # peer has not sent FIN
-_SENDING = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK))
-_KEEPALIVE = frozenset((ESTABLISHED, CLOSE_WAIT))
-_HANDSHAKE = frozenset((SYN_SENT, SYN_RCVD))
 
 MAX_DUPACKS_PER_DRAIN = 64
 
@@ -186,8 +165,8 @@ class TcpConnection:
     def _start(self, syn: TcpSegment, wl2: int) -> None:
         """The peer's SYN: agree on the options and start both halves from it."""
         opt = self._opt
-        opt.negotiate(syn.options, offered=True)
-        self._rx.start(syn.seq, opt.rcv_wscale)
+        opt.negotiate(syn.options)
+        self._rx.start(syn.seq, opt.rcv_wscale, opt.ts_ok, syn.options.timestamps)
         self._tx.start(syn.window, syn.seq, wl2, opt.snd_mss, opt.snd_wscale, opt.ts_ok)
         self._rec.restart()
 
@@ -203,7 +182,7 @@ class TcpConnection:
 
     @property
     def send_space(self) -> int:
-        return self._tx.space(self._state in _OPEN)
+        return self._tx.space(self._state in OPEN)
 
     # Read-only views of the parts' state (RFC 9293's names), for the owner and tests.
     snd_una = property(lambda self: self._tx.snd_una)
@@ -231,14 +210,14 @@ class TcpConnection:
     def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
         """Queue up to ``send_space`` bytes for the peer; returns how many were taken."""
         self._now = now
-        return self._tx.append(data, self._state in _OPEN)
+        return self._tx.append(data, self._state in OPEN)
 
     def shutdown(self, now: float) -> None:
         """No more host data: FIN after what is queued; receiving goes on (half-close)."""
         self._now = now
-        if self._tx.fin_queued or self._state not in _OPEN:
+        if self._tx.fin_queued or self._state not in OPEN:
             return
-        self._tx.fin_queued = True
+        self._tx.queue_fin()
         self._move(CLOSE)  # in SYN_SENT / SYN_RCVD the FIN waits for the handshake
 
     def abort(self, now: float) -> None:
@@ -254,11 +233,13 @@ class TcpConnection:
         """The host took ``n`` received bytes: reopen the window (RFC 9293 3.8.6.2.2)."""
         self._now = now
         if n > 0:
-            self._rx.consumed(n, self._state in _RECEIVING)
+            self._rx.consumed(n, self._state in RECEIVING)
 
     # -- segments from the peer ------------------------------------------------
 
     def handle_segment(self, seg: TcpSegment, now: float) -> None:
+        """A segment from the peer, in RFC 9293 3.10.7.4's order: sequence number, RST
+        and SYN (the receiver), the ACK (the sender and recovery), then the text."""
         self._now = now
         st = self._state
         if st == CLOSED:
@@ -269,35 +250,51 @@ class TcpConnection:
         flags = seg.flags
         self._tm.heard_from(now)
         rx = self._rx
-        rcv_nxt = rx.rcv_nxt
-        seq = unwrap(seg.seq, rcv_nxt)
+        seq = unwrap(seg.seq, rx.rcv_nxt)
         payload = seg.payload
         plen = len(payload)
-
         if flags & SYN and st == SYN_RCVD and not flags & ACK and seq == rx.irs:
             self._syn_pending = True  # the peer missed our SYN-ACK
             return
-        if not rx.acceptable(seq, plen, flags):
-            if not flags & RST:
-                rx.ack_pending = True
-                if st == TIME_WAIT and flags & FIN:
-                    self._tm.enter_time_wait(now)
+        opts = seg.options
+        verdict = rx.check(seq, plen, flags, opts.timestamps)
+        if verdict != "accept":
+            if verdict == "reset":
+                if st != TIME_WAIT:
+                    self._event(Reset())
+                self._enter_closed()
+            elif verdict == "unacceptable" and st == TIME_WAIT and flags & (FIN | RST) == FIN:
+                self._tm.enter_time_wait(now)  # the peer's FIN again: our ACK was lost
             return
-        if flags & RST:
-            if st != TIME_WAIT:
-                self._event(Reset())
-            self._enter_closed()
+
+        tx = self._tx
+        snd_una = tx.snd_una
+        ack = unwrap(seg.ack, snd_una)
+        if st == SYN_RCVD:
+            if not snd_una < ack <= tx.snd_max:
+                self._send_rst(seg.ack)
+                return
+            self._establish()
+        if ack > tx.snd_max or ack < snd_una - max(tx.max_snd_wnd, 0xFFFF):
+            rx.ack_pending = True  # acknowledges what was never sent, or far too old (RFC 5961)
             return
-        if flags & SYN:
-            rx.ack_pending = True  # challenge ACK (RFC 5961 4.2)
-            return
-        if not flags & ACK:
-            return
-        if self._opt.ts_ok and seq <= rcv_nxt:
-            self._opt.saw_timestamp(seg.options.timestamps)
-        if not self._handle_ack(seg, seq, plen):
-            return
-        if self._state in _RECEIVING and (plen or flags & FIN):
+        if ack >= snd_una:  # else an old duplicate: ignore the ACK, keep the text
+            bare = plen == 0 and not flags & (SYN | FIN)
+            acked = tx.on_ack(ack, seq, seg.window, opts.timestamps, now, bare)
+            rec = self._rec
+            blocks = opts.sack_blocks if self._opt.sack_ok else ()
+            if acked >= 0:
+                if not self._acked(ack, acked):
+                    return
+                if blocks or rec.sacks.sacked:
+                    rec.on_sack(blocks)
+            else:
+                if blocks:
+                    rec.on_sack(blocks)
+                if acked == DUPLICATE:
+                    rec.on_dupack()
+
+        if self._state in RECEIVING and (plen or flags & FIN):
             if rx.text(seq, payload, flags & FIN):
                 rx.ack_pending = True
                 self._event(PeerClosed())
@@ -324,7 +321,10 @@ class TcpConnection:
         self._tm.opened(self._now)
         self._start(seg, tx.iss + 1)
         if ack_ok:
-            self._on_new_ack(tx.iss + 1, seg)
+            ack = tx.iss + 1
+            self._acked(
+                ack, tx.on_ack(ack, seg.seq, None, seg.options.timestamps, self._now, False)
+            )
             self._establish()
             self._rx.ack_pending = True
         else:
@@ -338,47 +338,15 @@ class TcpConnection:
         if self._tx.fin_queued:
             self._move(CLOSE)
 
-    def _handle_ack(self, seg: TcpSegment, seq: int, plen: int) -> bool:
-        """ACK field processing; False drops the rest of the segment."""
+    def _acked(self, ack: int, acked: int) -> bool:
+        """SND.UNA moved to ``ack`` over ``acked`` data bytes; False when that ended the
+        connection."""
+        self._rec.on_ack(ack, acked)
         tx = self._tx
-        snd_una = tx.snd_una
-        ack = unwrap(seg.ack, snd_una)
-        if self._state == SYN_RCVD:
-            if not snd_una < ack <= tx.snd_max:
-                self._send_rst(seg.ack)
-                return False
-            self._establish()
-        if ack > tx.snd_max:
-            self._rx.ack_pending = True  # acknowledges something never sent
-            return False
-        if ack < snd_una - max(tx.max_snd_wnd, 0xFFFF):
-            self._rx.ack_pending = True  # far too old (RFC 5961 5.2)
-            return False
-        if ack < snd_una:
-            return True  # old duplicate: ignore the ACK, keep the text
-        same_wnd = tx.update_window(seg.window, seq, ack)
-        rec = self._rec
-        blocks = seg.options.sack_blocks if self._opt.sack_ok else ()
-        if ack > snd_una:
-            if not self._on_new_ack(ack, seg):
-                return False
-            if blocks or rec.sacks:
-                rec.on_sack(blocks)
-            return True
-        if blocks:
-            rec.on_sack(blocks)
-        if plen == 0 and same_wnd and not seg.flags & (SYN | FIN) and tx.snd_max > snd_una:
-            rec.on_dupack()
-        return True
-
-    def _on_new_ack(self, ack: int, seg: TcpSegment) -> bool:
-        """``ack`` advances SND.UNA; False when the connection ended with it."""
-        tx = self._tx
-        self._rec.on_ack(ack, tx.on_ack(ack, seg.options.timestamps, self._now))
         if tx.fin_queued and ack > tx.buf.end:  # our FIN is acknowledged
             self._move(FIN_ACKED)
             return self._state != CLOSED
-        if tx.space_low and tx.space_regained() and self._state in _OPEN:
+        if tx.space_low and tx.space_regained() and self._state in OPEN:
             self._event(SendSpace())
         return True
 
@@ -393,7 +361,7 @@ class TcpConnection:
             return tm.tw_at
         tx = self._tx
         best = tx.deadline()
-        if st in _KEEPALIVE and tx.snd_max == tx.snd_una:
+        if st in KEEPALIVE and tx.snd_max == tx.snd_una:
             best = earliest(best, tm.keepalive_deadline())
         if st == FIN_WAIT_2:
             best = earliest(best, tm.fin_wait_2_deadline())
@@ -409,9 +377,9 @@ class TcpConnection:
             if tm.tw_at is not None and now >= tm.tw_at:
                 self._move(EXPIRED)
             return
-        fw2 = tm.fin_wait_2_deadline()
-        if st == FIN_WAIT_2 and fw2 is not None and now >= fw2:
-            self._send_rst()
+        fw2 = tm.fin_wait_2_deadline() if st == FIN_WAIT_2 else None
+        if fw2 is not None and now >= fw2:
+            self._send_rst()  # the peer went quiet without its FIN
             self._move(EXPIRED)
             return
         tx = self._tx
@@ -420,22 +388,22 @@ class TcpConnection:
             if self._state == CLOSED:
                 return
         if tx.persist_at is not None and now >= tx.persist_at:
-            if tx.persist_fired(now, self._state in _SENDING):
+            if tx.persist_fired(now, self._state in SENDING):
                 if tm.zero_window_probe():
                     self._probe_pending = True
                 else:
                     self._time_out()
         st = self._state
-        if st in _KEEPALIVE and tx.snd_max == tx.snd_una:
+        if st in KEEPALIVE and tx.snd_max == tx.snd_una:
             action = tm.keepalive(now)
             if action == "give up":
                 self._time_out()
             elif action == "probe":
                 self._probe_pending = True
-        tm.heard = False
+        tm.ran()
 
     def _on_rto(self, now: float) -> None:
-        handshake = self._state in _HANDSHAKE
+        handshake = self._state in HANDSHAKE
         verdict = self._tx.timeout(now, handshake, self._tm.heard)
         if verdict == "give up":
             self._time_out()
@@ -479,7 +447,7 @@ class TcpConnection:
     def _stop_timers(self) -> None:
         self._tx.stop_timers()
         self._probe_pending = False
-        self._rec.rexmit_una = False
+        self._rec.stop()
 
     def _emit_closed(self) -> None:
         if not self._closed_emitted:
@@ -515,12 +483,12 @@ class TcpConnection:
         now = self._now
         rx = self._rx
         tx = self._tx
-        if st in _HANDSHAKE:
+        if st in HANDSHAKE:
             if self._syn_pending or (st == SYN_RCVD and rx.ack_pending):
                 active = st == SYN_SENT
                 flags, ack = (SYN, 0) if active else (SYN | ACK, rx.rcv_nxt & MASK)
                 window = min(rx.buffer, 0xFFFF)
-                opts = self._opt.syn(now, active)
+                opts = self._opt.syn(now, active, rx.ts_recent)
                 self._packets.append(self._pb.build(tx.iss, ack, flags, window, opts))
                 tx.syn_sent(now)
             self._syn_pending = rx.ack_pending = False
@@ -529,7 +497,7 @@ class TcpConnection:
 
         window, edge = rx.window()
         ack = rx.rcv_nxt & MASK
-        opts = self._opt.segment(now, rx.reasm)
+        opts = self._opt.segment(now, rx.ts_recent, rx.reasm)
         build = self._pb.build
         out = self._packets
         sent_before = len(out)
@@ -542,14 +510,14 @@ class TcpConnection:
             acked = True
         rx.dupacks = 0
 
-        sending = st in _SENDING
-        if sending:
-            rec = self._rec
-            limit = None
-            if rec.rec_end is not None or rec.rexmit_una:
-                limit, resent = rec.output(out, window, ack, opts)
-                acked = acked or resent
-            acked = tx.send_data(out, window, ack, opts, rec.cc.cwnd, limit, now) or acked
+        sending = st in SENDING
+        rec = self._rec
+        limit = None
+        if sending and (rec.rec_end is not None or rec.rexmit_una):
+            limit, resent = rec.output(out, window, ack, opts)
+            acked = acked or resent
+        if tx.output(out, window, ack, opts, rec.cc.cwnd, limit, now, sending):
+            acked = True
         if self._probe_pending:
             self._probe_pending = False
             out.append(build((tx.snd_una - 1) & MASK, ack, ACK, window, opts))
@@ -559,4 +527,3 @@ class TcpConnection:
         rx.ack_pending = False
         if len(out) > sent_before and edge > rx.rcv_adv:
             rx.advertised(edge)  # the peer has been told: accept up to there from now on
-        tx.arm_timers(now, sending)

@@ -29,7 +29,7 @@ class Options:
 
     __slots__ = (
         "mss", "rcv_buffer", "use_sack", "use_ts", "use_ws",
-        "ws_ok", "sack_ok", "ts_ok", "ts_recent", "snd_mss", "snd_wscale", "rcv_wscale",
+        "ws_ok", "sack_ok", "ts_ok", "snd_mss", "snd_wscale", "rcv_wscale",
     )  # fmt: skip
 
     def __init__(
@@ -41,31 +41,23 @@ class Options:
         self.use_ts = timestamps
         self.use_ws = window_scaling
         self.ws_ok = self.sack_ok = self.ts_ok = False
-        self.ts_recent = 0  # the peer's latest TSval, echoed back (RFC 7323 4.3)
         self.snd_mss = self.mss
         self.snd_wscale = self.rcv_wscale = 0
 
-    def negotiate(self, peer: TcpOptions, offered: bool) -> None:
-        """Adopt the options of the peer's SYN (``offered``: we sent or will send ours)."""
+    def negotiate(self, peer: TcpOptions) -> None:
+        """Adopt the options of the peer's SYN: what both sides offered."""
         peer_mss = peer.mss if peer.mss else DEFAULT_PEER_MSS
         self.snd_mss = max(min(peer_mss, self.mss), MIN_MSS)
-        self.ws_ok = offered and self.use_ws and peer.wscale is not None
+        self.ws_ok = self.use_ws and peer.wscale is not None
         if self.ws_ok and peer.wscale is not None:
             self.snd_wscale = peer.wscale
             self.rcv_wscale = wscale_for(self.rcv_buffer)
         else:
             self.snd_wscale = self.rcv_wscale = 0
-        self.sack_ok = offered and self.use_sack and peer.sack_permitted
-        self.ts_ok = offered and self.use_ts and peer.timestamps is not None
-        if peer.timestamps is not None:
-            self.ts_recent = peer.timestamps[0]
+        self.sack_ok = self.use_sack and peer.sack_permitted
+        self.ts_ok = self.use_ts and peer.timestamps is not None
 
-    def saw_timestamp(self, ts: tuple[int, int] | None) -> None:
-        """An acceptable segment at or left of RCV.NXT carried ``ts`` (RFC 7323 4.3)."""
-        if ts is not None:
-            self.ts_recent = ts[0]
-
-    def syn(self, now: float, active: bool) -> bytes:
+    def syn(self, now: float, active: bool, ts_recent: int) -> bytes:
         """Options of our SYN (``active``: an offer) or SYN-ACK (the agreed subset)."""
         tsval = int(now * 1000) & MASK
         if active:
@@ -80,13 +72,13 @@ class Options:
                 mss=self.mss,
                 wscale=self.rcv_wscale if self.ws_ok else None,
                 sack_permitted=self.sack_ok,
-                timestamps=(tsval, self.ts_recent) if self.ts_ok else None,
+                timestamps=(tsval, ts_recent) if self.ts_ok else None,
             )
         return encode_options(opts)
 
-    def segment(self, now: float, reasm: Reassembly) -> bytes:
+    def segment(self, now: float, ts_recent: int, reasm: Reassembly) -> bytes:
         """Options of a non-SYN segment: timestamps, then SACK blocks if there are holes."""
-        opts = encode_timestamps(int(now * 1000) & MASK, self.ts_recent) if self.ts_ok else b""
+        opts = encode_timestamps(int(now * 1000) & MASK, ts_recent) if self.ts_ok else b""
         if self.sack_ok and reasm:
             blocks = reasm.sack_blocks(3 if self.ts_ok else 4)
             opts += encode_sack([(s & MASK, e & MASK) for s, e in blocks])

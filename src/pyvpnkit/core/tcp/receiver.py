@@ -9,14 +9,18 @@ peer sees follows what the host side absorbs.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pyvpnkit.core.tcp.reassembly import Chunk, Reassembly
-from pyvpnkit.wire.tcp import FIN, SYN
+from pyvpnkit.wire.tcp import ACK, FIN, RST, SYN
+
+Verdict = Literal["accept", "drop", "reset", "unacceptable"]
 
 
 class Receiver:
     __slots__ = (
         "buffer", "mss", "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "reasm", "peer_fin",
-        "unconsumed", "pending", "ack_pending", "dupacks",
+        "unconsumed", "pending", "ack_pending", "dupacks", "ts_ok", "ts_recent",
     )  # fmt: skip
 
     def __init__(self, buffer: int, mss: int, max_ooo_intervals: int) -> None:
@@ -32,26 +36,47 @@ class Receiver:
         self.pending: list[Chunk] = []  # in-order bytes for the next DataReceived
         self.ack_pending = False  # the next drain owes the peer an ACK
         self.dupacks = 0  # out-of-order arrivals since the last drain (RFC 5681 4.2)
+        self.ts_ok = False
+        self.ts_recent = 0  # the peer's latest TSval, echoed back (RFC 7323 4.3)
 
-    def start(self, irs: int, wscale: int) -> None:
+    def start(self, irs: int, wscale: int, timestamps: bool, ts: tuple[int, int] | None) -> None:
         """The peer's SYN arrived: its stream starts after ``irs``; offer an unscaled window."""
         self.irs = irs
         self.rcv_nxt = irs + 1
         self.rcv_adv = self.rcv_nxt + min(self.buffer, 0xFFFF)
         self.rcv_wscale = wscale
+        self.ts_ok = timestamps
+        if ts is not None:
+            self.ts_recent = ts[0]
 
-    def acceptable(self, seq: int, plen: int, flags: int) -> bool:
-        """Whether the segment overlaps the receive window (RFC 9293 3.10.7.4, first check)."""
+    def check(self, seq: int, plen: int, flags: int, ts: tuple[int, int] | None) -> Verdict:
+        """The first checks of an arriving segment (RFC 9293 3.10.7.4): sequence number,
+        RST, SYN, ACK; an accepted segment's TSval becomes TS.Recent (RFC 7323 4.3)."""
         rcv_nxt = self.rcv_nxt
         wnd = self.rcv_adv - rcv_nxt
         seg_len = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         if seg_len == 0:
-            return seq == rcv_nxt if wnd <= 0 else rcv_nxt <= seq < self.rcv_adv
-        if wnd <= 0:
+            ok = seq == rcv_nxt if wnd <= 0 else rcv_nxt <= seq < self.rcv_adv
+        elif wnd <= 0:
             # Like Linux, take a bare FIN at RCV.NXT even into a zero window.
-            return plen == 0 and flags & (FIN | SYN) == FIN and seq == rcv_nxt
-        last = seq + seg_len - 1
-        return rcv_nxt <= seq < self.rcv_adv or rcv_nxt <= last < self.rcv_adv
+            ok = plen == 0 and flags & (FIN | SYN) == FIN and seq == rcv_nxt
+        else:
+            last = seq + seg_len - 1
+            ok = rcv_nxt <= seq < self.rcv_adv or rcv_nxt <= last < self.rcv_adv
+        if not ok:
+            if not flags & RST:
+                self.ack_pending = True
+            return "unacceptable"
+        if flags & RST:
+            return "reset"
+        if flags & SYN:
+            self.ack_pending = True  # challenge ACK (RFC 5961 4.2)
+            return "drop"
+        if not flags & ACK:
+            return "drop"
+        if self.ts_ok and ts is not None and seq <= rcv_nxt:
+            self.ts_recent = ts[0]
+        return "accept"
 
     def text(self, seq: int, payload: memoryview, fin: int) -> bool:
         """Take the segment's bytes (and FIN); True once the peer's FIN is reached in order."""
@@ -73,7 +98,7 @@ class Receiver:
                 # Frames are immutable bytes: keep a view until the one copy in take_data().
                 self.pending.append(payload if isinstance(payload.obj, bytes) else bytes(payload))
                 rcv_nxt += plen
-                if self.reasm:
+                if self.reasm.bytes:  # (an attribute: cheaper than its __bool__)
                     chunks, new_nxt = self.reasm.pop(rcv_nxt)
                     self.pending.extend(chunks)
                     plen += new_nxt - rcv_nxt

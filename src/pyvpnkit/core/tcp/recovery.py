@@ -47,6 +47,10 @@ class Recovery:
         self.sacks.clear()
         self.rec_end = None
 
+    def stop(self) -> None:
+        """The timers stopped (TIME_WAIT or CLOSED): no retransmission is due."""
+        self.rexmit_una = False
+
     # -- ACKs ------------------------------------------------------------------
 
     def on_ack(self, ack: int, acked: int) -> None:

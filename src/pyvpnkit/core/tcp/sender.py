@@ -21,6 +21,8 @@ from pyvpnkit.core.tcp.seq import MASK
 from pyvpnkit.wire.tcp import ACK, FIN, PSH
 
 Expiry = Literal["give up", "idle", "resend"]
+DUPLICATE = -1  # Sender.on_ack: a duplicate ACK
+OLD = -2  # Sender.on_ack: SND.UNA did not move, but not a duplicate ACK either
 
 
 class Sender:
@@ -104,7 +106,7 @@ class Sender:
 
     def append(self, data: bytes | bytearray | memoryview, open_: bool) -> int:
         """Queue as much of ``data`` as there is room for; returns how many bytes."""
-        space = self.space(open_)
+        space = 0 if self.fin_queued or not open_ else self.size - len(self.buf)
         n = len(data)
         if n > space:
             n = space
@@ -115,6 +117,10 @@ class Sender:
         if self.size - len(self.buf) < self.low:
             self.space_low = True
         return n
+
+    def queue_fin(self) -> None:
+        """No more host data: our FIN follows what is queued."""
+        self.fin_queued = True
 
     def space_regained(self) -> bool:
         """True once after the buffer drained past its low-water mark."""
@@ -128,26 +134,38 @@ class Sender:
 
     # -- ACKs ------------------------------------------------------------------
 
-    def update_window(self, window: int, seq: int, ack: int) -> bool:
-        """Take the segment's window if it is not older than the last one
-        (RFC 9293 3.10.7.4); True when it equals the window we had."""
-        new_wnd = window << self.snd_wscale
-        same = new_wnd == self.snd_wnd
-        wl1 = self.snd_wl1
-        if wl1 < seq or (wl1 == seq and self.snd_wl2 <= ack):
-            self.snd_wnd = new_wnd
-            self.snd_wl1 = seq
-            self.snd_wl2 = ack
-            if new_wnd > self.max_snd_wnd:
-                self.max_snd_wnd = new_wnd
-            if new_wnd:
-                self.persist_at = None
-                self.persist_backoff = 0
-        return same
+    def on_ack(
+        self,
+        ack: int,
+        seq: int,
+        window: int | None,
+        ts: tuple[int, int] | None,
+        now: float,
+        bare: bool,
+    ) -> int:
+        """An acceptable ACK (SND.UNA <= ``ack`` <= SND.MAX) of a segment starting at ``seq``.
 
-    def on_ack(self, ack: int, ts: tuple[int, int] | None, now: float) -> int:
-        """``ack`` advances SND.UNA: free the bytes, sample the RTT, restart the timer and
-        the retry budget; returns how many data bytes were acknowledged."""
+        Takes its window unless it is older than the last one (RFC 9293 3.10.7.4; None:
+        the SYN-ACK's, already taken). If it acknowledges new data: frees the bytes,
+        samples the RTT, restarts the timer and the retry budget, and returns how many
+        data bytes that was. Otherwise returns DUPLICATE for a duplicate ACK (RFC 5681 2:
+        ``bare`` of data, SYN and FIN, same window, data outstanding) or OLD."""
+        same = True
+        if window is not None:
+            new_wnd = window << self.snd_wscale
+            same = new_wnd == self.snd_wnd
+            wl1 = self.snd_wl1
+            if wl1 < seq or (wl1 == seq and self.snd_wl2 <= ack):
+                self.snd_wnd = new_wnd
+                self.snd_wl1 = seq
+                self.snd_wl2 = ack
+                if new_wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = new_wnd
+                if new_wnd:
+                    self.persist_at = None
+                    self.persist_backoff = 0
+        if ack == self.snd_una:
+            return DUPLICATE if bare and same and self.snd_max > ack else OLD
         buf = self.buf
         acked = buf.ack(min(ack, buf.end))
         if self.ts_ok and ts is not None and ts[1]:
@@ -181,7 +199,7 @@ class Sender:
 
     # -- segments --------------------------------------------------------------
 
-    def send_data(
+    def output(
         self,
         out: list[bytes],
         window: int,
@@ -190,57 +208,69 @@ class Sender:
         cwnd: int,
         limit: int | None,
         now: float,
+        sending: bool,
     ) -> bool:
         """Send new (or, after a timeout, resend) data and the FIN as cwnd and the peer's
-        window allow; ``limit`` overrides that edge (SACK recovery)."""
+        window allow (``limit`` overrides that edge: SACK recovery), if ``sending``; then
+        time what is in flight, or probe a zero window that holds data back. True if
+        anything was sent."""
         sb = self.buf
         end = sb.end
         nxt = self.snd_nxt
         fin_queued = self.fin_queued
-        if nxt > end or (nxt == end and not fin_queued):
-            return False  # nothing waits: all sent, FIN included if queued
-        eff_mss = self.snd_mss - len(opts)
-        eff_seg = max(self.gso_size or 0, self.snd_mss) - len(opts)
-        build = self._pb.build
-        snd_una = self.snd_una
-        snd_wnd = self.snd_wnd
-        if limit is None:
-            limit = snd_una + (cwnd if cwnd < snd_wnd else snd_wnd)
         sent = False
-        while nxt < end:
-            room = limit - nxt
-            n = end - nxt
-            if n > eff_seg:
-                n = eff_seg
-            if room < n and room >= eff_mss and n > eff_mss:
-                n = room - room % eff_mss  # a super-segment of whole segments
-            if room < n:
-                # Sender SWS avoidance (RFC 9293 3.8.6.2.1) without Nagle.
-                peer_limited = snd_wnd <= cwnd and room >= self.max_snd_wnd // 2
-                if room > 0 and (nxt == snd_una or peer_limited):
-                    n = room
-                else:
-                    break
-            seg_end = nxt + n
-            flags = ACK
-            if seg_end == end:
-                flags = ACK | PSH | FIN if fin_queued else ACK | PSH
-            elif limit - seg_end < eff_mss:
-                flags = ACK | PSH
-            out.append(build(nxt & MASK, ack, flags, window, opts, sb.slice(nxt, n)))
-            sent = True
-            if self.rtt_seq is None and nxt >= self.snd_max and not self.ts_ok:
-                self.rtt_seq = seg_end
-                self.rtt_time = now
-            nxt = seg_end + (1 if flags & FIN else 0)
-        else:
-            if fin_queued and nxt == end:
-                out.append(build(nxt & MASK, ack, ACK | FIN, window, opts))
+        if sending and (nxt < end or (fin_queued and nxt == end)):
+            eff_mss = self.snd_mss - len(opts)
+            eff_seg = max(self.gso_size or 0, self.snd_mss) - len(opts)
+            build = self._pb.build
+            snd_una = self.snd_una
+            snd_wnd = self.snd_wnd
+            if limit is None:
+                limit = snd_una + (cwnd if cwnd < snd_wnd else snd_wnd)
+            while nxt < end:
+                room = limit - nxt
+                n = end - nxt
+                if n > eff_seg:
+                    n = eff_seg
+                if room < n and room >= eff_mss and n > eff_mss:
+                    n = room - room % eff_mss  # a super-segment of whole segments
+                if room < n:
+                    # Sender SWS avoidance (RFC 9293 3.8.6.2.1) without Nagle.
+                    peer_limited = snd_wnd <= cwnd and room >= self.max_snd_wnd // 2
+                    if room > 0 and (nxt == snd_una or peer_limited):
+                        n = room
+                    else:
+                        break
+                seg_end = nxt + n
+                flags = ACK
+                if seg_end == end:
+                    flags = ACK | PSH | FIN if fin_queued else ACK | PSH
+                elif limit - seg_end < eff_mss:
+                    flags = ACK | PSH
+                out.append(build(nxt & MASK, ack, flags, window, opts, sb.slice(nxt, n)))
                 sent = True
-                nxt += 1
-        self.snd_nxt = nxt
-        if nxt > self.snd_max:
-            self.snd_max = nxt
+                if self.rtt_seq is None and nxt >= self.snd_max and not self.ts_ok:
+                    self.rtt_seq = seg_end
+                    self.rtt_time = now
+                nxt = seg_end + (1 if flags & FIN else 0)
+            else:
+                if fin_queued and nxt == end:
+                    out.append(build(nxt & MASK, ack, ACK | FIN, window, opts))
+                    sent = True
+                    nxt += 1
+            self.snd_nxt = nxt
+            if nxt > self.snd_max:
+                self.snd_max = nxt
+        if self.snd_max > self.snd_una:
+            if self.rto_at is None:
+                self.rto_at = now + self.rto.rto
+            self.persist_at = None
+        elif sending and nxt < end and self.snd_wnd == 0:
+            if self.persist_at is None:
+                self.persist_at = now + self._persist_interval()
+        else:
+            self.persist_at = None
+            self.persist_backoff = 0
         return sent
 
     def retransmit_una(self, out: list[bytes], window: int, ack: int, opts: bytes) -> int:
@@ -284,19 +314,6 @@ class Sender:
         if persist_at is not None and (rto_at is None or persist_at < rto_at):
             return persist_at
         return rto_at
-
-    def arm_timers(self, now: float, sending: bool) -> None:
-        """After output: time what is in flight, or probe a zero window that holds data back."""
-        if self.snd_max > self.snd_una:
-            if self.rto_at is None:
-                self.rto_at = now + self.rto.rto
-            self.persist_at = None
-        elif sending and self.snd_nxt < self.buf.end and self.snd_wnd == 0:
-            if self.persist_at is None:
-                self.persist_at = now + self._persist_interval()
-        else:
-            self.persist_at = None
-            self.persist_backoff = 0
 
     def stop_timers(self) -> None:
         self.rto_at = None

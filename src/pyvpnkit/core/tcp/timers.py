@@ -56,6 +56,10 @@ class Timers:
         self._ka_sent = 0
         self._probes_unanswered = 0
 
+    def ran(self) -> None:
+        """A timer run is over: only segments after it count as ``heard``."""
+        self.heard = False
+
     def keepalive_deadline(self) -> float | None:
         """When the next keepalive probe is due (for a connection that may be probed)."""
         if self.keepalive_idle is None:
