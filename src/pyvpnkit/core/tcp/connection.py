@@ -8,12 +8,14 @@ window update) answers a whole batch and data rides on it.
 Sequence numbers are kept unwrapped (growing ints starting at the ISS/IRS) and
 only reduced modulo 2**32 on the wire, so comparisons are plain ``<``.
 
-This module holds the states and wires the parts together, as mirage-tcpip's
-``state.ml`` and ``pcb.ml`` do: the :class:`Receiver` (window, reassembly),
-the :class:`Sender` (send buffer, segments, retransmission and persist
-timers), :class:`Recovery` (NewReno, SACK scoreboard), :class:`Options` (what
-the SYNs agreed, what each segment carries) and :class:`Timers` (keepalive,
-FIN_WAIT_2, TIME_WAIT). Each part owns its state; the connection reads it.
+This module runs the state machine (its table is in ``state``) and wires the
+parts together, as mirage-tcpip's ``pcb.ml`` does: the :class:`Receiver`
+(window, reassembly, the ACK it owes), the :class:`Sender` (send buffer,
+segments, retransmission and persist timers), :class:`Recovery` (NewReno, SACK
+scoreboard), :class:`Options` (what the SYNs agreed, what each segment
+carries) and :class:`Timers` (keepalive, FIN_WAIT_2, TIME_WAIT). Each part
+owns its state and changes it through its methods; the connection reads it,
+and only sets or clears the receiver's request flags (an ACK owed).
 """
 
 from __future__ import annotations
