@@ -125,11 +125,14 @@ class TcpNat:
         self._iss = iss
         self._local_service = local_service
         # Options every connection gets, whichever side opens it. Links that
-        # segment for us (TSO) take packets up to the IPv4 maximum.
+        # segment for us (TSO) take packets up to the IPv4 maximum. Paused host
+        # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
+        snd_buffer = max(snd_buffer, READ_CHUNK)
         self._conn_options: dict[str, Any] = {
             "mss": config.mtu - 40,
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
+            "send_space_low": max(snd_buffer // 4, READ_CHUNK),
             "checksum": checksum,
             # Idle seconds before the first probe, seconds between probes, probes.
             "keepalive_idle": keepalive[0] if keepalive else None,
