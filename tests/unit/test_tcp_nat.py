@@ -287,7 +287,7 @@ def test_vm_leaving_the_switch_resets_its_flows_only() -> None:
     w = World()
     vm, fid = w.established()
     other = w.connect(src=VM2, sport=50000)
-    w.nat.forget_vm(VM)
+    w.nat.forget_vm(VM, w.now)
     w.run()
     assert w.host.socks[fid].closed is True and len(w.nat) == 1
     assert other.conn.state == "SYN_SENT"
@@ -297,7 +297,7 @@ def test_vm_leaving_the_switch_resets_its_flows_only() -> None:
 
 
 def test_keepalive_probes_an_idle_vm_and_gives_up_when_it_is_gone() -> None:
-    w = World(keepalive_idle=30.0)
+    w = World(keepalive=(30.0, 75.0, 9))
     vm, fid = w.established()
     assert w.nat.next_deadline() == pytest.approx(130.0)
     w.advance(31)  # probed at 130; the VM's answer restarts the idle time
