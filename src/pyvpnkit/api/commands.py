@@ -169,7 +169,8 @@ async def start_service_extras(service: Any) -> ServiceExtras:
             counter = FrameCounter()
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)
-            app = make_app(extras.forwarder, stack, counter=counter)
+            app = make_app(extras.forwarder, stack, counter=counter,
+                           http_proxy=getattr(service, "http_proxy", None))
             try:
                 extras.api = await start_api(url, app)
             except OSError as exc:

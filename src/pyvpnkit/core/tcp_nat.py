@@ -20,6 +20,7 @@ from typing import Any
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
+    ProxyOpen,
     TcpCloseHost,
     TcpOpen,
     TcpPauseReading,
@@ -86,6 +87,7 @@ class Flow:
     started: float = 0.0  # the VM's SYN (or our SYN for a port forward)
     ended: bool = False  # its summary is logged (at close, not after TIME_WAIT)
     deadline: float | None = None
+    via: str = ""  # where the HTTP proxy sent it, for the flow log
 
 
 def rst_for(pkt: IPv4Packet, seg: TcpSegment) -> bytes:
@@ -105,6 +107,7 @@ class TcpNat:
         *,
         iss: Callable[[], int],
         local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
+        proxy_mode: Callable[[bytes, int], str | None] = lambda ip, port: None,
         rcv_buffer: int = 2 << 20,
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
@@ -116,6 +119,7 @@ class TcpNat:
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
+        self._proxy_mode = proxy_mode
         # Options every connection gets, whichever side opens it. Links that
         # segment for us (TSO) take packets up to the IPv4 maximum.
         self._conn_options: dict[str, Any] = {
@@ -138,7 +142,7 @@ class TcpNat:
         self._effects: list[object] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
-        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0}
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "proxied": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -184,6 +188,14 @@ class TcpNat:
                 self._effects.append(TcpOpen(flow.flow_id, "", seg.dst_port, rule.path))
                 return
         host, _error, _source = route(cfg, pkt.dst)
+        mode = self._proxy_mode(pkt.dst, seg.dst_port)
+        if mode is not None:
+            # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
+            self._register(flow)
+            self.stats["proxied"] += 1
+            dst = socket.inet_ntoa(pkt.dst)
+            self._effects.append(ProxyOpen(flow.flow_id, dst, seg.dst_port, mode))
+            return
         if host is None:
             self._reject(pkt, seg)
             return
@@ -431,10 +443,11 @@ class TcpNat:
             return
         flow.ended = True
         vm_ip, vm_port, ip, port = flow.key
+        via = f" via {flow.via}" if flow.via else ""
         self.closed_log.append(
             f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
             f"up={flow.bytes_up} down={flow.bytes_down} "
-            f"duration={now - flow.started:.3f}s end={reason}"
+            f"duration={now - flow.started:.3f}s end={reason}{via}"
         )
 
     def __len__(self) -> int:

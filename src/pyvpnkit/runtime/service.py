@@ -24,12 +24,14 @@ from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
+from pyvpnkit.proxy_options import proxy_settings
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_udp import HostUdp
+from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
@@ -82,6 +84,8 @@ class Service:
             udp_max_flows=args.udp_max_flows,
             dns_mode=self.dns_mode,
         )
+        self.proxy_settings = proxy_settings(args)
+        self.proxy_config = self.proxy_settings.initial()  # a bad --http file stops us here
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
@@ -125,6 +129,12 @@ class Service:
         engine.add_executor({t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)})
         engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
         engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
+        self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
+        engine.add_executor(self.http_proxy.executors(engine.handlers))
+        if self.proxy_settings.path is not None:
+            self.proxy_watch = ConfigWatcher(self.proxy_settings.path, self.proxy_settings.build,
+                                             self.http_proxy.set_config)
+            self.proxy_watch.start(loop)
         if self.dns_mode == "host":
             self.host_dns = HostResolver(loop, self.stack.dns, engine.wake)
             engine.add_executor({HostResolve: self.host_dns.perform})  # type: ignore[dict-item]
@@ -168,7 +178,7 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        for part in ("udp", "icmp", "dns", "host_dns", "pcap"):
+        for part in ("udp", "icmp", "dns", "host_dns", "pcap", "http_proxy", "proxy_watch"):
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()
