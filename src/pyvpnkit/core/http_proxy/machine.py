@@ -348,7 +348,9 @@ class ProxyFlow:
                     self._send_up(self._upstream().send(event))
                     self._upstream_events()
             elif isinstance(event, h11.ConnectionClosed):
-                self._finish()
+                if vm.our_state not in (h11.SEND_RESPONSE, h11.SEND_BODY):
+                    self._finish()
+                return  # else the response still owed ends the connection (_cycle_done)
 
     def _upstream(self) -> h11.Connection:
         assert self._up is not None
@@ -400,7 +402,7 @@ class ProxyFlow:
         else:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             headers = [(k, v) for k, v in req.headers.raw_items() if k.lower() != b"host"]
-            req = h11.Request(method=req.method, target=path, http_version=req.http_version,
+            req = h11.Request(method=req.method, target=path,
                               headers=[(b"Host", parts.netloc.encode("latin-1")), *headers])
             self._forward(req, (host, port, True), req.target, None)
 
@@ -430,8 +432,8 @@ class ProxyFlow:
         headers = [(k, v) for k, v in req.headers.raw_items() if k.lower() not in drop]
         if proxy is not None:
             headers += self._proxy_auth(proxy)
-        out = h11.Request(method=req.method, target=target, headers=headers,
-                          http_version=req.http_version)
+        # h11 speaks HTTP/1.1 upstream; an HTTP/1.0 VM still gets a 1.0-style close.
+        out = h11.Request(method=req.method, target=target, headers=headers)
         up = self._up
         if route == self._route and self._connected and up is not None \
                 and up.our_state is h11.IDLE and up.their_state is h11.IDLE:
