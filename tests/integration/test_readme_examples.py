@@ -25,6 +25,7 @@ EXCLUDED = {
     "bash .ci/run": "runs this very test suite",
     "qemu-system-x86_64": "needs QEMU and a guest kernel (tests/integration/test_qemu.py)",
     "--listen-vfkit": "needs hyperkit or vfkit, macOS hypervisors",
+    "--http-proxy proxy.corp": "needs a company proxy (tests/integration/test_http_proxy.py)",
 }
 # What each block run here must print, and the servers it talks to (matched by a
 # string in the block).

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pyvpnkit.core.http_proxy.config import HostList, ProxyConfig, parse_upstream
 from pyvpnkit.core.http_proxy.machine import (
+    HELLO_WAIT,
     CloseUpstream,
     Connect,
     EndVm,
@@ -398,3 +399,15 @@ def test_any_bytes_give_effects_never_exceptions(
         if p.connects:
             p.m.upstream_eof(p.connects[-1].conn)
         p.run()
+
+
+def test_silent_client_on_a_tls_port_goes_by_address() -> None:
+    p = Peer("https", ProxyConfig(https=UP), port=443)
+    p.m.handle_timer(1.0)
+    assert p.connects == []  # not yet
+    p.m.handle_timer(HELLO_WAIT)
+    p.run()
+    p.connected()
+    assert p.take_sent().startswith(f"CONNECT {WORLD}:443 HTTP/1.1\r\n".encode())
+    p.from_up(b"HTTP/1.1 200 OK\r\n\r\n220 server speaks first\r\n")
+    assert p.take_vm() == b"220 server speaks first\r\n"

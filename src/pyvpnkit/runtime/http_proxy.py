@@ -160,9 +160,14 @@ class HttpProxy:
     # -- from the NAT --------------------------------------------------------
 
     def _open(self, eff: ProxyOpen) -> None:
-        flow = _Flow(eff.flow_id, ProxyFlow(self.config, eff.mode, eff.dst, eff.port))
+        now = self.loop.time()
+        machine = ProxyFlow(self.config, eff.mode, eff.dst, eff.port, now)
+        flow = _Flow(eff.flow_id, machine)
         self.flows[eff.flow_id] = flow
-        self.nat.host_connected(eff.flow_id, self.loop.time())
+        self.nat.host_connected(eff.flow_id, now)
+        if machine.deadline is not None:
+            self.loop.call_at(machine.deadline, self._feed, flow,
+                              lambda m: m.handle_timer(self.loop.time()))
         self.wake()
 
     def _pause(self, flow: _Flow, paused: bool) -> None:

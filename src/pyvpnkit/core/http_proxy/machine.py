@@ -31,6 +31,7 @@ from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.tls import ClientHello, parse_client_hello
 
 MAX_HEADERS = 64 * 1024
+HELLO_WAIT = 3.0  # a client silent this long on a TLS port goes by address (server-first)
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization"}
 
 
@@ -103,7 +104,9 @@ def split_authority(text: str, default_port: int | None) -> tuple[str, int] | No
 class ProxyFlow:
     """A VM connection handed to the proxy; the runtime feeds it and performs its effects."""
 
-    def __init__(self, config: ProxyConfig, mode: str, dst_ip: str, dst_port: int) -> None:
+    def __init__(
+        self, config: ProxyConfig, mode: str, dst_ip: str, dst_port: int, now: float = 0.0
+    ) -> None:
         self.config = config
         self.mode = mode
         self.dst_ip = dst_ip
@@ -113,6 +116,8 @@ class ProxyFlow:
         self.notes: list[str] = []  # lines worth logging (refused CONNECTs, bad requests)
         self.credit = 0  # VM bytes passed on since the runtime last took them
         self.closed = False
+        # Until then a TLS port waits for the ClientHello (next_deadline/handle_timer).
+        self.deadline: float | None = now + HELLO_WAIT if mode == "https" else None
         self._in = bytearray()  # VM bytes not passed on yet (not credited)
         self._vm_eof = False
         self._vm_eof_fed = False
@@ -213,6 +218,12 @@ class ProxyFlow:
             if not blocked:
                 self._pump()
 
+    def handle_timer(self, now: float) -> None:
+        """No ClientHello in time: the client may wait for the server; go by address."""
+        if self.deadline is not None and now >= self.deadline and self._state == "hello":
+            self.notes.append(f"no ClientHello after {HELLO_WAIT:.0f} s: going by address")
+            self._route_tls(None)
+
     def take(self) -> tuple[list[Effect], int]:
         """Effects to perform and VM bytes to credit, since the last call."""
         effects, credit = self.effects, self.credit
@@ -268,7 +279,11 @@ class ProxyFlow:
                 self._end_vm()
                 return
             hello = ClientHello(None)
-        self._sni = name = hello.server_name
+        self._route_tls(hello.server_name)
+
+    def _route_tls(self, name: str | None) -> None:
+        self.deadline = None
+        self._sni = name
         cfg = self.config
         if not cfg.allowed(name, self.dst_ip):
             self.notes.append(f"{name or self.dst_ip} is not on the allow list: reset")
