@@ -57,3 +57,11 @@ def test_the_flow_log_names_the_upstream() -> None:
     (line,) = stack.tcp.closed_log
     assert line.startswith("tcp 192.168.65.3:40000 -> 192.168.65.1:3128 ")
     assert line.endswith(" via proxy 127.0.0.1:8888")
+
+
+def test_a_gateway_that_is_the_host_keeps_its_3128() -> None:
+    """slirp4netns: 10.0.2.2 is the host's loopback, where users run their own proxy."""
+    gw = ip4("192.168.65.1")
+    stack = Stack(NetConfig(host_ip=gw), rng=random.Random(1))
+    eff = opened(stack, "192.168.65.1", 3128)
+    assert isinstance(eff, TcpOpen) and (eff.host, eff.port) == ("127.0.0.1", 3128)

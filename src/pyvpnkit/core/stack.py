@@ -328,7 +328,8 @@ class Stack:
         transparent HTTP(S) ports of outside addresses when an upstream or allow list is set."""
         cfg = self.config
         if ip == cfg.gateway_ip and port == EXPLICIT_PROXY_PORT:
-            return "explicit"
+            # slirp4netns's gateway is the host's loopback: its 3128 is the host's.
+            return "explicit" if ip != cfg.host_ip else None
         if ip == cfg.host_ip or route(cfg, ip)[0] is None:
             return None
         return self.http_proxy.transparent_mode(port)
