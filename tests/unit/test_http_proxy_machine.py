@@ -9,17 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvpnkit.core.http_proxy.config import HostList, ProxyConfig, parse_upstream
-from pyvpnkit.core.http_proxy.machine import (
-    HELLO_WAIT,
+from pyvpnkit.core.http_proxy.effects import (
     CloseUpstream,
     Connect,
     EndVm,
-    ProxyFlow,
     ResetVm,
     Send,
     ShutdownUpstream,
     ToVm,
 )
+from pyvpnkit.core.http_proxy.machine import HELLO_WAIT, ProxyFlow
 from tests.unit.test_tls_client_hello import real_hello
 
 UP = parse_upstream("http://user:pw@10.9.9.9:3128")

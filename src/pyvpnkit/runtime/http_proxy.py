@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.name
 import dns.rdataclass
@@ -31,11 +31,10 @@ from pyvpnkit.core.effects import (
     TcpWrite,
 )
 from pyvpnkit.core.http_proxy.config import ConfigError, ProxyConfig, config_from_json
-from pyvpnkit.core.http_proxy.machine import (
+from pyvpnkit.core.http_proxy.effects import (
     CloseUpstream,
     Connect,
     EndVm,
-    ProxyFlow,
     ResetVm,
     Send,
     ShutdownUpstream,
@@ -45,6 +44,9 @@ from pyvpnkit.core.routes import route
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.tcp_nat import READ_CHUNK
 from pyvpnkit.runtime.dns_upstream import HostsFileWatcher
+
+if TYPE_CHECKING:
+    from pyvpnkit.core.http_proxy.machine import ProxyFlow
 
 log = logging.getLogger("pyvpnkit.http_proxy")
 
@@ -160,6 +162,8 @@ class HttpProxy:
     # -- from the NAT --------------------------------------------------------
 
     def _open(self, eff: ProxyOpen) -> None:
+        from pyvpnkit.core.http_proxy.machine import ProxyFlow  # h11: on first use only
+
         now = self.loop.time()
         machine = ProxyFlow(self.config, eff.mode, eff.dst, eff.port, now)
         flow = _Flow(eff.flow_id, machine)

@@ -20,13 +20,22 @@ reading the upstream when the NAT says the VM is behind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import h11
 
 from pyvpnkit.core.http_proxy.config import ProxyConfig, Upstream
+from pyvpnkit.core.http_proxy.effects import (
+    CloseUpstream,
+    Connect,
+    Effect,
+    EndVm,
+    ResetVm,
+    Send,
+    ShutdownUpstream,
+    ToVm,
+)
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.tls import ClientHello, parse_client_hello
 
@@ -34,51 +43,6 @@ MAX_HEADERS = 64 * 1024
 HELLO_WAIT = 3.0  # a client silent this long on a TLS port goes by address (server-first)
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization"}
 
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """Open upstream connection ``conn``: to a proxy, or (direct) where the VM asked."""
-
-    conn: int
-    host: str  # an address, or a name the runtime resolves
-    port: int
-    direct: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    conn: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownUpstream:
-    """The VM finished sending in a tunnel: half-close the upstream."""
-
-    conn: int
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUpstream:
-    conn: int
-
-
-@dataclass(frozen=True, slots=True)
-class ToVm:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class EndVm:
-    """Everything for the VM is sent: FIN."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResetVm:
-    """Abort the VM's connection (RST)."""
-
-
-Effect = Connect | Send | ShutdownUpstream | CloseUpstream | ToVm | EndVm | ResetVm
 
 _Route = tuple[str, int, bool]  # (host, port, direct)
 
