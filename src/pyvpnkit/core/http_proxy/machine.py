@@ -10,6 +10,14 @@ connection to a transparent TLS port; the ClientHello is read without being
 consumed, the upstream is asked for ``CONNECT <SNI name>:<port>``, and on a
 2xx the hello is replayed and bytes are relayed.
 
+States and the only edges between them (``_go`` refuses any other):
+
+    hello ──ClientHello (or 3 s of silence)──▶ connecting
+    connecting ──connected: direct──▶ tunnel
+    connecting ──connected: proxy──▶ connect-wait ──2xx──▶ tunnel
+    http ──101, 2xx to CONNECT, our own CONNECT──▶ tunnel
+    any ──finished or reset──▶ closed
+
 A request waits until its upstream connection is up; one upstream at a time,
 reused while requests go the same way. A 101, a 2xx to CONNECT, or a TLS
 CONNECT turn the flow into a byte tunnel. VM bytes are credited (``credit``)
@@ -42,6 +50,14 @@ from pyvpnkit.wire.tls import ClientHello, parse_client_hello
 MAX_HEADERS = 64 * 1024
 HELLO_WAIT = 3.0  # a client silent this long on a TLS port goes by address (server-first)
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization"}
+TRANSITIONS = {
+    "hello": {"connecting", "closed"},
+    "connecting": {"tunnel", "connect-wait", "closed"},
+    "connect-wait": {"tunnel", "closed"},
+    "http": {"tunnel", "closed"},
+    "tunnel": {"closed"},
+    "closed": {"closed"},
+}
 
 
 _Route = tuple[str, int, bool]  # (host, port, direct)
@@ -80,7 +96,7 @@ class ProxyFlow:
         self.notes: list[str] = []  # lines worth logging (refused CONNECTs, bad requests)
         self.credit = 0  # VM bytes passed on since the runtime last took them
         self.closed = False
-        # Until then a TLS port waits for the ClientHello (next_deadline/handle_timer).
+        # Until then a TLS port waits for the ClientHello (then handle_timer goes on).
         self.deadline: float | None = now + HELLO_WAIT if mode == "https" else None
         self._in = bytearray()  # VM bytes not passed on yet (not credited)
         self._vm_eof = False
@@ -214,7 +230,7 @@ class ProxyFlow:
             self.effects.append(ShutdownUpstream(self._conn))
 
     def _start_tunnel(self, first: bytes, to_vm: bytes = b"") -> None:
-        self._state = "tunnel"
+        self._go("tunnel")
         self._up = None
         if first:
             self.effects.append(Send(self._conn, first))
@@ -253,7 +269,7 @@ class ProxyFlow:
             self.notes.append(f"{name or self.dst_ip} is not on the allow list: reset")
             self._reset()
             return
-        self._state = "connecting"
+        self._go("connecting")
         if cfg.https is None or cfg.excluded(name, self.dst_ip):
             self._open((self.dst_ip, self.dst_port, True))
         else:
@@ -265,7 +281,7 @@ class ProxyFlow:
         headers = [(b"Host", target.encode()), *self._proxy_auth(self.config.https)]
         request = h11.Request(method="CONNECT", target=target, headers=headers)
         self._send_up(self._up.send(request) + (self._up.send(h11.EndOfMessage()) or b""))
-        self._state = "connect-wait"
+        self._go("connect-wait")
 
     def _tls_connect_answer(self, up: h11.Connection) -> None:
         try:
@@ -556,7 +572,7 @@ class ProxyFlow:
         """Done with the VM connection: FIN after what was sent, drop the upstream."""
         self._drop_upstream()
         self._end_vm()
-        self._state = "closed"
+        self._go("closed")
         self.closed = True
 
     def _end_vm(self) -> None:
@@ -567,10 +583,14 @@ class ProxyFlow:
     def _reset(self) -> None:
         self._drop_upstream()
         self.effects.append(ResetVm())
-        self._state = "closed"
+        self._go("closed")
         self.closed = True
 
     # -- helpers -------------------------------------------------------------
+
+    def _go(self, state: str) -> None:
+        assert state in TRANSITIONS[self._state], f"{self._state} -> {state}"
+        self._state = state
 
     def _send_up(self, data: bytes | None) -> None:
         if data:
