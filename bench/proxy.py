@@ -4,9 +4,10 @@ Runs in test-made namespaces (tests/integration/proxyenv.py): curl in a
 pyvpnkit VM downloads from a web server in the "world" namespace, either
 straight through the NAT (proxy off), through the proxy to tinyproxy on the
 host namespace's loopback, or through the proxy's machine to the original
-destination (an excluded name). HTTPS is compared the same way (a CONNECT
-tunnel vs the NAT). Rounds alternate; the medians and ratios to "off" are
-printed. Needs root, tinyproxy and openssl.
+destination (an excluded name); as a reference, curl also uses tinyproxy
+itself (through the NAT to the host alias), which shows tinyproxy's own
+cost. HTTPS is compared the same way (a CONNECT tunnel vs the NAT). Rounds
+alternate; the medians and ratios to "off" are printed. Needs root, tinyproxy and openssl.
 
     python3 bench/proxy.py [--size-mb 200] [--rounds 3] [--mtu 65520]
 """
@@ -32,6 +33,8 @@ def cases(env: ProxyEnv, size: int) -> dict[str, tuple[str, list[str]]]:
         "http, proxy off": (http, []),
         "http, via tinyproxy": (http, ["--http-proxy", PROXY]),
         "http, excluded (machine, direct)": (http, ["--http-proxy", PROXY, "--no-proxy", NAME]),
+        # Reference: the VM itself uses tinyproxy (via the host alias), no pyvpnkit proxy.
+        "http, curl -x tinyproxy (reference)": (f"-x http://192.168.65.2:8888 {http}", []),
         "https, proxy off": (https, []),
         "https, CONNECT via tinyproxy": (https, ["--https-proxy", PROXY]),
     }

@@ -410,3 +410,46 @@ def test_silent_client_on_a_tls_port_goes_by_address() -> None:
     assert p.take_sent().startswith(f"CONNECT {WORLD}:443 HTTP/1.1\r\n".encode())
     p.from_up(b"HTTP/1.1 200 OK\r\n\r\n220 server speaks first\r\n")
     assert p.take_vm() == b"220 server speaks first\r\n"
+
+
+def test_head_and_chunked_responses_go_through_h11() -> None:
+    p = Peer("http", ProxyConfig(http=UP))
+    p.from_vm(b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n")
+    p.connected()
+    p.take_sent()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"  # a length, but no body
+    p.from_up(head)
+    assert p.take_vm() == head
+    p.from_vm(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(p.connects) == 1 and p.take_sent().startswith(b"GET http://h/c ")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    p.from_up(chunked)
+    p.from_up(b"0\r\n\r\n")
+    assert p.take_vm() == chunked + b"0\r\n\r\n"
+    p.from_vm(b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(p.connects) == 1 and p.take_sent().startswith(b"GET http://h/d ")
+
+
+def test_a_length_body_in_pieces_then_the_connection_again() -> None:
+    p = Peer("http", ProxyConfig(http=UP))
+    p.from_vm(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    p.connected()
+    p.take_sent()
+    p.from_up(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123")
+    p.from_up(b"456")
+    p.from_up(b"789")
+    assert p.take_vm() == response(b"0123456789")
+    p.from_vm(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(p.connects) == 1 and p.take_sent().startswith(b"GET http://h/2 ")
+    p.from_up(response(b"again"))
+    assert p.take_vm() == response(b"again")
+
+
+def test_upstream_closing_after_its_response() -> None:
+    p = Peer("http", ProxyConfig(http=UP))
+    p.from_vm(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    p.connected()
+    p.from_up(response(b"bye", b"Connection: close\r\n"))
+    assert p.take_vm() == response(b"bye") and p.closed == [1]  # Connection: hop-by-hop
+    p.from_vm(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert p.connects[-1].conn == 2  # a new upstream connection
