@@ -68,3 +68,16 @@ def test_bad_flag_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) ->
         make_parser().parse_args(["run", "--http-proxy", "https://p:1"])
     assert exit_.value.code == USAGE
     assert "argument --http-proxy: 'https://p:1': only http:// proxies" in capsys.readouterr().err
+
+
+def test_vpnkit_http_flag_maps_to_ours(tmp_path: Path) -> None:
+    from pyvpnkit import vpnkit_cli
+
+    path = tmp_path / "http_proxy.json"
+    path.write_text('{"http": "proxy:3128"}')
+    _config, options = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock", "--http", str(path)])
+    assert options.http == str(path)
+    assert proxy_settings(options).initial().http is not None
+    path.write_text('{"http": "proxy"}')
+    with pytest.raises(vpnkit_cli.UsageError, match=r"--http .*: http: 'proxy' is not host:port"):
+        vpnkit_cli.configure(["--ethernet", "/tmp/e.sock", "--http", str(path)])

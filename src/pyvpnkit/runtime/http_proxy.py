@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -354,6 +355,8 @@ class ConfigWatcher:
             self._first = False
             return
         try:
+            if not text and not os.path.isfile(self.path):
+                raise ConfigError("cannot read the file")
             config = self._build(text)
         except ConfigError as exc:
             log.error("--http %s: %s; keeping the previous configuration", self.path, exc)
