@@ -367,6 +367,34 @@ def test_many_pipelined_requests() -> None:
     assert p.take_vm() == response() * 300
 
 
+@pytest.mark.parametrize("host", [b"a b", b"a\x7fb", b"\xff", b"a/b", b"[::1", b"a:99999"])
+def test_bad_host_names_get_400(host: bytes) -> None:
+    p = Peer("http", ProxyConfig(http=UP))
+    p.from_vm(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert p.take_vm().startswith(b"HTTP/1.1 400 ") and p.connects == []
+    p = Peer("explicit", ProxyConfig(), port=3128)
+    p.from_vm(b"GET http://" + host.replace(b" ", b"%20") + b"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = p.take_vm()
+    assert out.startswith(b"HTTP/1.1 400 ") or p.connects, out
+
+
+headers = st.binary(min_size=1, max_size=30).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["http", "explicit"]), headers, headers, st.booleans())
+def test_any_host_or_target_gives_effects_never_exceptions(
+    mode: str, host: bytes, target: bytes, connect: bool
+) -> None:
+    p = Peer(mode, ProxyConfig(http=UP, https=UP))
+    method = b"CONNECT" if connect else b"GET"
+    p.from_vm(method + b" " + target.replace(b" ", b"") + b" HTTP/1.1\r\nHost: " + host
+              + b"\r\n\r\n")
+    if p.connects:
+        p.connected()
+        p.from_up(response())
+
+
 SEEDS = {
     "http": b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
     "https": real_hello("a.test"),

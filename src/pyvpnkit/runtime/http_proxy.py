@@ -201,7 +201,11 @@ class HttpProxy:
         """Give the machine an event, then perform what it asks."""
         if flow.closed:
             return
-        event(flow.machine)
+        try:
+            event(flow.machine)
+        except Exception:  # a bug in the machine: this flow ends, the stack goes on
+            log.exception("proxied flow %d: internal error, resetting it", flow.fid)
+            flow.machine.effects[:] = [ResetVm()]
         self._perform(flow)
         self.settle()
 

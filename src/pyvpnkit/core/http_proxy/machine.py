@@ -28,6 +28,7 @@ reading the upstream when the NAT says the VM is behind.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -61,6 +62,7 @@ TRANSITIONS = {
 
 
 _Route = tuple[str, int, bool]  # (host, port, direct)
+_HOST = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")  # RFC 3986 host[:port] characters
 
 
 def _authority(host: str, port: int) -> str:
@@ -375,7 +377,10 @@ class ProxyFlow:
         name = None
         if host_header is not None:
             parsed = split_authority(host_header, self.dst_port)
-            name = parsed[0] if parsed else None
+            if parsed is None or not _HOST.fullmatch(host_header):
+                self._refuse(400, f"bad Host header {host_header[:200]!r}")
+                return
+            name = parsed[0]
         cfg = self.config
         if not cfg.allowed(name, self.dst_ip):
             self._refuse(403, cfg.forbidden_message(name or self.dst_ip))
@@ -391,8 +396,11 @@ class ProxyFlow:
 
     def _absolute_request(self, req: h11.Request) -> None:
         url = req.target.decode("latin-1")
-        parts = urlsplit(url)
-        where = split_authority(parts.netloc, 80)
+        try:
+            parts = urlsplit(url)
+            where = split_authority(parts.netloc, 80)
+        except ValueError:  # e.g. an unclosed [IPv6
+            where = None
         if where is None:
             self._refuse(400, f"bad URL {url[:200]}")
             return
@@ -436,7 +444,11 @@ class ProxyFlow:
         if proxy is not None:
             headers += self._proxy_auth(proxy)
         # h11 speaks HTTP/1.1 upstream; an HTTP/1.0 VM still gets a 1.0-style close.
-        out = h11.Request(method=req.method, target=target, headers=headers)
+        try:
+            out = h11.Request(method=req.method, target=target, headers=headers)
+        except h11.LocalProtocolError as exc:
+            self._refuse(400, f"cannot pass this request on: {exc}")
+            return
         self._method = out.method
         up = self._up
         if route == self._route and self._connected and up is not None \
