@@ -481,3 +481,53 @@ def test_upstream_closing_after_its_response() -> None:
     assert p.take_vm() == response(b"bye") and p.closed == [1]  # Connection: hop-by-hop
     p.from_vm(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
     assert p.connects[-1].conn == 2  # a new upstream connection
+
+
+CHUNKS = [
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+    b"abc", b"CONNECT a.test:443 HTTP/1.1\r\n\r\n",
+    b"GET http://a.test/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", b"HTTP/1.1 101 Switching\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"2\r\nab\r\n0\r\n\r\n",
+    b"HTTP/1.1 407 No\r\nContent-Length: 0\r\n\r\n", b"\x16\x03\x01", b"junk\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
+]
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["vm", "up", "vm_eof", "up_eof", "reset", "block", "unblock",
+                         "connect", "fail", "timer"]),
+        st.one_of(st.sampled_from(CHUNKS), st.binary(max_size=40)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["http", "https", "explicit"]), ops)
+def test_any_sequence_of_events_gives_effects_never_exceptions(
+    mode: str, steps: list[tuple[str, bytes]]
+) -> None:
+    p = Peer(mode, ProxyConfig(http=UP, https=UP))
+    m = p.m
+    for kind, data in steps:
+        conn = p.connects[-1].conn if p.connects else 1
+        if kind == "vm":
+            m.vm_data(data)
+        elif kind == "up":
+            m.upstream_data(conn, data)
+        elif kind == "vm_eof":
+            m.vm_eof()
+        elif kind == "up_eof":
+            m.upstream_eof(conn)
+        elif kind == "reset":
+            m.upstream_reset(conn)
+        elif kind in ("block", "unblock"):
+            m.upstream_blocked(conn, kind == "block")
+        elif kind == "connect":
+            m.upstream_connected(conn)
+        elif kind == "fail":
+            m.upstream_failed(conn, "refused")
+        else:
+            m.handle_timer(HELLO_WAIT)
+        p.run()
