@@ -9,6 +9,7 @@ last good configuration.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import json
 import re
@@ -228,4 +229,4 @@ def with_overrides(
         changes["https"] = https
     if exclude is not None:
         changes["exclude"] = exclude
-    return ProxyConfig(**{**config.__dict__, **changes})
+    return dataclasses.replace(config, **changes)
