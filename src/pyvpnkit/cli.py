@@ -19,6 +19,7 @@ from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.core.config import NetConfig, network_layout
 from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
+from pyvpnkit.proxy_options import add_proxy_options
 from pyvpnkit.runtime.nsdiag import SetupError
 
 log = logging.getLogger("pyvpnkit")
@@ -346,12 +347,14 @@ def make_parser() -> argparse.ArgumentParser:
         "exec", help="run a command in a new network namespace wired to the stack", epilog=EPILOG
     )
     add_network_options(ex)
+    add_proxy_options(ex)
     add_iface_options(ex)
     add_service_options(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
     run = sub.add_parser("run", help="long-running service", epilog=EPILOG)
     add_network_options(run)
+    add_proxy_options(run)
     add_iface_options(run)
     add_service_options(run)
     run.add_argument("--netns", metavar="NAME|PATH",

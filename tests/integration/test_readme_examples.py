@@ -30,6 +30,7 @@ EXCLUDED = {
     "this command line as a user it creates",
     "rootlesskit --net=vpnkit": "Debian's rootlesskit has its vpnkit driver compiled out: "
     "test_vpnkit_cli.py drives pyvpnkit-vpnkit as rootlesskit does",
+    "--http-proxy proxy.corp": "needs a company proxy (tests/integration/test_http_proxy.py)",
 }
 # What each block run here must print, and the servers it talks to (matched by a
 # string in the block).

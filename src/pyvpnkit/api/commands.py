@@ -170,7 +170,8 @@ async def start_service_extras(service: Any) -> ServiceExtras:
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)
             app = make_app(extras.forwarder, stack, counter=counter,
-                           extra_stats=getattr(service, "extra_stats", None))
+                           extra_stats=getattr(service, "extra_stats", None),
+                           http_proxy=getattr(service, "http_proxy", None))
             try:
                 extras.api = await start_api(url, app)
             except OSError as exc:

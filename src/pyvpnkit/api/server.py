@@ -4,7 +4,8 @@ Routes: POST /services/forwarder/expose {"local","remote","protocol"},
 POST /services/forwarder/unexpose {"local","protocol"}, GET
 /services/forwarder/all, GET /stats, GET /leases (also /services/dhcp/leases),
 GET /cam (VM MAC -> link), POST /services/dns/add {"Name","Records","DefaultIP"},
-GET /services/dns/all. Bad requests get a 4xx with
+GET /services/dns/all, and vpnkit's GET and POST
+/http_proxy.json (the HTTP proxy's configuration). Bad requests get a 4xx with
 a one-line text reason; no request can stop the service. There is no
 authentication: the unix socket is created mode 0600 (owner only) and a TCP
 listener should stay on loopback.
@@ -39,6 +40,13 @@ class ForwarderLike(Protocol):
     def list(self) -> list[dict[str, str]]: ...
 
 
+class ProxyLike(Protocol):
+    """The HTTP proxy's configuration, as GET/POST /http_proxy.json see it."""
+
+    def config_json(self) -> dict[str, Any]: ...
+    def set_config_json(self, obj: object) -> None: ...
+
+
 class FrameCounter:
     """An engine frame tap counting what we send to VMs (the stack counts what comes in)."""
 
@@ -57,6 +65,7 @@ STACK = web.AppKey("stack", Stack)
 COUNTER = web.AppKey("counter", FrameCounter)
 StatsFn = Callable[[], dict[str, Any]]
 EXTRA_STATS: web.AppKey[StatsFn] = web.AppKey("extra_stats")
+HTTP_PROXY = web.AppKey("http_proxy", ProxyLike)
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -188,6 +197,24 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+async def get_http_proxy(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HTTP_PROXY].config_json())
+
+
+async def post_http_proxy(request: web.Request) -> web.Response:
+    """Replace the configuration (until the --http file changes); 400 names what is wrong."""
+    from pyvpnkit.core.http_proxy.config import ConfigError
+
+    raw = await request.read()
+    proxy = request.app[HTTP_PROXY]
+    try:
+        proxy.set_config_json(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = "invalid http_proxy.json" if isinstance(exc, ConfigError) else "malformed JSON body"
+        return _text(400, f"{kind}: {exc}")
+    return web.json_response(proxy.config_json())
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -209,6 +236,7 @@ def make_app(
     *,
     counter: FrameCounter | None = None,
     extra_stats: Callable[[], dict[str, Any]] | None = None,
+    http_proxy: ProxyLike | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
     app[FORWARDER] = forwarder
@@ -226,6 +254,10 @@ def make_app(
     app.router.add_get("/cam", cam)
     app.router.add_post("/services/dns/add", dns_add)
     app.router.add_get("/services/dns/all", dns_all)
+    if http_proxy is not None:
+        app[HTTP_PROXY] = http_proxy
+        app.router.add_get("/http_proxy.json", get_http_proxy)
+        app.router.add_post("/http_proxy.json", post_http_proxy)
     return app
 
 

@@ -48,3 +48,13 @@ class TcpPauseReading:
 @dataclass(frozen=True, slots=True)
 class TcpResumeReading:
     flow_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOpen:
+    """A new VM flow the HTTP proxy serves instead of a host socket (mode http/https/explicit)."""
+
+    flow_id: int
+    dst: str
+    port: int
+    mode: str

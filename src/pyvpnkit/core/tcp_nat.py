@@ -23,6 +23,7 @@ from typing import Any
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
+    ProxyOpen,
     TcpCloseHost,
     TcpOpen,
     TcpPauseReading,
@@ -90,6 +91,7 @@ class Flow:
     started: float = 0.0  # the VM's SYN (or our SYN for a port forward)
     ended: bool = False  # its summary is logged (at close, not after TIME_WAIT)
     deadline: float | None = None
+    via: str = ""  # where the HTTP proxy sent it, for the flow log
 
 
 def rst_for(pkt: IPv4Packet, seg: TcpSegment) -> bytes:
@@ -109,6 +111,7 @@ class TcpNat:
         *,
         iss: Callable[[], int],
         local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
+        proxy_mode: Callable[[bytes, int], str | None] = lambda ip, port: None,
         rcv_buffer: int = 2 << 20,
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
@@ -124,6 +127,7 @@ class TcpNat:
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
+        self._proxy_mode = proxy_mode
         # Options every connection gets, whichever side opens it. Links that
         # segment for us (TSO) take packets up to the IPv4 maximum. Paused host
         # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
@@ -149,7 +153,8 @@ class TcpNat:
         self._effects: list[object] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
-        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0}
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
+                      "proxied": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -190,6 +195,14 @@ class TcpNat:
             return
         path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
         host = "" if path is not None else route(cfg, pkt.dst)[0]
+        mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
+        if mode is not None:
+            # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
+            self._register(flow)
+            self.stats["proxied"] += 1
+            dst = socket.inet_ntoa(pkt.dst)
+            self._effects.append(ProxyOpen(flow.flow_id, dst, seg.dst_port, mode))
+            return
         if host is None:
             self._reject(pkt, seg)
             return
@@ -460,10 +473,11 @@ class TcpNat:
             return
         flow.ended = True
         vm_ip, vm_port, ip, port = flow.key
+        via = f" via {flow.via}" if flow.via else ""
         self.closed_log.append(
             f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
             f"up={flow.bytes_up} down={flow.bytes_down} "
-            f"duration={now - flow.started:.3f}s end={reason}"
+            f"duration={now - flow.started:.3f}s end={reason}{via}"
         )
 
     @property

@@ -24,12 +24,14 @@ from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
+from pyvpnkit.proxy_options import proxy_settings
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_udp import HostUdp
+from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
@@ -85,6 +87,8 @@ class Service:
             dns_timeout=args.dns_timeout,
             max_pending_connects=args.max_pending_connects,
         )
+        self.proxy_settings = proxy_settings(args)
+        self.proxy_config = self.proxy_settings.initial()  # a bad --http file stops us here
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
@@ -135,6 +139,12 @@ class Service:
         )
         engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
         engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
+        self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
+        engine.add_executor(self.http_proxy.executors(engine.handlers))
+        if self.proxy_settings.path is not None:
+            self.proxy_watch = ConfigWatcher(self.proxy_settings.path, self.proxy_settings.build,
+                                             self.http_proxy.set_config)
+            self.proxy_watch.start(loop)
         if self.dns_mode == "host":
             self.host_dns = HostResolver(loop, self.stack.dns, engine.wake)
             engine.add_executor({HostResolve: self.host_dns.perform})  # type: ignore[dict-item]
@@ -216,7 +226,7 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        for part in ("udp", "icmp", "dns", "host_dns", "pcap"):
+        for part in ("udp", "icmp", "dns", "host_dns", "pcap", "http_proxy", "proxy_watch"):
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()
