@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 
+from pyvpnkit.app.options import Options
+from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach
 from pyvpnkit.runtime.nsdiag import SetupError
-from pyvpnkit.runtime.service import Service
 from pyvpnkit.slirp4netns import api, sandbox
 from pyvpnkit.slirp4netns.cli import GATEWAY, GUEST, PROG, host
 
@@ -26,21 +27,10 @@ log = logging.getLogger("pyvpnkit.slirp4netns")
 TARGET_POLL = 1.0  # seconds between checks that a --netns-type=path namespace still exists
 
 
-def service_args(opts: argparse.Namespace) -> argparse.Namespace:
+def service_options(opts: argparse.Namespace) -> Options:
     """pyvpnkit's own option defaults, with what slirp4netns fixes."""
-    from pyvpnkit.api.commands import add_service_options
-    from pyvpnkit.cli import add_iface_options, add_network_options
-
-    parser = argparse.ArgumentParser(add_help=False)
-    add_network_options(parser)
-    add_iface_options(parser)
-    add_service_options(parser)
-    args = parser.parse_args([])
-    args.mtu = opts.mtu
-    args.hosts = "/dev/null"  # slirp4netns forwards every name; it answers none itself
-    args.ifname = opts.tapname
-    args.netns = opts.target
-    return args
+    # slirp4netns forwards every name; it answers none itself
+    return Options(hosts="/dev/null", ifname=opts.tapname, netns=opts.target)
 
 
 def iface_setup(opts: argparse.Namespace, config: NetConfig) -> IfaceSetup:
@@ -145,7 +135,7 @@ def run(opts: argparse.Namespace, config: NetConfig) -> int:
         level=logging.WARNING,
         format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
     )
-    service = Service(config, service_args(opts))
+    service = Service(config, service_options(opts))
     netns, userns = _namespaces(opts)
     try:
         attached = attach(netns, iface_setup(opts, config), userns=userns)
