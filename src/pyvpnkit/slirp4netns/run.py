@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 
 from pyvpnkit.app.options import Options
@@ -19,8 +20,7 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach
 from pyvpnkit.runtime.nsdiag import SetupError
-from pyvpnkit.slirp4netns import api, sandbox
-from pyvpnkit.slirp4netns.cli import GATEWAY, GUEST, PROG, host
+from pyvpnkit.slirp4netns import PROG, api, sandbox
 
 log = logging.getLogger("pyvpnkit.slirp4netns")
 
@@ -37,9 +37,9 @@ def iface_setup(opts: argparse.Namespace, config: NetConfig) -> IfaceSetup:
     return IfaceSetup(
         ifname=opts.tapname,
         bring_up=opts.configure,
-        address=str(host(opts.cidr, GUEST)),
+        address=socket.inet_ntoa(config.lowest_ip),  # the guest, .100
         prefixlen=config.prefixlen,
-        gateway=str(host(opts.cidr, GATEWAY)),
+        gateway=socket.inet_ntoa(config.gateway_ip),
         mtu=opts.mtu,
         mac=opts.macaddress,
     )
@@ -67,7 +67,8 @@ class Slirp4netns:
         opts, service = self.opts, self.service
         if opts.api_socket:
             assert service.extras is not None
-            table = api.HostFwdApi(service.extras.forwarder, str(host(opts.cidr, GUEST)))
+            guest = socket.inet_ntoa(service.config.lowest_ip)
+            table = api.HostFwdApi(service.extras.forwarder, guest)
             try:
                 self.server = await api.serve(table, opts.api_socket)
             except (ForwardError, OSError) as exc:
