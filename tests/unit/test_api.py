@@ -37,6 +37,7 @@ from pyvpnkit.runtime.forwarder import (
     parse_publish,
     split_host_port,
 )
+from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet, parse_ethernet
 from pyvpnkit.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
 from pyvpnkit.wire.tcp import ACK, RST, SYN, build_tcp, parse_tcp
@@ -78,7 +79,11 @@ class Env:
         self.engine = Engine(self.stack)
         self.vm = FakeVm()
         self.engine.link_opened(self.vm)
-        self.forwarder = Forwarder(self.engine, self.stack)
+        self.host_tcp = HostTcp(self.engine.loop, self.stack.tcp, self.engine.wake,
+                                settle=self.engine.settle)
+        self.engine.add_executor(self.host_tcp)
+        self.forwarder = Forwarder(self.engine, self.stack, self.host_tcp)
+        self.engine.add_executor(self.forwarder)
 
     def from_vm(self, ip_packet: bytes) -> None:
         frame = build_ethernet(CFG.gateway_mac, VM_MAC, ETHERTYPE_IPV4, ip_packet)
@@ -516,14 +521,15 @@ def test_service_extras_publish_and_failure() -> None:
             port = taken.getsockname()[1]
             publish = (("127.0.0.1:0", ":80", "tcp"), ("127.0.0.1:0", ":53", "udp"))
             stop = asyncio.Event()
-            extras = await start_service_extras(env.engine, env.stack, Options(publish=publish),
-                                                stop.set)
+            extras = await start_service_extras(env.engine, env.stack, env.host_tcp,
+                                                Options(publish=publish), stop.set)
             assert extras.error is None and len(extras.forwarder.list()) == 2
             assert not stop.is_set()
             await extras.aclose()
             assert extras.forwarder.list() == []
             taken_port = Options(publish=((f"127.0.0.1:{port}", ":80", "tcp"),))
-            extras = await start_service_extras(env.engine, env.stack, taken_port, stop.set)
+            extras = await start_service_extras(env.engine, env.stack, env.host_tcp, taken_port,
+                                                stop.set)
             assert extras.error == f"Bind for 127.0.0.1:{port} failed: port is already allocated"
             assert stop.is_set() and extras.forwarder.list() == []
         env.engine.close()

@@ -15,6 +15,7 @@ from pyvpnkit.app.options import Options
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
+from pyvpnkit.runtime.host_tcp import HostTcp
 
 if TYPE_CHECKING:  # aiohttp costs most of a second to import: only when an API is asked for
     from pyvpnkit.api.server import ApiServer
@@ -48,12 +49,14 @@ class ServiceExtras:
 async def start_service_extras(
     engine: Engine,
     stack: Stack,
+    host_tcp: HostTcp,
     options: Options,
     stop: Callable[[], None],
     extra_stats: Callable[[], dict[str, Any]] | None = None,
 ) -> ServiceExtras:
     """Start the forwarder, apply --publish and serve --api; on failure log, ``stop()``."""
-    extras = ServiceExtras(Forwarder(engine, stack), engine)
+    extras = ServiceExtras(Forwarder(engine, stack, host_tcp), engine)
+    engine.add_executor(extras.forwarder)
     try:
         for local, remote, protocol in options.publish:
             extras.forwarder.expose(local, remote, protocol)

@@ -16,19 +16,17 @@ from collections.abc import Awaitable, Callable
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
 from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.dns.forwarder import UpstreamQuery
-from pyvpnkit.core.dns.hostmode import HostResolve
-from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.stack import Stack
-from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
 from pyvpnkit.links.tapdev import open_tap, tap_error
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
+from pyvpnkit.runtime.executor import Executor
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
+from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
@@ -123,20 +121,20 @@ class Service:
         self._contain_callback_errors(loop)
         self.budget = DescriptorBudget.from_limit(raise_nofile_limit(), loop.time)
         log.info("host sockets for flows: at most %d", self.budget.capacity)
-        engine = Engine(
-            self.stack, loop, connect_timeout=self.options.connect_timeout, budget=self.budget
-        )
-        self.udp = HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget)
-        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget)
-        self.dns = DnsUpstream(loop, self.stack.dns, engine.wake)
-        engine.add_executor(
-            {t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)}, self.udp.fail
-        )
-        engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
-        engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
+        engine = Engine(self.stack, loop)
+        # The host executors: the engine routes each effect to one of them by type.
+        self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
+                           settle=engine.settle, budget=self.budget)
+        executors: list[Executor] = [
+            self.tcp,
+            HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget),
+            HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
+            DnsUpstream(loop, self.stack.dns, engine.wake),
+        ]
         if self.dns_mode == "host":
-            self.host_dns = HostResolver(loop, self.stack.dns, engine.wake)
-            engine.add_executor({HostResolve: self.host_dns.perform})  # type: ignore[dict-item]
+            executors.append(HostResolver(loop, self.stack.dns, engine.wake))
+        for executor in executors:
+            engine.add_executor(executor)
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
         self._bugs_reported = 0
         self._exhausted_reported = 0
@@ -215,10 +213,8 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        for part in ("udp", "icmp", "dns", "host_dns", "pcap"):
-            obj = getattr(self, part, None)
-            if obj is not None:
-                obj.close()
+        if self.pcap is not None:
+            self.pcap.close()
         for listener in getattr(self, "pcap_listeners", ()):
             listener.close()
 
@@ -337,7 +333,7 @@ class Service:
     async def _start_extras(self) -> ServiceExtras:
         assert self.engine is not None
         return await start_service_extras(
-            self.engine, self.stack, self.options, self.stop, self.extra_stats
+            self.engine, self.stack, self.tcp, self.options, self.stop, self.extra_stats
         )
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.effects import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.udp_nat import NatBase, NatFlow
 from pyvpnkit.wire import icmp as icmpw
@@ -19,23 +20,6 @@ from pyvpnkit.wire.ipv4 import PROTO_ICMP, IPv4Packet, ipv4_header
 
 MAX_ECHO_PAYLOAD = 65535 - 20 - 8
 _REQUESTS_PER_FLOW = 64  # quoted requests kept per flow, by sequence number
-
-
-@dataclass(frozen=True, slots=True)
-class IcmpEchoSend:
-    """Send an echo request on the flow's host ICMP socket (created on first use)."""
-
-    flow_id: int
-    dst_ip: str
-    ident: int  # the VM's identifier (a raw-socket runtime may substitute its own)
-    seq: int
-    payload: bytes
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class IcmpClose:
-    flow_id: int
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
+from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool
@@ -133,7 +134,7 @@ class Stack:
         self.frag = Reassembler()
         self.last_error = ""
         self._frames: list[tuple[int, bytes]] = []
-        self._effects: list[object] = []
+        self._effects: list[Effect] = []
         self._timed = (self.udp, self.icmp, self.dns, self.frag, self.udp_forward)
 
     # -- links and VMs -------------------------------------------------------
@@ -336,9 +337,9 @@ class Stack:
             return
         self._frames.append((vm.link, vm.eth_header + packet))
 
-    def _dns_answers(self, effects: list[object]) -> None:
+    def _dns_answers(self, effects: list[DnsAnswer | UpstreamQuery | HostResolve]) -> None:
         for eff in effects:
-            if type(eff) is not DnsAnswer:
+            if not isinstance(eff, DnsAnswer):
                 self._effects.append(eff)
                 continue
             client: Hashable = eff.client
@@ -354,7 +355,7 @@ class Stack:
 
     _now = 0.0
 
-    def drain(self, now: float) -> tuple[list[tuple[int, bytes]], list[object]]:
+    def drain(self, now: float) -> tuple[list[tuple[int, bytes]], list[Effect]]:
         """Frames for links and effects for the runtime, produced since the last drain."""
         self._now = now
         self._dns_answers(self.dns.drain())

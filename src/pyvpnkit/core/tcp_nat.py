@@ -23,6 +23,7 @@ from typing import Any
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
+    Effect,
     TcpCloseHost,
     TcpOpen,
     TcpPauseReading,
@@ -143,7 +144,7 @@ class TcpNat:
         self._next_port = 32767
         self._timers: list[tuple[float, int]] = []
         self._packets: list[bytes] = []
-        self._effects: list[object] = []
+        self._effects: list[Effect] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0}
@@ -364,7 +365,7 @@ class TcpNat:
             flow.conn.handle_timer(now)
             self._dirty.add(fid)
 
-    def drain(self, now: float) -> tuple[list[bytes], list[object]]:
+    def drain(self, now: float) -> tuple[list[bytes], list[Effect]]:
         self._process_dirty(now)
         packets, effects = self._packets, self._effects
         self._packets, self._effects = [], []

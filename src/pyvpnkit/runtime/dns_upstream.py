@@ -18,9 +18,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from pyvpnkit.core.dns.forwarder import UpstreamQuery
 from pyvpnkit.core.dns.server import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import encode_tcp_message
+from pyvpnkit.core.effects import Effect, UpstreamQuery
 
 MAX_UDP_REPLY = 65535
 
@@ -68,8 +68,10 @@ class DnsUpstream:
         self._next_prune = 0.0
         self._closed = False
 
-    def perform(self, effect: UpstreamQuery) -> None:
-        if self._closed:
+    effects = (UpstreamQuery,)
+
+    def execute(self, effect: Effect) -> None:
+        if self._closed or not isinstance(effect, UpstreamQuery):
             return
         if effect.transport == "tcp":
             task = self._loop.create_task(self._tcp_query(effect))
@@ -77,6 +79,9 @@ class DnsUpstream:
             task.add_done_callback(self._tasks.discard)
         else:
             self._udp_query(effect)
+
+    def fail(self, effect: Effect) -> None:
+        """Sending raised: nothing to undo; the forwarder's timeout tries the next server."""
 
     def close(self) -> None:
         self._closed = True
@@ -294,7 +299,7 @@ class DnsService:
         """Perform every pending effect and re-arm the timer."""
         for effect in self.server.drain():
             if isinstance(effect, UpstreamQuery):
-                self.upstream.perform(effect)
+                self.upstream.execute(effect)
             elif isinstance(effect, DnsAnswer):
                 self._deliver(effect)
         self._arm_timer()

@@ -25,11 +25,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvpnkit.core.udp_forward import UdpForwardReply
+from pyvpnkit.core.effects import Effect, UdpForwardReply
 
 if TYPE_CHECKING:
     from pyvpnkit.core.stack import Stack
     from pyvpnkit.runtime.engine import Engine
+    from pyvpnkit.runtime.host_tcp import HostTcp
 
 log = logging.getLogger("pyvpnkit.forward")
 
@@ -129,16 +130,16 @@ class _Listener:
 class Forwarder:
     """Exposes host ports into the stack's VMs; the API and --publish drive it."""
 
-    def __init__(self, engine: Engine, stack: Stack) -> None:
+    def __init__(self, engine: Engine, stack: Stack, host_tcp: HostTcp) -> None:
         self.engine = engine
         self.stack = stack
+        self.host_tcp = host_tcp  # accepted clients are handed to it whole
         self.loop = engine.loop
         self.stats: Counter[str] = Counter()
         self._by_key: dict[tuple[str, str], _Listener] = {}
         self._by_id: dict[int, _Listener] = {}
         self._next_id = 1
         self._buf = bytearray(65536)
-        engine.add_executor({UdpForwardReply: self._reply})  # type: ignore[dict-item]
 
     # -- public API ----------------------------------------------------------
 
@@ -321,7 +322,7 @@ class Forwarder:
             self.stats["tcp_no_port"] += 1
             return
         self.stats["tcp_accepted"] += 1
-        self.engine.host_tcp.adopt(fid, client)
+        self.host_tcp.adopt(fid, client)
         self.engine.wake()
 
     def _pause(self, lst: _Listener) -> None:
@@ -367,6 +368,17 @@ class Forwarder:
         if got:
             self.stats["udp_in"] += got
             self.engine.wake()
+
+    # -- the executor of UdpForwardReply (replies leave from the listener's socket)
+
+    effects = (UdpForwardReply,)
+
+    def execute(self, eff: Effect) -> None:
+        if isinstance(eff, UdpForwardReply):
+            self._reply(eff)
+
+    def fail(self, effect: Effect) -> None:
+        """A reply raised: it is lost, as a datagram may be."""
 
     def _reply(self, eff: UdpForwardReply) -> None:
         lst = self._by_id.get(eff.listener_id)

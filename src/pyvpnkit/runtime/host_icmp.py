@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from pyvpnkit.core.effects import Effect, IcmpClose, IcmpEchoSend
 from pyvpnkit.core.icmp_errors import kind_from_icmp
-from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend, IcmpNat
+from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.wire import icmp as icmpw
@@ -121,23 +122,20 @@ class HostIcmp:
         self._ident_of: dict[int, int] = {}  # flow id -> our identifier
         self._flow_of: dict[int, tuple[int, str]] = {}  # our identifier -> (flow, dst)
         self._next_ident = os.getpid() & 0xFFFF
-        # For the engine's effect dispatch table (Engine.add_executor).
-        self.handlers: dict[type, Callable[[object], None]] = {
-            IcmpEchoSend: self._on_echo,  # type: ignore[dict-item]
-            IcmpClose: self._on_close,  # type: ignore[dict-item]
-        }
 
-    def execute(self, effect: object) -> bool:
-        """Perform ``effect`` if it is an ICMP NAT effect; False when it is not ours."""
-        if type(effect) is IcmpEchoSend:
-            assert isinstance(effect, IcmpEchoSend)
+    effects = (IcmpEchoSend, IcmpClose)
+
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, IcmpEchoSend):
             self._on_echo(effect)
-        elif type(effect) is IcmpClose:
-            assert isinstance(effect, IcmpClose)
-            self._on_close(effect)
-        else:
-            return False
-        return True
+        elif isinstance(effect, IcmpClose):
+            self._close_flow(effect.flow_id)
+
+    def fail(self, effect: Effect) -> None:
+        """An effect for this flow raised: drop its socket; the next echo opens a new one."""
+        flow_id = getattr(effect, "flow_id", None)
+        if flow_id is not None:
+            self._close_flow(flow_id)
 
     def _on_echo(self, eff: IcmpEchoSend) -> None:
         if self.mode == "ping":
@@ -146,9 +144,6 @@ class HostIcmp:
             self._raw_send(eff)
         else:
             self._warn_disabled()
-
-    def _on_close(self, eff: IcmpClose) -> None:
-        self._close_flow(eff.flow_id)
 
     def close(self) -> None:
         for flow_id in list(self._socks):
@@ -160,7 +155,6 @@ class HostIcmp:
         self._ident_of.clear()
         self._flow_of.clear()
 
-    close_all = close
 
     def _warn_disabled(self) -> None:
         self.stats["echo_dropped"] += 1

@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyvpnkit.core.udp_nat import UdpClose, UdpNat, UdpOpen, UdpSend
+from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
+from pyvpnkit.core.udp_nat import UdpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
@@ -63,44 +64,24 @@ class HostUdp:
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
         self.stats: Counter[str] = Counter()
-        # For the engine's effect dispatch table (Engine.add_executor).
-        self.handlers: dict[type, Callable[[object], None]] = {
-            UdpSend: self._sendto,  # type: ignore[dict-item]
-            UdpOpen: self._on_open,  # type: ignore[dict-item]
-            UdpClose: self._on_close,  # type: ignore[dict-item]
-        }
 
     def __len__(self) -> int:
         return len(self._socks)
 
-    def execute(self, effect: object) -> bool:
-        """Perform ``effect`` if it is a UDP NAT effect; False when it is not ours."""
-        kind = type(effect)
-        if kind is UdpSend:
-            assert isinstance(effect, UdpSend)
+    effects = (UdpOpen, UdpSend, UdpClose)
+
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, UdpSend):
             self._sendto(effect)
-        elif kind is UdpOpen:
-            assert isinstance(effect, UdpOpen)
+        elif isinstance(effect, UdpOpen):
             self._open(effect.flow_id)
-        elif kind is UdpClose:
-            assert isinstance(effect, UdpClose)
+        elif isinstance(effect, UdpClose):
             self._close(effect.flow_id)
-        else:
-            return False
-        return True
 
     def close(self) -> None:
         """Close every host socket (engine shutdown)."""
         for flow_id in list(self._socks):
             self._close(flow_id)
-
-    close_all = close
-
-    def _on_open(self, eff: UdpOpen) -> None:
-        self._open(eff.flow_id)
-
-    def _on_close(self, eff: UdpClose) -> None:
-        self._close(eff.flow_id)
 
     def _open(self, flow_id: int) -> _HostSocket | None:
         """The flow's host socket, or None (counted) when no descriptor is to be had."""
@@ -145,9 +126,9 @@ class HostUdp:
         self._loop.remove_reader(hs.sock.fileno())
         hs.sock.close()
 
-    def fail(self, eff: object) -> None:
+    def fail(self, effect: Effect) -> None:
         """An effect for this flow raised: drop its socket; the next datagram opens a new one."""
-        flow_id = getattr(eff, "flow_id", None)
+        flow_id = getattr(effect, "flow_id", None)
         if flow_id is not None:
             self._close(flow_id)
 
