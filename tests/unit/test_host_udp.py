@@ -302,7 +302,7 @@ async def test_icmp_raw_error_mapped_by_quoted_identifier() -> None:
     h.nat.handle(pkt, msg, 0.0)
     effects = h.nat.drain()[1]
     assert isinstance(effects[0], IcmpEchoSend)
-    ident = h.runtime._raw_ident(effects[0])  # the identifier the raw socket would use
+    ident = h.runtime._idents.ident(effects[0].flow_id, effects[0].dst_ip)  # as the raw socket
     # What a router two hops away sends back (fed to the parser, not the network).
     ours = build_icmp(ECHO_REQUEST, 0, echo_rest(ident, 5), b"abc")
     quoted = build_ipv4(ip4("10.0.0.5"), remote, PROTO_ICMP, ours, ttl=1)[:28]

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
+from pyvpnkit.core.icmp_errors import kind_from_send_errno
 from pyvpnkit.core.udp_nat import UdpNat
-from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,6 @@ MAX_READS_PER_WAKEUP = 256  # fairness: other flows and the VM link get a turn
 # sendto() reports an ICMP error that arrived earlier (sk_err) instead of
 # sending; those datagrams deserve one more try.
 _PENDING_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
-_SEND_ERROR_KINDS = {
-    errno.ENETUNREACH: "net_unreachable",
-    errno.EHOSTUNREACH: "host_unreachable",
-    errno.EACCES: "admin_prohibited",  # firewall (netfilter REJECT / EPERM)
-    errno.EPERM: "admin_prohibited",
-}
 
 
 @dataclass(slots=True)
@@ -148,12 +143,7 @@ class HostUdp:
                 self._wake()
                 return
         sock = hs.sock
-        if eff.ttl != hs.ttl and 0 < eff.ttl < 256:
-            try:
-                sock.setsockopt(socket.SOL_IP, socket.IP_TTL, eff.ttl)
-                hs.ttl = eff.ttl
-            except OSError:
-                self.stats["ttl_failed"] += 1
+        hs.ttl = set_ttl(sock, hs.ttl, eff.ttl, self.stats)
         dst = (eff.dst_ip, eff.dst_port)
         hs.last_dst = dst
         for attempt in (0, 1):
@@ -172,7 +162,7 @@ class HostUdp:
                         self._wake()
                     continue
                 self.stats["send_error"] += 1
-                kind = _SEND_ERROR_KINDS.get(exc.errno or 0)
+                kind = kind_from_send_errno(exc.errno)
                 if kind is not None:
                     self._nat.host_error(
                         eff.flow_id, kind, None, eff.dst_ip, eff.dst_port, self._clock()
