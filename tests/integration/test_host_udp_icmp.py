@@ -1,4 +1,4 @@
-"""Host socket adapters for the UDP and ICMP NATs, against real sockets.
+"""Host socket adapters for the UDP and ICMP NATs, against real sockets (needs root).
 
 Traffic stays on 127.0.0.1, or inside network namespaces the test makes
 itself with ``unshare -n`` (a "router" namespace behind a veth, for TTL
