@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
 from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
@@ -203,7 +204,7 @@ class Service:
         """Serve a namespace's TAP; its interface has the first address: reserve it."""
         assert self.engine is not None
         link = TapLink(attached.tap_fd, self.engine, self.config.mtu, name=name, vnet_hdr=True)
-        ip = self.stack.pool.allocate("mac:" + attached.mac.hex(":"), self.config.lowest_ip)
+        ip = self.stack.pool.allocate(mac_key(attached.mac), self.config.lowest_ip)
         link_id = self.engine.link_id(link)
         if link_id is not None:
             self.stack.add_vm(link_id, attached.mac, ip)

@@ -21,7 +21,7 @@ from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
-from pyvpnkit.core.ippool import AddressPool
+from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
@@ -163,9 +163,9 @@ class Stack:
     def _vm_from_lease(self, ip: bytes) -> Vm | None:
         """A VM that has a lease but sent no IPv4 yet (e.g. only listens): route by its MAC."""
         owner = self.pool.owner(ip)
-        if owner is None or not owner.startswith("mac:"):
+        mac = key_mac(owner) if owner is not None else None
+        if mac is None:
             return None
-        mac = bytes.fromhex(owner[4:].replace(":", ""))
         link = self.macs.get(mac)
         if link is None:
             return None
@@ -190,7 +190,7 @@ class Stack:
             return True  # routed from behind the VM: nothing to learn, nothing to steal
         else:
             owner = self.pool.owner(ip)
-            if owner is not None and owner.startswith("mac:") and owner != "mac:" + mac.hex(":"):
+            if owner is not None and key_mac(owner) not in (None, mac):
                 return False
         self.vms[ip] = Vm(ip, link, mac, mac + self.config.gateway_mac + b"\x08\x00")
         self.dns.set_vm_addresses(list(self.vms))

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from pyvpnkit.core.effects import Effect
+from pyvpnkit.core.ippool import PoolError, mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link, VifError
 from pyvpnkit.runtime.executor import Executor
@@ -111,11 +112,9 @@ class Engine:
 
     def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
         mac = mac_for_uuid(uuid)
-        from pyvpnkit.core.ippool import PoolError
-
         try:
             ip = self.stack.pool.allocate(
-                "mac:" + mac.hex(":"), preferred_ip, strict=preferred_ip is not None
+                mac_key(mac), preferred_ip, strict=preferred_ip is not None
             )
         except PoolError as exc:
             raise VifError(str(exc)) from exc
