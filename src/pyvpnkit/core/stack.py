@@ -8,7 +8,6 @@ only place that knows about links, MAC addresses and which VM lives where.
 from __future__ import annotations
 
 import random
-import socket
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -395,13 +394,6 @@ class Stack:
         self.icmp.handle_timer(now)
         self.dns.handle_timer(now)
         self.frag.handle_timer(now)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "stats": dict(self.stats),
-            "vms": {socket.inet_ntoa(ip): vm.mac.hex(":") for ip, vm in self.vms.items()},
-            "tcp_flows": len(self.tcp),
-        }
 
 
 __all__ = ["Stack", "Vm"]
