@@ -20,12 +20,12 @@ import ipaddress
 import logging
 import os
 import socket
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyvpnkit.core.effects import Effect, UdpForwardReply
+from pyvpnkit.links.sockets import remove_stale_unix
 
 if TYPE_CHECKING:
     from pyvpnkit.core.stack import Stack
@@ -413,30 +413,15 @@ def _bind_error(exc: OSError, proto: str, local: str) -> ForwardError:
 
 
 def remove_stale_socket(path: str) -> None:
-    """Unlink a socket file nobody listens on; refuse to replace anything else."""
+    """links.sockets.remove_stale_unix's rule, in the API's words (ForwardError, 409)."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        remove_stale_unix(path)
+    except FileExistsError:
+        raise ForwardError(f"listen unix {path}: file exists and is not a socket", 409) from None
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ForwardError(f"listen unix {path}: address already in use", 409) from None
         raise _bind_error(exc, "unix", path) from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ForwardError(f"listen unix {path}: file exists and is not a socket", 409)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        err = probe.connect_ex(path)
-    finally:
-        probe.close()
-    if err in (0, errno.EAGAIN, errno.EINPROGRESS):
-        raise ForwardError(f"listen unix {path}: address already in use", 409)
-    if err in (errno.ECONNREFUSED, errno.ENOENT):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _bind_error(exc, "unix", path) from None
 
 
 __all__ = [
