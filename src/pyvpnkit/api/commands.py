@@ -18,7 +18,7 @@ CLIENT_COMMANDS = ("expose", "unexpose", "forwards", "stats", "leases")
 
 
 def _publish(text: str) -> tuple[str, str, str]:
-    from pyvpnkit.runtime.forwarder import parse_publish
+    from pyvpnkit.core.forwards import parse_publish
 
     try:
         return parse_publish(text)
