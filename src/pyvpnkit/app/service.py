@@ -50,6 +50,8 @@ def _read(path: str) -> str:
 
 
 class Service:
+    """One running stack: built from a NetConfig and Options, served until stopped."""
+
     def __init__(self, config: NetConfig, options: Options) -> None:
         self.config = config
         self.options = opts = options
@@ -103,10 +105,10 @@ class Service:
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, resolv_conf: str | None = None) -> IfaceSetup:
-        cfg, args = self.config, self.options
+        cfg, opts = self.config, self.options
         return IfaceSetup(
-            ifname=args.ifname,
-            config_net=args.config_net,
+            ifname=opts.ifname,
+            config_net=opts.config_net,
             address=socket.inet_ntoa(cfg.lowest_ip),
             prefixlen=cfg.prefixlen,
             gateway=socket.inet_ntoa(cfg.gateway_ip),
