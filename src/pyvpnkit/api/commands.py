@@ -1,4 +1,4 @@
-"""CLI glue: API client subcommands, --api/--publish service options and their start-up."""
+"""CLI glue: the API client subcommands and the --api/--publish options (started by app/)."""
 
 from __future__ import annotations
 

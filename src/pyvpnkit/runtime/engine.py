@@ -38,7 +38,7 @@ def mac_for_uuid(uuid: str) -> bytes:
 
 
 class Engine:
-    """The FrameSink every link reports to, and the executor of the stack's effects."""
+    """The FrameSink every link reports to; routes the stack's effects to their executors."""
 
     def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.stack = stack

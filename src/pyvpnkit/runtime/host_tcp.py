@@ -46,6 +46,8 @@ class _HostConn:
 
 
 class HostTcp:
+    """Executes the TCP NAT's effects on host sockets and reports what the kernel did."""
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
