@@ -18,6 +18,7 @@ from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
 from pyvpnkit.core.config import NetConfig, network_layout
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
+from pyvpnkit.proxy_options import add_proxy_options, proxy_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
 
 log = logging.getLogger("pyvpnkit")
@@ -293,6 +294,7 @@ def listener_specs(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
 def service_options(args: argparse.Namespace) -> Options:
     """The parsed command line as a Service's Options; a bad --forwards file is a UserError."""
     return Options(
+        **proxy_overrides(args),
         dns_servers=tuple(args.dns_server),
         hosts=args.hosts,
         dns_mode=args.dns_mode,
@@ -338,12 +340,14 @@ def make_parser() -> argparse.ArgumentParser:
         "exec", help="run a command in a new network namespace wired to the stack", epilog=EPILOG
     )
     add_network_options(ex)
+    add_proxy_options(ex)
     add_iface_options(ex)
     add_service_options(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
     run = sub.add_parser("run", help="long-running service", epilog=EPILOG)
     add_network_options(run)
+    add_proxy_options(run)
     add_iface_options(run)
     add_service_options(run)
     run.add_argument("--netns", metavar="NAME|PATH",

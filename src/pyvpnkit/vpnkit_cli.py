@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from pyvpnkit import __version__, cli
-from pyvpnkit.app.options import load_redirects
+from pyvpnkit.app.options import load_proxy_config
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.errors import UserError
 
@@ -35,8 +35,7 @@ EXIT_USAGE = 124
 
 # vpnkit flags whose feature pyvpnkit lacks, and why they are refused.
 UNSUPPORTED = {
-    "--http": "not supported yet: pyvpnkit has no HTTP proxy",
-    "--http-api-path": "not supported yet: pyvpnkit has no HTTP proxy",
+    "--http-api-path": "not supported: `pyvpnkit run --api` serves /http_proxy.json",
     "--port": "vpnkit's 9P port-forwarding filesystem is not supported",
     "--vsock-path": "vpnkit's vsock port forwarding is not supported",
     "--port-forwards": "vpnkit's vsock port forwarding is not supported",
@@ -107,7 +106,7 @@ NAMES = {
     "--vm-names": "the VM's IP (default vm.internal)",
 }
 EPILOG = (
-    "vpnkit flags refused (pyvpnkit has no such feature; --http: not yet):\n  "
+    "vpnkit flags refused (pyvpnkit has no such feature):\n  "
     + textwrap.fill(" ".join(UNSUPPORTED), 78, break_on_hyphens=False).replace("\n", "\n  ")
     + "\n\nexit status: 0 when stopped by SIGINT/SIGTERM, 1 if a socket cannot be served,\n"
     f"{EXIT_USAGE} for a command-line error (as vpnkit)."
@@ -143,6 +142,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("--forwards", metavar="FILE",
         help="JSON list of outbound redirects of VM TCP to unix sockets: "
         '[{"protocol":"tcp","dst_prefix":CIDR,"dst_port":N,"path":PATH}]')
+    add("--http", metavar="FILE",
+        help="http_proxy.json: upstream HTTP/HTTPS proxies, exclude, transparent ports; "
+        "reloaded when it changes")
     add("--pcap", action="append", default=[], metavar="PATH",
         help="unix socket serving a live pcap stream of every frame (repeatable)")
     add("--pcap-snaplen", type=_int, default=128, metavar="N",
@@ -232,7 +234,7 @@ def run_options(args: argparse.Namespace) -> argparse.Namespace:
     run = [f"--listen-vpnkit=unix://{quote(path, safe='/')}", f"--subnet={subnet}"]
     options = {"mtu": args.mtu, "hosts": args.hosts, "pcap-snaplen": args.pcap_snaplen}
     for name in ("gateway-ip", "lowest-ip", "highest-ip", "domain", "host-names",
-                 "gateway-names", "vm-names", "forwards"):  # fmt: skip
+                 "gateway-names", "vm-names", "forwards", "http"):  # fmt: skip
         options[name] = getattr(args, name.replace("-", "_"))
     if args.host_ip.packed == bytes(4):
         run.append("--no-host-loopback")
@@ -256,7 +258,7 @@ def configure(argv: Sequence[str] | None) -> tuple[NetConfig, argparse.Namespace
     args = parse_args(argv)
     options = run_options(args)
     try:
-        load_redirects(args.forwards)
+        load_proxy_config(cli.service_options(options))  # --forwards and --http, checked now
         config = cli.build_config(options)
     except UserError as exc:
         raise UsageError(str(exc)) from None

@@ -38,7 +38,8 @@ QEMU_MACHINE = (
     "-machine q35 -accel tcg -m 256 -smp 1 -nodefaults -display none -serial stdio -no-reboot"
 ).split()
 
-INIT = """#!/bin/sh
+# Boots to a guest with eth0 up; each test's /init goes on from here.
+BOOT = """#!/bin/sh
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -49,7 +50,8 @@ n=0
 while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
 ip link set lo up
 ip link set eth0 up
-echo "PVK-UP $(cut -d' ' -f1 /proc/uptime)"
+"""
+INIT = BOOT + """echo "PVK-UP $(cut -d' ' -f1 /proc/uptime)"
 udhcpc -i eth0 -f -n -q -t 10 -T 1 -O mtu -s /udhcpc.sh || echo "PVK-NODHCP"
 wget -q -O /tmp/blob http://192.168.65.2:{port}/blob
 echo "PVK-WGET rc=$? size=$(wc -c < /tmp/blob) at $(cut -d' ' -f1 /proc/uptime)"
@@ -82,16 +84,19 @@ class BootImage:
 @pytest.fixture(scope="module")
 def boot_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootImage]:
     """Kernel and initramfs, built once for every way of attaching the NIC."""
+    yield from build_boot_image(tmp_path_factory, INIT.format(port=HTTP_PORT))
+
+
+def build_boot_image(factory: pytest.TempPathFactory, init: str) -> Iterator[BootImage]:
+    """A fixture's image with ``init`` as /init; skips when the machine lacks a part."""
     if shutil.which(QEMU) is None:
         pytest.skip(f"{QEMU} is not installed (Debian: qemu-system-x86)")
     if shutil.which("busybox") is None:
         pytest.skip("busybox is not installed (Debian: busybox)")
-    d = tmp_path_factory.mktemp("qemu-image")
+    d = factory.mktemp("qemu-image")
     try:
         kernel = find_kernel()
-        initrd = build_initramfs(
-            d / "initrd.gz", kernel, INIT.format(port=HTTP_PORT), {"/udhcpc.sh": UDHCPC}
-        )
+        initrd = build_initramfs(d / "initrd.gz", kernel, init, {"/udhcpc.sh": UDHCPC})
     except ImageError as exc:
         pytest.skip(f"{exc} (Debian: linux-image-amd64)")
     yield BootImage(boot_kernel(kernel, d / "vmlinux"), initrd)

@@ -25,6 +25,12 @@ EXCLUDED = {
     "bash .ci/run": "runs this very test suite",
     "qemu-system-x86_64": "needs QEMU and a guest kernel (tests/integration/test_qemu.py)",
     "--listen-vfkit": "needs hyperkit or vfkit, macOS hypervisors",
+    "python3 -m venv": "installs from PyPI (CI installs the same way, into its own venv)",
+    "rootlesskit --net=slirp4netns": "interactive, as an ordinary user: test_rootless.py runs "
+    "this command line as a user it creates",
+    "rootlesskit --net=vpnkit": "Debian's rootlesskit has its vpnkit driver compiled out: "
+    "test_vpnkit_cli.py drives pyvpnkit-vpnkit as rootlesskit does",
+    "--http-proxy proxy.corp": "needs a company proxy (tests/integration/test_http_proxy.py)",
 }
 # What each block run here must print, and the servers it talks to (matched by a
 # string in the block).
@@ -33,6 +39,7 @@ EXPECTED = {
         "hello pyvpnkit", "lease of 192.168.65.3 obtained", "iperf Done."
     ],
     "--api unix:///tmp/pvk.sock": ["\n200\n", "udp   127.0.0.1:5353", '"frames_in"'],
+    "pyvpnkit-gvproxy -listen": ['"local": "127.0.0.1:2222"', '"Name": "apps.internal."'],
 }
 SERVERS = {
     "curl http://host.docker.internal:8080/": [
@@ -62,9 +69,11 @@ def env(tmp_path: Path) -> Iterator[tuple[NetEnv, str]]:
         resolv.parent.mkdir(parents=True)
         resolv.write_text("nameserver 127.0.0.1\n")
         netenv.start_helper("host", "dns_server.py", "53")
-        wrapper = tmp_path / "pyvpnkit"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m pyvpnkit "$@"\n')
-        wrapper.chmod(0o755)
+        commands = (("pyvpnkit", "pyvpnkit"), ("pyvpnkit-gvproxy", "pyvpnkit.gvproxy.cli"))
+        for name, module in commands:
+            wrapper = tmp_path / name
+            wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m {module} "$@"\n')
+            wrapper.chmod(0o755)
         yield netenv, f"{tmp_path}:/usr/sbin:/usr/bin:/sbin:/bin"
     finally:
         netenv.close()

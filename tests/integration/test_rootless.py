@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -181,7 +182,9 @@ needs_rootlesskit = pytest.mark.skipif(shutil.which("rootlesskit") is None,
 def test_rootlesskit_slirp4netns(netenv: NetEnv, user: User, loopback: bool) -> None:
     local, world = _servers(netenv)
     netenv.start_helper("host", "dns_server.py", "53")
-    extra = [] if loopback else ["--disable-host-loopback"]
+    # with host loopback also confined, as rootlesskit's --slirp4netns-sandbox/seccomp do
+    extra = (["--slirp4netns-sandbox=true", "--slirp4netns-seccomp=true"] if loopback
+             else ["--disable-host-loopback"])
     script = _guest_checks(user, "10.0.2.2", "10.0.2.3", local if loopback else None, world)
     if not loopback:  # 10.0.2.2 must not reach the host's 127.0.0.1
         script += f"; {sys.executable} {user.home}/tcp_client.py refused 10.0.2.2 {local}"
@@ -193,10 +196,13 @@ def test_rootlesskit_slirp4netns(netenv: NetEnv, user: User, loopback: bool) -> 
 
 @needs_rootlesskit
 def test_rootlesskit_port_driver_slirp4netns(netenv: NetEnv, user: User) -> None:
-    """`-p 127.0.0.1:PORT:PORT/tcp` through the API socket: a host client reaches the guest."""
+    """`-p 127.0.0.1:PORT:PORT/tcp` through the API socket: a host client reaches the guest,
+    with the sandbox and seccomp filter in force."""
     port = "18765"
     server = f"{sys.executable} {user.home}/tcp_server.py 0.0.0.0 {port}"
     cmd = _rootlesskit(netenv, user, _resolv(user), "--port-driver=slirp4netns",
+                       # "auto": rootlesskit finds both flags in our --help and passes them
+                       "--slirp4netns-sandbox=auto", "--slirp4netns-seccomp=auto",
                        "-p", f"127.0.0.1:{port}:{port}/tcp", "sh", "-c", f"exec {server}")
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -212,6 +218,10 @@ def test_rootlesskit_port_driver_slirp4netns(netenv: NetEnv, user: User) -> None
             return got.get("ok") is True
 
         assert wait_for(fetched, 20, 0.3), got
+        [drop_in] = _drop_ins(user)
+        cmdline = Path(f"/proc/{drop_in}/cmdline").read_bytes().split(b"\0")
+        assert b"--enable-sandbox" in cmdline and b"--enable-seccomp" in cmdline, str(cmdline)
+        _assert_confined(drop_in)
     finally:
         _terminate(proc, 10)
 
@@ -232,16 +242,33 @@ runroot = "{home}/run/storage"
 APPLETS = ("sh", "httpd", "nc", "sha256sum", "nslookup", "echo", "printf", "sleep")
 
 
-def _drop_in_running(user: User) -> bool:
+def _drop_ins(user: User) -> list[int]:
+    """PIDs of USER's pyvpnkit-slirp4netns processes."""
+    found = []
     for entry in os.listdir("/proc"):
         try:
             if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == user.uid:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                if b"pyvpnkit.slirp4netns" in cmdline or b"pyvpnkit-slirp4netns" in cmdline:
-                    return True
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                # python -m pyvpnkit.slirp4netns, or python .../bin/pyvpnkit-slirp4netns
+                # (not rootlesskit, whose --slirp4netns-binary names it)
+                if b"pyvpnkit.slirp4netns" in args[:3] or any(
+                        a.endswith(b"/pyvpnkit-slirp4netns") for a in args[:2]):
+                    found.append(int(entry))
         except OSError:
             continue
-    return False
+    return found
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def _assert_confined(pid: int) -> None:
+    """What --enable-sandbox --enable-seccomp promise, seen from outside."""
+    status = _status(pid)
+    assert status["NoNewPrivs"].strip() == "1", status
+    assert status["Seccomp"].strip() == "2", status  # a filter is loaded
 
 
 def _busybox_image(dest: Path) -> Path:
@@ -321,7 +348,8 @@ def test_podman_network_cmd_path(netenv: NetEnv, user: User) -> None:
             return res.stdout == "hello from the container\n"
 
         assert wait_for(fetched, 20, 0.3), got
-        assert _drop_in_running(user), "podman did not run pyvpnkit-slirp4netns"
+        [drop_in] = _drop_ins(user)  # podman passes both flags when --help lists them
+        _assert_confined(drop_in)
     finally:
         _terminate(proc, 20)
 
@@ -381,15 +409,34 @@ def test_drop_in_pid_target_exit_fd_and_target_exit(netenv: NetEnv) -> None:
             target.wait()
 
 
-def test_sandbox_applies_what_help_says() -> None:
-    """--enable-sandbox as root: no_new_privs, capabilities down to NET_BIND_SERVICE + NET_RAW."""
-    code = ("from pyvpnkit.slirp4netns.sandbox import confine; confine(); "
-            "print(open('/proc/self/status').read())")
-    out = run([sys.executable, "-c", code])
-    assert out.returncode == 0, out.stderr
-    status = dict(line.split(":\t", 1) for line in out.stdout.splitlines() if ":\t" in line)
-    kept = hex((1 << 10) | (1 << 13))
-    assert status["NoNewPrivs"].strip() == "1"
-    for field in ("CapEff", "CapPrm", "CapBnd"):
-        assert hex(int(status[field], 16)) == kept, (field, status[field])
-    assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
+def test_sandbox_applies_what_help_says(netenv: NetEnv, tmp_path: Path) -> None:
+    """As root with --enable-sandbox --enable-seccomp: no_new_privs, capabilities down to
+    NET_BIND_SERVICE + NET_RAW, a seccomp filter; and it still serves the guest and its
+    API, and removes the API socket at exit (allowed by its Landlock rule)."""
+    name = f"pvk-s4-{os.urandom(4).hex()}"
+    sock = tmp_path / "api.sock"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        proc, exit_w = _start_drop_in(netenv, "--enable-sandbox", "--enable-seccomp",
+                                      "-a", str(sock), "--netns-type=path",
+                                      f"/run/netns/{name}", "tap0")
+        _assert_confined(proc.pid)  # nsenter execs the drop-in: same pid
+        status = _status(proc.pid)
+        kept = hex((1 << 10) | (1 << 13))
+        for field in ("CapEff", "CapPrm", "CapBnd"):
+            assert hex(int(status[field], 16)) == kept, (field, status[field])
+        assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
+        ping = subprocess.run(["ip", "netns", "exec", name, "ping", "-c1", "-W3", "10.0.2.2"],
+                              capture_output=True, text=True, timeout=30)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(str(sock))
+            client.sendall(b'{"execute":"list_hostfwd"}')
+            client.shutdown(socket.SHUT_WR)
+            assert json.loads(client.recv(4096)) == {"return": {"entries": []}}
+        os.close(exit_w)
+        assert _stops(proc) and proc.returncode == 0
+        assert not sock.exists()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -170,4 +170,5 @@ def test_usage_error_from_the_command(tmpdir_short: str) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 124
-    assert out.stderr == "pyvpnkit-vpnkit: --http: not supported yet: pyvpnkit has no HTTP proxy\n"
+    assert out.stderr == (f"pyvpnkit-vpnkit: --http {tmpdir_short}/http.json: "
+                          "No such file or directory\n")

@@ -21,7 +21,8 @@ LAYERS = {
     "runtime": 3,
     "api": 4,
     "app": 5,
-    "cli": 6, "vpnkit_cli": 6, "slirp4netns": 6, "__main__": 6,
+    "cli": 6, "vpnkit_cli": 6, "slirp4netns": 6, "gvproxy": 6, "proxy_options": 6,
+    "__main__": 6,
 }  # fmt: skip
 
 

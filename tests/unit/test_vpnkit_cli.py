@@ -85,7 +85,8 @@ def test_debug_flag_and_odd_paths() -> None:
         (["--ethernet", "e", "--frobnicate", "1"], "unknown option --frobnicate (see --help)"),
         (["--ethernet", "e", "--frob=1"], "unknown option --frob (see --help)"),
         (["--ethernet", "e", "stray"], "unexpected argument 'stray'"),
-        (["--ethernet", "e", "--http", "proxy.json"], "--http: not supported yet"),
+        (["--ethernet", "e", "--http", "/nonexistent/p.json"], "--http /nonexistent/p.json: No "),
+        (["--ethernet", "e", "--http-api-path", "/x.sock"], "--http-api-path: not supported"),
         (["--ethernet", "e", "--port=/x.sock"], "--port: vpnkit's 9P port-forwarding"),
         (["--ethernet", "e", "--tcpv4-forwards", "80:1.2.3.4:80"], "gateway forwards"),
         (["--ethernet", "hyperv-listen://vm"], "only a unix socket path is supported"),
@@ -139,6 +140,6 @@ def test_help_lists_vpnkit_flags_and_refusals(capsys: pytest.CaptureFixture[str]
                  "--hosts", "--pcap", "--pcap-snaplen", "--debug", "--domain", "--forwards",
                  "--server-macaddr", "0.0.0.0"):  # fmt: skip
         assert flag in out, flag
-    assert "--http" in out and "not yet" in out and "124" in out
+    assert "--http FILE" in out and "124" in out
     for flag in vpnkit_cli.UNSUPPORTED:
         assert flag in out, flag

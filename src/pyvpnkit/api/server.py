@@ -2,7 +2,10 @@
 
 Routes: POST /services/forwarder/expose {"local","remote","protocol"},
 POST /services/forwarder/unexpose {"local","protocol"}, GET
-/services/forwarder/all, GET /stats, GET /leases. Bad requests get a 4xx with
+/services/forwarder/all, GET /stats, GET /leases (also /services/dhcp/leases),
+GET /cam (VM MAC -> link), POST /services/dns/add {"Name","Records","DefaultIP"},
+GET /services/dns/all, and vpnkit's GET and POST
+/http_proxy.json (the HTTP proxy's configuration). Bad requests get a 4xx with
 a one-line text reason; no request can stop the service. There is no
 authentication: the unix socket is created mode 0600 (owner only) and a TCP
 listener should stay on loopback.
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from pyvpnkit.core.dns.zones import ZoneError, zone_from_dict
 from pyvpnkit.core.ippool import key_mac
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.runtime.forwarder import ForwardError, remove_stale_socket
@@ -35,6 +39,13 @@ class ForwarderLike(Protocol):
     def expose(self, local: str, remote: str, protocol: str = "tcp") -> dict[str, str]: ...
     def unexpose(self, local: str, protocol: str = "tcp") -> None: ...
     def list(self) -> list[dict[str, str]]: ...
+
+
+class ProxyLike(Protocol):
+    """The HTTP proxy's configuration, as GET/POST /http_proxy.json see it."""
+
+    def config_json(self) -> dict[str, Any]: ...
+    def set_config_json(self, obj: object) -> None: ...
 
 
 class FrameCounter:
@@ -55,6 +66,7 @@ STACK = web.AppKey("stack", Stack)
 COUNTER = web.AppKey("counter", FrameCounter)
 StatsFn = Callable[[], dict[str, Any]]
 EXTRA_STATS: web.AppKey[StatsFn] = web.AppKey("extra_stats")
+HTTP_PROXY = web.AppKey("http_proxy", ProxyLike)
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -121,6 +133,25 @@ async def leases(request: web.Request) -> web.Response:
     return web.json_response(leases_of(request.app[STACK]))
 
 
+async def cam(request: web.Request) -> web.Response:
+    """gvproxy's switch table: each VM MAC and the link it was last seen on."""
+    return web.json_response({m.hex(":"): n for m, n in request.app[STACK].macs.items()})
+
+
+async def dns_add(request: web.Request) -> web.Response:
+    """Add a zone, or put records in front of an existing zone's (gvproxy's /services/dns/add)."""
+    try:
+        zone = zone_from_dict(await _json_object(request))
+    except ZoneError as exc:
+        return _text(400, str(exc))
+    request.app[STACK].dns.names.zones.add(zone)
+    return web.Response(status=200)
+
+
+async def dns_all(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STACK].dns.names.zones.to_json())
+
+
 def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any]:
     """Traffic counters, drops by reason and live flows, from the machines' own counters."""
     s = stack.stats
@@ -168,6 +199,24 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+async def get_http_proxy(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HTTP_PROXY].config_json())
+
+
+async def post_http_proxy(request: web.Request) -> web.Response:
+    """Replace the configuration (until the --http file changes); 400 names what is wrong."""
+    from pyvpnkit.core.http_proxy.config import ConfigError
+
+    raw = await request.read()
+    proxy = request.app[HTTP_PROXY]
+    try:
+        proxy.set_config_json(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = "invalid http_proxy.json" if isinstance(exc, ConfigError) else "malformed JSON body"
+        return _text(400, f"{kind}: {exc}")
+    return web.json_response(proxy.config_json())
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -189,6 +238,7 @@ def make_app(
     *,
     counter: FrameCounter | None = None,
     extra_stats: Callable[[], dict[str, Any]] | None = None,
+    http_proxy: ProxyLike | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
     app[FORWARDER] = forwarder
@@ -202,6 +252,14 @@ def make_app(
     app.router.add_get("/services/forwarder/all", forwards)
     app.router.add_get("/stats", stats)
     app.router.add_get("/leases", leases)
+    app.router.add_get("/services/dhcp/leases", leases)
+    app.router.add_get("/cam", cam)
+    app.router.add_post("/services/dns/add", dns_add)
+    app.router.add_get("/services/dns/all", dns_all)
+    if http_proxy is not None:
+        app[HTTP_PROXY] = http_proxy
+        app.router.add_get("/http_proxy.json", get_http_proxy)
+        app.router.add_post("/http_proxy.json", post_http_proxy)
     return app
 
 

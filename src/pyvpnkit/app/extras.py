@@ -1,4 +1,4 @@
-"""The --publish forwards and the --api server of a running Service.
+"""The --publish forwards and the --api server (with /http_proxy.json) of a running Service.
 
 Started once the engine runs; a forward or API that cannot start stops the
 service, as `docker run -p` refuses to start on a taken port.
@@ -16,6 +16,7 @@ from pyvpnkit.core.stack import Stack
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
 from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.http_proxy import HttpProxy
 
 if TYPE_CHECKING:  # aiohttp costs most of a second to import: only when an API is asked for
     from pyvpnkit.api.server import ApiServer
@@ -53,6 +54,7 @@ async def start_service_extras(
     options: Options,
     stop: Callable[[], None],
     extra_stats: Callable[[], dict[str, Any]] | None = None,
+    http_proxy: HttpProxy | None = None,
 ) -> ServiceExtras:
     """Start the forwarder, apply --publish and serve --api; on failure log, ``stop()``."""
     extras = ServiceExtras(Forwarder(engine, stack, host_tcp), engine)
@@ -67,7 +69,8 @@ async def start_service_extras(
             counter = FrameCounter()
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)
-            app = make_app(extras.forwarder, stack, counter=counter, extra_stats=extra_stats)
+            app = make_app(extras.forwarder, stack, counter=counter, extra_stats=extra_stats,
+                           http_proxy=http_proxy)
             try:
                 extras.api = await start_api(url, app)
             except OSError as exc:

@@ -10,6 +10,14 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
+from pyvpnkit.core.http_proxy.config import (
+    ConfigError,
+    HostList,
+    ProxyConfig,
+    Upstream,
+    parse_config,
+    with_overrides,
+)
 from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import SETUP_FAILED, UserError
 
@@ -31,6 +39,12 @@ class Options:
     udp_max_flows: int = 4096
     max_pending_connects: int = 1024
     connect_timeout: float = 30.0
+    # the HTTP proxy: --http (vpnkit's http_proxy.json, reloaded when it changes) and the
+    # flags that override its keys (--proxy-from-env is resolved into them by the CLI)
+    http: str | None = None
+    http_proxy: Upstream | None = None
+    https_proxy: Upstream | None = None
+    no_proxy: HostList | None = None
     # links: (kind, url) listeners, an existing TAP, a namespace to wire a TAP into
     listeners: tuple[tuple[str, str], ...] = ()
     tap: str | None = None
@@ -89,3 +103,27 @@ def load_redirects(path: str | None) -> tuple[Redirect, ...]:
     if not isinstance(rules, list):
         raise UserError(f"--forwards {path}: expected a JSON list of redirects")
     return tuple(_redirect(path, i, rule) for i, rule in enumerate(rules))
+
+
+def proxy_config(options: Options, text: str | None) -> ProxyConfig:
+    """The --http file's text (ConfigError if invalid; None: no file) under the flags."""
+    base = parse_config(text) if text is not None else ProxyConfig()
+    return with_overrides(base, options.http_proxy, options.https_proxy, options.no_proxy)
+
+
+def load_proxy_config(options: Options) -> ProxyConfig:
+    """The HTTP proxy's configuration at start-up; a bad --http file is a UserError naming it."""
+    path = options.http
+    if path is None:
+        return proxy_config(options, None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise UserError(f"--http {path}: {exc.strerror}", SETUP_FAILED) from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--http {path}: not text ({exc})") from None
+    try:
+        return proxy_config(options, text)
+    except ConfigError as exc:
+        raise UserError(f"--http {path}: {exc}") from None

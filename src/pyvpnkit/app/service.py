@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
-from pyvpnkit.app.options import Options
+from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
@@ -29,6 +29,7 @@ from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
+from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
@@ -85,6 +86,8 @@ class Service:
             dns_timeout=opts.dns_timeout,
             max_pending_connects=opts.max_pending_connects,
         )
+        self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
+        self.proxy_watch: ConfigWatcher | None = None
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
@@ -128,12 +131,19 @@ class Service:
         # The host executors: the engine routes each effect to one of them by type.
         self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
                            settle=engine.settle, budget=self.budget)
+        self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
             HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget),
             HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
             DnsUpstream(loop, self.stack.dns, engine.wake),
+            self.http_proxy,
         ]
+        options = self.options
+        if options.http is not None:  # reload --http when it changes
+            self.proxy_watch = ConfigWatcher(options.http, lambda text: proxy_config(options, text),
+                                             self.http_proxy.set_config)
+            self.proxy_watch.start(loop)
         if self.dns_mode == "host":
             executors.append(HostResolver(loop, self.stack.dns, engine.wake))
         for executor in executors:
@@ -216,6 +226,8 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
+        if self.proxy_watch is not None:
+            self.proxy_watch.close()
         if self.pcap is not None:
             self.pcap.close()
         for listener in getattr(self, "pcap_listeners", ()):
@@ -336,7 +348,8 @@ class Service:
     async def _start_extras(self) -> ServiceExtras:
         assert self.engine is not None
         return await start_service_extras(
-            self.engine, self.stack, self.tcp, self.options, self.stop, self.extra_stats
+            self.engine, self.stack, self.tcp, self.options, self.stop, self.extra_stats,
+            self.http_proxy,
         )
 
     def stop(self) -> None:

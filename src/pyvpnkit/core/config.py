@@ -35,6 +35,8 @@ class NetConfig:
     gateway_names: tuple[str, ...] = ("gateway.docker.internal", "gateway.internal")
     vm_names: tuple[str, ...] = ("vm.internal",)
     lease_time: int = 7 * 24 * 3600
+    uuid_macs: dict[str, bytes] = field(default_factory=dict)  # vmnet UUID -> MAC (gvproxy)
+    blocked: tuple[ipaddress.IPv4Network, ...] = ()  # never reached (gvproxy: 169.254.0.0/16)
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -142,8 +142,65 @@ class UdpForwardReply:
     payload: bytes
 
 
+# -- the HTTP proxy (runtime/http_proxy.py): a proxied flow's host side is the proxy.
+# Its requests are the TCP ones under their own types, so the engine, which routes
+# by exact type, hands them to the proxy and never to the host sockets.
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOpen:
+    """A new VM flow the HTTP proxy serves instead of a host socket (mode http/https/explicit)."""
+
+    flow_id: int
+    dst: str
+    port: int
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyWrite(TcpWrite):
+    """TcpWrite for a proxied flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyShutdown(TcpShutdown):
+    """TcpShutdown for a proxied flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyClose(TcpCloseHost):
+    """TcpCloseHost for a proxied flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPauseReading(TcpPauseReading):
+    """TcpPauseReading for a proxied flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyResumeReading(TcpResumeReading):
+    """TcpResumeReading for a proxied flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostSide:
+    """The effect types that reach one TCP flow's host side, chosen when the flow opens."""
+
+    write: type[TcpWrite]
+    shutdown: type[TcpShutdown]
+    close: type[TcpCloseHost]
+    pause: type[TcpPauseReading]
+    resume: type[TcpResumeReading]
+
+
+HOST_SOCKET = HostSide(TcpWrite, TcpShutdown, TcpCloseHost, TcpPauseReading, TcpResumeReading)
+HTTP_PROXY = HostSide(ProxyWrite, ProxyShutdown, ProxyClose, ProxyPauseReading,
+                      ProxyResumeReading)
+
+
 Effect = (
     TcpOpen | TcpWrite | TcpShutdown | TcpCloseHost | TcpPauseReading | TcpResumeReading
+    | ProxyOpen | ProxyWrite | ProxyShutdown | ProxyClose | ProxyPauseReading | ProxyResumeReading
     | UdpOpen | UdpSend | UdpClose
     | IcmpEchoSend | IcmpClose
     | UpstreamQuery | HostResolve

@@ -18,9 +18,11 @@ from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
+from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
+from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
@@ -43,6 +45,7 @@ LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 DNS_PORT = 53
+EXPLICIT_PROXY_PORT = 3128  # vpnkit's: VMs set HTTP(S)_PROXY=http://<gateway>:3128
 
 
 @dataclass(slots=True)
@@ -117,10 +120,12 @@ class Stack:
             timeout=dns_timeout,
         )
         self._dns_tcp = _DnsOverTcp(self)
+        self.http_proxy = ProxyConfig()  # the runtime swaps in the configured one
         self.tcp = TcpNat(
             config,
             iss=lambda: self._rng.getrandbits(32),
             local_service=self._local_service,
+            proxy_mode=self._proxy_mode,
             checksum=tcp_checksums,
             redirects=tcp_redirects,
             keepalive=tcp_keepalive,
@@ -321,6 +326,17 @@ class Stack:
         return self._dns_tcp if ip == cfg.dns_ip and port == DNS_PORT and cfg.serve_dns else None
 
     # -- frames out ----------------------------------------------------------
+
+    def _proxy_mode(self, ip: bytes, port: int) -> str | None:
+        """Which VM connections the HTTP proxy serves: the gateway's proxy port, and
+        transparent HTTP(S) ports of outside addresses when an upstream or allow list is set."""
+        cfg = self.config
+        if ip == cfg.gateway_ip and port == EXPLICIT_PROXY_PORT:
+            # slirp4netns's gateway is the host's loopback: its 3128 is the host's.
+            return "explicit" if ip != cfg.host_ip else None
+        if ip == cfg.host_ip or route(cfg, ip)[0] is None:
+            return None
+        return self.http_proxy.transparent_mode(port)
 
     def _route(self, packet: bytes) -> None:
         """Send an IPv4 packet to the VM that owns its destination address."""

@@ -23,13 +23,12 @@ from typing import Any
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
+    HOST_SOCKET,
+    HTTP_PROXY,
     Effect,
-    TcpCloseHost,
+    HostSide,
+    ProxyOpen,
     TcpOpen,
-    TcpPauseReading,
-    TcpResumeReading,
-    TcpShutdown,
-    TcpWrite,
 )
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
@@ -91,6 +90,8 @@ class Flow:
     started: float = 0.0  # the VM's SYN (or our SYN for a port forward)
     ended: bool = False  # its summary is logged (at close, not after TIME_WAIT)
     deadline: float | None = None
+    side: HostSide = HOST_SOCKET  # whom its host-side effects address (a socket, the proxy)
+    via: str = ""  # where the HTTP proxy sent it, for the flow log
 
 
 def rst_for(pkt: IPv4Packet, seg: TcpSegment) -> bytes:
@@ -110,6 +111,7 @@ class TcpNat:
         *,
         iss: Callable[[], int],
         local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
+        proxy_mode: Callable[[bytes, int], str | None] = lambda ip, port: None,
         rcv_buffer: int = 2 << 20,
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
@@ -125,12 +127,16 @@ class TcpNat:
         self.redirects = redirects
         self._iss = iss
         self._local_service = local_service
+        self._proxy_mode = proxy_mode
         # Options every connection gets, whichever side opens it. Links that
-        # segment for us (TSO) take packets up to the IPv4 maximum.
+        # segment for us (TSO) take packets up to the IPv4 maximum. Paused host
+        # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
+        snd_buffer = max(snd_buffer, READ_CHUNK)
         self._conn_options: dict[str, Any] = {
             "mss": config.mtu - 40,
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
+            "send_space_low": max(snd_buffer // 4, READ_CHUNK),
             "checksum": checksum,
             # Idle seconds before the first probe, seconds between probes, probes.
             "keepalive_idle": keepalive[0] if keepalive else None,
@@ -147,7 +153,8 @@ class TcpNat:
         self._effects: list[Effect] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
-        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0}
+        self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
+                      "proxied": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -188,6 +195,15 @@ class TcpNat:
             return
         path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
         host = "" if path is not None else route(cfg, pkt.dst)[0]
+        mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
+        if mode is not None:
+            # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
+            flow.side = HTTP_PROXY
+            self._register(flow)
+            self.stats["proxied"] += 1
+            dst = socket.inet_ntoa(pkt.dst)
+            self._effects.append(ProxyOpen(flow.flow_id, dst, seg.dst_port, mode))
+            return
         if host is None:
             self._reject(pkt, seg)
             return
@@ -304,7 +320,7 @@ class TcpNat:
                 flow.pending += data[taken:]
         if not flow.paused and (flow.pending or flow.conn.send_space < READ_CHUNK):
             flow.paused = True
-            self._effects.append(TcpPauseReading(flow_id))
+            self._effects.append(flow.side.pause(flow_id))
         self._dirty.add(flow_id)
 
     def host_eof(self, flow_id: int, now: float) -> None:
@@ -394,14 +410,14 @@ class TcpNat:
                     conn.consumed(len(ev.data), now)
                     self._dirty.add(fid)
                 elif flow.host_open:
-                    self._effects.append(TcpWrite(fid, ev.data))
+                    self._effects.append(flow.side.write(fid, ev.data))
             elif type(ev) is SendSpace:
                 self._refill(flow, now)
             elif type(ev) is PeerClosed:
                 if flow.local is not None:
                     flow.local.eof(fid, now)
                 elif flow.host_open:
-                    self._effects.append(TcpShutdown(fid))
+                    self._effects.append(flow.side.shutdown(fid))
             elif type(ev) in (Reset, TimedOut):
                 self._close_host(flow, reset=True)
                 self._log_end(flow, now, "reset" if type(ev) is Reset else "timeout")
@@ -430,13 +446,13 @@ class TcpNat:
                 conn.shutdown(now)
             elif flow.paused and conn.send_space >= READ_CHUNK:
                 flow.paused = False
-                self._effects.append(TcpResumeReading(flow.flow_id))
+                self._effects.append(flow.side.resume(flow.flow_id))
         self._dirty.add(flow.flow_id)
 
     def _close_host(self, flow: Flow, reset: bool) -> None:
         if flow.host_open:
             flow.host_open = False
-            self._effects.append(TcpCloseHost(flow.flow_id, reset))
+            self._effects.append(flow.side.close(flow.flow_id, reset))
 
     def _forget(self, flow: Flow, now: float, reset: bool, host_closed: bool = False) -> None:
         self._connect_ended(flow)
@@ -458,10 +474,11 @@ class TcpNat:
             return
         flow.ended = True
         vm_ip, vm_port, ip, port = flow.key
+        via = f" via {flow.via}" if flow.via else ""
         self.closed_log.append(
             f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
             f"up={flow.bytes_up} down={flow.bytes_down} "
-            f"duration={now - flow.started:.3f}s end={reason}"
+            f"duration={now - flow.started:.3f}s end={reason}{via}"
         )
 
     @property

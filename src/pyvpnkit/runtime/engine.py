@@ -57,6 +57,7 @@ class Engine:
         self.stats: Counter[str] = Counter()
         self.last_error = ""
         self._errors = Throttle(self.loop.time)
+        self.close_taps: list[Callable[[int], None]] = []  # told each link number that closes
 
     def add_executor(self, executor: Executor) -> None:
         """Route ``executor.effects`` to it; close() closes it."""
@@ -107,11 +108,13 @@ class Engine:
             return
         del self.links[n]
         self.stack.link_closed(n, self.loop.time())
+        for tap in self.close_taps:
+            tap(n)
         log.info("link %s closed", link.name)
         self.wake()
 
     def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
-        mac = mac_for_uuid(uuid)
+        mac = self.stack.config.uuid_macs.get(uuid) or mac_for_uuid(uuid)
         try:
             ip = self.stack.pool.allocate(
                 mac_key(mac), preferred_ip, strict=preferred_ip is not None

@@ -226,16 +226,32 @@ class Forwarder:
             self._to_vm(lst, client)
 
     def _to_vm(self, lst: _Listener, client: socket.socket) -> None:
-        vm_ip = lst.remote_ip or self.first_vm()
+        self.attach(client, lst.remote_ip or self.first_vm(), lst.remote_port, lst.local)
+
+    def connect(self, client: socket.socket, remote: str, early: bytes = b"") -> None:
+        """Relay a connected host stream to ``remote`` ("IP:PORT", a VM) from the gateway.
+
+        gvproxy's /tunnel and SSH forwards use this; ``early`` is data the
+        client already sent. ForwardError for a remote that is not a VM address.
+        """
+        vm_ip, port = vm_target(self.stack.config, remote)
+        self.attach(client, vm_ip or self.first_vm(), port, remote, early)
+
+    def attach(
+        self, client: socket.socket, vm_ip: bytes, port: int, what: str, early: bytes = b""
+    ) -> None:
+        now = self.loop.time()
         try:
-            fid = self.stack.tcp.open_to_vm(vm_ip, lst.remote_port, self.loop.time())
+            fid = self.stack.tcp.open_to_vm(vm_ip, port, now)
         except RuntimeError as exc:
-            log.warning("forward %s: %s", lst.local, exc)
+            log.warning("forward %s: %s", what, exc)
             client.close()
             self.stats["tcp_no_port"] += 1
             return
         self.stats["tcp_accepted"] += 1
         self.host_tcp.adopt(fid, client)
+        if early:
+            self.stack.tcp.host_data(fid, early, now)
         self.engine.wake()
 
     def _pause(self, lst: _Listener) -> None:

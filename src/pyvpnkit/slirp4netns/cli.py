@@ -101,12 +101,14 @@ def make_parser() -> argparse.ArgumentParser:
       help="network namespace type ([path|pid], default=pid)")
     a("--userns-path", metavar="PATH", help="user namespace path (joined before the netns)")
     a("--enable-sandbox", action="store_true",
-      help="after set-up: set no_new_privs and, when running with capabilities, drop all "
-      "but CAP_NET_BIND_SERVICE and CAP_NET_RAW; the filesystem stays visible "
-      "(unlike slirp4netns, no pivot_root)")
+      help="after set-up: set no_new_privs; as root, drop all capabilities but "
+      "CAP_NET_BIND_SERVICE and CAP_NET_RAW; with Landlock (if the kernel has it, else a "
+      "warning says so) refuse filesystem writes and exec, reads stay allowed (unlike "
+      "slirp4netns, no pivot_root)")
     a("--enable-seccomp", action="store_true",
-      help="accepted for compatibility; NO seccomp filter is installed; applies the same "
-      "confinement as --enable-sandbox")
+      help="after set-up: set no_new_privs and load a seccomp filter (libseccomp; exit 1 "
+      "if missing) making ptrace, mount, namespaces, exec, modules, reboot, keyrings, "
+      "clocks, bpf and io_uring fail with EPERM")
     a("--outbound-addr", metavar="IPv4",
       help="not supported yet: refused with an error")
     a("--outbound-addr6", metavar="IPv6",

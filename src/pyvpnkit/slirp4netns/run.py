@@ -17,6 +17,7 @@ import sys
 from pyvpnkit.app.options import Options
 from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.runtime import seccomp
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach
 from pyvpnkit.runtime.nsdiag import SetupError
@@ -72,10 +73,7 @@ class Slirp4netns:
             try:
                 self.server = await api.serve(table, opts.api_socket)
             except (ForwardError, OSError) as exc:
-                print(f"{PROG}: API socket {opts.api_socket}: {exc}", file=sys.stderr)
-                self.failed = True
-                service.stop()
-                return
+                return self._fail(f"API socket {opts.api_socket}: {exc}")
         try:
             if opts.exit_fd is not None:
                 loop.add_reader(opts.exit_fd, self._gone, "the exit fd was closed")
@@ -84,18 +82,28 @@ class Slirp4netns:
                 loop.add_reader(self._pidfd, self._gone, f"process {opts.target} exited")
             else:
                 loop.call_later(TARGET_POLL, self._check_path)
-            if opts.enable_sandbox or opts.enable_seccomp:
-                log.info("sandbox: %s", ", ".join(sandbox.confine()))
-            if opts.ready_fd is not None:
+        except OSError as exc:  # a bad -e fd, the target already gone
+            return self._fail(f"{exc.strerror or exc} (exit fd {opts.exit_fd}, "
+                              f"target {opts.target})")
+        if opts.enable_sandbox or opts.enable_seccomp:
+            try:
+                applied = sandbox.confine(opts.enable_sandbox, opts.enable_seccomp, opts.api_socket)
+            except OSError as exc:
+                return self._fail(f"sandbox: {exc.strerror or exc}")
+            log.info("sandbox: %s", ", ".join(applied))
+        if opts.ready_fd is not None:
+            try:
                 try:
                     os.write(opts.ready_fd, b"1")
                 finally:
                     os.close(opts.ready_fd)
-        except OSError as exc:  # a bad -e/-r fd, the target already gone
-            print(f"{PROG}: {exc.strerror or exc} (exit fd {opts.exit_fd}, ready fd "
-                  f"{opts.ready_fd}, target {opts.target})", file=sys.stderr)
-            self.failed = True
-            service.stop()
+            except OSError as exc:
+                return self._fail(f"{exc.strerror or exc} (ready fd {opts.ready_fd})")
+
+    def _fail(self, message: str) -> None:
+        print(f"{PROG}: {message}", file=sys.stderr)
+        self.failed = True
+        self.service.stop()
 
     def _gone(self, why: str) -> None:
         log.info("exiting: %s", why)
@@ -136,6 +144,12 @@ def run(opts: argparse.Namespace, config: NetConfig) -> int:
         level=logging.WARNING,
         format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
     )
+    if opts.enable_seccomp:
+        try:  # refuse now rather than after joining the target (slirp4netns exits 1 too)
+            seccomp.load_library()
+        except OSError as exc:
+            print(f"{PROG}: --enable-seccomp: {exc.strerror}", file=sys.stderr)
+            return 1
     service = Service(config, service_options(opts))
     netns, userns = _namespaces(opts)
     try:

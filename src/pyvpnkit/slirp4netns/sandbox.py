@@ -1,27 +1,32 @@
-"""What --enable-sandbox and --enable-seccomp apply, and nothing more.
+"""What --enable-sandbox and --enable-seccomp apply after set-up, and nothing more.
 
-slirp4netns's sandbox pivots into an empty root and installs a seccomp
-filter. pyvpnkit imports code lazily and rereads files (hosts, resolv.conf)
-while it runs, so it cannot drop the filesystem; what it applies after
-set-up (TAP opened, API socket bound) is:
+Set-up is done when they run: the TAP is open, the API socket bound, the
+target watched. Both set PR_SET_NO_NEW_PRIVS (nothing the process could
+execute gains privileges). Then:
 
-- PR_SET_NO_NEW_PRIVS: nothing the process could execute gains privileges;
-- when running with capabilities (as root): every capability is dropped
-  from the effective, permitted, inheritable and ambient sets and from the
-  bounding set, except CAP_NET_BIND_SERVICE (publishing ports below 1024)
-  and CAP_NET_RAW (ICMP echo where ping sockets are not allowed).
+- --enable-sandbox: when running with capabilities (as root), every one is
+  dropped from all sets and the bounding set except CAP_NET_BIND_SERVICE
+  (publishing ports below 1024) and CAP_NET_RAW (ICMP echo where ping
+  sockets are not allowed); and where the kernel has Landlock, no writes to
+  the filesystem and no exec (runtime/landlock.py; a warning when the
+  kernel lacks it). slirp4netns instead pivots into an empty root; pyvpnkit
+  rereads files and imports lazily, so reads stay.
+- --enable-seccomp: runtime/seccomp.py's filter, through libseccomp (EPERM
+  where slirp4netns kills the process).
 
-No seccomp filter is installed: no maintained Python binding for
-libseccomp fits (Debian's python3-seccomp is not usable from a venv).
-`--enable-seccomp` therefore applies the same as `--enable-sandbox`.
+Capabilities, no_new_privs and Landlock belong to a thread, so confine()
+refuses to run once the process has more than one.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import logging
+import os
 
-from pyvpnkit.runtime import sysns
+from pyvpnkit.runtime import landlock, seccomp, sysns
 
 CAP_NET_BIND_SERVICE = 10
 CAP_NET_RAW = 13
@@ -32,6 +37,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
+log = logging.getLogger("pyvpnkit.slirp4netns")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
@@ -81,9 +87,28 @@ def _drop_capabilities() -> None:
     _capset(permitted & KEPT)
 
 
-def confine() -> list[str]:
-    """Apply the sandbox; returns what was applied, for the log."""
+def confine(sandbox: bool, filter_calls: bool, api_socket: str | None = None) -> list[str]:
+    """Apply what the flags ask; returns what was applied, for the log.
+
+    Raises OSError when something asked for cannot be applied, except
+    Landlock, which applies only where the kernel has it (the log says so).
+    """
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        raise OSError(errno.EBUSY, f"{threads} threads run: confinement must come before any")
     sysns.set_no_new_privs()
-    _drop_capabilities()
-    _effective, permitted = _capget()
-    return ["no_new_privs", f"permitted capabilities {permitted:#x}"]
+    applied = ["no_new_privs"]
+    if sandbox:
+        _drop_capabilities()
+        _effective, permitted = _capget()
+        applied.append(f"permitted capabilities {permitted:#x}")
+        version, why = landlock.abi()
+        if version:
+            keep = [os.path.dirname(os.path.abspath(api_socket))] if api_socket else []
+            applied.append(landlock.restrict(version, keep))
+        else:
+            log.warning("sandbox: Landlock %s: filesystem writes stay allowed", why)
+            applied.append(f"no Landlock ({why})")
+    if filter_calls:
+        applied.append("seccomp refuses " + " ".join(seccomp.install()))
+    return applied

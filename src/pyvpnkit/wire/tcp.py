@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pyvpnkit.wire.checksum import internet_checksum, pseudo_header_sum, verify
@@ -109,6 +110,23 @@ def parse_options(buf: memoryview) -> TcpOptions:
     return TcpOptions(mss, wscale, sack_ok, ts, tuple(blocks))
 
 
+_TS_PREFIX = bytes((OPT_NOP, OPT_NOP, OPT_TIMESTAMPS, 10))
+_SACK_PREFIX = bytes((OPT_NOP, OPT_NOP, OPT_SACK))
+_II = struct.Struct("!II")
+
+
+def encode_timestamps(tsval: int, tsecr: int) -> bytes:
+    """NOP NOP TS: the option on every segment once timestamps are agreed (hot path)."""
+    return _TS_PREFIX + _II.pack(tsval, tsecr)
+
+
+def encode_sack(blocks: Sequence[tuple[int, int]]) -> bytes:
+    """NOP NOP SACK with ``blocks`` (at most 4, or 3 beside timestamps) as wire numbers."""
+    pack = _II.pack
+    body = b"".join(pack(left, right) for left, right in blocks)
+    return _SACK_PREFIX + bytes((2 + len(body),)) + body
+
+
 def encode_options(opts: TcpOptions) -> bytes:
     out = bytearray()
     if opts.mss is not None:
@@ -116,14 +134,11 @@ def encode_options(opts: TcpOptions) -> bytes:
     if opts.sack_permitted:
         out += b"\x01\x01\x04\x02"
     if opts.timestamps is not None:
-        out += struct.pack("!BBBBII", OPT_NOP, OPT_NOP, OPT_TIMESTAMPS, 10, *opts.timestamps)
+        out += encode_timestamps(*opts.timestamps)
     if opts.wscale is not None:
         out += struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, opts.wscale)
     if opts.sack_blocks:
-        blocks = opts.sack_blocks[: (40 - len(out) - 4) // 8]
-        out += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks))
-        for left, right in blocks:
-            out += struct.pack("!II", left, right)
+        out += encode_sack(opts.sack_blocks[: (40 - len(out) - 4) // 8])
     if len(out) > 40:
         raise ValueError("TCP options exceed 40 bytes")
     return bytes(out)

@@ -1,4 +1,4 @@
-"""Names the gateway answers itself: built-in aliases, then a hosts file.
+"""Names the gateway answers itself: zones, built-in aliases, then a hosts file.
 
 Both tables answer *every* record type for a name they hold: a type they have
 no data for gets an empty answer (NODATA), never NXDOMAIN, so a resolver that
@@ -20,6 +20,7 @@ import dns.reversename
 import dns.rrset
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dns.zones import NoSuchName, Zones
 
 TTL = 0  # like vpnkit: the VM's address or the hosts file may change at any time
 
@@ -149,10 +150,11 @@ def answer_from(
 
 
 class LocalNames:
-    """Built-in names first, then the hosts file."""
+    """Zones (gvproxy's, added at start or through the API), built-in names, the hosts file."""
 
     def __init__(self, config: NetConfig, hosts_text: str = "") -> None:
         self._config = config
+        self.zones = Zones()
         self._builtin = builtin_table(config, [])
         self._hosts = parse_hosts(hosts_text)
 
@@ -168,10 +170,13 @@ class LocalNames:
 
     def lookup(
         self, qname: dns.name.Name, rdtype: int, rdclass: int
-    ) -> list[dns.rrset.RRset] | None:
-        """Answer rrsets, [] for NODATA, or None when the upstream must answer."""
+    ) -> list[dns.rrset.RRset] | NoSuchName | None:
+        """Answer rrsets, [] for NODATA, NXDOMAIN (a zone's), or None for the upstream."""
         if rdclass not in (IN, dns.rdataclass.ANY):
             return None
+        zoned = self.zones.lookup(qname, rdtype)
+        if zoned is not None:
+            return zoned
         for table in (self._builtin, self._hosts):
             found = answer_from(table, qname, rdtype)
             if found is not None:

@@ -36,6 +36,7 @@ from pyvpnkit.core.dns.hostmode import (
     host_question,
 )
 from pyvpnkit.core.dns.names import LocalNames
+from pyvpnkit.core.dns.zones import NoSuchName
 from pyvpnkit.core.effects import HostResolve, UpstreamQuery
 
 log = logging.getLogger("pyvpnkit.dns")
@@ -265,7 +266,7 @@ class DnsServer:
     def _reply_local(
         self,
         query: dns.message.Message,
-        rrsets: list[dns.rrset.RRset],
+        rrsets: list[dns.rrset.RRset] | NoSuchName,
         client: Hashable,
         transport: str,
         limit: int,
@@ -274,7 +275,10 @@ class DnsServer:
             query, recursion_available=True, our_payload=self.udp_cap
         )
         response.flags |= dns.flags.AA
-        response.answer = list(rrsets)
+        if isinstance(rrsets, NoSuchName):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        else:
+            response.answer = list(rrsets)
         # Render in full (dnspython would stop at the client's size); _send truncates.
         wire = response.to_wire(max_size=TCP_LIMIT)
         self._send(client, transport, wire, limit, self._our_payload(query))

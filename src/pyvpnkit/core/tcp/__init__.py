@@ -1,7 +1,9 @@
 """Sans-I/O TCP that terminates the VMs' connections (split by concern like mirage-tcpip).
 
-``connection`` holds the state machine; ``seq``, ``reassembly``, ``sendbuf``,
-``rto``, ``congestion`` and ``packet`` are the parts it is built from.
+``connection`` is the state machine (its table of states and edges is in
+``state``); it wires ``receiver``, ``sender``, ``recovery``, ``options`` and
+``timers``, each owning its state, built in turn on ``seq``, ``reassembly``,
+``sendbuf``, ``rto``, ``congestion``, ``scoreboard`` and ``packet``.
 """
 
 from pyvpnkit.core.tcp.connection import TcpConnection

@@ -68,6 +68,10 @@ class NewReno:
         self.in_recovery = True
         self.dupacks = 0
 
+    def deflate(self) -> None:
+        """NewReno recovery learned of SACK: drop the dupack inflation, pace by the pipe."""
+        self.cwnd = self.ssthresh
+
     def on_timeout(self, snd_una: int, snd_max: int) -> None:
         """Retransmission timer expiry: back to one segment, slow start (RFC 5681 3.1)."""
         flight = snd_max - snd_una

@@ -14,34 +14,34 @@ MAX_INTERVALS = 512  # beyond this, new SACK information is ignored (always safe
 
 
 class Scoreboard:
-    __slots__ = ("starts", "ends", "sacked")
+    __slots__ = ("_starts", "_ends", "sacked")
 
     def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+        self._starts: list[int] = []
+        self._ends: list[int] = []
         self.sacked = 0  # bytes covered
 
     def __bool__(self) -> bool:
-        return bool(self.starts)
+        return bool(self._starts)
 
     @property
     def high(self) -> int:
         """End of the highest SACKed byte (the scoreboard must not be empty)."""
-        return self.ends[-1]
+        return self._ends[-1]
 
     def intervals(self) -> list[tuple[int, int]]:
-        return list(zip(self.starts, self.ends, strict=True))
+        return list(zip(self._starts, self._ends, strict=True))
 
     def clear(self) -> None:
-        self.starts.clear()
-        self.ends.clear()
+        self._starts.clear()
+        self._ends.clear()
         self.sacked = 0
 
     def add(self, start: int, end: int) -> None:
         """Mark [start, end) SACKed, merging with what touches it."""
         if end <= start:
             return
-        starts, ends = self.starts, self.ends
+        starts, ends = self._starts, self._ends
         i = bisect_left(ends, start)  # first interval ending at or after start
         j = bisect_right(starts, end)  # intervals i..j-1 touch [start, end)
         if i == j:
@@ -62,7 +62,7 @@ class Scoreboard:
         """Forget what lies below the cumulative ACK ``una``; False if the peer reneged
         (it acknowledged up to, but not past, data it had SACKed: a receiver holding
         that data would have acknowledged it too)."""
-        starts, ends = self.starts, self.ends
+        starts, ends = self._starts, self._ends
         i = bisect_right(ends, una)  # intervals ending at or below una are done
         if i:
             self.sacked -= sum(ends[k] - starts[k] for k in range(i))
@@ -71,7 +71,7 @@ class Scoreboard:
 
     def next_hole(self, seq: int, limit: int) -> tuple[int, int] | None:
         """The first un-SACKed range at or after ``seq`` and below ``limit``."""
-        starts, ends = self.starts, self.ends
+        starts, ends = self._starts, self._ends
         i = bisect_right(ends, seq)
         if i < len(starts) and starts[i] <= seq:
             seq = ends[i]
@@ -86,7 +86,7 @@ class Scoreboard:
         if hi <= lo:
             return 0
         covered = 0
-        starts, ends = self.starts, self.ends
+        starts, ends = self._starts, self._ends
         for k in range(bisect_right(ends, lo), len(starts)):
             s = starts[k]
             if s >= hi:
@@ -102,48 +102,68 @@ class RetransmitLog:
     sequence order. The link does not reorder: a resent range still missing
     when one resent after it, or new data sent after it, has arrived was
     lost again (what RACK finds with timestamps, RFC 8985). Each range is
-    judged once; ranges found lost are queued in ``lost`` to be resent.
+    judged once; ranges found lost are queued to be resent (:meth:`next_lost`).
     """
 
-    __slots__ = ("starts", "ends", "marks", "checked", "lost")
+    __slots__ = ("_starts", "_ends", "_marks", "_checked", "_lost")
 
     def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-        self.marks: list[int] = []  # SND.MAX when each was resent
-        self.checked = 0
-        self.lost: list[tuple[int, int]] = []
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._marks: list[int] = []  # SND.MAX when each was resent
+        self._checked = 0
+        self._lost: list[tuple[int, int]] = []
 
     def reset(self) -> None:
-        self.starts.clear()
-        self.ends.clear()
-        self.marks.clear()
-        self.checked = 0
-        self.lost.clear()
+        self._starts.clear()
+        self._ends.clear()
+        self._marks.clear()
+        self._checked = 0
+        self._lost.clear()
 
     def record(self, start: int, end: int, mark: int) -> None:
-        self.starts.append(start)
-        self.ends.append(end)
-        self.marks.append(mark)
+        self._starts.append(start)
+        self._ends.append(end)
+        self._marks.append(mark)
 
     def detect(self, sb: Scoreboard, una: int, newest: tuple[int, int] | None) -> None:
         """Judge the resent ranges older than the newest one known to have arrived.
 
         ``newest`` is the peer's first SACK block, which holds its latest arrival.
         """
-        starts = self.starts
-        if self.checked >= len(starts) or not sb.starts:
+        starts = self._starts
+        if self._checked >= len(starts) or not sb:
             return
-        upto = bisect_left(self.marks, sb.ends[-1])  # new data sent after these arrived
+        upto = bisect_left(self._marks, sb.high)  # new data sent after these arrived
         if newest is not None:
             lo, hi = newest
             j = bisect_right(starts, hi - 1) - 1  # the last range starting inside the block
-            if j >= upto and starts[j] >= lo and self.ends[j] <= hi:
+            if j >= upto and starts[j] >= lo and self._ends[j] <= hi:
                 upto = j
-        ends = self.ends
-        for k in range(self.checked, upto):
+        ends = self._ends
+        for k in range(self._checked, upto):
             start = starts[k] if starts[k] > una else una
             if ends[k] > start and sb.hole_bytes(start, ends[k]):
-                self.lost.append((start, ends[k]))
-        if upto > self.checked:
-            self.checked = upto
+                self._lost.append((start, ends[k]))
+        if upto > self._checked:
+            self._checked = upto
+
+    def lost_bytes(self, sb: Scoreboard, una: int) -> int:
+        """Bytes of the ranges lost again that the peer still misses."""
+        return sum(sb.hole_bytes(s if s > una else una, e) for s, e in self._lost)
+
+    def next_lost(self, sb: Scoreboard, una: int, size: int) -> tuple[int, int] | None:
+        """Take up to ``size`` still missing bytes of the first range lost again:
+        (start, length), or None when none is left."""
+        lost = self._lost
+        while lost:
+            start, end = lost[0]
+            hole = sb.next_hole(start if start > una else una, end)
+            if hole is None:
+                lost.pop(0)
+                continue
+            start, stop = hole
+            n = min(stop - start, size)
+            lost[0] = (start + n, end)
+            return start, n
+        return None

@@ -1,0 +1,390 @@
+"""The HTTP proxy's I/O: upstream sockets for each proxied VM flow, and the config file.
+
+An Executor (runtime/executor.py). The TCP NAT hands a flow over with
+ProxyOpen and then addresses the flow's host-side effects to us under their
+own types (ProxyWrite, ProxyShutdown, ProxyClose, pause/resume: see
+core/effects.HostSide), and we answer with the NAT's host callbacks
+(host_connected, host_data, host_sent, host_eof, host_reset). The decisions
+live in core/http_proxy/machine.py; this file connects, resolves, writes and
+reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+
+from pyvpnkit.core.dns.zones import NoSuchName
+from pyvpnkit.core.effects import (
+    Effect,
+    ProxyClose,
+    ProxyOpen,
+    ProxyPauseReading,
+    ProxyResumeReading,
+    ProxyShutdown,
+    ProxyWrite,
+)
+from pyvpnkit.core.http_proxy.config import ConfigError, ProxyConfig, config_from_json
+from pyvpnkit.core.http_proxy.effects import (
+    CloseUpstream,
+    Connect,
+    EndVm,
+    ResetVm,
+    Send,
+    ShutdownUpstream,
+    ToVm,
+)
+from pyvpnkit.core.routes import route
+from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.tcp_nat import READ_CHUNK
+from pyvpnkit.runtime.dns_upstream import HostsFileWatcher
+
+if TYPE_CHECKING:
+    from pyvpnkit.core.http_proxy.machine import ProxyFlow
+
+log = logging.getLogger("pyvpnkit.http_proxy")
+
+CONNECT_TIMEOUT = 10.0  # an unreachable upstream gets its 502 within this
+WATCH_INTERVAL = 1.0  # seconds between checks of the --http file
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _Refused(Exception):
+    """A direct connection our routing policy does not allow."""
+
+
+class _Upstream(asyncio.Protocol):
+    def __init__(self, proxy: HttpProxy, flow: _Flow, conn: int) -> None:
+        self.proxy = proxy
+        self.flow = flow
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.proxy._connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.proxy._feed(self.flow, lambda m: m.upstream_data(self.conn, data))
+
+    def eof_received(self) -> bool:
+        self.proxy._feed(self.flow, lambda m: m.upstream_eof(self.conn))
+        return True  # keep writing: a tunnel is half-closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.flow.upstreams.pop(self.conn, None) is self and exc is not None:
+            self.proxy._feed(self.flow, lambda m: m.upstream_reset(self.conn))
+
+    def pause_writing(self) -> None:
+        self.flow.machine.upstream_blocked(self.conn, True)
+
+    def resume_writing(self) -> None:
+        self.proxy._feed(self.flow, lambda m: m.upstream_blocked(self.conn, False))
+
+
+@dataclass(eq=False)
+class _Flow:
+    fid: int
+    machine: ProxyFlow
+    upstreams: dict[int, _Upstream] = field(default_factory=dict)
+    paused: bool = False
+    routes: int = 0  # machine.routes already copied into the flow log
+    closed: bool = False
+
+
+class HttpProxy:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stack: Stack,
+        wake: Callable[[], None],
+        settle: Callable[[], None],
+        config: ProxyConfig,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.loop = loop
+        self.stack = stack
+        self.nat = stack.tcp
+        self.wake = wake
+        self.settle = settle
+        self.connect_timeout = connect_timeout
+        self.flows: dict[int, _Flow] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.config = config
+        self.set_config(config)
+
+    def set_config(self, config: ProxyConfig) -> None:
+        """New flows use it; flows already open keep the one they started with."""
+        self.config = config
+        self.stack.http_proxy = config
+
+    def config_json(self) -> dict[str, Any]:
+        return self.config.to_json()
+
+    def set_config_json(self, obj: object) -> None:
+        """POST /http_proxy.json: replace the configuration (ConfigError if invalid)."""
+        self.set_config(config_from_json(obj))
+        log.info("HTTP proxy configuration replaced through the API")
+
+    # -- the Executor contract ---------------------------------------------
+
+    effects = (ProxyOpen, ProxyWrite, ProxyShutdown, ProxyClose, ProxyPauseReading,
+               ProxyResumeReading)
+
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, ProxyOpen):
+            self._open(effect)
+            return
+        flow = self.flows.get(getattr(effect, "flow_id", -1))
+        if flow is None:
+            return  # forgotten after ResetVm: the NAT's last words for it
+        if isinstance(effect, ProxyWrite):
+            data = effect.data
+            self._feed(flow, lambda m: m.vm_data(data))
+        elif isinstance(effect, ProxyShutdown):
+            self._feed(flow, lambda m: m.vm_eof())
+        elif isinstance(effect, ProxyClose):
+            self._forget(flow, effect.reset)
+        elif isinstance(effect, ProxyPauseReading):
+            self._pause(flow, True)
+        elif isinstance(effect, ProxyResumeReading):
+            self._pause(flow, False)
+
+    def fail(self, effect: Effect) -> None:
+        """An effect for a proxied flow raised: drop its upstreams, reset the VM's side."""
+        flow_id = getattr(effect, "flow_id", None)
+        if flow_id is None:
+            return
+        flow = self.flows.get(flow_id)
+        if flow is not None:
+            self._forget(flow, reset=True)
+        self.nat.host_reset(flow_id, self.loop.time())
+        self.wake()
+
+    # -- from the NAT --------------------------------------------------------
+
+    def _open(self, eff: ProxyOpen) -> None:
+        from pyvpnkit.core.http_proxy.machine import ProxyFlow  # h11: on first use only
+
+        now = self.loop.time()
+        machine = ProxyFlow(self.config, eff.mode, eff.dst, eff.port, now)
+        flow = _Flow(eff.flow_id, machine)
+        self.flows[eff.flow_id] = flow
+        self.nat.host_connected(eff.flow_id, now)
+        if machine.deadline is not None:
+            self.loop.call_at(machine.deadline, self._feed, flow,
+                              lambda m: m.handle_timer(self.loop.time()))
+        self.wake()
+
+    def _pause(self, flow: _Flow, paused: bool) -> None:
+        flow.paused = paused
+        for up in flow.upstreams.values():
+            if up.transport is not None and not up.transport.is_closing():
+                if paused:
+                    up.transport.pause_reading()
+                else:
+                    up.transport.resume_reading()
+
+    def _forget(self, flow: _Flow, reset: bool) -> None:
+        flow.closed = True
+        self.flows.pop(flow.fid, None)
+        for up in list(flow.upstreams.values()):
+            if up.transport is not None:
+                if reset:
+                    up.transport.abort()
+                else:
+                    up.transport.close()
+        flow.upstreams.clear()
+
+    # -- the machine ---------------------------------------------------------
+
+    def _feed(self, flow: _Flow, event: Callable[[ProxyFlow], None]) -> None:
+        """Give the machine an event, then perform what it asks."""
+        if flow.closed:
+            return
+        try:
+            event(flow.machine)
+        except Exception:  # a bug in the machine: this flow ends, the stack goes on
+            log.exception("proxied flow %d: internal error, resetting it", flow.fid)
+            flow.machine.effects[:] = [ResetVm()]
+        self._perform(flow)
+        self.settle()
+
+    def _perform(self, flow: _Flow) -> None:
+        machine, nat, fid = flow.machine, self.nat, flow.fid
+        while not flow.closed:
+            effects, credit = machine.take()
+            if not effects and not credit:
+                break
+            now = self.loop.time()
+            if credit:
+                nat.host_sent(fid, credit, now)
+            for eff in effects:
+                if isinstance(eff, ToVm):
+                    nat.host_data(fid, eff.data, now)
+                elif isinstance(eff, Send):
+                    up = flow.upstreams.get(eff.conn)
+                    if up is not None and up.transport is not None:
+                        up.transport.write(eff.data)
+                elif isinstance(eff, Connect):
+                    self._connect(flow, eff)
+                elif isinstance(eff, CloseUpstream):
+                    up = flow.upstreams.pop(eff.conn, None)
+                    if up is not None and up.transport is not None:
+                        up.transport.close()
+                elif isinstance(eff, ShutdownUpstream):
+                    up = flow.upstreams.get(eff.conn)
+                    if up is not None and up.transport is not None \
+                            and up.transport.can_write_eof():
+                        up.transport.write_eof()
+                elif isinstance(eff, EndVm):
+                    nat.host_eof(fid, now)
+                elif isinstance(eff, ResetVm):
+                    nat.host_reset(fid, now)
+                    self._forget(flow, reset=True)  # the NAT sends no ProxyClose after this
+        self._note(flow)
+
+    def _note(self, flow: _Flow) -> None:
+        machine = flow.machine
+        for line in machine.notes:
+            log.warning("proxied flow %d to %s:%d: %s",
+                        flow.fid, machine.dst_ip, machine.dst_port, line)
+        machine.notes.clear()
+        if len(machine.routes) != flow.routes:
+            flow.routes = len(machine.routes)
+            nat_flow = self.nat.by_id.get(flow.fid)
+            if nat_flow is not None:
+                nat_flow.via = ", ".join(machine.routes)
+
+    # -- upstream connections ------------------------------------------------
+
+    def _connect(self, flow: _Flow, eff: Connect) -> None:
+        task = self.loop.create_task(self._connect_task(flow, eff))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_task(self, flow: _Flow, eff: Connect) -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                host = await self._resolve(eff.host, eff.port, eff.direct)
+                await self.loop.create_connection(
+                    lambda: _Upstream(self, flow, eff.conn), host, eff.port
+                )
+        except (OSError, TimeoutError, _Refused, UnicodeError) as exc:
+            if eff.conn not in flow.upstreams:
+                reason = _reason(exc)
+                self._feed(flow, lambda m: m.upstream_failed(eff.conn, reason))
+
+    def _connected(self, up: _Upstream) -> None:
+        flow = up.flow
+        assert up.transport is not None
+        if flow.closed:
+            up.transport.abort()
+            return
+        flow.upstreams[up.conn] = up
+        up.transport.set_write_buffer_limits(high=READ_CHUNK)
+        if flow.paused:
+            up.transport.pause_reading()
+        self._feed(flow, lambda m: m.upstream_connected(up.conn))
+
+    async def _resolve(self, host: str, port: int, direct: bool) -> str:
+        """An address for ``host``: built-in names and the hosts file first, then the
+        host's resolver; a direct connection must pass the NAT's routing policy."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = self._local_name(host) or await self._host_lookup(host, port)
+        if not direct:
+            return str(address)
+        if address.version == 4:
+            target, _error, _source = route(self.stack.config, address.packed)
+            if target is None:
+                raise _Refused(f"{address} is not reachable from the VMs")
+            return target
+        if address.is_loopback or address.is_link_local or address.is_multicast \
+                or address.is_unspecified:
+            raise _Refused(f"{address} is not reachable from the VMs")
+        return str(address)
+
+    def _local_name(self, host: str) -> ipaddress.IPv4Address | None:
+        try:
+            name = dns.name.from_text(host)
+        except (dns.exception.DNSException, UnicodeError):
+            return None
+        found = self.stack.dns.names.lookup(name, dns.rdatatype.A, dns.rdataclass.IN)
+        if isinstance(found, NoSuchName):  # a DNS zone's NXDOMAIN: the VMs' view, ours too
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        for rrset in found or ():
+            for rdata in rrset:
+                return ipaddress.IPv4Address(rdata.address)
+        return None
+
+    async def _host_lookup(self, host: str, port: int) -> Address:
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
+        if not infos:
+            raise OSError(f"{host}: no address")
+        return ipaddress.ip_address(infos[0][4][0])
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for flow in list(self.flows.values()):
+            self._forget(flow, reset=True)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class ConfigWatcher:
+    """Reloads the --http file when it changes; a bad file keeps the last good config."""
+
+    def __init__(
+        self, path: str, build: Callable[[str], ProxyConfig], apply: Callable[[ProxyConfig], None]
+    ) -> None:
+        self.path = path
+        self._build = build
+        self._apply = apply
+        self._first = True
+        self._watcher = HostsFileWatcher(path, self._load, min_interval=WATCH_INTERVAL)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _load(self, text: str) -> None:
+        if self._first:  # start-up already read and checked it
+            self._first = False
+            return
+        try:
+            if not text and not os.path.isfile(self.path):
+                raise ConfigError("cannot read the file")
+            config = self._build(text)
+        except ConfigError as exc:
+            log.error("--http %s: %s; keeping the previous configuration", self.path, exc)
+            return
+        self._apply(config)
+        log.info("--http %s reloaded", self.path)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watcher.check(loop.time())
+        self._timer = loop.call_later(WATCH_INTERVAL, self.start, loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
