@@ -10,6 +10,8 @@ destination, which completes in milliseconds, still gets through.
 Flow control is end to end: the window offered to the VM shrinks while the
 host socket has not taken our writes, and reading from the host pauses while
 the VM has not acknowledged what we sent it.
+A flow the HTTP proxy serves opens with ProxyOpen instead, and its host side
+is the proxy: its effects carry the Proxy* types (``Flow.side``).
 """
 
 from __future__ import annotations
