@@ -1,7 +1,7 @@
 """The engine's one contract with the host: an executor performs some kinds of effect.
 
 Each host module (host_tcp, host_udp, host_icmp, dns_upstream, host_resolver,
-forwarder) is one. The composition root (app/service.py) hands them to the
+forwarder, http_proxy) is one. The composition root (app/service.py) hands them to the
 engine, which routes each effect by its type and knows none of them.
 """
 
