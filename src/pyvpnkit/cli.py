@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -16,10 +15,10 @@ from collections.abc import Callable, Sequence
 
 from pyvpnkit import __version__
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
+from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
 from pyvpnkit.core.config import NetConfig, network_layout
-from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
-from pyvpnkit.proxy_options import add_proxy_options
+from pyvpnkit.proxy_options import add_proxy_options, proxy_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
 
 log = logging.getLogger("pyvpnkit")
@@ -147,7 +146,7 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         metavar="IP[#PORT]",
         help="upstream DNS server (repeatable; default: the host's /etc/resolv.conf)",
     )
-    d.add_argument("--hosts", default="/etc/hosts", metavar="FILE",
+    d.add_argument("--hosts", default=DEFAULTS.hosts, metavar="FILE",
                    help="hosts file the DNS server answers from, reloaded when it changes "
                    "(checked every 2 s; default %(default)s, /dev/null for none)")
     d.add_argument(
@@ -171,15 +170,16 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tcp-keepalive",
         type=_keepalive,
-        default=(7200.0, 75.0, 9),
+        default=DEFAULTS.tcp_keepalive,
         metavar="IDLE[,INTERVAL,COUNT]",
         help="probe a VM connection idle for IDLE s, then every INTERVAL s; close it after "
         "COUNT unanswered probes; only dead ones are closed (0: off; default 7200,75,9)",
     )
-    g.add_argument("--udp-idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+    g.add_argument("--udp-idle-timeout", type=_seconds, default=DEFAULTS.udp_idle_timeout,
+                   metavar="SECONDS",
                    help="forget a UDP flow after this long idle, above 0 (default 60)")
     g.add_argument("--udp-max-flows", type=_int_in(1, 1 << 20, "--udp-max-flows"),
-                   default=4096, metavar="N",
+                   default=DEFAULTS.udp_max_flows, metavar="N",
                    help="UDP flows kept at most, 1 or more; the oldest goes first (default 4096)")
     g.add_argument(
         "--verify-checksums",
@@ -193,7 +193,7 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
                    help="info adds a line per finished TCP flow (default %(default)s)")
     o.add_argument("--pcap", metavar="FILE", help="capture every VM frame to a libpcap file")
     o.add_argument("--pcap-snaplen", type=_int_in(1, MAX_SNAPLEN, "--pcap-snaplen"),
-                   default=65535, metavar="N",
+                   default=DEFAULTS.pcap_snaplen, metavar="N",
                    help=f"bytes kept per captured frame, 1 to {MAX_SNAPLEN} (default 65535)")
     o.add_argument("--pcap-listen", action="append", default=[], metavar="PATH",
                    help="serve a live capture to every client of this unix socket (repeatable)")
@@ -202,14 +202,15 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
 def add_limits_options(p: argparse.ArgumentParser) -> None:
     """Resource limits and timeouts for floods and dead upstreams (README: Limits)."""
     g = p.add_argument_group("limits")
-    g.add_argument("--connect-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+    g.add_argument("--connect-timeout", type=_seconds, default=DEFAULTS.connect_timeout,
+                   metavar="SECONDS",
                    help="a host connect not done after this long gives the VM an RST "
                    "(default 30)")
     g.add_argument("--max-pending-connects", type=_int_in(1, 1 << 20, "--max-pending-connects"),
-                   default=1024, metavar="N",
+                   default=DEFAULTS.max_pending_connects, metavar="N",
                    help="host connects one VM may have in flight; a SYN beyond resets the "
                    "oldest (default 1024)")
-    g.add_argument("--dns-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+    g.add_argument("--dns-timeout", type=_seconds, default=DEFAULTS.dns_timeout, metavar="SECONDS",
                    help="a query no upstream answered after trying each gets SERVFAIL "
                    "(default 5)")
     g.add_argument("--runas", metavar="USER[:GROUP]",
@@ -218,7 +219,7 @@ def add_limits_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_iface_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ifname", type=_ifname, default="eth0",
+    p.add_argument("--ifname", type=_ifname, default=DEFAULTS.ifname,
                    help="TAP interface name inside the namespace (default %(default)s)")
     p.add_argument(
         "--no-config-net",
@@ -247,45 +248,6 @@ def build_config(args: argparse.Namespace) -> NetConfig:
         gateway_names=args.gateway_names,
         vm_names=args.vm_names,
     )
-
-
-def _redirect(path: str, i: int, rule: object) -> Redirect:
-    where = f"--forwards {path} entry {i}"
-    if not isinstance(rule, dict):
-        raise UserError(f"{where}: expected an object with dst_prefix, dst_port and path, "
-                        f"got {json.dumps(rule)}")
-    if rule.get("protocol", "tcp") != "tcp":
-        raise UserError(f"{where}: protocol {rule['protocol']!r}: only \"tcp\" is supported")
-    for key in ("dst_prefix", "dst_port", "path"):
-        if key not in rule:
-            raise UserError(f"{where}: missing \"{key}\"")
-    try:
-        prefix = ipaddress.IPv4Network(rule["dst_prefix"], strict=False)
-    except (TypeError, ValueError):
-        prefix_text = rule["dst_prefix"]
-        raise UserError(f"{where}: dst_prefix {prefix_text!r} is not an IPv4 prefix") from None
-    port = rule["dst_port"]
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise UserError(f"{where}: dst_port {port!r} is not a port number 1..65535")
-    if not isinstance(rule["path"], str) or not rule["path"]:
-        raise UserError(f"{where}: path {rule['path']!r} is not a unix socket path")
-    return Redirect(prefix, port, rule["path"])
-
-
-def load_redirects(path: str | None) -> tuple[Redirect, ...]:
-    """Parse a vpnkit-style --forwards file; errors name the bad entry and field."""
-    if not path:
-        return ()
-    try:
-        with open(path) as f:
-            rules = json.load(f)
-    except OSError as exc:
-        raise UserError(f"--forwards {path}: {exc.strerror}", SETUP_FAILED) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"--forwards {path}: not JSON ({exc})") from None
-    if not isinstance(rules, list):
-        raise UserError(f"--forwards {path}: expected a JSON list of redirects")
-    return tuple(_redirect(path, i, rule) for i, rule in enumerate(rules))
 
 
 def _listen_url(kind: str) -> Callable[[str], str]:
@@ -321,12 +283,43 @@ def add_listener_options(p: argparse.ArgumentParser) -> None:
                    help="uint16 LE length-prefixed frames on stdin/stdout")
 
 
-def listener_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+def listener_specs(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     specs = [(kind, url) for kind in ("qemu", "vpnkit", "bess", "vfkit")
              for url in getattr(args, f"listen_{kind}", [])]
     if getattr(args, "listen_stdio", False):
         specs.append(("stdio", "stdio"))
-    return specs
+    return tuple(specs)
+
+
+def service_options(args: argparse.Namespace) -> Options:
+    """The parsed command line as a Service's Options; a bad --forwards file is a UserError."""
+    return Options(
+        **proxy_overrides(args),
+        dns_servers=tuple(args.dns_server),
+        hosts=args.hosts,
+        dns_mode=args.dns_mode,
+        dns_timeout=args.dns_timeout,
+        redirects=load_redirects(args.forwards),
+        verify_checksums=args.verify_checksums,
+        tcp_keepalive=args.tcp_keepalive,
+        udp_idle_timeout=args.udp_idle_timeout,
+        udp_max_flows=args.udp_max_flows,
+        max_pending_connects=args.max_pending_connects,
+        connect_timeout=args.connect_timeout,
+        listeners=listener_specs(args),
+        tap=getattr(args, "tap", None),
+        netns=getattr(args, "netns", None),
+        ifname=args.ifname,
+        config_net=not args.no_config_net,
+        pcap=args.pcap,
+        pcap_snaplen=args.pcap_snaplen,
+        pcap_listen=tuple(args.pcap_listen),
+        publish=tuple(args.publish),
+        api=args.api,
+        runas=args.runas,
+        pid_file=args.pid_file,
+        ready_fd=args.ready_fd,
+    )
 
 
 EPILOG = """exit status: the command's (exec), 128+N if it was killed by signal N;
@@ -438,17 +431,17 @@ def _binfmt_misc_handlers() -> bool:
 
 
 def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
+    from pyvpnkit.app.service import Service
     from pyvpnkit.runtime import netns
-    from pyvpnkit.runtime.service import Service
 
     config = build_config(args)
     check_command(cmd[0])
-    service = Service(config, args)
+    service = Service(config, service_options(args))
     with tempfile.TemporaryDirectory(prefix="pyvpnkit-") as tmp:
         resolv = os.path.join(tmp, "resolv.conf")
         with open(resolv, "w") as f:
             f.write(service.resolv_conf_text())
-        setup = service.iface_setup(args, resolv_conf=resolv)
+        setup = service.iface_setup(resolv_conf=resolv)
         try:
             attached = netns.spawn(cmd, setup)
         except SetupError as exc:
@@ -457,10 +450,10 @@ def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
 
 
 def run_service(args: argparse.Namespace) -> int:
-    from pyvpnkit.runtime.service import Service
+    from pyvpnkit.app.service import Service
 
     config = build_config(args)
-    service = Service(config, args)
+    service = Service(config, service_options(args))
     try:
         attached = service.attach_netns(args.netns) if args.netns else None
         tap_fd = service.open_existing_tap(args.tap) if args.tap else None

@@ -1,4 +1,4 @@
-"""Command-line options of the HTTP proxy, and the configuration they add up to.
+"""Command-line options of the HTTP proxy, and the Options fields they give.
 
 `--http FILE` is vpnkit's http_proxy.json; `--http-proxy`, `--https-proxy`
 and `--no-proxy` override its keys (or stand alone). The process
@@ -11,19 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 from pyvpnkit.core.http_proxy.config import (
     ConfigError,
     HostList,
-    ProxyConfig,
     Upstream,
-    parse_config,
     parse_upstream,
     split_list,
-    with_overrides,
 )
-from pyvpnkit.errors import SETUP_FAILED, UserError
+from pyvpnkit.errors import UserError
 
 
 def _upstream(flag: str) -> Callable[[str], Upstream]:
@@ -59,37 +56,6 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
                    "when the flags above do not give them")
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    """What the command line asks for; builds a ProxyConfig from the file's text."""
-
-    path: str | None
-    http: Upstream | None
-    https: Upstream | None
-    exclude: HostList | None
-
-    def build(self, text: str | None) -> ProxyConfig:
-        """ConfigError if the file's text is not a valid http_proxy.json."""
-        base = parse_config(text) if text is not None else ProxyConfig()
-        return with_overrides(base, self.http, self.https, self.exclude)
-
-    def initial(self) -> ProxyConfig:
-        """The configuration at start-up; a bad file is a UserError naming it."""
-        if self.path is None:
-            return self.build(None)
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise UserError(f"--http {self.path}: {exc.strerror}", SETUP_FAILED) from None
-        except UnicodeDecodeError as exc:
-            raise UserError(f"--http {self.path}: not text ({exc})") from None
-        try:
-            return self.build(text)
-        except ConfigError as exc:
-            raise UserError(f"--http {self.path}: {exc}") from None
-
-
 def _env(*names: str) -> tuple[str, str] | None:
     for name in names:
         value = os.environ.get(name)
@@ -98,7 +64,9 @@ def _env(*names: str) -> tuple[str, str] | None:
     return None
 
 
-def proxy_settings(args: argparse.Namespace) -> ProxySettings:
+def proxy_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Options fields of the flags above; with --proxy-from-env, the environment fills
+    in what the flags do not give (a bad variable is a UserError naming it)."""
     http = getattr(args, "http_proxy", None)
     https = getattr(args, "https_proxy", None)
     exclude = getattr(args, "no_proxy", None)
@@ -115,4 +83,5 @@ def proxy_settings(args: argparse.Namespace) -> ProxySettings:
                 exclude = HostList.parse(split_list(found[1]), found[0])
         except ConfigError as exc:
             raise UserError(f"--proxy-from-env: {exc}") from None
-    return ProxySettings(getattr(args, "http", None), http, https, exclude)
+    return {"http": getattr(args, "http", None), "http_proxy": http, "https_proxy": https,
+            "no_proxy": exclude}

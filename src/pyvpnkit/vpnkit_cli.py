@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from pyvpnkit import __version__, cli
+from pyvpnkit.app.options import load_proxy_config
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.errors import UserError
-from pyvpnkit.proxy_options import proxy_settings
 
 PROG = "pyvpnkit-vpnkit"
 EXIT_USAGE = 124
@@ -258,8 +258,7 @@ def configure(argv: Sequence[str] | None) -> tuple[NetConfig, argparse.Namespace
     args = parse_args(argv)
     options = run_options(args)
     try:
-        cli.load_redirects(args.forwards)
-        proxy_settings(options).initial()
+        load_proxy_config(cli.service_options(options))  # --forwards and --http, checked now
         config = cli.build_config(options)
     except UserError as exc:
         raise UsageError(str(exc)) from None
@@ -278,10 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, options.log_level.upper()),
         format="%(asctime)s pyvpnkit-vpnkit %(levelname)s %(name)s: %(message)s",
     )
-    from pyvpnkit.runtime.service import Service
+    from pyvpnkit.app.service import Service
 
     try:
-        return asyncio.run(Service(config, options).run_forever(None, None))
+        service = Service(config, cli.service_options(options))
+        return asyncio.run(service.run_forever(None, None))
     except UserError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

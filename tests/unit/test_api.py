@@ -22,8 +22,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from pyvpnkit import cli
 from pyvpnkit.api.client import ApiClient, ApiError
-from pyvpnkit.api.commands import dispatch, start_service_extras
+from pyvpnkit.api.commands import dispatch
 from pyvpnkit.api.server import FrameCounter, make_app, start_api
+from pyvpnkit.app.extras import start_service_extras
+from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig, ip4
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link
@@ -35,6 +37,7 @@ from pyvpnkit.runtime.forwarder import (
     parse_publish,
     split_host_port,
 )
+from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet, parse_ethernet
 from pyvpnkit.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
 from pyvpnkit.wire.tcp import ACK, RST, SYN, build_tcp, parse_tcp
@@ -76,7 +79,11 @@ class Env:
         self.engine = Engine(self.stack)
         self.vm = FakeVm()
         self.engine.link_opened(self.vm)
-        self.forwarder = Forwarder(self.engine, self.stack)
+        self.host_tcp = HostTcp(self.engine.loop, self.stack.tcp, self.engine.wake,
+                                settle=self.engine.settle)
+        self.engine.add_executor(self.host_tcp)
+        self.forwarder = Forwarder(self.engine, self.stack, self.host_tcp)
+        self.engine.add_executor(self.forwarder)
 
     def from_vm(self, ip_packet: bytes) -> None:
         frame = build_ethernet(CFG.gateway_mac, VM_MAC, ETHERTYPE_IPV4, ip_packet)
@@ -512,19 +519,19 @@ def test_service_extras_publish_and_failure() -> None:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            publish = [("127.0.0.1:0", ":80", "tcp"), ("127.0.0.1:0", ":53", "udp")]
-            args = argparse.Namespace(publish=publish, api=None)
-            svc = argparse.Namespace(engine=env.engine, stack=env.stack, args=args,
-                                     _stop=asyncio.Event())
-            extras = await start_service_extras(svc)
+            publish = (("127.0.0.1:0", ":80", "tcp"), ("127.0.0.1:0", ":53", "udp"))
+            stop = asyncio.Event()
+            extras = await start_service_extras(env.engine, env.stack, env.host_tcp,
+                                                Options(publish=publish), stop.set)
             assert extras.error is None and len(extras.forwarder.list()) == 2
-            assert not svc._stop.is_set()
+            assert not stop.is_set()
             await extras.aclose()
             assert extras.forwarder.list() == []
-            svc.args = argparse.Namespace(publish=[(f"127.0.0.1:{port}", ":80", "tcp")], api=None)
-            extras = await start_service_extras(svc)
+            taken_port = Options(publish=((f"127.0.0.1:{port}", ":80", "tcp"),))
+            extras = await start_service_extras(env.engine, env.stack, env.host_tcp, taken_port,
+                                                stop.set)
             assert extras.error == f"Bind for 127.0.0.1:{port} failed: port is already allocated"
-            assert svc._stop.is_set() and extras.forwarder.list() == []
+            assert stop.is_set() and extras.forwarder.list() == []
         env.engine.close()
 
     asyncio.run(main())

@@ -81,6 +81,11 @@ def ack_with(sport: int, port: int, synack: tcp.TcpSegment, data: bytes) -> byte
     return frame(ipv4.PROTO_TCP, seg)
 
 
+def tcp_of(engine: Engine) -> HostTcp:
+    (host_tcp,) = (e for e in engine.executors if isinstance(e, HostTcp))
+    return host_tcp
+
+
 def run(body: Callable[[Engine, VmLink, socket.socket], Any]) -> None:
     async def main() -> None:
         server = socket.socket()
@@ -88,6 +93,8 @@ def run(body: Callable[[Engine, VmLink, socket.socket], Any]) -> None:
         server.listen(64)
         server.setblocking(False)
         engine = Engine(Stack(CFG, rng=random.Random(1)))
+        engine.add_executor(HostTcp(engine.loop, engine.stack.tcp, engine.wake,
+                                    settle=engine.settle))
         vm = VmLink()
         engine.link_opened(vm)
         try:
@@ -120,7 +127,7 @@ def test_socket_exhaustion_refuses_new_flows_with_rst(monkeypatch: pytest.Monkey
             assert rst.flags & tcp.RST and rst.ack == 1001
         (synack,) = vm.tcp_to(40004)
         assert synack.flags == tcp.SYN | tcp.ACK  # the last flow of the batch is served
-        budget = engine.host_tcp.budget
+        budget = tcp_of(engine).budget
         assert budget.stats["tcp_refused"] == 3 and budget.in_use == 1
         assert budget.stats["refused_emfile"] == budget.stats["refused_enobufs"] == 1
 
@@ -131,7 +138,7 @@ def test_budget_refuses_beyond_capacity_and_recovers() -> None:
     async def body(engine: Engine, vm: VmLink, server: socket.socket) -> None:
         port = server.getsockname()[1]
         budget = DescriptorBudget(2, asyncio.get_running_loop().time)
-        engine.host_tcp.budget = budget
+        tcp_of(engine).budget = budget
         for sport in (40001, 40002, 40003):
             engine.frame_received(vm, syn(sport, port))
         engine.flush()
@@ -166,14 +173,14 @@ def test_an_effect_that_raises_costs_its_flow_only(
         for _ in range(2):
             peer, addr = server.accept()
             peers[addr[1]] = peer
-        real_write = engine.host_tcp._write
+        real_write = tcp_of(engine)._write
 
         def write(eff: TcpWrite) -> None:
             if engine.stack.tcp.by_id[eff.flow_id].key[1] == 40001:
                 raise OSError(code, "injected")
             real_write(eff)
 
-        monkeypatch.setitem(engine.handlers, TcpWrite, write)
+        monkeypatch.setattr(tcp_of(engine), "_write", write)
         vm.frames.clear()
         for sport in (40001, 40002):  # one batch: data on both flows
             engine.frame_received(vm, ack_with(sport, port, synacks[sport], b"hello"))
@@ -181,7 +188,7 @@ def test_an_effect_that_raises_costs_its_flow_only(
         assert engine.stats["effect_errors"] == 1
         assert any(s.flags & tcp.RST for s in vm.tcp_to(40001))
         assert not any(s.flags & tcp.RST for s in vm.tcp_to(40002))
-        assert len(engine.host_tcp.conns) == 1 and engine.host_tcp.budget.in_use == 1
+        assert len(tcp_of(engine).conns) == 1 and tcp_of(engine).budget.in_use == 1
         received = b""
         for peer in peers.values():
             peer.settimeout(0.5)
@@ -200,7 +207,7 @@ def test_udp_without_a_socket_gets_icmp_unreachable(monkeypatch: pytest.MonkeyPa
         loop = asyncio.get_running_loop()
         host_udp = HostUdp(loop, engine.stack.udp, engine.wake,
                            budget=DescriptorBudget(1 << 20, loop.time))
-        engine.add_executor(host_udp.handlers, host_udp.fail)
+        engine.add_executor(host_udp)
 
         def no_socket(*_a: object) -> socket.socket:
             raise OSError(errno.EMFILE, "injected")
@@ -270,7 +277,7 @@ def test_connect_timeout_resets_the_vm() -> None:
             f.setblocking(False)
             f.connect_ex(("127.0.0.1", port))
         await asyncio.sleep(0.1)
-        engine.host_tcp.connect_timeout = 0.3
+        tcp_of(engine).connect_timeout = 0.3
         loop = asyncio.get_running_loop()
         t = loop.time()
         engine.frame_received(vm, syn(40001, port))
@@ -279,7 +286,7 @@ def test_connect_timeout_resets_the_vm() -> None:
             await asyncio.sleep(0.02)
         (rst,) = vm.tcp_to(40001)
         assert rst.flags & tcp.RST and 0.25 < loop.time() - t < 1.5
-        assert engine.host_tcp.budget.in_use == 0
+        assert tcp_of(engine).budget.in_use == 0
         for f in [*fillers, full]:
             f.close()
 
@@ -303,7 +310,7 @@ def test_host_socket_error_mid_stream_resets_the_vm() -> None:
         while not any(s.flags & tcp.RST for s in vm.tcp_to(40001)) and loop.time() - t < 2:
             await asyncio.sleep(0.01)
         assert any(s.flags & tcp.RST for s in vm.tcp_to(40001))
-        assert engine.host_tcp.conns == {} and engine.host_tcp.budget.in_use == 0
+        assert tcp_of(engine).conns == {} and tcp_of(engine).budget.in_use == 0
 
     run(body)
 

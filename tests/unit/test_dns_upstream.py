@@ -1,5 +1,5 @@
-"""DnsUpstream / DnsService on a real asyncio loop against a dnspython-based
-upstream server that the test starts on 127.0.0.1 (never real resolvers)."""
+"""DnsUpstream behind a real Stack and Engine, against a dnspython-based upstream
+server that the test starts on 127.0.0.1 (never real resolvers)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,21 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
 
-from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.dns import DnsAnswer, DnsServer
-from pyvpnkit.runtime.dns_upstream import DnsService, HostsFileWatcher, secure_query_id
+from pyvpnkit.core.config import NetConfig, ip4
+from pyvpnkit.core.stack import Stack
+from pyvpnkit.links.base import Link
+from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
+from pyvpnkit.runtime.engine import Engine
+from pyvpnkit.wire import ethernet, ipv4, tcp, udp
+
+CFG = NetConfig()
+VM_MAC = bytes.fromhex("020000000001")
+VM_IP = ip4("192.168.65.3")
 
 ZONE = {
     ("www.test.", "A"): ["www.test. 30 IN A 10.20.30.40"],
@@ -123,18 +129,61 @@ def run(
     asyncio.run(main())
 
 
-def service_for(
-    upstreams: list[tuple[str, int]], **kw: float
-) -> tuple[DnsService, asyncio.Queue[DnsAnswer]]:
-    answers: asyncio.Queue[DnsAnswer] = asyncio.Queue()
-    server = DnsServer(NetConfig(), upstreams, new_id=secure_query_id, **kw)  # type: ignore[arg-type]
-    return DnsService(server, answers.put_nowait), answers
+class Vm(Link):
+    """A VM on a Stack and Engine whose upstream DNS executor is DnsUpstream: the
+    path a Service runs. Queries go in as frames; answers are read off the frames."""
+
+    def __init__(
+        self, upstreams: list[tuple[str, int]], resend_interval: float = 1.0, timeout: float = 5.0
+    ) -> None:
+        self.name, self.mtu, self.mac = "vm", 1500, None
+        self.udp_answers: asyncio.Queue[bytes] = asyncio.Queue()
+        self.segments: asyncio.Queue[tcp.TcpSegment] = asyncio.Queue()
+        self.stack = Stack(CFG, dns_upstreams=upstreams, dns_query_id=secure_query_id,
+                           dns_timeout=timeout)
+        self.stack.dns.forwarder.resend_interval = resend_interval
+        self.engine = Engine(self.stack)
+        self.engine.add_executor(DnsUpstream(self.engine.loop, self.stack.dns, self.engine.wake))
+        self.engine.link_opened(self)
+
+    def send_frame(self, frame: bytes) -> None:
+        pkt = ipv4.parse_ipv4(ethernet.parse_ethernet(frame).payload)
+        if pkt.proto == ipv4.PROTO_UDP:
+            self.udp_answers.put_nowait(bytes(udp.parse_udp(pkt.payload, pkt.src, pkt.dst).payload))
+        elif pkt.proto == ipv4.PROTO_TCP:
+            self.segments.put_nowait(tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst))
+
+    def close(self) -> None:
+        pass
+
+    def _send(self, proto: int, payload: bytes) -> None:
+        packet = ipv4.build_ipv4(VM_IP, CFG.dns_ip, proto, payload)
+        self.engine.frame_received(self, ethernet.build_ethernet(
+            CFG.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV4, packet))
+
+    async def query_udp(self, message: dns.message.Message) -> dns.message.Message:
+        self._send(ipv4.PROTO_UDP, udp.build_udp(VM_IP, CFG.dns_ip, 5353, 53, message.to_wire()))
+        return dns.message.from_wire(await self.udp_answers.get())
+
+    async def query_tcp(self, message: dns.message.Message) -> bytes:
+        """One query over a TCP connection to the gateway's port 53; the raw answer."""
+        seg = tcp.build_tcp(VM_IP, CFG.dns_ip, 40000, 53, 1000, 0, tcp.SYN, 64240)
+        self._send(ipv4.PROTO_TCP, seg)
+        synack = await self.segments.get()
+        assert synack.flags & tcp.SYN
+        wire = message.to_wire()
+        seg = tcp.build_tcp(VM_IP, CFG.dns_ip, 40000, 53, 1001, (synack.seq + 1) & 0xFFFFFFFF,
+                            tcp.ACK | tcp.PSH, 64240, payload=len(wire).to_bytes(2, "big") + wire)
+        self._send(ipv4.PROTO_TCP, seg)
+        data = b""
+        while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+            data += bytes((await self.segments.get()).payload)
+        return data[2:]
 
 
-def test_udp_loop_through_host_socket() -> None:
+def test_udp_queries_forwarded_answered_and_truncated() -> None:
     async def body(up: FakeUpstream) -> None:
-        service, _ = service_for([("127.0.0.1", up.port)])
-        host, port = await service.serve_udp("127.0.0.1", 0)
+        vm = Vm([("127.0.0.1", up.port)])
         try:
             for name, rdtype, expect in [
                 ("www.test", "A", "10.20.30.40"),
@@ -142,42 +191,31 @@ def test_udp_loop_through_host_socket() -> None:
                 ("host.docker.internal", "A", "192.168.65.2"),
             ]:
                 q = dns.message.make_query(name, rdtype)
-                r = await dns.asyncquery.udp(q, host, port=port, timeout=3)
+                r = await vm.query_udp(q)
                 assert r.id == q.id
                 assert r.answer[0][0].to_text() == expect
-            r = await dns.asyncquery.udp(
-                dns.message.make_query("nope.test", "A"), host, port=port, timeout=3
-            )
+            r = await vm.query_udp(dns.message.make_query("nope.test", "A"))
             assert r.rcode() == dns.rcode.NXDOMAIN
             # > 512 bytes: the upstream says TC, and so do we; the client would retry on TCP.
-            r = await dns.asyncquery.udp(
-                dns.message.make_query("big.test", "TXT"),
-                host,
-                port=port,
-                timeout=3,
-                raise_on_truncation=False,
-            )
+            r = await vm.query_udp(dns.message.make_query("big.test", "TXT"))
             assert r.flags & dns.flags.TC and r.answer == []
             assert up.udp_queries == 4 and up.tcp_queries == 0
         finally:
-            service.close()
+            vm.engine.close()
 
     run(body)
 
 
 def test_tcp_query_forwarded_over_tcp_in_full() -> None:
     async def body(up: FakeUpstream) -> None:
-        service, answers = service_for([("127.0.0.1", up.port)])
+        vm = Vm([("127.0.0.1", up.port)])
         try:
-            q = dns.message.make_query("big.test", "TXT", id=4242)
-            service.query(q.to_wire(), "flow-1", "tcp")
-            answer = await answers.get()
-            assert (answer.client, answer.transport) == ("flow-1", "tcp")
-            r = dns.message.from_wire(answer.data)
-            assert r.id == 4242 and len(r.answer[0]) == 20 and len(answer.data) > 2000
+            data = await vm.query_tcp(dns.message.make_query("big.test", "TXT", id=4242))
+            r = dns.message.from_wire(data)
+            assert r.id == 4242 and len(r.answer[0]) == 20 and len(data) > 2000
             assert up.tcp_queries == 1 and up.udp_queries == 0
         finally:
-            service.close()
+            vm.engine.close()
 
     run(body)
 
@@ -186,15 +224,14 @@ def test_port_unreachable_fails_over_at_once() -> None:
     async def body(up: FakeUpstream) -> None:
         # A resend interval of 3 s proves the failover came from the ICMP error.
         dead = ("127.0.0.1", closed_port())
-        service, answers = service_for([dead, ("127.0.0.1", up.port)], resend_interval=3.0)
+        vm = Vm([dead, ("127.0.0.1", up.port)], resend_interval=3.0)
         try:
             start = time.monotonic()
-            service.query(dns.message.make_query("www.test", "A").to_wire(), "vm", "udp")
-            answer = await answers.get()
+            r = await vm.query_udp(dns.message.make_query("www.test", "A"))
             assert time.monotonic() - start < 1.5
-            assert dns.message.from_wire(answer.data).answer[0][0].to_text() == "10.20.30.40"
+            assert r.answer[0][0].to_text() == "10.20.30.40"
         finally:
-            service.close()
+            vm.engine.close()
 
     run(body)
 
@@ -203,17 +240,14 @@ def test_silent_server_then_resend_to_next() -> None:
     async def body(up: FakeUpstream) -> None:
         silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         silent.bind(("127.0.0.1", 0))
-        service, answers = service_for(
-            [silent.getsockname(), ("127.0.0.1", up.port)], resend_interval=0.2
-        )
+        vm = Vm([silent.getsockname(), ("127.0.0.1", up.port)], resend_interval=0.2)
         try:
             start = time.monotonic()
-            service.query(dns.message.make_query("www.test", "A").to_wire(), "vm", "udp")
-            answer = await answers.get()
+            r = await vm.query_udp(dns.message.make_query("www.test", "A"))
             assert 0.15 < time.monotonic() - start < 2.0
-            assert dns.message.from_wire(answer.data).rcode() == dns.rcode.NOERROR
+            assert r.rcode() == dns.rcode.NOERROR
         finally:
-            service.close()
+            vm.engine.close()
             silent.close()
 
     run(body)
@@ -222,15 +256,14 @@ def test_silent_server_then_resend_to_next() -> None:
 def test_tcp_refused_everywhere_is_quick_servfail() -> None:
     async def body(up: FakeUpstream) -> None:
         port = closed_port()  # nothing listens on TCP there either
-        service, answers = service_for([("127.0.0.1", port)], resend_interval=3.0)
+        vm = Vm([("127.0.0.1", port)], resend_interval=3.0)
         try:
             start = time.monotonic()
-            service.query(dns.message.make_query("www.test", "A").to_wire(), "f", "tcp")
-            answer = await answers.get()
+            data = await vm.query_tcp(dns.message.make_query("www.test", "A"))
             assert time.monotonic() - start < 1.5
-            assert dns.message.from_wire(answer.data).rcode() == dns.rcode.SERVFAIL
+            assert dns.message.from_wire(data).rcode() == dns.rcode.SERVFAIL
         finally:
-            service.close()
+            vm.engine.close()
 
     run(body)
 
@@ -239,14 +272,13 @@ def test_overall_timeout_servfail_from_timer() -> None:
     async def body(up: FakeUpstream) -> None:
         silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         silent.bind(("127.0.0.1", 0))
-        service, answers = service_for([silent.getsockname()], resend_interval=0.1, timeout=0.5)
+        vm = Vm([silent.getsockname()], resend_interval=0.1, timeout=0.5)
         try:
-            service.query(dns.message.make_query("www.test", "A").to_wire(), "vm", "udp")
-            answer = await answers.get()
-            assert dns.message.from_wire(answer.data).rcode() == dns.rcode.SERVFAIL
-            assert service.server.next_deadline() is None
+            r = await vm.query_udp(dns.message.make_query("www.test", "A"))
+            assert r.rcode() == dns.rcode.SERVFAIL
+            assert vm.stack.dns.next_deadline() is None
         finally:
-            service.close()
+            vm.engine.close()
             silent.close()
 
     run(body)
@@ -268,19 +300,17 @@ def test_hosts_file_watcher(tmp_path: Path) -> None:
     assert watcher.check(103.0) and loaded[-1] == ""
 
 
-def test_service_reloads_hosts_on_query(tmp_path: Path) -> None:
+def test_hosts_file_answers_without_upstream(tmp_path: Path) -> None:
     async def body(up: FakeUpstream) -> None:
         path = tmp_path / "hosts"
         path.write_text("10.7.7.7 local.test\n")
-        answers: asyncio.Queue[DnsAnswer] = asyncio.Queue()
-        server = DnsServer(NetConfig(), [("127.0.0.1", up.port)])
-        service = DnsService(server, answers.put_nowait, hosts_path=str(path))
+        vm = Vm([("127.0.0.1", up.port)])
+        HostsFileWatcher(str(path), vm.stack.dns.load_hosts).check(0.0)  # as the Service does
         try:
-            service.query(dns.message.make_query("local.test", "A").to_wire(), "vm", "udp")
-            r = dns.message.from_wire((await answers.get()).data)
+            r = await vm.query_udp(dns.message.make_query("local.test", "A"))
             assert r.answer[0][0].to_text() == "10.7.7.7"
             assert up.udp_queries == 0
         finally:
-            service.close()
+            vm.engine.close()
 
     run(body)

@@ -13,7 +13,7 @@ from pyvpnkit.core.stack import Stack
 from pyvpnkit.gvproxy import cli, flags
 from pyvpnkit.gvproxy.config import HYPERKIT_UUID, ConfigError, settings
 from pyvpnkit.gvproxy.flags import FlagError
-from pyvpnkit.gvproxy.run import Gvproxy, net_config, pool_bounds, run_options
+from pyvpnkit.gvproxy.run import Gvproxy, pool_bounds, run_options
 from pyvpnkit.runtime.engine import Engine
 
 
@@ -80,7 +80,8 @@ def test_defaults_are_gvproxys(tmp_path: Path) -> None:
     assert s.protocol == "hyperkit"
     assert pool_bounds(s) == (ipaddress.IPv4Address("192.168.127.2"),
                               ipaddress.IPv4Address("192.168.127.253"))
-    config = net_config(s, run_options(s))
+    config, options = run_options(s)
+    assert options.listeners == () and options.dns_mode == "forward" and options.http is None
     assert config.gateway_mac == bytes.fromhex("5a94efe40cdd") and config.lease_time == 3600
     assert config.host_ip == ip4("192.168.127.254") and config.host_loopback
     assert config.search_domains == ("corp.example", "lab.example") and config.domain == ""
@@ -180,7 +181,7 @@ def test_hyperkit_uuid_gets_the_static_lease_mac_and_address(tmp_path: Path) -> 
     resolv.write_text("search good.example bad..example\n")  # the bad one is skipped
     s = settings(parse(), str(resolv))
     assert s.search_domains == ["good.example"]
-    stack = Stack(net_config(s, run_options(s)))
+    stack = Stack(run_options(s)[0])
     stack.pool.allocate("mac:5a:94:ef:e4:0c:ee", ip4("192.168.127.2"), strict=True)
     loop = asyncio.new_event_loop()
     try:
@@ -209,10 +210,10 @@ def test_static_leases_the_pool_cannot_give_are_config_errors(tmp_path: Path) ->
 def test_link_local_refused_unless_ec2_metadata_access() -> None:
     from pyvpnkit.core.routes import route
 
-    config = net_config(s := settings(parse("-ssh-port", "-1")), run_options(s))
+    config, _options = run_options(settings(parse("-ssh-port", "-1")))
     assert route(config, ip4("169.254.169.254")) == (None, "admin_prohibited",
                                                       ip4("169.254.169.254"))
     assert route(config, ip4("203.0.113.9")) == ("203.0.113.9", None, None)
     allowed = settings(parse("-ssh-port", "-1", "-ec2-metadata-access"))
-    config = net_config(allowed, run_options(allowed))
+    config, _options = run_options(allowed)
     assert route(config, ip4("169.254.169.254")) == ("169.254.169.254", None, None)

@@ -33,7 +33,7 @@ class Harness:
     def pump(self) -> None:
         for effect in self.server.drain():
             if isinstance(effect, HostResolve):
-                self.resolver.perform(effect)
+                self.resolver.execute(effect)
             elif isinstance(effect, DnsAnswer):
                 self.answers.put_nowait(dns.message.from_wire(effect.data))
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 
 from pyvpnkit.core.config import NetConfig, ip4
-from pyvpnkit.core.effects import ProxyOpen, TcpOpen
+from pyvpnkit.core.effects import ProxyClose, ProxyOpen, TcpOpen
 from pyvpnkit.core.http_proxy.config import ProxyConfig, parse_upstream
 from pyvpnkit.core.stack import Stack
+from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.http_proxy import HttpProxy
 from pyvpnkit.wire import ethernet, ipv4, tcp
 
 VM_MAC = bytes.fromhex("020000000001")
@@ -65,3 +67,19 @@ def test_a_gateway_that_is_the_host_keeps_its_3128() -> None:
     stack = Stack(NetConfig(host_ip=gw), rng=random.Random(1))
     eff = opened(stack, "192.168.65.1", 3128)
     assert isinstance(eff, TcpOpen) and (eff.host, eff.port) == ("127.0.0.1", 3128)
+
+
+def test_a_proxied_flows_host_effects_are_addressed_to_the_proxy() -> None:
+    """The engine routes by exact type: Proxy* effects reach the proxy, never HostTcp."""
+    stack = Stack(CFG, rng=random.Random(1))
+    eff = opened(stack, "192.168.65.1", 3128)
+    assert isinstance(eff, ProxyOpen)
+    stack.tcp.host_connected(eff.flow_id, 0.0)
+    stack.drain(0.0)  # the SYN-ACK
+    seg = tcp.build_tcp(VM_IP, ip4("192.168.65.1"), 40000, 3128, 1001, 0, tcp.RST, 0)
+    stack.receive(1, ethernet.build_ethernet(CFG.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV4,
+                                             ipv4.build_ipv4(VM_IP, ip4("192.168.65.1"),
+                                                             ipv4.PROTO_TCP, seg)), 0.1)
+    (closed,) = stack.drain(0.1)[1]
+    assert type(closed) is ProxyClose and closed.flow_id == eff.flow_id and closed.reset
+    assert ProxyClose in HttpProxy.effects and ProxyClose not in HostTcp.effects

@@ -16,7 +16,7 @@ from pyvpnkit.core.icmp_errors import (
     kind_from_icmp,
     may_report,
 )
-from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend, IcmpNat
+from pyvpnkit.core.icmp_nat import EchoIdents, IcmpClose, IcmpEchoSend, IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler
 from pyvpnkit.wire.icmp import (
     ADMIN_PROHIBITED,
@@ -247,3 +247,14 @@ def test_error_builder_never_raises(original: bytes, typ: int, code: int) -> Non
     if err is not None:
         ip, _ = parse_out(err)
         assert ip.dst == original[12:16]
+
+
+def test_echo_idents_map_replies_back_per_destination() -> None:
+    idents = EchoIdents(0xFFFF)
+    first = idents.ident(1, "10.0.0.5")
+    assert first == 0xFFFF and idents.ident(1, "10.0.0.5") == first  # stable per flow
+    assert idents.ident(2, "10.0.0.6") == 0  # wraps
+    assert idents.flow(first, "10.0.0.5") == 1
+    assert idents.flow(first, "10.0.0.9") is None  # someone else's echo
+    idents.forget(1)
+    assert idents.flow(first, "10.0.0.5") is None and idents.ident(3, "10.0.0.5") == 1

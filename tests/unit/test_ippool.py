@@ -15,6 +15,9 @@ from pyvpnkit.core.ippool import (
     AddressPool,
     PoolError,
     PoolExhausted,
+    client_id_key,
+    key_mac,
+    mac_key,
 )
 
 
@@ -255,3 +258,9 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolModel = PoolMachine.TestCase
 TestPoolModel.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_lease_keys_name_a_mac_or_a_client_id() -> None:
+    mac = bytes.fromhex("020000000009")
+    assert mac_key(mac) == "mac:02:00:00:00:00:09" and key_mac(mac_key(mac)) == mac
+    assert key_mac(client_id_key(b"\x00abc")) is None

@@ -14,8 +14,8 @@ import dns.message
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.tap import TapLink
+from pyvpnkit.links.tapdev import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR
 from pyvpnkit.runtime.engine import Engine
-from pyvpnkit.runtime.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR
 from pyvpnkit.wire.checksum import pseudo_header_sum
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet
 from pyvpnkit.wire.ipv4 import PROTO_UDP, build_ipv4

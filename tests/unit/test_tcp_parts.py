@@ -23,18 +23,10 @@ from pyvpnkit.wire.tcp import build_tcp
 # -- seq ----------------------------------------------------------------------------
 
 
-def test_seq_comparisons_wrap() -> None:
-    assert seq.lt(0xFFFFFFF0, 5) and seq.gt(5, 0xFFFFFFF0)
-    assert seq.le(7, 7) and seq.ge(7, 7) and not seq.lt(7, 7) and not seq.gt(7, 7)
-    assert seq.add(0xFFFFFFFF, 2) == 1
-    assert seq.sub(1, 0xFFFFFFFF) == 2 and seq.sub(0xFFFFFFFF, 1) == -2
-
-
 @given(st.integers(0, 1 << 40), st.integers(-(1 << 31) + 1, (1 << 31) - 1))
 def test_unwrap_recovers_nearby_numbers(ref: int, delta: int) -> None:
     target = ref + delta
     assert seq.unwrap(target & seq.MASK, ref) == target
-    assert seq.lt(ref & seq.MASK, target & seq.MASK) == (delta > 0)
 
 
 # -- reassembly ---------------------------------------------------------------------

@@ -220,3 +220,28 @@ def test_garbage_only_raises_parse_error(data: bytes) -> None:
             parse(data)
         except ParseError:
             pass
+
+
+def test_echo_report_reply_and_quoted_error() -> None:
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 5])
+    reply = ipv4.build_ipv4(b, a, ipv4.PROTO_ICMP,
+                            icmp.build_icmp(icmp.ECHO_REPLY, 0, icmp.echo_rest(7, 9), b"hi"))
+    got = icmp.parse_echo_report(memoryview(reply))
+    assert (got.type, got.ident, got.seq, bytes(got.payload), got.quoted_dst) == (
+        icmp.ECHO_REPLY, 7, 9, b"hi", None)
+    request = ipv4.build_ipv4(a, b, ipv4.PROTO_ICMP,
+                              icmp.build_icmp(icmp.ECHO_REQUEST, 0, icmp.echo_rest(7, 10), b""))
+    error = ipv4.build_ipv4(bytes([192, 0, 2, 1]), a, ipv4.PROTO_ICMP,
+                            icmp.build_icmp(icmp.TIME_EXCEEDED, 0, bytes(4), request[:28]))
+    got = icmp.parse_echo_report(memoryview(error))
+    assert (got.type, got.ident, got.seq, got.quoted_dst) == (icmp.TIME_EXCEEDED, 7, 10, b)
+    with pytest.raises(ParseError):  # an error that quotes a reply, not our request
+        icmp.parse_echo_report(memoryview(error[:28] + reply[:28]))
+
+
+@given(st.binary(max_size=80))
+def test_echo_report_raises_only_parse_error(data: bytes) -> None:
+    try:
+        icmp.parse_echo_report(memoryview(data))
+    except ParseError:
+        pass

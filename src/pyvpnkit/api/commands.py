@@ -1,14 +1,12 @@
-"""CLI glue: API client subcommands, --api/--publish service options and their start-up."""
+"""CLI glue: the API client subcommands and the --api/--publish options (started by app/)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyvpnkit.api.client import ApiClient, ApiError
@@ -20,7 +18,7 @@ CLIENT_COMMANDS = ("expose", "unexpose", "forwards", "stats", "leases")
 
 
 def _publish(text: str) -> tuple[str, str, str]:
-    from pyvpnkit.runtime.forwarder import parse_publish
+    from pyvpnkit.core.forwards import parse_publish
 
     try:
         return parse_publish(text)
@@ -125,71 +123,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
     return 0
 
 
-@dataclass
-class ServiceExtras:
-    """What start_service_extras started; ``aclose()`` stops it all."""
-
-    forwarder: Any
-    api: Any = None
-    taps: list[Any] = field(default_factory=list)
-    engine: Any = None
-    error: str | None = None
-
-    async def aclose(self) -> None:
-        if self.api is not None:
-            api, self.api = self.api, None
-            await api.close()
-        if self.forwarder is not None:
-            self.forwarder.close()
-        if self.engine is not None:
-            for tap in self.taps:
-                if tap in self.engine.frame_taps:
-                    self.engine.frame_taps.remove(tap)
-        self.taps.clear()
-
-
-async def start_service_extras(service: Any) -> ServiceExtras:
-    """Start the forwarder, apply --publish and serve --api for a running Service.
-
-    A forward or API that cannot start (port already allocated...) is logged
-    and stops the service, like `docker run -p` refusing to start.
-    """
-    from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
-
-    engine, stack, args = service.engine, service.stack, service.args
-    extras = ServiceExtras(Forwarder(engine, stack), engine=engine)
-    try:
-        for local, remote, protocol in getattr(args, "publish", None) or []:
-            extras.forwarder.expose(local, remote, protocol)
-        url = getattr(args, "api", None)
-        if url:
-            # aiohttp costs most of a second to import: only when an API is asked for.
-            from pyvpnkit.api.server import FrameCounter, make_app, start_api
-
-            counter = FrameCounter()
-            engine.frame_taps.append(counter.tap)
-            extras.taps.append(counter.tap)
-            app = make_app(extras.forwarder, stack, counter=counter,
-                           extra_stats=getattr(service, "extra_stats", None),
-                           http_proxy=getattr(service, "http_proxy", None))
-            try:
-                extras.api = await start_api(url, app)
-            except OSError as exc:
-                raise ForwardError(f"cannot serve --api {url}: {exc.strerror or exc}") from None
-    except (ForwardError, OSError, ValueError) as exc:
-        extras.error = str(exc)
-        log.error("%s", exc)
-        await extras.aclose()
-        stop: asyncio.Event | None = getattr(service, "_stop", None)
-        if stop is not None:
-            stop.set()
-    return extras
-
-
 __all__ = [
-    "ServiceExtras",
     "add_service_options",
     "add_subcommands",
     "dispatch",
-    "start_service_extras",
 ]

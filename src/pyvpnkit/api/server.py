@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from pyvpnkit.core.dns.zones import ZoneError, zone_from_dict
+from pyvpnkit.core.ippool import key_mac
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.runtime.forwarder import ForwardError, remove_stale_socket
 
@@ -120,8 +121,9 @@ def leases_of(stack: Stack) -> dict[str, str]:
     """{"192.168.65.3": "mac"} like gvproxy: live VMs plus DHCP/VIF leases keyed by MAC."""
     out: dict[str, str] = {}
     for key, ip in stack.pool.leases().items():
-        if key.startswith("mac:"):
-            out[socket.inet_ntoa(ip)] = key[4:]
+        mac = key_mac(key)
+        if mac is not None:
+            out[socket.inet_ntoa(ip)] = mac.hex(":")
     for ip, vm in stack.vms.items():
         out[socket.inet_ntoa(ip)] = vm.mac.hex(":")
     return dict(sorted(out.items(), key=lambda kv: socket.inet_aton(kv[0])))

@@ -17,7 +17,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.ippool import AddressPool, PoolError, PoolExhausted
+from pyvpnkit.core.ippool import (
+    AddressPool,
+    LeaseKey,
+    PoolError,
+    PoolExhausted,
+    client_id_key,
+    mac_key,
+)
 from pyvpnkit.wire.dhcp import (
     BOOTREPLY,
     BOOTREQUEST,
@@ -57,7 +64,6 @@ from pyvpnkit.wire.dhcp import (
 )
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.ethernet import BROADCAST as BROADCAST_MAC
-from pyvpnkit.wire.ethernet import mac_to_str
 
 BROADCAST_IP = b"\xff\xff\xff\xff"
 _U32_MAX = 0xFFFFFFFF
@@ -72,19 +78,19 @@ class DhcpReply:
     dst_mac: bytes
 
 
-def client_key(msg: DhcpMessage) -> str:
+def client_key(msg: DhcpMessage) -> LeaseKey:
     """Pool key: client-id (option 61) if sent, else chaddr.
 
-    A client-id of type 1 (Ethernet) maps to the same "mac:" key as chaddr,
+    A client-id of type 1 (Ethernet) maps to the same MAC key as chaddr,
     so udhcpc (which sends one) and dhclient (which does not) agree, and so
     does the vpnkit transport, which keys VMs by MAC too.
     """
     cid = msg.client_id
     if cid is None:
-        return "mac:" + mac_to_str(msg.chaddr[:6])
+        return mac_key(msg.chaddr[:6])
     if cid[0] == HTYPE_ETHERNET and len(cid) == 7:
-        return "mac:" + mac_to_str(cid[1:])
-    return "cid:" + cid.hex()
+        return mac_key(cid[1:])
+    return client_id_key(cid)
 
 
 class DhcpServer:
@@ -100,7 +106,7 @@ class DhcpServer:
         self.pool = pool
         self.offer_hold = offer_hold
         self.decline_hold = decline_hold
-        self._expires: dict[str, float] = {}  # key -> end of its offer/lease
+        self._expires: dict[LeaseKey, float] = {}  # key -> end of its offer/lease
         self._blocked: dict[bytes, float] = {}  # declined address -> unblock time
         self.stats: Counter[str] = Counter()  # no_address: a client the pool had none for
         gw = config.gateway_ip
@@ -126,7 +132,7 @@ class DhcpServer:
         self._net_opts = net
 
     def handle(
-        self, payload: bytes | memoryview, now: float, *, key: str | None = None
+        self, payload: bytes | memoryview, now: float, *, key: LeaseKey | None = None
     ) -> DhcpReply | None:
         """Answer one datagram sent to port 67; None when there is nothing to send.
 
@@ -159,7 +165,7 @@ class DhcpServer:
 
     # -- message types ---------------------------------------------------------
 
-    def _discover(self, msg: DhcpMessage, key: str, now: float) -> DhcpReply | None:
+    def _discover(self, msg: DhcpMessage, key: LeaseKey, now: float) -> DhcpReply | None:
         try:
             addr = self._allocate(key, msg.requested_ip, now)
         except PoolExhausted:
@@ -170,7 +176,7 @@ class DhcpServer:
         self._expires[key] = max(self._expires.get(key, now), now + self.offer_hold)
         return self._reply(msg, DHCPOFFER, addr)
 
-    def _request(self, msg: DhcpMessage, key: str, now: float) -> DhcpReply | None:
+    def _request(self, msg: DhcpMessage, key: LeaseKey, now: float) -> DhcpReply | None:
         sid = msg.server_id
         if sid is not None and sid != self.config.gateway_ip:
             return None  # the client chose another server's offer
@@ -193,13 +199,13 @@ class DhcpServer:
         self._expires[key] = now + self.config.lease_time
         return self._reply(msg, DHCPACK, addr)
 
-    def _release(self, msg: DhcpMessage, key: str) -> None:
+    def _release(self, msg: DhcpMessage, key: LeaseKey) -> None:
         if not self._ours(msg) or self.pool.owner(msg.ciaddr) != key:
             return
         self.pool.release(key)
         self._expires.pop(key, None)
 
-    def _decline(self, msg: DhcpMessage, key: str, now: float) -> None:
+    def _decline(self, msg: DhcpMessage, key: LeaseKey, now: float) -> None:
         addr = msg.requested_ip
         if addr is None or not self._ours(msg) or self.pool.owner(addr) != key:
             return  # only the holder may give up an address
@@ -213,7 +219,7 @@ class DhcpServer:
         sid = msg.server_id
         return sid is None or sid == self.config.gateway_ip
 
-    def _allocate(self, key: str, preferred: bytes | None, now: float) -> bytes:
+    def _allocate(self, key: LeaseKey, preferred: bytes | None, now: float) -> bytes:
         try:
             return self.pool.allocate(key, preferred)
         except PoolExhausted:

@@ -9,6 +9,7 @@ UDP sockets work inside the VM.
 
 from __future__ import annotations
 
+import errno
 import struct
 
 from pyvpnkit.wire import icmp as icmpw
@@ -47,6 +48,21 @@ def kind_from_icmp(typ: int, code: int) -> str | None:
     if kind is None and typ == icmpw.TIME_EXCEEDED:
         return "ttl_exceeded"
     return kind
+
+
+# What a VM hears when a host sendto() fails with this errno (others: silence, as a
+# lost datagram). A firewall's REJECT shows as EPERM/EACCES.
+_SEND_ERRNO_KINDS = {
+    errno.ENETUNREACH: "net_unreachable",
+    errno.EHOSTUNREACH: "host_unreachable",
+    errno.EACCES: "admin_prohibited",
+    errno.EPERM: "admin_prohibited",
+}
+
+
+def kind_from_send_errno(code: int | None) -> str | None:
+    """The NAT error kind for a failed host sendto(), or None to drop quietly."""
+    return _SEND_ERRNO_KINDS.get(code or 0)
 
 
 def _is_unicast(addr: bytes) -> bool:

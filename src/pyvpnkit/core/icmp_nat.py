@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.effects import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.udp_nat import NatBase, NatFlow
 from pyvpnkit.wire import icmp as icmpw
@@ -19,23 +20,6 @@ from pyvpnkit.wire.ipv4 import PROTO_ICMP, IPv4Packet, ipv4_header
 
 MAX_ECHO_PAYLOAD = 65535 - 20 - 8
 _REQUESTS_PER_FLOW = 64  # quoted requests kept per flow, by sequence number
-
-
-@dataclass(frozen=True, slots=True)
-class IcmpEchoSend:
-    """Send an echo request on the flow's host ICMP socket (created on first use)."""
-
-    flow_id: int
-    dst_ip: str
-    ident: int  # the VM's identifier (a raw-socket runtime may substitute its own)
-    seq: int
-    payload: bytes
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class IcmpClose:
-    flow_id: int
 
 
 @dataclass(slots=True)
@@ -143,3 +127,44 @@ class IcmpNat(NatBase):
 
 
 __all__ = ["MAX_ECHO_PAYLOAD", "IcmpClose", "IcmpEchoSend", "IcmpNat"]
+
+
+class EchoIdents:
+    """Raw-socket mode's own NAT: one host echo identifier per flow, so that a
+    reply (or an error quoting our request) finds its flow; checked against the
+    flow's destination, as any host process may use the same identifier."""
+
+    def __init__(self, first: int) -> None:
+        self._ident_of: dict[int, int] = {}  # flow id -> our identifier
+        self._flow_of: dict[int, tuple[int, str]] = {}  # our identifier -> (flow, dst)
+        self._next = first & 0xFFFF
+
+    def ident(self, flow_id: int, dst: str) -> int | None:
+        """The flow's identifier (a new one on first use), or None when all 65536 are taken."""
+        ident = self._ident_of.get(flow_id)
+        if ident is not None:
+            return ident
+        if len(self._flow_of) >= 0x10000:
+            return None
+        ident = self._next
+        while ident in self._flow_of:
+            ident = (ident + 1) & 0xFFFF
+        self._next = (ident + 1) & 0xFFFF
+        self._ident_of[flow_id] = ident
+        self._flow_of[ident] = (flow_id, dst)
+        return ident
+
+    def flow(self, ident: int, dst: str) -> int | None:
+        """The flow that sent echoes with ``ident`` to ``dst``, if any."""
+        entry = self._flow_of.get(ident)
+        return entry[0] if entry is not None and entry[1] == dst else None
+
+    def forget(self, flow_id: int) -> None:
+        ident = self._ident_of.pop(flow_id, None)
+        if ident is not None:
+            self._flow_of.pop(ident, None)
+
+    def clear(self) -> None:
+        self._ident_of.clear()
+        self._flow_of.clear()
+

@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pyvpnkit.core.effects import Effect
 from pyvpnkit.core.icmp_errors import time_exceeded
 from pyvpnkit.wire.checksum import internet_checksum
 from pyvpnkit.wire.ipv4 import FLAG_DF, FLAG_MF, OFFSET_MASK, IPv4Packet
@@ -189,7 +190,7 @@ class Reassembler:
                 if err is not None:
                     self._out.append(err)
 
-    def drain(self) -> tuple[list[bytes], list[object]]:
+    def drain(self) -> tuple[list[bytes], list[Effect]]:
         """ICMP reassembly-timeout errors for VMs (no effects)."""
         out, self._out = self._out, []
         return out, []

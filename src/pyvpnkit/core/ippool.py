@@ -1,9 +1,10 @@
 """The VM address pool: one IPv4 address per key, stable across reconnects.
 
-Keys are chosen by callers ("mac:aa:bb:..." for DHCP, "uuid:..." for the
-vpnkit transport). A VM that goes away and comes back should find its old
-address, so released bindings are remembered and their addresses handed to a
-new key only when no never-used address is left (oldest release first).
+Keys are LeaseKeys: a VM's MAC (DHCP, vpnkit VIFs and namespace TAPs all key
+by MAC, so each finds the others' lease) or a DHCP client-id that is no MAC.
+A VM that goes away and comes back should find its old address, so released
+bindings are remembered and their addresses handed to a new key only when no
+never-used address is left (oldest release first).
 
 Never-used addresses are taken lowest first from a cursor that sweeps the
 range once, plus a small heap of addresses that became unused again below the
@@ -16,6 +17,25 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from collections.abc import Iterable
+from typing import NewType
+
+LeaseKey = NewType("LeaseKey", str)  # "mac:aa:bb:cc:dd:ee:ff" or "cid:HEX"
+_MAC = "mac:"
+
+
+def mac_key(mac: bytes) -> LeaseKey:
+    """The lease key of a VM known by its MAC."""
+    return LeaseKey(_MAC + mac.hex(":"))
+
+
+def client_id_key(client_id: bytes) -> LeaseKey:
+    """The lease key of a DHCP client-id that is not an Ethernet MAC."""
+    return LeaseKey("cid:" + client_id.hex())
+
+
+def key_mac(key: LeaseKey) -> bytes | None:
+    """The MAC a key names, or None for a client-id key."""
+    return bytes.fromhex(key[len(_MAC) :].replace(":", "")) if key.startswith(_MAC) else None
 
 
 class PoolError(Exception):
@@ -63,26 +83,26 @@ class AddressPool:
             raise ValueError(f"empty pool: {_dotted(lowest)} > {_dotted(highest)}")
         self._reserved = frozenset(a for a in map(_to_int, reserved) if self._lo <= a <= self._hi)
         self._blocked: set[int] = set()
-        self._active: dict[str, int] = {}
-        self._owner: dict[int, str] = {}
+        self._active: dict[LeaseKey, int] = {}
+        self._owner: dict[int, LeaseKey] = {}
         # Released bindings in release order (oldest first): key -> address.
-        self._remembered: dict[str, int] = {}
-        self._remembered_owner: dict[int, str] = {}
+        self._remembered: dict[LeaseKey, int] = {}
+        self._remembered_owner: dict[int, LeaseKey] = {}
         self._cursor = self._lo  # every address >= cursor has never been handed out
         self._unused: list[int] = []  # heap of never-/no-longer-used addresses < cursor
 
     # -- queries -------------------------------------------------------------
 
-    def lookup(self, key: str) -> bytes | None:
+    def lookup(self, key: LeaseKey) -> bytes | None:
         """The address currently leased to ``key`` (released bindings excluded)."""
         a = self._active.get(key)
         return None if a is None else _to_bytes(a)
 
-    def owner(self, addr: bytes) -> str | None:
+    def owner(self, addr: bytes) -> LeaseKey | None:
         """The key currently holding ``addr``, if any."""
         return self._owner.get(_to_int(addr))
 
-    def leases(self) -> dict[str, bytes]:
+    def leases(self) -> dict[LeaseKey, bytes]:
         return {k: _to_bytes(a) for k, a in self._active.items()}
 
     def is_blocked(self, addr: bytes) -> bool:
@@ -90,7 +110,9 @@ class AddressPool:
 
     # -- changes -------------------------------------------------------------
 
-    def allocate(self, key: str, preferred: bytes | None = None, *, strict: bool = False) -> bytes:
+    def allocate(
+        self, key: LeaseKey, preferred: bytes | None = None, *, strict: bool = False
+    ) -> bytes:
         """Lease an address to ``key`` and return it.
 
         Order: the key's current (or remembered) address; else ``preferred``
@@ -130,7 +152,7 @@ class AddressPool:
             raise PoolExhausted(self._lo, self._hi)
         return self._bind(key, addr)
 
-    def release(self, key: str) -> None:
+    def release(self, key: LeaseKey) -> None:
         """End ``key``'s lease but remember the binding for when it comes back."""
         a = self._active.pop(key, None)
         if a is None:
@@ -160,12 +182,12 @@ class AddressPool:
 
     # -- internals -----------------------------------------------------------
 
-    def _bind(self, key: str, a: int) -> bytes:
+    def _bind(self, key: LeaseKey, a: int) -> bytes:
         self._active[key] = a
         self._owner[a] = key
         return _to_bytes(a)
 
-    def _forget_remembered(self, key: str) -> None:
+    def _forget_remembered(self, key: LeaseKey) -> None:
         a = self._remembered.pop(key)
         del self._remembered_owner[a]
 

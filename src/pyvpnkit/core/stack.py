@@ -8,7 +8,6 @@ only place that knows about links, MAC addresses and which VM lives where.
 from __future__ import annotations
 
 import random
-import socket
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
+from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
-from pyvpnkit.core.ippool import AddressPool
+from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
@@ -138,7 +138,7 @@ class Stack:
         self.frag = Reassembler()
         self.last_error = ""
         self._frames: list[tuple[int, bytes]] = []
-        self._effects: list[object] = []
+        self._effects: list[Effect] = []
         self._timed = (self.udp, self.icmp, self.dns, self.frag, self.udp_forward)
 
     # -- links and VMs -------------------------------------------------------
@@ -167,9 +167,9 @@ class Stack:
     def _vm_from_lease(self, ip: bytes) -> Vm | None:
         """A VM that has a lease but sent no IPv4 yet (e.g. only listens): route by its MAC."""
         owner = self.pool.owner(ip)
-        if owner is None or not owner.startswith("mac:"):
+        mac = key_mac(owner) if owner is not None else None
+        if mac is None:
             return None
-        mac = bytes.fromhex(owner[4:].replace(":", ""))
         link = self.macs.get(mac)
         if link is None:
             return None
@@ -194,7 +194,7 @@ class Stack:
             return True  # routed from behind the VM: nothing to learn, nothing to steal
         else:
             owner = self.pool.owner(ip)
-            if owner is not None and owner.startswith("mac:") and owner != "mac:" + mac.hex(":"):
+            if owner is not None and key_mac(owner) not in (None, mac):
                 return False
         self.vms[ip] = Vm(ip, link, mac, mac + self.config.gateway_mac + b"\x08\x00")
         self.dns.set_vm_addresses(list(self.vms))
@@ -352,9 +352,9 @@ class Stack:
             return
         self._frames.append((vm.link, vm.eth_header + packet))
 
-    def _dns_answers(self, effects: list[object]) -> None:
+    def _dns_answers(self, effects: list[DnsAnswer | UpstreamQuery | HostResolve]) -> None:
         for eff in effects:
-            if type(eff) is not DnsAnswer:
+            if not isinstance(eff, DnsAnswer):
                 self._effects.append(eff)
                 continue
             client: Hashable = eff.client
@@ -370,7 +370,7 @@ class Stack:
 
     _now = 0.0
 
-    def drain(self, now: float) -> tuple[list[tuple[int, bytes]], list[object]]:
+    def drain(self, now: float) -> tuple[list[tuple[int, bytes]], list[Effect]]:
         """Frames for links and effects for the runtime, produced since the last drain."""
         self._now = now
         self._dns_answers(self.dns.drain())
@@ -410,13 +410,6 @@ class Stack:
         self.icmp.handle_timer(now)
         self.dns.handle_timer(now)
         self.frag.handle_timer(now)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "stats": dict(self.stats),
-            "vms": {socket.inet_ntoa(ip): vm.mac.hex(":") for ip, vm in self.vms.items()},
-            "tcp_flows": len(self.tcp),
-        }
 
 
 __all__ = ["Stack", "Vm"]

@@ -10,6 +10,8 @@ destination, which completes in milliseconds, still gets through.
 Flow control is end to end: the window offered to the VM shrinks while the
 host socket has not taken our writes, and reading from the host pauses while
 the VM has not acknowledged what we sent it.
+A flow the HTTP proxy serves opens with ProxyOpen instead, and its host side
+is the proxy: its effects carry the Proxy* types (``Flow.side``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ from typing import Any
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
+    HOST_SOCKET,
+    HTTP_PROXY,
+    Effect,
+    HostSide,
     ProxyOpen,
-    TcpCloseHost,
     TcpOpen,
-    TcpPauseReading,
-    TcpResumeReading,
-    TcpShutdown,
-    TcpWrite,
 )
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
@@ -91,6 +92,7 @@ class Flow:
     started: float = 0.0  # the VM's SYN (or our SYN for a port forward)
     ended: bool = False  # its summary is logged (at close, not after TIME_WAIT)
     deadline: float | None = None
+    side: HostSide = HOST_SOCKET  # whom its host-side effects address (a socket, the proxy)
     via: str = ""  # where the HTTP proxy sent it, for the flow log
 
 
@@ -150,7 +152,7 @@ class TcpNat:
         self._next_port = 32767
         self._timers: list[tuple[float, int]] = []
         self._packets: list[bytes] = []
-        self._effects: list[object] = []
+        self._effects: list[Effect] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
@@ -198,6 +200,7 @@ class TcpNat:
         mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
         if mode is not None:
             # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
+            flow.side = HTTP_PROXY
             self._register(flow)
             self.stats["proxied"] += 1
             dst = socket.inet_ntoa(pkt.dst)
@@ -319,7 +322,7 @@ class TcpNat:
                 flow.pending += data[taken:]
         if not flow.paused and (flow.pending or flow.conn.send_space < READ_CHUNK):
             flow.paused = True
-            self._effects.append(TcpPauseReading(flow_id))
+            self._effects.append(flow.side.pause(flow_id))
         self._dirty.add(flow_id)
 
     def host_eof(self, flow_id: int, now: float) -> None:
@@ -380,7 +383,7 @@ class TcpNat:
             flow.conn.handle_timer(now)
             self._dirty.add(fid)
 
-    def drain(self, now: float) -> tuple[list[bytes], list[object]]:
+    def drain(self, now: float) -> tuple[list[bytes], list[Effect]]:
         self._process_dirty(now)
         packets, effects = self._packets, self._effects
         self._packets, self._effects = [], []
@@ -409,14 +412,14 @@ class TcpNat:
                     conn.consumed(len(ev.data), now)
                     self._dirty.add(fid)
                 elif flow.host_open:
-                    self._effects.append(TcpWrite(fid, ev.data))
+                    self._effects.append(flow.side.write(fid, ev.data))
             elif type(ev) is SendSpace:
                 self._refill(flow, now)
             elif type(ev) is PeerClosed:
                 if flow.local is not None:
                     flow.local.eof(fid, now)
                 elif flow.host_open:
-                    self._effects.append(TcpShutdown(fid))
+                    self._effects.append(flow.side.shutdown(fid))
             elif type(ev) in (Reset, TimedOut):
                 self._close_host(flow, reset=True)
                 self._log_end(flow, now, "reset" if type(ev) is Reset else "timeout")
@@ -445,13 +448,13 @@ class TcpNat:
                 conn.shutdown(now)
             elif flow.paused and conn.send_space >= READ_CHUNK:
                 flow.paused = False
-                self._effects.append(TcpResumeReading(flow.flow_id))
+                self._effects.append(flow.side.resume(flow.flow_id))
         self._dirty.add(flow.flow_id)
 
     def _close_host(self, flow: Flow, reset: bool) -> None:
         if flow.host_open:
             flow.host_open = False
-            self._effects.append(TcpCloseHost(flow.flow_id, reset))
+            self._effects.append(flow.side.close(flow.flow_id, reset))
 
     def _forget(self, flow: Flow, now: float, reset: bool, host_closed: bool = False) -> None:
         self._connect_ended(flow)

@@ -14,6 +14,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.ipfrag import fragment_ipv4
 from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
@@ -23,16 +24,6 @@ PORT_FIRST = 61000
 PORT_LAST = 65535
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
 
-Client = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class UdpForwardReply:
-    """Send ``payload`` to ``client`` from the host socket of listener ``listener_id``."""
-
-    listener_id: int
-    client: Client
-    payload: bytes
 
 
 @dataclass(slots=True)
@@ -71,7 +62,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         self._by_client: dict[tuple[int, Client], _Flow] = {}
         self._ip_ident = 0
         self._out: list[bytes] = []
-        self._effects: list[object] = []
+        self._effects: list[Effect] = []
 
     # -- listeners -----------------------------------------------------------
 
@@ -161,7 +152,7 @@ class UdpForwarder(IdleFlows[_Flow]):
 
     # -- timers and output ---------------------------------------------------
 
-    def drain(self) -> tuple[list[bytes], list[object]]:
+    def drain(self) -> tuple[list[bytes], list[Effect]]:
         """IPv4 packets for VMs and UdpForwardReply effects, since the last drain."""
         out, eff = self._out, self._effects
         self._out, self._effects = [], []

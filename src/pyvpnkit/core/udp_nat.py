@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.ipfrag import fragment_ipv4
@@ -28,30 +29,6 @@ from pyvpnkit.wire.udp import UdpDatagram, build_udp
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
 _ORIGINALS_PER_FLOW = 16  # quoted headers kept per flow, by destination
 _ADDR_CACHE = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class UdpOpen:
-    """Open a host UDP socket (bound to 0.0.0.0:0) for the VM endpoint ``vm``."""
-
-    flow_id: int
-    vm: tuple[bytes, int]
-
-
-@dataclass(frozen=True, slots=True)
-class UdpSend:
-    """sendto() on the flow's socket; ``ttl`` is the VM's TTL minus our hop."""
-
-    flow_id: int
-    dst_ip: str
-    dst_port: int
-    payload: bytes
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class UdpClose:
-    flow_id: int
 
 
 @dataclass(slots=True)
@@ -81,10 +58,10 @@ class NatBase(IdleFlows[NatFlow]):
         self._next_id = 1
         self._ip_ident = 0
         self._out: list[bytes] = []
-        self._effects: list[object] = []
+        self._effects: list[Effect] = []
         self._addr_cache: dict[str, bytes | None] = {}
 
-    def drain(self) -> tuple[list[bytes], list[object]]:
+    def drain(self) -> tuple[list[bytes], list[Effect]]:
         """IPv4 packets for VMs and effects for the runtime, since the last drain."""
         out, eff = self._out, self._effects
         self._out, self._effects = [], []

@@ -22,8 +22,10 @@ import tempfile
 from typing import Any
 
 from pyvpnkit import cli
+from pyvpnkit.app.options import Options
+from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.ippool import PoolError
+from pyvpnkit.core.ippool import PoolError, mac_key
 from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import UserError
 from pyvpnkit.gvproxy.config import ConfigError, Settings
@@ -32,7 +34,6 @@ from pyvpnkit.gvproxy.notify import HYPERVISOR_ERROR, READY, Notifier
 from pyvpnkit.gvproxy.sshfwd import SshSocketForward
 from pyvpnkit.links.stream import StreamLink
 from pyvpnkit.runtime.forwarder import ForwardError
-from pyvpnkit.runtime.service import Service
 from pyvpnkit.wire.framing import QEMU, U16LE
 
 log = logging.getLogger("pyvpnkit.gvproxy")
@@ -54,8 +55,8 @@ def pool_bounds(s: Settings) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Addre
     return low, high
 
 
-def run_options(s: Settings) -> argparse.Namespace:
-    """The `pyvpnkit run` options that give gvproxy's network."""
+def run_args(s: Settings) -> argparse.Namespace:
+    """The `pyvpnkit run` command line that gives gvproxy's network."""
     low, high = pool_bounds(s)
     run = [f"--subnet={s.subnet}", f"--gateway-ip={s.gateway_ip}", f"--host-ip={s.host_ip}",
            f"--lowest-ip={low}", f"--highest-ip={high}", f"--mtu={s.mtu}", "--domain=",
@@ -79,30 +80,34 @@ def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
-def net_config(s: Settings, options: argparse.Namespace) -> NetConfig:
+def run_options(s: Settings) -> tuple[NetConfig, Options]:
+    """gvproxy's network and service, as `pyvpnkit run` options (the other drop-ins' way)."""
+    args = run_args(s)
     try:
-        config = cli.build_config(options)
+        config = cli.build_config(args)
+        options = cli.service_options(args)
     except UserError as exc:
         raise ConfigError(str(exc)) from None
     uuid_macs = {uuid: _mac(m) for uuid, m in s.uuid_macs.items()}
     # gvproxy leases for one hour.
     blocked = () if s.ec2_metadata_access else (LINK_LOCAL,)
-    return dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
-                               uuid_macs=uuid_macs, blocked=blocked)
+    config = dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
+                                 uuid_macs=uuid_macs, blocked=blocked)
+    return config, options
 
 
 class Gvproxy:
     def __init__(self, s: Settings) -> None:
         self.s = s
-        options = run_options(s)
-        self.service = Service(net_config(s, options), options)
+        self.service = Service(*run_options(s))
         stack = self.service.stack
         low, high = pool_bounds(s)
         for ip, mac in s.static_leases.items():
             if not low <= ipaddress.IPv4Address(ip) <= high:
                 raise ConfigError(f"static lease {ip} for {mac}: outside the VM range {low}-{high}")
             try:
-                stack.pool.allocate("mac:" + mac, ipaddress.IPv4Address(ip).packed, strict=True)
+                address = ipaddress.IPv4Address(ip).packed
+                stack.pool.allocate(mac_key(_mac(mac)), address, strict=True)
             except PoolError as exc:
                 raise ConfigError(f"static lease {ip} for {mac}: {exc}") from None
         for zone in s.zones:

@@ -39,7 +39,12 @@ class BoundUnixPath:
                 os.unlink(self.path)
 
 
-def _remove_stale(path: str, sock_type: int) -> None:
+def remove_stale_unix(path: str, sock_type: int = socket.SOCK_STREAM) -> None:
+    """The one stale-socket rule: unlink a socket file nobody listens on.
+
+    A non-socket file is FileExistsError; a socket someone answers on (or that
+    is of another type, or has a full backlog) is EADDRINUSE.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -68,7 +73,7 @@ def bind_unix(addr: ListenAddress, sock_type: int) -> tuple[socket.socket, Bound
     assert addr.path is not None
     path = addr.path
     if not addr.is_abstract:
-        _remove_stale(path, sock_type)
+        remove_stale_unix(path, sock_type)
     sock = socket.socket(socket.AF_UNIX, sock_type)
     try:
         sock.bind(path)

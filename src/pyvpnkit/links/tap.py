@@ -13,7 +13,7 @@ import logging
 import os
 
 from pyvpnkit.links.base import FrameSink, Link
-from pyvpnkit.runtime.tap import (
+from pyvpnkit.links.tapdev import (
     PLAIN_HDR,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE,

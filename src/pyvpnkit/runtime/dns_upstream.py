@@ -1,5 +1,5 @@
-"""asyncio side of the gateway DNS server: real sockets for the upstream
-queries the sans-I/O DnsServer asks for, its timer, and hosts-file reloads.
+"""asyncio side of the gateway DNS server: the executor of UpstreamQuery effects
+(real sockets to the upstream servers), and hosts-file reloads.
 
 UDP uses one connected socket per upstream server (the kernel then drops
 datagrams from anyone else, and ICMP unreachable surfaces as an error);
@@ -14,13 +14,11 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Protocol, cast
+from collections.abc import Callable
+from typing import Protocol
 
-from pyvpnkit.core.dns.forwarder import UpstreamQuery
-from pyvpnkit.core.dns.server import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import encode_tcp_message
+from pyvpnkit.core.effects import Effect, UpstreamQuery
 
 MAX_UDP_REPLY = 65535
 
@@ -68,8 +66,10 @@ class DnsUpstream:
         self._next_prune = 0.0
         self._closed = False
 
-    def perform(self, effect: UpstreamQuery) -> None:
-        if self._closed:
+    effects = (UpstreamQuery,)
+
+    def execute(self, effect: Effect) -> None:
+        if self._closed or not isinstance(effect, UpstreamQuery):
             return
         if effect.transport == "tcp":
             task = self._loop.create_task(self._tcp_query(effect))
@@ -77,6 +77,9 @@ class DnsUpstream:
             task.add_done_callback(self._tasks.discard)
         else:
             self._udp_query(effect)
+
+    def fail(self, effect: Effect) -> None:
+        """Sending raised: nothing to undo; the forwarder's timeout tries the next server."""
 
     def close(self) -> None:
         self._closed = True
@@ -231,111 +234,3 @@ class HostsFileWatcher:
         self._signature = signature
         self._load(text)
         return True
-
-
-@dataclass(frozen=True, slots=True)
-class HostClient:
-    """Client key for queries that arrived on a host socket of DnsService."""
-
-    addr: tuple[str, int]
-
-
-class _HostUdp(asyncio.DatagramProtocol):
-    def __init__(self, service: DnsService) -> None:
-        self.service = service
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.service.query(data, HostClient((str(addr[0]), int(addr[1]))), "udp")
-
-
-class DnsService:
-    """Runs a DnsServer on an asyncio loop.
-
-    The owner feeds VM queries with `query()`; answers go to `send_answer`
-    (for VM clients) or back out of the host UDP socket opened by
-    `serve_udp()` (handy for tests and debugging with dig).
-    """
-
-    def __init__(
-        self,
-        server: DnsServer,
-        send_answer: Callable[[DnsAnswer], None] | None = None,
-        *,
-        loop: asyncio.AbstractEventLoop | None = None,
-        hosts_path: str | None = None,
-        tcp_timeout: float = 5.0,
-    ) -> None:
-        self.server = server
-        self._send_answer = send_answer
-        self._loop = loop or asyncio.get_running_loop()
-        self.upstream = DnsUpstream(self._loop, server, self.pump, tcp_timeout=tcp_timeout)
-        self.hosts = (
-            HostsFileWatcher(hosts_path, server.load_hosts) if hosts_path is not None else None
-        )
-        if self.hosts is not None:
-            self.hosts.check(self._loop.time())
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._host_udp: _HostUdp | None = None
-
-    def query(self, data: bytes, client: Hashable, transport: str) -> None:
-        now = self._loop.time()
-        if self.hosts is not None:
-            self.hosts.check(now)
-        self.server.handle_query(data, client, transport, now)
-        self.pump()
-
-    def pump(self) -> None:
-        """Perform every pending effect and re-arm the timer."""
-        for effect in self.server.drain():
-            if isinstance(effect, UpstreamQuery):
-                self.upstream.perform(effect)
-            elif isinstance(effect, DnsAnswer):
-                self._deliver(effect)
-        self._arm_timer()
-
-    async def serve_udp(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Also answer queries on a host UDP socket; returns the bound address."""
-        transport, protocol = await self._loop.create_datagram_endpoint(
-            lambda: _HostUdp(self), local_addr=(host, port)
-        )
-        self._host_udp = protocol
-        sockname = transport.get_extra_info("sockname")
-        return str(sockname[0]), int(sockname[1])
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.upstream.close()
-        if self._host_udp is not None and self._host_udp.transport is not None:
-            self._host_udp.transport.close()
-
-    def _deliver(self, answer: DnsAnswer) -> None:
-        if isinstance(answer.client, HostClient):
-            if self._host_udp is not None and self._host_udp.transport is not None:
-                self._host_udp.transport.sendto(answer.data, answer.client.addr)
-        elif self._send_answer is not None:
-            self._send_answer(answer)
-
-    def _arm_timer(self) -> None:
-        when = self.server.next_deadline()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = None if when is None else self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        due = self._timer_at if self._timer_at is not None else 0.0
-        self._timer = None
-        self._timer_at = None
-        # call_at may fire a hair early; the deadline itself has been reached.
-        self.server.handle_timer(max(self._loop.time(), due))
-        self.pump()

@@ -3,8 +3,10 @@
 Frames arriving in one loop iteration are all handed to the stack before it
 is drained once, so one ACK or window update covers a whole batch.
 
-Nothing raised while handling one frame or one effect leaves the engine: a
-failed effect costs its own flow (the executor's ``fail`` resets it), a failed
+Effects go to the executors the composition root added (runtime/executor.py),
+by effect type; the engine constructs none of them. Nothing raised while
+handling one frame or one effect leaves the engine: a failed effect costs its
+own flow (the executor's ``fail`` resets it), a failed
 send costs that frame, each is counted in ``stats`` and reported by one
 throttled log line, and the rest of the batch goes on.
 """
@@ -17,10 +19,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
+from pyvpnkit.core.effects import Effect
+from pyvpnkit.core.ippool import PoolError, mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link, VifError
-from pyvpnkit.runtime.host_tcp import HostTcp
-from pyvpnkit.runtime.limits import DescriptorBudget, Throttle
+from pyvpnkit.runtime.executor import Executor
+from pyvpnkit.runtime.limits import Throttle
 
 log = logging.getLogger("pyvpnkit")
 
@@ -34,16 +38,9 @@ def mac_for_uuid(uuid: str) -> bytes:
 
 
 class Engine:
-    """The FrameSink every link reports to, and the executor of the stack's effects."""
+    """The FrameSink every link reports to; routes the stack's effects to their executors."""
 
-    def __init__(
-        self,
-        stack: Stack,
-        loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        connect_timeout: float = 30.0,
-        budget: DescriptorBudget | None = None,
-    ) -> None:
+    def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.stack = stack
         self.loop = loop or asyncio.get_running_loop()
         self.links: dict[int, Link] = {}
@@ -54,27 +51,19 @@ class Engine:
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
-        self.host_tcp = HostTcp(
-            self.loop, stack.tcp, self.wake, connect_timeout, settle=self.settle, budget=budget
-        )
-        self.handlers: dict[type, Callable[[object], None]] = {}
-        self.failers: dict[type, Callable[[object], None]] = {}
-        self.add_executor(self.host_tcp.handlers, self.host_tcp.fail)
+        self.executors: list[Executor] = []
+        self._executor_of: dict[type[Effect], Executor] = {}
         self.frame_taps: list[Callable[[int, bytes, bool], None]] = []  # pcap and friends
         self.stats: Counter[str] = Counter()
         self.last_error = ""
         self._errors = Throttle(self.loop.time)
         self.close_taps: list[Callable[[int], None]] = []  # told each link number that closes
 
-    def add_executor(
-        self,
-        handlers: dict[type, Callable[[object], None]],
-        fail: Callable[[object], None] | None = None,
-    ) -> None:
-        """Route effect types to their executor; ``fail`` cleans up after one that raised."""
-        self.handlers.update(handlers)
-        if fail is not None:
-            self.failers.update(dict.fromkeys(handlers, fail))
+    def add_executor(self, executor: Executor) -> None:
+        """Route ``executor.effects`` to it; close() closes it."""
+        self.executors.append(executor)
+        for kind in executor.effects:
+            self._executor_of[kind] = executor
 
     def _failed(self, what: str, exc: BaseException) -> None:
         """Count an error confined to one frame or effect; log it now and then, no traceback."""
@@ -126,11 +115,9 @@ class Engine:
 
     def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
         mac = self.stack.config.uuid_macs.get(uuid) or mac_for_uuid(uuid)
-        from pyvpnkit.core.ippool import PoolError
-
         try:
             ip = self.stack.pool.allocate(
-                "mac:" + mac.hex(":"), preferred_ip, strict=preferred_ip is not None
+                mac_key(mac), preferred_ip, strict=preferred_ip is not None
             )
         except PoolError as exc:
             raise VifError(str(exc)) from exc
@@ -191,16 +178,16 @@ class Engine:
             return
         # Host effects first: a write to a host socket is usually on the
         # critical path of a request, the ACK we owe the VM is not.
-        handlers = self.handlers
+        executor_of = self._executor_of
         for eff in effects:
-            handler = handlers.get(type(eff))
-            if handler is None:
+            executor = executor_of.get(type(eff))
+            if executor is None:
                 log.error("no executor for %r", eff)
                 continue
             try:
-                handler(eff)
+                executor.execute(eff)
             except Exception as exc:  # noqa: BLE001 - one effect's error costs its flow only
-                self._effect_failed(eff, exc)
+                self._effect_failed(executor, eff, exc)
         if frames:
             links = self.links
             taps = self.frame_taps
@@ -219,14 +206,12 @@ class Engine:
                 log.info("%s", line)
             closed.clear()
 
-    def _effect_failed(self, eff: object, exc: Exception) -> None:
+    def _effect_failed(self, executor: Executor, eff: Effect, exc: Exception) -> None:
         self._failed("effect_errors", exc)
-        fail = self.failers.get(type(eff))
-        if fail is not None:
-            try:
-                fail(eff)
-            except Exception as exc2:  # noqa: BLE001
-                self._failed("effect_errors", exc2)
+        try:
+            executor.fail(eff)
+        except Exception as exc2:  # noqa: BLE001
+            self._failed("effect_errors", exc2)
         self._again = True  # the failure fed the stack (an RST to send)
 
     def _rearm(self) -> None:
@@ -253,6 +238,7 @@ class Engine:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self.host_tcp.close_all()
+        for executor in self.executors:
+            executor.close()
         for link in list(self.links.values()):
             link.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections import Counter
 from dataclasses import dataclass
 
 from pyvpnkit.core.icmp_errors import kind_from_icmp
@@ -106,6 +107,21 @@ def enable_recverr(sock: socket.socket) -> bool:
     return True
 
 
+def set_ttl(sock: socket.socket, current: int, ttl: int, stats: Counter[str]) -> int:
+    """Give the host datagram the VM's TTL (traceroute's other half); the TTL now set.
+
+    One setsockopt per change only; a refused one is counted in ``ttl_failed``.
+    """
+    if ttl == current or not 0 < ttl < 256:
+        return current
+    try:
+        sock.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
+    except OSError:
+        stats["ttl_failed"] += 1
+        return current
+    return ttl
+
+
 __all__ = [
     "IP_RECVERR",
     "MSG_ERRQUEUE",
@@ -113,6 +129,7 @@ __all__ = [
     "SO_EE_ORIGIN_LOCAL",
     "ExtendedError",
     "enable_recverr",
+    "set_ttl",
     "parse_extended_err",
     "read_errqueue",
 ]

@@ -7,110 +7,48 @@ UDP datagrams go through the sans-I/O ``UdpForwarder``; its replies come back
 as ``UdpForwardReply`` effects and leave from the listener's own socket, so
 clients see answers from the address they sent to.
 
-Bind errors are reported with Docker's wording ("port is already allocated",
-"cannot assign requested address", "permission denied") and never stop the
-service. Binding 127.0.0.1 (or 0.0.0.0) for TCP also tries ::1 (or ::), as
-vpnkit does, so clients that resolve "localhost" to ::1 connect too.
+What a forward may be (addresses, ports, protocols, which VM) is decided in
+core/forwards.py; this module does the sockets. Bind errors are reported
+with Docker's wording ("port is already allocated", "cannot assign requested
+address", "permission denied") and never stop the service. Binding 127.0.0.1
+(or 0.0.0.0) for TCP also tries ::1 (or ::), as vpnkit does, so clients that
+resolve "localhost" to ::1 connect too.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import socket
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvpnkit.core.udp_forward import UdpForwardReply
+from pyvpnkit.core.effects import Effect, UdpForwardReply
+from pyvpnkit.core.forwards import (
+    ForwardError,
+    join_host_port,
+    parse_publish,
+    protocol_of,
+    split_host_port,
+    vm_target,
+)
+from pyvpnkit.links.sockets import remove_stale_unix
 
 if TYPE_CHECKING:
     from pyvpnkit.core.stack import Stack
     from pyvpnkit.runtime.engine import Engine
+    from pyvpnkit.runtime.host_tcp import HostTcp
 
 log = logging.getLogger("pyvpnkit.forward")
 
-PROTOCOLS = ("tcp", "udp", "unix")
 ACCEPTS_PER_WAKEUP = 64
 READS_PER_WAKEUP = 256
 _ACCEPT_BACKOFF = 0.5  # seconds without accepting after EMFILE/ENFILE
 _DUAL_STACK = {"127.0.0.1": "::1", "0.0.0.0": "::"}
 
 Forwards = list[dict[str, str]]  # the method named ``list`` shadows the builtin in the class
-
-
-class ForwardError(Exception):
-    """A forward cannot be made or found; ``status`` is the HTTP status the API answers."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def split_host_port(text: str, what: str) -> tuple[str, int]:
-    """"IP:PORT", "[V6]:PORT" or ":PORT" (empty host) -> (host, port). Only IP literals."""
-    if not isinstance(text, str) or not text:
-        raise ForwardError(f"{what} must be a non-empty string like 127.0.0.1:8080")
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ForwardError(f"bad {what} {text!r}: expected [IPV6]:PORT")
-        family = 6
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ForwardError(f"bad {what} {text!r}: expected IP:PORT")
-        family = 4
-    if not port_text.isdigit() or int(port_text) > 0xFFFF:
-        raise ForwardError(f"bad {what} {text!r}: port must be 0-65535")
-    if host:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            raise ForwardError(f"bad {what} {text!r}: {host!r} is not an IP address") from None
-        if addr.version != family:
-            raise ForwardError(f"bad {what} {text!r}: IPv6 addresses need brackets")
-        host = addr.compressed
-    return host, int(port_text)
-
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_publish(spec: str) -> tuple[str, str, str]:
-    """Docker-style ``[HOST_IP:]HOST_PORT:VM_PORT[/tcp|/udp]`` -> (local, remote, protocol).
-
-    HOST_IP defaults to 127.0.0.1, not Docker's 0.0.0.0: a published VM
-    port should not be reachable from the LAN unless asked for. The remote
-    is the first VM (":VM_PORT").
-    """
-    body, slash, proto = spec.partition("/")
-    proto = proto.lower() if slash else "tcp"
-    if proto not in ("tcp", "udp"):
-        raise ValueError(f"bad publish spec {spec!r}: protocol must be tcp or udp")
-    if body.startswith("["):
-        host, sep, rest = body[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"bad publish spec {spec!r}: expected [IPV6]:HOST_PORT:VM_PORT")
-        host = f"[{host}]"
-        ports = rest.split(":")
-    else:
-        parts = body.split(":")
-        host, ports = ("127.0.0.1", parts) if len(parts) == 2 else (parts[0], parts[1:])
-    if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) <= 0xFFFF for p in ports):
-        raise ValueError(
-            f"bad publish spec {spec!r}: expected [HOST_IP:]HOST_PORT:VM_PORT[/tcp|/udp]"
-        )
-    local = f"{host or '127.0.0.1'}:{int(ports[0])}"
-    try:
-        split_host_port(local, "publish host address")
-    except ForwardError as exc:
-        raise ValueError(str(exc)) from None
-    return local, f":{int(ports[1])}", proto
 
 
 @dataclass(eq=False)
@@ -129,23 +67,23 @@ class _Listener:
 class Forwarder:
     """Exposes host ports into the stack's VMs; the API and --publish drive it."""
 
-    def __init__(self, engine: Engine, stack: Stack) -> None:
+    def __init__(self, engine: Engine, stack: Stack, host_tcp: HostTcp) -> None:
         self.engine = engine
         self.stack = stack
+        self.host_tcp = host_tcp  # accepted clients are handed to it whole
         self.loop = engine.loop
         self.stats: Counter[str] = Counter()
         self._by_key: dict[tuple[str, str], _Listener] = {}
         self._by_id: dict[int, _Listener] = {}
         self._next_id = 1
         self._buf = bytearray(65536)
-        engine.add_executor({UdpForwardReply: self._reply})  # type: ignore[dict-item]
 
     # -- public API ----------------------------------------------------------
 
     def expose(self, local: str, remote: str, protocol: str = "tcp") -> dict[str, str]:
         """Listen on ``local`` and forward to ``remote`` ("IP:PORT"; empty IP = first VM)."""
-        protocol = self._protocol(protocol)
-        remote_ip, remote_port = self._remote(remote)
+        protocol = protocol_of(protocol)
+        remote_ip, remote_port = vm_target(self.stack.config, remote)
         local = self._normalize_local(local, protocol)
         if (local, protocol) in self._by_key:
             raise ForwardError(f"{local}/{protocol} is already exposed", 409)
@@ -164,7 +102,7 @@ class Forwarder:
         return info
 
     def unexpose(self, local: str, protocol: str = "tcp") -> None:
-        protocol = self._protocol(protocol)
+        protocol = protocol_of(protocol)
         key = (self._normalize_local(local, protocol), protocol)
         lst = self._by_key.pop(key, None)
         if lst is None:
@@ -186,30 +124,6 @@ class Forwarder:
         return min(vms) if vms else self.stack.config.lowest_ip
 
     # -- validation ----------------------------------------------------------
-
-    @staticmethod
-    def _protocol(protocol: object) -> str:
-        if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
-            raise ForwardError(f"bad protocol {protocol!r}: use tcp, udp or unix")
-        return protocol.lower()
-
-    def _remote(self, remote: str) -> tuple[bytes | None, int]:
-        host, port = split_host_port(remote, "remote")
-        if port == 0:
-            raise ForwardError(f"bad remote {remote!r}: port must be 1-65535")
-        if not host:
-            return None, port
-        cfg = self.stack.config
-        addr = ipaddress.ip_address(host)
-        if (
-            addr.version != 4
-            or not cfg.in_subnet(addr.packed)
-            or addr.packed in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip)
-            or addr == cfg.subnet.network_address
-            or addr == cfg.subnet.broadcast_address
-        ):
-            raise ForwardError(f"bad remote {remote!r}: not a VM address in {cfg.subnet}")
-        return addr.packed, port
 
     @staticmethod
     def _normalize_local(local: str, protocol: str) -> str:
@@ -320,7 +234,7 @@ class Forwarder:
         gvproxy's /tunnel and SSH forwards use this; ``early`` is data the
         client already sent. ForwardError for a remote that is not a VM address.
         """
-        vm_ip, port = self._remote(remote)
+        vm_ip, port = vm_target(self.stack.config, remote)
         self.attach(client, vm_ip or self.first_vm(), port, remote, early)
 
     def attach(
@@ -335,7 +249,7 @@ class Forwarder:
             self.stats["tcp_no_port"] += 1
             return
         self.stats["tcp_accepted"] += 1
-        self.engine.host_tcp.adopt(fid, client)
+        self.host_tcp.adopt(fid, client)
         if early:
             self.stack.tcp.host_data(fid, early, now)
         self.engine.wake()
@@ -384,6 +298,17 @@ class Forwarder:
             self.stats["udp_in"] += got
             self.engine.wake()
 
+    # -- the executor of UdpForwardReply (replies leave from the listener's socket)
+
+    effects = (UdpForwardReply,)
+
+    def execute(self, eff: Effect) -> None:
+        if isinstance(eff, UdpForwardReply):
+            self._reply(eff)
+
+    def fail(self, effect: Effect) -> None:
+        """A reply raised: it is lost, as a datagram may be."""
+
     def _reply(self, eff: UdpForwardReply) -> None:
         lst = self._by_id.get(eff.listener_id)
         if lst is None or lst.protocol != "udp" or not lst.socks:
@@ -417,30 +342,15 @@ def _bind_error(exc: OSError, proto: str, local: str) -> ForwardError:
 
 
 def remove_stale_socket(path: str) -> None:
-    """Unlink a socket file nobody listens on; refuse to replace anything else."""
+    """links.sockets.remove_stale_unix's rule, in the API's words (ForwardError, 409)."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        remove_stale_unix(path)
+    except FileExistsError:
+        raise ForwardError(f"listen unix {path}: file exists and is not a socket", 409) from None
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ForwardError(f"listen unix {path}: address already in use", 409) from None
         raise _bind_error(exc, "unix", path) from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ForwardError(f"listen unix {path}: file exists and is not a socket", 409)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        err = probe.connect_ex(path)
-    finally:
-        probe.close()
-    if err in (0, errno.EAGAIN, errno.EINPROGRESS):
-        raise ForwardError(f"listen unix {path}: address already in use", 409)
-    if err in (errno.ECONNREFUSED, errno.ENOENT):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _bind_error(exc, "unix", path) from None
 
 
 __all__ = [

@@ -12,7 +12,6 @@ after one warning naming the sysctl.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -22,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from pyvpnkit.core.icmp_errors import kind_from_icmp
-from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend, IcmpNat
-from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+from pyvpnkit.core.effects import Effect, IcmpClose, IcmpEchoSend
+from pyvpnkit.core.icmp_errors import kind_from_icmp, kind_from_send_errno
+from pyvpnkit.core.icmp_nat import EchoIdents, IcmpNat
+from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.wire import icmp as icmpw
-from pyvpnkit.wire.ipv4 import PROTO_ICMP
+from pyvpnkit.wire.errors import ParseError
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ ICMP_FILTER = 1
 MAX_READS_PER_WAKEUP = 256
 
 Mode = Literal["ping", "raw"]
-
-_SEND_ERROR_KINDS = {
-    errno.ENETUNREACH: "net_unreachable",
-    errno.EHOSTUNREACH: "host_unreachable",
-    errno.EACCES: "admin_prohibited",
-    errno.EPERM: "admin_prohibited",
-}
-
 
 def ping_group_range(path: str = PING_GROUP_RANGE) -> tuple[int, int] | None:
     """The (low, high) gids allowed to open ping sockets, or None if unreadable."""
@@ -118,26 +110,21 @@ class HostIcmp:
         # raw mode
         self._raw: socket.socket | None = None
         self._raw_ttl = 0
-        self._ident_of: dict[int, int] = {}  # flow id -> our identifier
-        self._flow_of: dict[int, tuple[int, str]] = {}  # our identifier -> (flow, dst)
-        self._next_ident = os.getpid() & 0xFFFF
-        # For the engine's effect dispatch table (Engine.add_executor).
-        self.handlers: dict[type, Callable[[object], None]] = {
-            IcmpEchoSend: self._on_echo,  # type: ignore[dict-item]
-            IcmpClose: self._on_close,  # type: ignore[dict-item]
-        }
+        self._idents = EchoIdents(os.getpid())
 
-    def execute(self, effect: object) -> bool:
-        """Perform ``effect`` if it is an ICMP NAT effect; False when it is not ours."""
-        if type(effect) is IcmpEchoSend:
-            assert isinstance(effect, IcmpEchoSend)
+    effects = (IcmpEchoSend, IcmpClose)
+
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, IcmpEchoSend):
             self._on_echo(effect)
-        elif type(effect) is IcmpClose:
-            assert isinstance(effect, IcmpClose)
-            self._on_close(effect)
-        else:
-            return False
-        return True
+        elif isinstance(effect, IcmpClose):
+            self._close_flow(effect.flow_id)
+
+    def fail(self, effect: Effect) -> None:
+        """An effect for this flow raised: drop its socket; the next echo opens a new one."""
+        flow_id = getattr(effect, "flow_id", None)
+        if flow_id is not None:
+            self._close_flow(flow_id)
 
     def _on_echo(self, eff: IcmpEchoSend) -> None:
         if self.mode == "ping":
@@ -147,9 +134,6 @@ class HostIcmp:
         else:
             self._warn_disabled()
 
-    def _on_close(self, eff: IcmpClose) -> None:
-        self._close_flow(eff.flow_id)
-
     def close(self) -> None:
         for flow_id in list(self._socks):
             self._close_flow(flow_id)
@@ -157,10 +141,8 @@ class HostIcmp:
             self._loop.remove_reader(self._raw.fileno())
             self._raw.close()
             self._raw = None
-        self._ident_of.clear()
-        self._flow_of.clear()
+        self._idents.clear()
 
-    close_all = close
 
     def _warn_disabled(self) -> None:
         self.stats["echo_dropped"] += 1
@@ -186,7 +168,7 @@ class HostIcmp:
             if ps is None:
                 self.stats["echo_dropped"] += 1
                 return
-        ps.ttl = self._set_ttl(ps.sock, ps.ttl, eff.ttl)
+        ps.ttl = set_ttl(ps.sock, ps.ttl, eff.ttl, self.stats)
         self._sendto(ps.sock, _echo_request(eff.ident, eff.seq, eff.payload), eff)
 
     def _ping_open(self, flow_id: int) -> _PingSocket | None:
@@ -270,27 +252,13 @@ class HostIcmp:
         self._raw = sock
         return sock
 
-    def _raw_ident(self, eff: IcmpEchoSend) -> int | None:
-        ident = self._ident_of.get(eff.flow_id)
-        if ident is not None:
-            return ident
-        if len(self._flow_of) >= 0x10000:
-            return None
-        ident = self._next_ident
-        while ident in self._flow_of:
-            ident = (ident + 1) & 0xFFFF
-        self._next_ident = (ident + 1) & 0xFFFF
-        self._ident_of[eff.flow_id] = ident
-        self._flow_of[ident] = (eff.flow_id, eff.dst_ip)
-        return ident
-
     def _raw_send(self, eff: IcmpEchoSend) -> None:
         sock = self._raw_socket()
-        ident = self._raw_ident(eff)
+        ident = self._idents.ident(eff.flow_id, eff.dst_ip)
         if sock is None or ident is None:
             self.stats["echo_dropped"] += 1
             return
-        self._raw_ttl = self._set_ttl(sock, self._raw_ttl, eff.ttl)
+        self._raw_ttl = set_ttl(sock, self._raw_ttl, eff.ttl, self.stats)
         self._sendto(sock, _echo_request(ident, eff.seq, eff.payload), eff)
 
     def _raw_readable(self) -> None:
@@ -314,51 +282,24 @@ class HostIcmp:
 
     def _raw_packet(self, n: int, src: str, now: float) -> bool:
         """Dispatch one received IPv4+ICMP packet; True when it was for one of our flows."""
-        buf = self._buf
-        if n < 28:
+        try:
+            report = icmpw.parse_echo_report(self._view[:n])
+        except ParseError:
             return False
-        ihl = (buf[0] & 0xF) * 4
-        if n < ihl + 8:
-            return False
-        typ, code = buf[ihl], buf[ihl + 1]
-        if typ == icmpw.ECHO_REPLY:
-            ident = int.from_bytes(buf[ihl + 4 : ihl + 6], "big")
-            entry = self._flow_of.get(ident)
-            if entry is None or entry[1] != src:
+        if report.quoted_dst is None:  # an echo reply
+            flow_id = self._idents.flow(report.ident, src)
+            if flow_id is None:
                 return False
-            seq = int.from_bytes(buf[ihl + 6 : ihl + 8], "big")
-            self._nat.host_echo_reply(entry[0], src, seq, bytes(self._view[ihl + 8 : n]), now)
+            self._nat.host_echo_reply(flow_id, src, report.seq, bytes(report.payload), now)
             return True
-        kind = kind_from_icmp(typ, code)
-        inner = ihl + 8  # the quoted packet: our echo request
-        if kind is None or n < inner + 20:
+        kind = kind_from_icmp(report.type, report.code)
+        flow_id = self._idents.flow(report.ident, socket.inet_ntoa(report.quoted_dst))
+        if kind is None or flow_id is None:
             return False
-        qihl = (buf[inner] & 0xF) * 4
-        if buf[inner + 9] != PROTO_ICMP or n < inner + qihl + 8:
-            return False
-        q = inner + qihl
-        if buf[q] != icmpw.ECHO_REQUEST:
-            return False
-        ident = int.from_bytes(buf[q + 4 : q + 6], "big")
-        entry = self._flow_of.get(ident)
-        if entry is None or socket.inet_ntoa(bytes(buf[inner + 16 : inner + 20])) != entry[1]:
-            return False
-        seq = int.from_bytes(buf[q + 6 : q + 8], "big")
-        self._nat.host_error(entry[0], kind, src, seq, now)
+        self._nat.host_error(flow_id, kind, src, report.seq, now)
         return True
 
     # -- shared ------------------------------------------------------------------
-
-    def _set_ttl(self, sock: socket.socket, current: int, ttl: int) -> int:
-        """Set IP_TTL only when it changes (one syscall per change); the TTL now set."""
-        if ttl == current or not 0 < ttl < 256:
-            return current
-        try:
-            sock.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
-        except OSError:
-            self.stats["ttl_failed"] += 1
-            return current
-        return ttl
 
     def _sendto(self, sock: socket.socket, message: bytes, eff: IcmpEchoSend) -> None:
         for attempt in (0, 1):
@@ -373,7 +314,7 @@ class HostIcmp:
                 if attempt == 0:
                     continue  # maybe a pending error from an earlier ICMP message
                 self.stats["echo_send_error"] += 1
-                kind = _SEND_ERROR_KINDS.get(exc.errno or 0)
+                kind = kind_from_send_errno(exc.errno)
                 if kind is not None:
                     self._nat.host_error(eff.flow_id, kind, None, eff.seq, self._clock())
                     self._wake()
@@ -386,9 +327,7 @@ class HostIcmp:
             self.budget.give()
             self._loop.remove_reader(ps.sock.fileno())
             ps.sock.close()
-        ident = self._ident_of.pop(flow_id, None)
-        if ident is not None:
-            self._flow_of.pop(ident, None)
+        self._idents.forget(flow_id)
 
 
 __all__ = [

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from pyvpnkit.core.dns.hostmode import NODATA, NXDOMAIN, PTR, SERVFAIL, A, HostResolve
+from pyvpnkit.core.dns.hostmode import NODATA, NXDOMAIN, PTR, SERVFAIL, A
+from pyvpnkit.core.effects import Effect, HostResolve
 
 Result = tuple[list[str] | None, str | None]  # (addresses or names, error)
 Lookup = Callable[[str, int], Result]  # (name, rdtype) -> Result, runs in a thread
@@ -124,8 +125,10 @@ class HostResolver:
         with self._lock:
             return self._busy
 
-    def perform(self, effect: HostResolve) -> None:
-        if self._closed:
+    effects = (HostResolve,)
+
+    def execute(self, effect: Effect) -> None:
+        if self._closed or not isinstance(effect, HostResolve):
             return
         if self.busy >= self.max_busy:
             # Reported on the next turn: we are inside the owner's drain loop.
@@ -138,6 +141,11 @@ class HostResolver:
         task = self._loop.create_task(self._await(effect.token, job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def fail(self, effect: Effect) -> None:
+        """Starting the lookup raised: the VM gets SERVFAIL rather than silence."""
+        if isinstance(effect, HostResolve):
+            self._loop.call_soon(self._report, effect.token, (None, SERVFAIL))
 
     def close(self) -> None:
         self._closed = True

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyvpnkit.core.effects import (
+    Effect,
     TcpCloseHost,
     TcpOpen,
     TcpPauseReading,
@@ -45,6 +46,8 @@ class _HostConn:
 
 
 class HostTcp:
+    """Executes the TCP NAT's effects on host sockets and reports what the kernel did."""
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -63,16 +66,24 @@ class HostTcp:
         self.connect_timeout = connect_timeout
         self.budget = budget or DescriptorBudget(1 << 30, loop.time)
         self.conns: dict[int, _HostConn] = {}
-        self.handlers: dict[type, Callable[[object], None]] = {
-            TcpOpen: self._open,  # type: ignore[dict-item]
-            TcpWrite: self._write,  # type: ignore[dict-item]
-            TcpShutdown: self._shutdown,  # type: ignore[dict-item]
-            TcpCloseHost: self._close,  # type: ignore[dict-item]
-            TcpPauseReading: self._pause,  # type: ignore[dict-item]
-            TcpResumeReading: self._resume,  # type: ignore[dict-item]
-        }
 
     # -- effects -------------------------------------------------------------
+
+    effects = (TcpOpen, TcpWrite, TcpShutdown, TcpCloseHost, TcpPauseReading, TcpResumeReading)
+
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, TcpWrite):  # the hot one first
+            self._write(effect)
+        elif isinstance(effect, TcpOpen):
+            self._open(effect)
+        elif isinstance(effect, TcpShutdown):
+            self._shutdown(effect)
+        elif isinstance(effect, TcpCloseHost):
+            self._close(effect)
+        elif isinstance(effect, TcpPauseReading):
+            self._pause(effect)
+        elif isinstance(effect, TcpResumeReading):
+            self._resume(effect)
 
     def _open(self, eff: TcpOpen) -> None:
         if not self.budget.take("tcp"):
@@ -129,9 +140,9 @@ class HostTcp:
         self.nat.host_connect_failed(flow_id, self.loop.time())
         self.wake()
 
-    def fail(self, eff: object) -> None:
+    def fail(self, effect: Effect) -> None:
         """An effect for this flow raised: drop its host socket, reset the VM's side."""
-        flow_id = getattr(eff, "flow_id", None)
+        flow_id = getattr(effect, "flow_id", None)
         if flow_id is None:
             return
         conn = self.conns.get(flow_id)
@@ -330,6 +341,6 @@ class HostTcp:
             self.loop.remove_writer(fd)
         conn.sock.close()
 
-    def close_all(self) -> None:
+    def close(self) -> None:
         for conn in list(self.conns.values()):
             self._forget(conn)

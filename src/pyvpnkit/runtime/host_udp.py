@@ -15,8 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyvpnkit.core.udp_nat import UdpClose, UdpNat, UdpOpen, UdpSend
-from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue
+from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
+from pyvpnkit.core.icmp_errors import kind_from_send_errno
+from pyvpnkit.core.udp_nat import UdpNat
+from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger(__name__)
@@ -26,12 +28,6 @@ MAX_READS_PER_WAKEUP = 256  # fairness: other flows and the VM link get a turn
 # sendto() reports an ICMP error that arrived earlier (sk_err) instead of
 # sending; those datagrams deserve one more try.
 _PENDING_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
-_SEND_ERROR_KINDS = {
-    errno.ENETUNREACH: "net_unreachable",
-    errno.EHOSTUNREACH: "host_unreachable",
-    errno.EACCES: "admin_prohibited",  # firewall (netfilter REJECT / EPERM)
-    errno.EPERM: "admin_prohibited",
-}
 
 
 @dataclass(slots=True)
@@ -63,44 +59,24 @@ class HostUdp:
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
         self.stats: Counter[str] = Counter()
-        # For the engine's effect dispatch table (Engine.add_executor).
-        self.handlers: dict[type, Callable[[object], None]] = {
-            UdpSend: self._sendto,  # type: ignore[dict-item]
-            UdpOpen: self._on_open,  # type: ignore[dict-item]
-            UdpClose: self._on_close,  # type: ignore[dict-item]
-        }
 
     def __len__(self) -> int:
         return len(self._socks)
 
-    def execute(self, effect: object) -> bool:
-        """Perform ``effect`` if it is a UDP NAT effect; False when it is not ours."""
-        kind = type(effect)
-        if kind is UdpSend:
-            assert isinstance(effect, UdpSend)
+    effects = (UdpOpen, UdpSend, UdpClose)
+
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, UdpSend):
             self._sendto(effect)
-        elif kind is UdpOpen:
-            assert isinstance(effect, UdpOpen)
+        elif isinstance(effect, UdpOpen):
             self._open(effect.flow_id)
-        elif kind is UdpClose:
-            assert isinstance(effect, UdpClose)
+        elif isinstance(effect, UdpClose):
             self._close(effect.flow_id)
-        else:
-            return False
-        return True
 
     def close(self) -> None:
         """Close every host socket (engine shutdown)."""
         for flow_id in list(self._socks):
             self._close(flow_id)
-
-    close_all = close
-
-    def _on_open(self, eff: UdpOpen) -> None:
-        self._open(eff.flow_id)
-
-    def _on_close(self, eff: UdpClose) -> None:
-        self._close(eff.flow_id)
 
     def _open(self, flow_id: int) -> _HostSocket | None:
         """The flow's host socket, or None (counted) when no descriptor is to be had."""
@@ -145,9 +121,9 @@ class HostUdp:
         self._loop.remove_reader(hs.sock.fileno())
         hs.sock.close()
 
-    def fail(self, eff: object) -> None:
+    def fail(self, effect: Effect) -> None:
         """An effect for this flow raised: drop its socket; the next datagram opens a new one."""
-        flow_id = getattr(eff, "flow_id", None)
+        flow_id = getattr(effect, "flow_id", None)
         if flow_id is not None:
             self._close(flow_id)
 
@@ -167,12 +143,7 @@ class HostUdp:
                 self._wake()
                 return
         sock = hs.sock
-        if eff.ttl != hs.ttl and 0 < eff.ttl < 256:
-            try:
-                sock.setsockopt(socket.SOL_IP, socket.IP_TTL, eff.ttl)
-                hs.ttl = eff.ttl
-            except OSError:
-                self.stats["ttl_failed"] += 1
+        hs.ttl = set_ttl(sock, hs.ttl, eff.ttl, self.stats)
         dst = (eff.dst_ip, eff.dst_port)
         hs.last_dst = dst
         for attempt in (0, 1):
@@ -191,7 +162,7 @@ class HostUdp:
                         self._wake()
                     continue
                 self.stats["send_error"] += 1
-                kind = _SEND_ERROR_KINDS.get(exc.errno or 0)
+                kind = kind_from_send_errno(exc.errno)
                 if kind is not None:
                     self._nat.host_error(
                         eff.flow_id, kind, None, eff.dst_ip, eff.dst_port, self._clock()

@@ -1,11 +1,12 @@
 """The HTTP proxy's I/O: upstream sockets for each proxied VM flow, and the config file.
 
-The TCP NAT hands a flow over with ProxyOpen and then treats this module as
-the flow's host side: its TcpWrite/TcpShutdown/TcpCloseHost/pause/resume
-effects come here instead of to HostTcp, and we answer with the NAT's host
-callbacks (host_connected, host_data, host_sent, host_eof, host_reset). The
-decisions live in core/http_proxy/machine.py; this file connects, resolves,
-writes and reads.
+An Executor (runtime/executor.py). The TCP NAT hands a flow over with
+ProxyOpen and then addresses the flow's host-side effects to us under their
+own types (ProxyWrite, ProxyShutdown, ProxyClose, pause/resume: see
+core/effects.HostSide), and we answer with the NAT's host callbacks
+(host_connected, host_data, host_sent, host_eof, host_reset). The decisions
+live in core/http_proxy/machine.py; this file connects, resolves, writes and
+reads.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 
+from pyvpnkit.core.dns.zones import NoSuchName
 from pyvpnkit.core.effects import (
+    Effect,
+    ProxyClose,
     ProxyOpen,
-    TcpCloseHost,
-    TcpPauseReading,
-    TcpResumeReading,
-    TcpShutdown,
-    TcpWrite,
+    ProxyPauseReading,
+    ProxyResumeReading,
+    ProxyShutdown,
+    ProxyWrite,
 )
 from pyvpnkit.core.http_proxy.config import ConfigError, ProxyConfig, config_from_json
 from pyvpnkit.core.http_proxy.effects import (
@@ -53,7 +56,6 @@ log = logging.getLogger("pyvpnkit.http_proxy")
 
 CONNECT_TIMEOUT = 10.0  # an unreachable upstream gets its 502 within this
 WATCH_INTERVAL = 1.0  # seconds between checks of the --http file
-Handler = Callable[[Any], None]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -135,30 +137,40 @@ class HttpProxy:
         self.set_config(config_from_json(obj))
         log.info("HTTP proxy configuration replaced through the API")
 
-    def executors(self, host: dict[type, Handler]) -> dict[type, Handler]:
-        """Our ProxyOpen, and the NAT's host-side effects routed here for proxied flows."""
+    # -- the Executor contract ---------------------------------------------
 
-        def route_to(kind: type, ours: Callable[[_Flow, Any], None]) -> Handler:
-            theirs = host[kind]
-            flows = self.flows
+    effects = (ProxyOpen, ProxyWrite, ProxyShutdown, ProxyClose, ProxyPauseReading,
+               ProxyResumeReading)
 
-            def handle(eff: Any) -> None:
-                flow = flows.get(eff.flow_id)
-                if flow is None:
-                    theirs(eff)
-                else:
-                    ours(flow, eff)
+    def execute(self, effect: Effect) -> None:
+        if isinstance(effect, ProxyOpen):
+            self._open(effect)
+            return
+        flow = self.flows.get(getattr(effect, "flow_id", -1))
+        if flow is None:
+            return  # forgotten after ResetVm: the NAT's last words for it
+        if isinstance(effect, ProxyWrite):
+            data = effect.data
+            self._feed(flow, lambda m: m.vm_data(data))
+        elif isinstance(effect, ProxyShutdown):
+            self._feed(flow, lambda m: m.vm_eof())
+        elif isinstance(effect, ProxyClose):
+            self._forget(flow, effect.reset)
+        elif isinstance(effect, ProxyPauseReading):
+            self._pause(flow, True)
+        elif isinstance(effect, ProxyResumeReading):
+            self._pause(flow, False)
 
-            return handle
-
-        return {
-            ProxyOpen: self._open,
-            TcpWrite: route_to(TcpWrite, lambda f, e: self._feed(f, lambda m: m.vm_data(e.data))),
-            TcpShutdown: route_to(TcpShutdown, lambda f, e: self._feed(f, lambda m: m.vm_eof())),
-            TcpCloseHost: route_to(TcpCloseHost, lambda f, e: self._forget(f, e.reset)),
-            TcpPauseReading: route_to(TcpPauseReading, lambda f, e: self._pause(f, True)),
-            TcpResumeReading: route_to(TcpResumeReading, lambda f, e: self._pause(f, False)),
-        }
+    def fail(self, effect: Effect) -> None:
+        """An effect for a proxied flow raised: drop its upstreams, reset the VM's side."""
+        flow_id = getattr(effect, "flow_id", None)
+        if flow_id is None:
+            return
+        flow = self.flows.get(flow_id)
+        if flow is not None:
+            self._forget(flow, reset=True)
+        self.nat.host_reset(flow_id, self.loop.time())
+        self.wake()
 
     # -- from the NAT --------------------------------------------------------
 
@@ -219,29 +231,28 @@ class HttpProxy:
             if credit:
                 nat.host_sent(fid, credit, now)
             for eff in effects:
-                kind = type(eff)
-                if kind is ToVm:
-                    nat.host_data(fid, eff.data, now)  # type: ignore[union-attr]
-                elif kind is Send:
-                    up = flow.upstreams.get(eff.conn)  # type: ignore[union-attr]
+                if isinstance(eff, ToVm):
+                    nat.host_data(fid, eff.data, now)
+                elif isinstance(eff, Send):
+                    up = flow.upstreams.get(eff.conn)
                     if up is not None and up.transport is not None:
-                        up.transport.write(eff.data)  # type: ignore[union-attr]
-                elif kind is Connect:
-                    self._connect(flow, eff)  # type: ignore[arg-type]
-                elif kind is CloseUpstream:
-                    up = flow.upstreams.pop(eff.conn, None)  # type: ignore[union-attr]
+                        up.transport.write(eff.data)
+                elif isinstance(eff, Connect):
+                    self._connect(flow, eff)
+                elif isinstance(eff, CloseUpstream):
+                    up = flow.upstreams.pop(eff.conn, None)
                     if up is not None and up.transport is not None:
                         up.transport.close()
-                elif kind is ShutdownUpstream:
-                    up = flow.upstreams.get(eff.conn)  # type: ignore[union-attr]
+                elif isinstance(eff, ShutdownUpstream):
+                    up = flow.upstreams.get(eff.conn)
                     if up is not None and up.transport is not None \
                             and up.transport.can_write_eof():
                         up.transport.write_eof()
-                elif kind is EndVm:
+                elif isinstance(eff, EndVm):
                     nat.host_eof(fid, now)
-                elif kind is ResetVm:
+                elif isinstance(eff, ResetVm):
                     nat.host_reset(fid, now)
-                    self._forget(flow, reset=True)  # the NAT sends no TcpCloseHost after this
+                    self._forget(flow, reset=True)  # the NAT sends no ProxyClose after this
         self._note(flow)
 
     def _note(self, flow: _Flow) -> None:
@@ -312,6 +323,8 @@ class HttpProxy:
         except (dns.exception.DNSException, UnicodeError):
             return None
         found = self.stack.dns.names.lookup(name, dns.rdatatype.A, dns.rdataclass.IN)
+        if isinstance(found, NoSuchName):  # a DNS zone's NXDOMAIN: the VMs' view, ours too
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         for rrset in found or ():
             for rdata in rrset:
                 return ipaddress.IPv4Address(rdata.address)

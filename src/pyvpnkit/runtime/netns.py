@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyvpnkit.errors import SETUP_FAILED
+from pyvpnkit.links.tapdev import open_tap, tap_error
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.nsdiag import SetupError, explain
-from pyvpnkit.runtime.tap import open_tap, tap_error
 
 SIOCGIFHWADDR = 0x8927
 

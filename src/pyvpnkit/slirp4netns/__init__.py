@@ -3,3 +3,5 @@
 rootlesskit (`--net=slirp4netns --slirp4netns-binary=...`) and podman
 (`network_cmd_path`) run it exactly as they run slirp4netns.
 """
+
+PROG = "pyvpnkit-slirp4netns"

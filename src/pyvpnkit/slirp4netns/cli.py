@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from pyvpnkit import __version__
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.slirp4netns import PROG
 
-PROG = "pyvpnkit-slirp4netns"
 DEFAULT_CIDR = "10.0.2.0/24"
 DEFAULT_MTU = 1500
 MAX_MTU = 65520

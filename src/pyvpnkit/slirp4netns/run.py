@@ -11,46 +11,36 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 
+from pyvpnkit.app.options import Options
+from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.runtime import seccomp
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach
 from pyvpnkit.runtime.nsdiag import SetupError
-from pyvpnkit.runtime.service import Service
-from pyvpnkit.slirp4netns import api, sandbox
-from pyvpnkit.slirp4netns.cli import GATEWAY, GUEST, PROG, host
+from pyvpnkit.slirp4netns import PROG, api, sandbox
 
 log = logging.getLogger("pyvpnkit.slirp4netns")
 
 TARGET_POLL = 1.0  # seconds between checks that a --netns-type=path namespace still exists
 
 
-def service_args(opts: argparse.Namespace) -> argparse.Namespace:
+def service_options(opts: argparse.Namespace) -> Options:
     """pyvpnkit's own option defaults, with what slirp4netns fixes."""
-    from pyvpnkit.api.commands import add_service_options
-    from pyvpnkit.cli import add_iface_options, add_network_options
-
-    parser = argparse.ArgumentParser(add_help=False)
-    add_network_options(parser)
-    add_iface_options(parser)
-    add_service_options(parser)
-    args = parser.parse_args([])
-    args.mtu = opts.mtu
-    args.hosts = "/dev/null"  # slirp4netns forwards every name; it answers none itself
-    args.ifname = opts.tapname
-    args.netns = opts.target
-    return args
+    # slirp4netns forwards every name; it answers none itself
+    return Options(hosts="/dev/null", ifname=opts.tapname, netns=opts.target)
 
 
 def iface_setup(opts: argparse.Namespace, config: NetConfig) -> IfaceSetup:
     return IfaceSetup(
         ifname=opts.tapname,
         bring_up=opts.configure,
-        address=str(host(opts.cidr, GUEST)),
+        address=socket.inet_ntoa(config.lowest_ip),  # the guest, .100
         prefixlen=config.prefixlen,
-        gateway=str(host(opts.cidr, GATEWAY)),
+        gateway=socket.inet_ntoa(config.gateway_ip),
         mtu=opts.mtu,
         mac=opts.macaddress,
     )
@@ -78,7 +68,8 @@ class Slirp4netns:
         opts, service = self.opts, self.service
         if opts.api_socket:
             assert service.extras is not None
-            table = api.HostFwdApi(service.extras.forwarder, str(host(opts.cidr, GUEST)))
+            guest = socket.inet_ntoa(service.config.lowest_ip)
+            table = api.HostFwdApi(service.extras.forwarder, guest)
             try:
                 self.server = await api.serve(table, opts.api_socket)
             except (ForwardError, OSError) as exc:
@@ -159,7 +150,7 @@ def run(opts: argparse.Namespace, config: NetConfig) -> int:
         except OSError as exc:
             print(f"{PROG}: --enable-seccomp: {exc.strerror}", file=sys.stderr)
             return 1
-    service = Service(config, service_args(opts))
+    service = Service(config, service_options(opts))
     netns, userns = _namespaces(opts)
     try:
         attached = attach(netns, iface_setup(opts, config), userns=userns)

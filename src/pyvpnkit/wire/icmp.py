@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pyvpnkit.wire.checksum import internet_checksum, verify
 from pyvpnkit.wire.errors import ParseError
+from pyvpnkit.wire.ipv4 import PROTO_ICMP
 
 ECHO_REPLY = 0
 DEST_UNREACHABLE = 3
@@ -57,3 +58,38 @@ def build_icmp(typ: int, code: int, rest: bytes, payload: bytes | memoryview) ->
 
 def echo_rest(ident: int, seq: int) -> bytes:
     return struct.pack("!HH", ident, seq)
+
+
+@dataclass(slots=True)
+class EchoReport:
+    """An IPv4 packet a raw ICMP socket delivered about an echo: a reply, or an error
+    quoting our request (then ``quoted_dst`` is where that request went)."""
+
+    type: int
+    code: int
+    ident: int
+    seq: int
+    payload: memoryview  # the reply's data (empty for an error)
+    quoted_dst: bytes | None
+
+
+def parse_echo_report(packet: memoryview) -> EchoReport:
+    """Parse IPv4 + ICMP as read from a raw socket; ParseError unless it concerns an echo."""
+    n = len(packet)
+    if n < 28:
+        raise ParseError(f"ICMP packet too short ({n} bytes)")
+    ihl = (packet[0] & 0xF) * 4
+    if n < ihl + 8:
+        raise ParseError("ICMP header cut short")
+    typ, code = packet[ihl], packet[ihl + 1]
+    if typ == ECHO_REPLY:
+        ident, seq = struct.unpack_from("!HH", packet, ihl + 4)
+        return EchoReport(typ, code, ident, seq, packet[ihl + 8 :], None)
+    inner = ihl + 8  # the quoted packet: our echo request
+    if n < inner + 20:
+        raise ParseError("no quoted IPv4 header")
+    quoted = inner + (packet[inner] & 0xF) * 4
+    if packet[inner + 9] != PROTO_ICMP or n < quoted + 8 or packet[quoted] != ECHO_REQUEST:
+        raise ParseError("the quoted packet is not an echo request")
+    ident, seq = struct.unpack_from("!HH", packet, quoted + 4)
+    return EchoReport(typ, code, ident, seq, packet[0:0], bytes(packet[inner + 16 : inner + 20]))

@@ -24,22 +24,13 @@ import dns.name
 import dns.opcode
 import dns.rcode
 
+from pyvpnkit.core.effects import UpstreamQuery
+
 Server = tuple[str, int]
 Question = tuple[dns.name.Name, int, int]  # (qname, rdtype, rdclass)
 
 # Answers that say "this server cannot help", so another one is worth asking.
 _RETRYABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP})
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamQuery:
-    """Send `data` to `server` over `transport` ("udp" or "tcp"; for TCP the
-    runtime adds the 2-byte length) and report the reply or failure for `token`."""
-
-    token: int
-    server: tuple[str, int]
-    transport: str
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from pyvpnkit.core.effects import HostResolve
+
 HOST_TTL = 30  # getaddrinfo gives no TTL; short, so host-side changes show up soon
 
 # How the runtime classifies a failed lookup (the `error` of handle_answer).
@@ -46,20 +48,6 @@ PTR = dns.rdatatype.PTR
 _IN_ADDR = dns.name.from_text("in-addr.arpa.")
 _IP6 = dns.name.from_text("ip6.arpa.")
 _HEX = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True, slots=True)
-class HostResolve:
-    """Ask the host's resolver, then report with `DnsServer.handle_host_answer`.
-
-    A/AAAA: getaddrinfo(`name`, family AF_INET/AF_INET6); report the address
-    texts. PTR: `name` is the address text; getnameinfo(NI_NAMEREQD); report
-    [hostname]. Failures are reported as NXDOMAIN, NODATA or SERVFAIL.
-    """
-
-    token: int
-    name: str
-    rdtype: int
 
 
 @dataclass(frozen=True, slots=True)

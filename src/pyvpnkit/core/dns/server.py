@@ -28,16 +28,16 @@ import dns.rdatatype
 import dns.rrset
 
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.dns.forwarder import Forwarder, Resolved, Server, UpstreamQuery
+from pyvpnkit.core.dns.forwarder import Forwarder, Resolved, Server
 from pyvpnkit.core.dns.hostmode import (
     UNSUPPORTED_TEXT,
     HostDone,
     HostLookups,
-    HostResolve,
     host_question,
 )
 from pyvpnkit.core.dns.names import LocalNames
 from pyvpnkit.core.dns.zones import NoSuchName
+from pyvpnkit.core.effects import HostResolve, UpstreamQuery
 
 log = logging.getLogger("pyvpnkit.dns")
 
@@ -246,8 +246,8 @@ class DnsServer:
         self.host.handle_timer(now)
         self._pump()
 
-    def drain(self) -> list[object]:
-        out: list[object] = list(self._effects)
+    def drain(self) -> list[DnsAnswer | UpstreamQuery | HostResolve]:
+        out = list(self._effects)
         self._effects.clear()
         return out
 

@@ -18,9 +18,10 @@ States and the only edges between them (``_go`` refuses any other):
     http ──101, 2xx to CONNECT, our own CONNECT──▶ tunnel
     any ──finished or reset──▶ closed
 
-A request waits until its upstream connection is up; one upstream at a time,
-reused while requests go the same way. A 101, a 2xx to CONNECT, or a TLS
-CONNECT turn the flow into a byte tunnel. VM bytes are credited (``credit``)
+Where each request goes is routing.py's decision. A request waits until its
+upstream connection is up; one upstream at a time, reused while requests go
+the same way. A 101, a 2xx to CONNECT, or a TLS CONNECT turn the flow into a
+byte tunnel. VM bytes are credited (``credit``)
 only once passed on, and not taken while the upstream is blocked, so the
 VM's TCP window carries the backpressure; the other way, the runtime pauses
 reading the upstream when the NAT says the VM is behind.
@@ -28,13 +29,11 @@ reading the upstream when the NAT says the VM is behind.
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 import h11
 
-from pyvpnkit.core.http_proxy.config import ProxyConfig, Upstream
+from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.http_proxy.effects import (
     CloseUpstream,
     Connect,
@@ -45,12 +44,22 @@ from pyvpnkit.core.http_proxy.effects import (
     ShutdownUpstream,
     ToVm,
 )
+from pyvpnkit.core.http_proxy.routing import (
+    HOP_BY_HOP,
+    ConnectDirect,
+    Forward,
+    Refuse,
+    Route,
+    authority,
+    plan_request,
+    proxy_auth,
+    upstream_request,
+)
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.tls import ClientHello, parse_client_hello
 
 MAX_HEADERS = 64 * 1024
 HELLO_WAIT = 3.0  # a client silent this long on a TLS port goes by address (server-first)
-HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization"}
 TRANSITIONS = {
     "hello": {"connecting", "closed"},
     "connecting": {"tunnel", "connect-wait", "closed"},
@@ -59,28 +68,6 @@ TRANSITIONS = {
     "tunnel": {"closed"},
     "closed": {"closed"},
 }
-
-
-_Route = tuple[str, int, bool]  # (host, port, direct)
-_HOST = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")  # RFC 3986 host[:port] characters
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def split_authority(text: str, default_port: int | None) -> tuple[str, int] | None:
-    """`host[:port]` or `[v6][:port]` -> (host, port); None if malformed."""
-    try:
-        parts = urlsplit("//" + text)
-        port = parts.port
-    except ValueError:
-        return None
-    host = parts.hostname
-    if not host or parts.path or parts.query or parts.username is not None:
-        return None
-    port = port if port is not None else default_port
-    return (host, port) if port is not None and 0 < port < 65536 else None
 
 
 class ProxyFlow:
@@ -110,7 +97,7 @@ class ProxyFlow:
         # The current upstream connection.
         self._conn = 0
         self._next_conn = 1
-        self._route: _Route | None = None
+        self._route: Route | None = None
         self._up: h11.Connection | None = None
         self._connected = False
         self._blocked = False
@@ -286,9 +273,9 @@ class ProxyFlow:
             self._open((cfg.https.host, cfg.https.port, False))
 
     def _send_tls_connect(self) -> None:
-        target = _authority(self._sni or self.dst_ip, self.dst_port)
+        target = authority(self._sni or self.dst_ip, self.dst_port)
         self._up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
-        headers = [(b"Host", target.encode()), *self._proxy_auth(self.config.https)]
+        headers = [(b"Host", target.encode()), *proxy_auth(self.config.https)]
         request = h11.Request(method="CONNECT", target=target, headers=headers)
         self._send_up(self._up.send(request) + (self._up.send(h11.EndOfMessage()) or b""))
         self._go("connect-wait")
@@ -307,7 +294,7 @@ class ProxyFlow:
             line = f"HTTP/{event.http_version.decode()} {event.status_code} "
             line += event.reason.decode("latin-1")
             self.notes.append(f"{self._describe_route()} refused CONNECT "
-                              f"{_authority(self._sni or self.dst_ip, self.dst_port)}: {line}")
+                              f"{authority(self._sni or self.dst_ip, self.dst_port)}: {line}")
             self._reset()
         elif event is h11.NEED_DATA and self._up_eof or isinstance(event, h11.ConnectionClosed):
             self.notes.append(f"{self._describe_route()} closed before answering CONNECT")
@@ -362,103 +349,33 @@ class ProxyFlow:
         return self._up
 
     def _request(self, req: h11.Request) -> None:
-        if self.mode == "http":
-            self._transparent_request(req)
-        elif req.method == b"CONNECT":
-            self._connect_request(req)
-        elif req.target.lower().startswith(b"http://"):
-            self._absolute_request(req)
-        else:
-            self._refuse(400, "this is an HTTP proxy: send absolute-form requests "
-                         "(GET http://host/path) or CONNECT host:port")
-
-    def _transparent_request(self, req: h11.Request) -> None:
-        host_header = _header(req, b"host")
-        name = None
-        if host_header is not None:
-            parsed = split_authority(host_header, self.dst_port)
-            if parsed is None or not _HOST.fullmatch(host_header):
-                self._refuse(400, f"bad Host header {host_header[:200]!r}")
-                return
-            name = parsed[0]
-        cfg = self.config
-        if not cfg.allowed(name, self.dst_ip):
-            self._refuse(403, cfg.forbidden_message(name or self.dst_ip))
-            return
-        if cfg.http is None or cfg.excluded(name, self.dst_ip):
-            self._forward(req, (self.dst_ip, self.dst_port, True), req.target, None)
-            return
-        authority = host_header or _authority(self.dst_ip, self.dst_port)
-        target = req.target
-        if target.startswith(b"/"):
-            target = b"http://" + authority.encode("latin-1") + target
-        self._forward(req, (cfg.http.host, cfg.http.port, False), target, cfg.http)
-
-    def _absolute_request(self, req: h11.Request) -> None:
-        url = req.target.decode("latin-1")
-        try:
-            parts = urlsplit(url)
-            where = split_authority(parts.netloc, 80)
-        except ValueError:  # e.g. an unclosed [IPv6
-            where = None
-        if where is None:
-            self._refuse(400, f"bad URL {url[:200]}")
-            return
-        host, port = where
-        cfg = self.config
-        if not cfg.allowed(host):
-            self._refuse(403, cfg.forbidden_message(host))
-        elif cfg.http is not None and not cfg.excluded(host):
-            self._forward(req, (cfg.http.host, cfg.http.port, False), req.target, cfg.http)
-        else:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            headers = [(k, v) for k, v in req.headers.raw_items() if k.lower() != b"host"]
-            req = h11.Request(method=req.method, target=path,
-                              headers=[(b"Host", parts.netloc.encode("latin-1")), *headers])
-            self._forward(req, (host, port, True), req.target, None)
-
-    def _connect_request(self, req: h11.Request) -> None:
-        target = req.target.decode("latin-1")
-        where = split_authority(target, None)
-        if where is None:
-            self._refuse(400, f"CONNECT needs host:port, not {target[:200]}")
-            return
-        cfg = self.config
-        if not cfg.allowed(where[0]):
-            self._refuse(403, cfg.forbidden_message(where[0]))
-        elif cfg.https is not None and not cfg.excluded(where[0]):
-            self._forward(req, (cfg.https.host, cfg.https.port, False), req.target, cfg.https)
-        else:
+        plan = plan_request(self.config, self.mode, self.dst_ip, self.dst_port, req)
+        if isinstance(plan, Refuse):
+            self._refuse(plan.status, plan.text)
+        elif isinstance(plan, ConnectDirect):
             self._direct_connect = True
-            self._open((where[0], where[1], True))
+            self._open(plan.route)
             self._waiting = req
+        else:
+            self._forward(plan)
 
-    def _forward(
-        self, req: h11.Request, route: _Route, target: bytes, proxy: Upstream | None
-    ) -> None:
-        """Send the request on ``route``: now if that connection is up and idle, else later."""
-        drop = HOP_BY_HOP - {b"connection"}
-        if proxy is not None and proxy.authorization is None:
-            drop = drop - {b"proxy-authorization"}  # the VM may answer a 407 itself
-        headers = [(k, v) for k, v in req.headers.raw_items() if k.lower() not in drop]
-        if proxy is not None:
-            headers += self._proxy_auth(proxy)
-        # h11 speaks HTTP/1.1 upstream; an HTTP/1.0 VM still gets a 1.0-style close.
+    def _forward(self, plan: Forward) -> None:
+        """Send the request on its route: now if that connection is up and idle, else later."""
         try:
-            out = h11.Request(method=req.method, target=target, headers=headers)
+            out = upstream_request(plan)
         except h11.LocalProtocolError as exc:
             self._refuse(400, f"cannot pass this request on: {exc}")
             return
         self._method = out.method
         up = self._up
-        if route == self._route and self._connected and up is not None \
+        if plan.route == self._route and self._connected and up is not None \
                 and up.our_state is h11.IDLE and up.their_state is h11.IDLE:
             self._send_up(up.send(out))
             return
-        self._open(route)
+        self._open(plan.route)
         self._waiting = out
 
-    def _open(self, route: _Route) -> None:
+    def _open(self, route: Route) -> None:
         if self._conn:
             self.effects.append(CloseUpstream(self._conn))
         self._conn = self._next_conn
@@ -466,7 +383,7 @@ class ProxyFlow:
         self._route = route
         self._up = None
         self._connected = self._blocked = self._up_eof = False
-        via = f"{'direct' if route[2] else 'proxy'} {_authority(route[0], route[1])}"
+        via = f"{'direct' if route[2] else 'proxy'} {authority(route[0], route[1])}"
         if via not in self.routes:
             self.routes.append(via)
         self.effects.append(Connect(self._conn, *route))
@@ -671,21 +588,9 @@ class ProxyFlow:
         if data:
             self.effects.append(Send(self._conn, data))
 
-    @staticmethod
-    def _proxy_auth(proxy: Upstream | None) -> list[tuple[bytes, bytes]]:
-        if proxy is None or proxy.authorization is None:
-            return []
-        return [(b"Proxy-Authorization", proxy.authorization.encode("latin-1"))]
-
     def _describe_route(self) -> str:
         if self._route is None:
             return "the upstream"
         host, port, direct = self._route
-        return f"{'' if direct else 'proxy '}{_authority(host, port)}"
+        return f"{'' if direct else 'proxy '}{authority(host, port)}"
 
-
-def _header(req: h11.Request, name: bytes) -> str | None:
-    for key, value in req.headers:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None

@@ -6,7 +6,6 @@ opened before the stack starts and reported as a UserError: one line, exit 125.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -14,22 +13,21 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 
-from pyvpnkit.api.commands import ServiceExtras, start_service_extras
-from pyvpnkit.cli import listener_specs, load_redirects
+from pyvpnkit.app.extras import ServiceExtras, start_service_extras
+from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.dns.forwarder import UpstreamQuery
-from pyvpnkit.core.dns.hostmode import HostResolve
-from pyvpnkit.core.icmp_nat import IcmpClose, IcmpEchoSend
+from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
-from pyvpnkit.core.udp_nat import UdpClose, UdpOpen, UdpSend
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
-from pyvpnkit.proxy_options import proxy_settings
+from pyvpnkit.links.tapdev import open_tap, tap_error
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
+from pyvpnkit.runtime.executor import Executor
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
+from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
@@ -37,7 +35,6 @@ from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
-from pyvpnkit.runtime.tap import open_tap, tap_error
 
 log = logging.getLogger("pyvpnkit")
 
@@ -54,52 +51,54 @@ def _read(path: str) -> str:
 
 
 class Service:
-    def __init__(self, config: NetConfig, args: argparse.Namespace) -> None:
+    """One running stack: built from a NetConfig and Options, served until stopped."""
+
+    def __init__(self, config: NetConfig, options: Options) -> None:
         self.config = config
-        self.args = args
-        upstreams: list[tuple[str, int]] = list(args.dns_server)
+        self.options = opts = options
+        upstreams: list[tuple[str, int]] = list(opts.dns_servers)
         if not upstreams:
             upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
             ours = {socket.inet_ntoa(config.gateway_ip), socket.inet_ntoa(config.dns_ip)}
             upstreams = [u for u in upstreams if u[0] not in ours]
-        self.dns_mode: str = getattr(args, "dns_mode", "forward")
+        self.dns_mode = opts.dns_mode
         if not upstreams and self.dns_mode == "host":
             log.warning("no upstream DNS servers: types other than A, AAAA and PTR get SERVFAIL")
         elif not upstreams:
-            log.warning("no upstream DNS servers: only built-in names and %s answer", args.hosts)
+            log.warning("no upstream DNS servers: only built-in names and %s answer", opts.hosts)
         self.upstreams = upstreams
-        self.hosts_path: str = args.hosts
+        self.hosts_path: str = opts.hosts
         self.stack = Stack(
             config,
             dns_upstreams=upstreams,
-            hosts_text=_read(args.hosts),
+            hosts_text=_read(opts.hosts),
             dns_query_id=secure_query_id,
-            tcp_redirects=load_redirects(getattr(args, "forwards", None)),
+            tcp_redirects=opts.redirects,
             # TAP links hand TCP to the kernel with partial checksums and as
             # GSO super-segments; hypervisor links need both done by us.
-            tcp_checksums=bool(listener_specs(args)),
-            tcp_gso=not listener_specs(args),
-            verify_checksums=args.verify_checksums,
-            tcp_keepalive=args.tcp_keepalive,
-            udp_idle_timeout=args.udp_idle_timeout,
-            udp_max_flows=args.udp_max_flows,
+            tcp_checksums=bool(opts.listeners),
+            tcp_gso=not opts.listeners,
+            verify_checksums=opts.verify_checksums,
+            tcp_keepalive=opts.tcp_keepalive,
+            udp_idle_timeout=opts.udp_idle_timeout,
+            udp_max_flows=opts.udp_max_flows,
             dns_mode=self.dns_mode,
-            dns_timeout=args.dns_timeout,
-            max_pending_connects=args.max_pending_connects,
+            dns_timeout=opts.dns_timeout,
+            max_pending_connects=opts.max_pending_connects,
         )
-        self.proxy_settings = proxy_settings(args)
-        self.proxy_config = self.proxy_settings.initial()  # a bad --http file stops us here
+        self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
+        self.proxy_watch: ConfigWatcher | None = None
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
         self._netns_resolv: str | None = None  # run --netns NAME: /etc/netns/NAME/resolv.conf
         self._killed = False  # exec's command ignored two signals and got SIGKILL
         self.pcap: PcapWriter | None = None
-        if getattr(args, "pcap", None):
+        if opts.pcap:
             try:
-                self.pcap = PcapWriter(args.pcap, args.pcap_snaplen)
+                self.pcap = PcapWriter(opts.pcap, opts.pcap_snaplen)
             except OSError as exc:
-                raise UserError(f"--pcap {args.pcap}: {exc.strerror}", SETUP_FAILED) from None
+                raise UserError(f"--pcap {opts.pcap}: {exc.strerror}", SETUP_FAILED) from None
 
     def resolv_conf_text(self) -> str:
         """/etc/resolv.conf inside an exec namespace: the stack answers DNS."""
@@ -108,11 +107,11 @@ class Service:
         text = f"nameserver {socket.inet_ntoa(cfg.dns_ip)}\n"
         return text + (f"search {' '.join(search)}\n" if search else "")
 
-    def iface_setup(self, args: argparse.Namespace, resolv_conf: str | None = None) -> IfaceSetup:
-        cfg = self.config
+    def iface_setup(self, resolv_conf: str | None = None) -> IfaceSetup:
+        cfg, opts = self.config, self.options
         return IfaceSetup(
-            ifname=args.ifname,
-            config_net=not args.no_config_net,
+            ifname=opts.ifname,
+            config_net=opts.config_net,
             address=socket.inet_ntoa(cfg.lowest_ip),
             prefixlen=cfg.prefixlen,
             gateway=socket.inet_ntoa(cfg.gateway_ip),
@@ -128,26 +127,27 @@ class Service:
         self._contain_callback_errors(loop)
         self.budget = DescriptorBudget.from_limit(raise_nofile_limit(), loop.time)
         log.info("host sockets for flows: at most %d", self.budget.capacity)
-        engine = Engine(
-            self.stack, loop, connect_timeout=self.args.connect_timeout, budget=self.budget
-        )
-        self.udp = HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget)
-        self.icmp = HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget)
-        self.dns = DnsUpstream(loop, self.stack.dns, engine.wake)
-        engine.add_executor(
-            {t: self.udp.execute for t in (UdpOpen, UdpSend, UdpClose)}, self.udp.fail
-        )
-        engine.add_executor({t: self.icmp.execute for t in (IcmpEchoSend, IcmpClose)})
-        engine.add_executor({UpstreamQuery: self.dns.perform})  # type: ignore[dict-item]
+        engine = Engine(self.stack, loop)
+        # The host executors: the engine routes each effect to one of them by type.
+        self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
+                           settle=engine.settle, budget=self.budget)
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
-        engine.add_executor(self.http_proxy.executors(engine.handlers))
-        if self.proxy_settings.path is not None:
-            self.proxy_watch = ConfigWatcher(self.proxy_settings.path, self.proxy_settings.build,
+        executors: list[Executor] = [
+            self.tcp,
+            HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget),
+            HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
+            DnsUpstream(loop, self.stack.dns, engine.wake),
+            self.http_proxy,
+        ]
+        options = self.options
+        if options.http is not None:  # reload --http when it changes
+            self.proxy_watch = ConfigWatcher(options.http, lambda text: proxy_config(options, text),
                                              self.http_proxy.set_config)
             self.proxy_watch.start(loop)
         if self.dns_mode == "host":
-            self.host_dns = HostResolver(loop, self.stack.dns, engine.wake)
-            engine.add_executor({HostResolve: self.host_dns.perform})  # type: ignore[dict-item]
+            executors.append(HostResolver(loop, self.stack.dns, engine.wake))
+        for executor in executors:
+            engine.add_executor(executor)
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
         self._bugs_reported = 0
         self._exhausted_reported = 0
@@ -156,8 +156,8 @@ class Service:
         if self.pcap is not None:
             engine.frame_taps.append(self.pcap.tap)
         self.pcap_listeners: list[PcapListener] = []
-        for path in getattr(self.args, "pcap_listen", None) or []:
-            self.pcap_listeners.append(PcapListener(path, self.args.pcap_snaplen))
+        for path in self.options.pcap_listen:
+            self.pcap_listeners.append(PcapListener(path, self.options.pcap_snaplen))
             engine.frame_taps.append(self.pcap_listeners[-1].tap)
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -216,7 +216,7 @@ class Service:
         """Serve a namespace's TAP; its interface has the first address: reserve it."""
         assert self.engine is not None
         link = TapLink(attached.tap_fd, self.engine, self.config.mtu, name=name, vnet_hdr=True)
-        ip = self.stack.pool.allocate("mac:" + attached.mac.hex(":"), self.config.lowest_ip)
+        ip = self.stack.pool.allocate(mac_key(attached.mac), self.config.lowest_ip)
         link_id = self.engine.link_id(link)
         if link_id is not None:
             self.stack.add_vm(link_id, attached.mac, ip)
@@ -226,10 +226,10 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        for part in ("udp", "icmp", "dns", "host_dns", "pcap", "http_proxy", "proxy_watch"):
-            obj = getattr(self, part, None)
-            if obj is not None:
-                obj.close()
+        if self.proxy_watch is not None:
+            self.proxy_watch.close()
+        if self.pcap is not None:
+            self.pcap.close()
         for listener in getattr(self, "pcap_listeners", ()):
             listener.close()
 
@@ -243,7 +243,7 @@ class Service:
         already; we remove ours at exit. A namespace given by path is left alone.
         """
         try:
-            attached = attach(name, self.iface_setup(self.args))
+            attached = attach(name, self.iface_setup())
         except SetupError as exc:
             raise UserError(f"--netns {name}: {exc}", SETUP_FAILED) from None
         if "/" not in name:
@@ -282,14 +282,14 @@ class Service:
 
     def _announce_ready(self) -> None:
         """--pid-file and --ready-fd: tell a launcher we serve."""
-        pid_file = getattr(self.args, "pid_file", None)
+        pid_file = self.options.pid_file
         if pid_file:
             try:
                 with open(pid_file, "w") as f:
                     f.write(f"{os.getpid()}\n")
             except OSError as exc:
                 log.error("--pid-file %s: %s", pid_file, exc.strerror)
-        ready_fd = getattr(self.args, "ready_fd", None)
+        ready_fd = self.options.ready_fd
         if ready_fd is not None:
             try:
                 os.write(ready_fd, b"ready\n")
@@ -299,7 +299,7 @@ class Service:
 
     def _remove_pid_file(self) -> None:
         """Remove the pid file only if it is still a regular file holding our pid."""
-        pid_file = getattr(self.args, "pid_file", None)
+        pid_file = self.options.pid_file
         if not pid_file or not os.path.isfile(pid_file):
             return
         try:
@@ -313,7 +313,7 @@ class Service:
 
     async def run_exec(self, attached: Attached) -> int:
         self._start()
-        self.extras = await start_service_extras(self)
+        self.extras = await self._start_extras()
         if self.extras.error:
             # Like `docker run -p` on a taken port: the command never starts.
             if attached.control is not None:
@@ -323,7 +323,7 @@ class Service:
             self._shutdown()
             return SETUP_FAILED
         loop = asyncio.get_running_loop()
-        self._attach_tap(attached, f"netns:{self.args.ifname}")
+        self._attach_tap(attached, f"netns:{self.options.ifname}")
         pidfd = os.pidfd_open(attached.pid)
         exited = asyncio.Event()
         loop.add_reader(pidfd, exited.set)
@@ -344,6 +344,13 @@ class Service:
         self._remove_pid_file()
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code  # killed by a signal: shell convention
+
+    async def _start_extras(self) -> ServiceExtras:
+        assert self.engine is not None
+        return await start_service_extras(
+            self.engine, self.stack, self.tcp, self.options, self.stop, self.extra_stats,
+            self.http_proxy,
+        )
 
     def stop(self) -> None:
         """End run_forever (as SIGTERM does)."""
@@ -389,16 +396,16 @@ class Service:
     ) -> int:
         """Serve until stopped; ``on_started`` runs once links and listeners are up."""
         engine = self._start()
-        self.extras = await start_service_extras(self)
+        self.extras = await self._start_extras()
         if attached is not None:
-            self._attach_tap(attached, f"netns:{self.args.netns}")
+            self._attach_tap(attached, f"netns:{self.options.netns}")
         if tap_fd is not None:
-            TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.args.tap}", vnet_hdr=True)
+            TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.options.tap}", vnet_hdr=True)
         from pyvpnkit.links import start_listener
 
         listeners = []
         failed = self.extras.error is not None
-        for kind, url in listener_specs(self.args):
+        for kind, url in self.options.listeners:
             try:
                 listeners.append(await start_listener(kind, url, engine, self.config.mtu))
             except (OSError, ValueError) as exc:
@@ -408,11 +415,11 @@ class Service:
                 break
             log.info("listening for %s VMs on %s", kind, url)
         assert self._stop is not None
-        if self.args.runas and not failed:
+        if self.options.runas and not failed:
             from pyvpnkit.runtime.privileges import RunAsError, drop_to
 
             try:
-                drop_to(self.args.runas)
+                drop_to(self.options.runas)
             except (RunAsError, OSError) as exc:
                 log.error("cannot switch user: %s", exc)
                 failed = True

@@ -1,0 +1,83 @@
+"""The --publish forwards and the --api server (with /http_proxy.json) of a running Service.
+
+Started once the engine runs; a forward or API that cannot start stops the
+service, as `docker run -p` refuses to start on a taken port.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyvpnkit.app.options import Options
+from pyvpnkit.core.stack import Stack
+from pyvpnkit.runtime.engine import Engine
+from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
+from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.http_proxy import HttpProxy
+
+if TYPE_CHECKING:  # aiohttp costs most of a second to import: only when an API is asked for
+    from pyvpnkit.api.server import ApiServer
+
+log = logging.getLogger("pyvpnkit")
+
+FrameTap = Callable[[int, bytes, bool], None]
+
+
+@dataclass
+class ServiceExtras:
+    """What start_service_extras started; ``aclose()`` stops it all."""
+
+    forwarder: Forwarder
+    engine: Engine
+    api: ApiServer | None = None
+    taps: list[FrameTap] = field(default_factory=list)
+    error: str | None = None
+
+    async def aclose(self) -> None:
+        if self.api is not None:
+            api, self.api = self.api, None
+            await api.close()
+        self.forwarder.close()
+        for tap in self.taps:
+            if tap in self.engine.frame_taps:
+                self.engine.frame_taps.remove(tap)
+        self.taps.clear()
+
+
+async def start_service_extras(
+    engine: Engine,
+    stack: Stack,
+    host_tcp: HostTcp,
+    options: Options,
+    stop: Callable[[], None],
+    extra_stats: Callable[[], dict[str, Any]] | None = None,
+    http_proxy: HttpProxy | None = None,
+) -> ServiceExtras:
+    """Start the forwarder, apply --publish and serve --api; on failure log, ``stop()``."""
+    extras = ServiceExtras(Forwarder(engine, stack, host_tcp), engine)
+    engine.add_executor(extras.forwarder)
+    try:
+        for local, remote, protocol in options.publish:
+            extras.forwarder.expose(local, remote, protocol)
+        url = options.api
+        if url:
+            from pyvpnkit.api.server import FrameCounter, make_app, start_api
+
+            counter = FrameCounter()
+            engine.frame_taps.append(counter.tap)
+            extras.taps.append(counter.tap)
+            app = make_app(extras.forwarder, stack, counter=counter, extra_stats=extra_stats,
+                           http_proxy=http_proxy)
+            try:
+                extras.api = await start_api(url, app)
+            except OSError as exc:
+                raise ForwardError(f"cannot serve --api {url}: {exc.strerror or exc}") from None
+    except (ForwardError, OSError, ValueError) as exc:
+        extras.error = str(exc)
+        log.error("%s", exc)
+        await extras.aclose()
+        stop()
+    return extras

@@ -1,0 +1,110 @@
+"""Port-forward requests: parsing and the rules for what may be forwarded where.
+
+Pure functions over text and the NetConfig, shared by the API, --publish and
+the slirp4netns drop-in; runtime/forwarder.py does the sockets. Every refusal
+is a ForwardError carrying the HTTP status the API answers with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyvpnkit.core.config import NetConfig
+
+PROTOCOLS = ("tcp", "udp", "unix")
+
+
+class ForwardError(Exception):
+    """A forward cannot be made or found; ``status`` is the HTTP status the API answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """"IP:PORT", "[V6]:PORT" or ":PORT" (empty host) -> (host, port). Only IP literals."""
+    if not isinstance(text, str) or not text:
+        raise ForwardError(f"{what} must be a non-empty string like 127.0.0.1:8080")
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ForwardError(f"bad {what} {text!r}: expected [IPV6]:PORT")
+        family = 6
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ForwardError(f"bad {what} {text!r}: expected IP:PORT")
+        family = 4
+    if not port_text.isdigit() or int(port_text) > 0xFFFF:
+        raise ForwardError(f"bad {what} {text!r}: port must be 0-65535")
+    if host:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            raise ForwardError(f"bad {what} {text!r}: {host!r} is not an IP address") from None
+        if addr.version != family:
+            raise ForwardError(f"bad {what} {text!r}: IPv6 addresses need brackets")
+        host = addr.compressed
+    return host, int(port_text)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_publish(spec: str) -> tuple[str, str, str]:
+    """Docker-style ``[HOST_IP:]HOST_PORT:VM_PORT[/tcp|/udp]`` -> (local, remote, protocol).
+
+    HOST_IP defaults to 127.0.0.1, not Docker's 0.0.0.0: a published VM
+    port should not be reachable from the LAN unless asked for. The remote
+    is the first VM (":VM_PORT").
+    """
+    body, slash, proto = spec.partition("/")
+    proto = proto.lower() if slash else "tcp"
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"bad publish spec {spec!r}: protocol must be tcp or udp")
+    if body.startswith("["):
+        host, sep, rest = body[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad publish spec {spec!r}: expected [IPV6]:HOST_PORT:VM_PORT")
+        host = f"[{host}]"
+        ports = rest.split(":")
+    else:
+        parts = body.split(":")
+        host, ports = ("127.0.0.1", parts) if len(parts) == 2 else (parts[0], parts[1:])
+    if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) <= 0xFFFF for p in ports):
+        raise ValueError(
+            f"bad publish spec {spec!r}: expected [HOST_IP:]HOST_PORT:VM_PORT[/tcp|/udp]"
+        )
+    local = f"{host or '127.0.0.1'}:{int(ports[0])}"
+    try:
+        split_host_port(local, "publish host address")
+    except ForwardError as exc:
+        raise ValueError(str(exc)) from None
+    return local, f":{int(ports[1])}", proto
+
+
+def protocol_of(protocol: object) -> str:
+    if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
+        raise ForwardError(f"bad protocol {protocol!r}: use tcp, udp or unix")
+    return protocol.lower()
+
+
+def vm_target(config: NetConfig, remote: str) -> tuple[bytes | None, int]:
+    """"IP:PORT" of a VM, or ":PORT" (None: the first VM); never the gateway's own."""
+    host, port = split_host_port(remote, "remote")
+    if port == 0:
+        raise ForwardError(f"bad remote {remote!r}: port must be 1-65535")
+    if not host:
+        return None, port
+    addr = ipaddress.ip_address(host)
+    if (
+        addr.version != 4
+        or not config.in_subnet(addr.packed)
+        or addr.packed in (config.gateway_ip, config.host_ip, config.dns_ip)
+        or addr == config.subnet.network_address
+        or addr == config.subnet.broadcast_address
+    ):
+        raise ForwardError(f"bad remote {remote!r}: not a VM address in {config.subnet}")
+    return addr.packed, port
