@@ -63,11 +63,12 @@ class IPv6Packet:
     proto: int  # upper layer; NH_FRAGMENT for a non-atomic fragment, NH_ESP, NH_NONE
     header: memoryview  # fixed header + every extension header walked
     payload: memoryview  # what follows ``header``, trimmed to the payload length
-    fragment: FragmentHeader | None
+    fragment: FragmentHeader | None  # set for atomic fragments too
 
     @property
     def is_fragment(self) -> bool:
-        return self.fragment is not None
+        """True when the payload is fragment data to reassemble (not an atomic fragment)."""
+        return self.proto == NH_FRAGMENT
 
 
 def parse_ipv6(buf: bytes | bytearray | memoryview) -> IPv6Packet:
