@@ -250,6 +250,7 @@ def test_confirm() -> None:
     off = ask(srv, d.CONFIRM, (d.OPT_CLIENTID, DUID), ia(1, bytes.fromhex("20010db8") + bytes(12)))
     assert ok is not None and status(ok) == d.STATUS_SUCCESS
     assert off is not None and status(off) == d.STATUS_NOT_ON_LINK
+    assert ask(srv, d.CONFIRM, (d.OPT_CLIENTID, DUID), ia(1)) is None
 
 
 def test_release_and_decline() -> None:

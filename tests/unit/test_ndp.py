@@ -121,6 +121,8 @@ def test_dad_probe_with_lladdr_and_low_hop_limit_rejected() -> None:
         send(ndp, ipv6.UNSPECIFIED, ipv6.solicited_node(GW), ns(ipv6.UNSPECIFIED, GW))
     with pytest.raises(ParseError):
         send(ndp, VM_LL, ipv6.solicited_node(GW), ns(VM_LL, GW), hops=64)
+    with pytest.raises(ParseError):
+        send(ndp, VM_LL, ipv6.ALL_NODES, ns(VM_LL, ipv6.ALL_NODES))
 
 
 def test_na_claiming_our_address_is_ignored() -> None:

@@ -157,9 +157,10 @@ class Dhcpv6Server:
         if mtype in (REQUEST, RENEW, REBIND):
             return REPLY, self._bind(msg, key, now, commit=True)
         if mtype == CONFIRM:
-            on_link = all(
-                self.layout.in_subnet(a.address) for ia in msg.ia_nas for a in ia.addresses
-            )
+            held = [a.address for ia in msg.ia_nas for a in ia.addresses]
+            if not held:
+                return None  # RFC 8415 18.3.3: nothing to confirm, no reply
+            on_link = all(self.layout.in_subnet(a) for a in held)
             status = (STATUS_SUCCESS, "") if on_link else (STATUS_NOT_ON_LINK, "not on link")
             return REPLY, self._common(msg, cid) + [(OPT_STATUS_CODE, encode_status(*status))]
         if mtype in (RELEASE, DECLINE):

@@ -166,6 +166,8 @@ class NdpResponder:
 
     def _solicitation(self, src_mac: bytes, pkt: IPv6Packet, ns: NeighborSolicitation) -> None:
         target = ns.target
+        if is_multicast(target):
+            raise ParseError("neighbor solicitation for a multicast address")
         if pkt.src == UNSPECIFIED:
             if ns.options.source_lladdr is not None:
                 raise ParseError("DAD probe with a source link-layer address")
