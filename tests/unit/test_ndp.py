@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ipv6_layout import Ipv6Layout
@@ -211,3 +213,17 @@ def test_vm_ra_ignored_and_non_ndp_rejected() -> None:
     assert ndp.stats["ra_from_vm_ignored"] == 1
     with pytest.raises(ParseError):
         send(ndp, VM_LL, GW, icmpv6.build_icmpv6(VM_LL, GW, icmpv6.ECHO_REQUEST, 0, bytes(4)))
+
+
+@given(
+    st.sampled_from(sorted(icmpv6.NDP_TYPES | icmpv6.MLD_TYPES)),
+    st.sampled_from([VM_LL, ipv6.UNSPECIFIED]),
+    st.binary(min_size=4, max_size=4),
+    st.binary(max_size=120),
+)
+def test_garbage_only_parse_error(t: int, src: bytes, rest: bytes, body: bytes) -> None:
+    ndp = responder()
+    try:
+        send(ndp, src, ipv6.ALL_NODES, icmpv6.build_icmpv6(src, ipv6.ALL_NODES, t, 0, rest, body))
+    except ParseError:
+        pass
