@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import AddressPool, PoolError
 from pyvpnkit.core.ipv6_layout import Ipv6Layout
+from pyvpnkit.core.leases import LeaseClock
 from pyvpnkit.wire.dhcp import encode_names
 from pyvpnkit.wire.dhcpv6 import (
     ADVERTISE,
@@ -96,8 +97,7 @@ class Dhcpv6Server:
         self.decline_hold = decline_hold
         self.duid = duid_ll(config.gateway_mac)
         self.stats: Counter[str] = Counter()
-        self._expires: dict[str, float] = {}  # key -> end of its offer/binding
-        self._blocked: dict[bytes, float] = {}  # declined address -> unblock time
+        self.lease_clock = LeaseClock(pool)
         self._info: Options = []
         if config.serve_dns:
             domains = config.search_domains or ((config.domain,) if config.domain else ())
@@ -138,7 +138,7 @@ class Dhcpv6Server:
     def _dispatch(
         self, msg: Dhcpv6Message, src_mac: bytes, src_ip: bytes, now: float, key: str | None
     ) -> tuple[int, Options] | None:
-        self._unblock_expired(now)
+        self.lease_clock.unblock_expired(now)
         cid, sid, mtype = msg.client_id, msg.server_id, msg.msg_type
         if sid is not None and sid != self.duid:
             return None  # meant for another server
@@ -191,13 +191,15 @@ class Dhcpv6Server:
     def _ia_answer(self, ia: IaNa, key: str, now: float, commit: bool, renewing: bool) -> bytes:
         wanted = next((a.address for a in ia.addresses if self.layout.in_subnet(a.address)), None)
         try:
-            addr = self._allocate(key, wanted, now)
+            addr = self.lease_clock.allocate(key, wanted, now)
         except PoolError:
             self.stats["dhcpv6_no_address"] += 1
             status = (STATUS_NO_ADDRS_AVAIL, "no address left")
             return encode_ia_na(ia.iaid, 0, 0, status=status)
-        hold = self.layout.valid_lifetime if commit else self.offer_hold
-        self._expires[key] = max(self._expires.get(key, now), now + hold)
+        if commit:
+            self.lease_clock.lease(key, now + self.layout.valid_lifetime)
+        else:
+            self.lease_clock.offer(key, now + self.offer_hold)
         given = [IaAddress(addr, self._preferred, self._valid)]
         if renewing:  # addresses the client holds that are no longer its own: lifetime 0
             given += [IaAddress(a.address, 0, 0) for a in ia.addresses if a.address != addr]
@@ -215,31 +217,7 @@ class Dhcpv6Server:
                     unbound.append((OPT_IA_NA, encode_ia_na(ia.iaid, 0, 0, status=status)))
                     continue
                 if declined:
-                    self.pool.block(a.address)
-                    self._blocked[a.address] = now + self.decline_hold
+                    self.lease_clock.decline(ia_key, a.address, now + self.decline_hold)
                 else:
-                    self.pool.release(ia_key)
-                self._expires.pop(ia_key, None)
+                    self.lease_clock.release(ia_key)
         return unbound
-
-    def _allocate(self, key: str, preferred: bytes | None, now: float) -> bytes:
-        try:
-            return self.pool.allocate(key, preferred)
-        except PoolError:
-            if not self._reclaim(now):
-                raise
-            return self.pool.allocate(key, preferred)
-
-    def _reclaim(self, now: float) -> bool:
-        """Release bindings whose offer or lease has run out; True if any were."""
-        expired = [k for k, t in self._expires.items() if t <= now]
-        for k in expired:
-            del self._expires[k]
-            if self.pool.lookup(k) is not None:
-                self.pool.release(k)
-        return bool(expired)
-
-    def _unblock_expired(self, now: float) -> None:
-        for addr in [a for a, t in self._blocked.items() if t <= now]:
-            del self._blocked[addr]
-            self.pool.unblock(addr)
