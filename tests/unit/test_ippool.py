@@ -264,3 +264,18 @@ def test_lease_keys_name_a_mac_or_a_client_id() -> None:
     mac = bytes.fromhex("020000000009")
     assert mac_key(mac) == "mac:02:00:00:00:00:09" and key_mac(mac_key(mac)) == mac
     assert key_mac(client_id_key(b"\x00abc")) is None
+
+
+def test_ipv6_pool_same_keying() -> None:
+    lo = ipaddress.IPv6Address("fd42:7076:6b69::3").packed
+    hi = ipaddress.IPv6Address("fd42:7076:6b69::ffff").packed
+    pool = AddressPool(lo, hi)
+    a = pool.allocate("mac:52:54:00:00:00:01")
+    assert a == lo and pool.owner(a) == "mac:52:54:00:00:00:01"
+    pool.release("mac:52:54:00:00:00:01")
+    assert pool.allocate("mac:52:54:00:00:00:02") == lo[:15] + b"\x04"
+    assert pool.allocate("mac:52:54:00:00:00:01") == lo  # remembered across a reconnect
+    with pytest.raises(AddressOutOfRange, match="fd42:7076:6b69::2 is outside"):
+        pool.allocate("k", lo[:15] + b"\x02", strict=True)
+    with pytest.raises(ValueError):
+        AddressPool(lo, b"\x00" * 4)

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyvpnkit.core.ipv6_layout import Ipv6Layout
 from pyvpnkit.errors import UserError
 
 GATEWAY_MAC = bytes.fromhex("f61636bcf9c6")  # vpnkit's server MAC
@@ -38,6 +39,7 @@ class NetConfig:
     uuid_macs: dict[str, bytes] = field(default_factory=dict)  # vmnet UUID -> MAC (gvproxy)
     blocked: tuple[ipaddress.IPv4Network, ...] = ()  # never reached (gvproxy: 169.254.0.0/16)
     extra: dict[str, str] = field(default_factory=dict)
+    ipv6: Ipv6Layout | None = field(default_factory=Ipv6Layout)  # None: --no-ipv6
 
     def __post_init__(self) -> None:
         if not self.dns_ip:

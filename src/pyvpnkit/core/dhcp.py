@@ -25,6 +25,7 @@ from pyvpnkit.core.ippool import (
     client_id_key,
     mac_key,
 )
+from pyvpnkit.core.leases import LeaseClock
 from pyvpnkit.wire.dhcp import (
     BOOTREPLY,
     BOOTREQUEST,
@@ -106,8 +107,7 @@ class DhcpServer:
         self.pool = pool
         self.offer_hold = offer_hold
         self.decline_hold = decline_hold
-        self._expires: dict[LeaseKey, float] = {}  # key -> end of its offer/lease
-        self._blocked: dict[bytes, float] = {}  # declined address -> unblock time
+        self.lease_clock = LeaseClock(pool)
         self.stats: Counter[str] = Counter()  # no_address: a client the pool had none for
         gw = config.gateway_ip
         lease = min(config.lease_time, _U32_MAX)
@@ -147,7 +147,7 @@ class DhcpServer:
             return None
         if msg.giaddr != ZERO_IP:
             return None
-        self._unblock_expired(now)
+        self.lease_clock.unblock_expired(now)
         if key is None:
             key = client_key(msg)
         mtype = msg.message_type
@@ -167,13 +167,13 @@ class DhcpServer:
 
     def _discover(self, msg: DhcpMessage, key: LeaseKey, now: float) -> DhcpReply | None:
         try:
-            addr = self._allocate(key, msg.requested_ip, now)
+            addr = self.lease_clock.allocate(key, msg.requested_ip, now)
         except PoolExhausted:
             self.stats["no_address"] += 1  # no offer: the client retries later
             return None
         except PoolError:
             return None
-        self._expires[key] = max(self._expires.get(key, now), now + self.offer_hold)
+        self.lease_clock.offer(key, now + self.offer_hold)
         return self._reply(msg, DHCPOFFER, addr)
 
     def _request(self, msg: DhcpMessage, key: LeaseKey, now: float) -> DhcpReply | None:
@@ -189,59 +189,32 @@ class DhcpServer:
         if not self.config.in_subnet(wanted):
             return self._nak(msg, "requested address is not on this network")
         try:
-            addr = self._allocate(key, wanted, now)
+            addr = self.lease_clock.allocate(key, wanted, now)
         except PoolError as exc:
             if isinstance(exc, PoolExhausted):
                 self.stats["no_address"] += 1
             return self._nak(msg, str(exc))
         if addr != wanted:
             return self._nak(msg, "requested address is not available to this client")
-        self._expires[key] = now + self.config.lease_time
+        self.lease_clock.lease(key, now + self.config.lease_time)
         return self._reply(msg, DHCPACK, addr)
 
     def _release(self, msg: DhcpMessage, key: LeaseKey) -> None:
         if not self._ours(msg) or self.pool.owner(msg.ciaddr) != key:
             return
-        self.pool.release(key)
-        self._expires.pop(key, None)
+        self.lease_clock.release(key)
 
     def _decline(self, msg: DhcpMessage, key: LeaseKey, now: float) -> None:
         addr = msg.requested_ip
         if addr is None or not self._ours(msg) or self.pool.owner(addr) != key:
             return  # only the holder may give up an address
-        self.pool.block(addr)
-        self._blocked[addr] = now + self.decline_hold
-        self._expires.pop(key, None)
+        self.lease_clock.decline(key, addr, now + self.decline_hold)
 
     # -- helpers -------------------------------------------------------------
 
     def _ours(self, msg: DhcpMessage) -> bool:
         sid = msg.server_id
         return sid is None or sid == self.config.gateway_ip
-
-    def _allocate(self, key: LeaseKey, preferred: bytes | None, now: float) -> bytes:
-        try:
-            return self.pool.allocate(key, preferred)
-        except PoolExhausted:
-            if not self._reclaim(now):
-                raise
-            return self.pool.allocate(key, preferred)
-
-    def _reclaim(self, now: float) -> bool:
-        """Release bindings whose offer or lease has run out; True if any were."""
-        expired = [k for k, t in self._expires.items() if t <= now]
-        for k in expired:
-            del self._expires[k]
-            if self.pool.lookup(k) is not None:
-                self.pool.release(k)
-        return bool(expired)
-
-    def _unblock_expired(self, now: float) -> None:
-        if not self._blocked:
-            return
-        for addr in [a for a, t in self._blocked.items() if t <= now]:
-            del self._blocked[addr]
-            self.pool.unblock(addr)
 
     def _reply(self, msg: DhcpMessage, mtype: int, yiaddr: bytes, lease: bool = True) -> DhcpReply:
         options: dict[int, bytes] = {

@@ -42,8 +42,14 @@ class _Pending:
     dead: bool = False  # overlap seen: drop every fragment until the deadline
 
 
-class Reassembler:
-    """Collects fragments keyed by (src, dst, proto, ident) (RFC 791)."""
+class FragmentReassembly:
+    """The family-neutral part: bounded, expiring storage of fragments by key.
+
+    Subclasses (IPv4 here, IPv6 in ip6frag.py) turn packets into keys and
+    offsets and say how the whole datagram's header and timeout error look.
+    """
+
+    max_datagram = MAX_DATAGRAM  # header + payload
 
     def __init__(
         self,
@@ -67,20 +73,27 @@ class Reassembler:
     def bytes_used(self) -> int:
         return self._used
 
-    def add(self, pkt: IPv4Packet, now: float) -> bytes | None:
-        """Store one fragment; return the whole IPv4 packet once it is complete."""
-        if not pkt.is_fragment:
-            return pkt.header.tobytes() + pkt.payload.tobytes()
-        key = (pkt.src, pkt.dst, pkt.proto, pkt.ident)
-        off = pkt.frag_offset
-        size = len(pkt.payload)
+    def _add(
+        self,
+        key: _Key,
+        off: int,
+        more: bool,
+        payload: memoryview,
+        header: bytes | memoryview,
+        now: float,
+    ) -> bytes | None:
+        """Store one fragment of the datagram ``key``; the whole datagram once complete.
+
+        ``header`` is what the whole datagram's header is made from (kept from
+        fragment zero); its length counts toward ``max_datagram``.
+        """
+        size = len(payload)
         end = off + size
-        ihl = len(pkt.header)
-        if size == 0 or (pkt.more_fragments and size % 8):
+        if size == 0 or (more and size % 8):
             self.stats["frag_invalid"] += 1
             return None
         entry = self._pending.get(key)
-        if ihl + end > MAX_DATAGRAM:
+        if len(header) + end > self.max_datagram:
             self.stats["frag_too_big"] += 1
             if entry is not None:
                 self._kill(entry)
@@ -92,7 +105,7 @@ class Reassembler:
         if entry.dead:
             self.stats["frag_dropped_dead"] += 1
             return None
-        if not pkt.more_fragments:
+        if not more:
             if (entry.total is not None and entry.total != end) or (
                 entry.ends and entry.ends[-1] > end
             ):
@@ -116,14 +129,14 @@ class Reassembler:
             return None
         entry.starts.insert(i, off)
         entry.ends.insert(i, end)
-        entry.parts.insert(i, pkt.payload.tobytes())
+        entry.parts.insert(i, payload.tobytes())
         entry.received += size
         entry.cost += cost
         self._used += cost
-        if not pkt.more_fragments:
+        if not more:
             entry.total = end
         if off == 0:
-            entry.header = pkt.header.tobytes()
+            entry.header = bytes(header)
             entry.quote = entry.header + entry.parts[i][:8]
         if entry.total is None or entry.received != entry.total:
             return None
@@ -131,7 +144,15 @@ class Reassembler:
         self._drop(key)
         self.stats["reassembled"] += 1
         assert entry.header is not None
-        return _rewrite_header(entry.header, entry.total) + b"".join(entry.parts)
+        return self._whole_header(entry.header, entry.total) + b"".join(entry.parts)
+
+    def _whole_header(self, header: bytes, payload_len: int) -> bytes:
+        """The header of the reassembled datagram, from fragment zero's ``header``."""
+        raise NotImplementedError
+
+    def _timeout_error(self, key: _Key, quote: bytes) -> bytes | None:
+        """The error for the VM when a datagram whose fragment zero came times out."""
+        raise NotImplementedError
 
     def _new_entry(self, key: _Key, now: float) -> _Pending | None:
         if not self._make_room(_ENTRY_COST, keep=None):
@@ -184,9 +205,8 @@ class Reassembler:
                 continue
             self.stats["frag_timeout"] += 1
             if self.send_time_exceeded and entry.quote is not None:
-                # RFC 792: "fragment reassembly time exceeded" only when fragment
-                # zero arrived, sent from the address the VM was talking to.
-                err = time_exceeded(entry.quote, key[1], 1)
+                # "Fragment reassembly time exceeded" only when fragment zero arrived.
+                err = self._timeout_error(key, entry.quote)
                 if err is not None:
                     self._out.append(err)
 
@@ -194,6 +214,24 @@ class Reassembler:
         """ICMP reassembly-timeout errors for VMs (no effects)."""
         out, self._out = self._out, []
         return out, []
+
+
+class Reassembler(FragmentReassembly):
+    """Collects IPv4 fragments keyed by (src, dst, proto, ident) (RFC 791)."""
+
+    def add(self, pkt: IPv4Packet, now: float) -> bytes | None:
+        """Store one fragment; return the whole IPv4 packet once it is complete."""
+        if not pkt.is_fragment:
+            return pkt.header.tobytes() + pkt.payload.tobytes()
+        key = (pkt.src, pkt.dst, pkt.proto, pkt.ident)
+        return self._add(key, pkt.frag_offset, pkt.more_fragments, pkt.payload, pkt.header, now)
+
+    def _whole_header(self, header: bytes, payload_len: int) -> bytes:
+        return _rewrite_header(header, payload_len)
+
+    def _timeout_error(self, key: _Key, quote: bytes) -> bytes | None:
+        # RFC 792: sent from the address the VM was talking to.
+        return time_exceeded(quote, key[1], 1)
 
 
 def _rewrite_header(header: bytes, payload_len: int) -> bytes:
@@ -267,4 +305,4 @@ def fragment_ipv4(packet: bytes, mtu: int) -> list[bytes]:
     return out
 
 
-__all__ = ["MAX_DATAGRAM", "MIN_MTU", "Reassembler", "fragment_ipv4"]
+__all__ = ["MAX_DATAGRAM", "MIN_MTU", "FragmentReassembly", "Reassembler", "fragment_ipv4"]

@@ -1,4 +1,7 @@
-"""The VM address pool: one IPv4 address per key, stable across reconnects.
+"""The VM address pool: one address per key, stable across reconnects.
+
+One pool holds IPv4 or IPv6 addresses (DHCPv6 keeps its own pool, keyed the
+same way), chosen by the width of ``lowest``.
 
 Keys are LeaseKeys: a VM's MAC (DHCP, vpnkit VIFs and namespace TAPs all key
 by MAC, so each finds the others' lease) or a DHCP client-id that is no MAC.
@@ -43,7 +46,7 @@ class PoolError(Exception):
 
 
 class PoolExhausted(PoolError):
-    def __init__(self, lowest: int, highest: int) -> None:
+    def __init__(self, lowest: bytes, highest: bytes) -> None:
         super().__init__(f"no free address left in {_dotted(lowest)}-{_dotted(highest)}")
 
 
@@ -54,34 +57,28 @@ class AddressInUse(PoolError):
 
 
 class AddressOutOfRange(PoolError):
-    def __init__(self, addr: bytes, lowest: int, highest: int) -> None:
+    def __init__(self, addr: bytes, lowest: bytes, highest: bytes) -> None:
         super().__init__(
             f"address {_dotted(addr)} is outside the pool {_dotted(lowest)}-{_dotted(highest)}"
         )
         self.addr = addr
 
 
-def _dotted(addr: bytes | int) -> str:
-    return str(ipaddress.IPv4Address(addr))
-
-
-def _to_int(addr: bytes) -> int:
-    if len(addr) != 4:
-        raise ValueError(f"IPv4 address must be 4 bytes, got {len(addr)}")
-    return int.from_bytes(addr, "big")
-
-
-def _to_bytes(addr: int) -> bytes:
-    return addr.to_bytes(4, "big")
+def _dotted(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))
 
 
 class AddressPool:
     def __init__(self, lowest: bytes, highest: bytes, reserved: Iterable[bytes] = ()) -> None:
-        self._lo = _to_int(lowest)
-        self._hi = _to_int(highest)
+        if len(lowest) not in (4, 16) or len(highest) != len(lowest):
+            raise ValueError(f"pool bounds must be two IPv4 or two IPv6 addresses: {lowest!r}")
+        self._width = len(lowest)
+        self._lo = int.from_bytes(lowest, "big")
+        self._hi = int.from_bytes(highest, "big")
         if self._lo > self._hi:
             raise ValueError(f"empty pool: {_dotted(lowest)} > {_dotted(highest)}")
-        self._reserved = frozenset(a for a in map(_to_int, reserved) if self._lo <= a <= self._hi)
+        ints = map(self._to_int, reserved)
+        self._reserved = frozenset(a for a in ints if self._lo <= a <= self._hi)
         self._blocked: set[int] = set()
         self._active: dict[LeaseKey, int] = {}
         self._owner: dict[int, LeaseKey] = {}
@@ -96,17 +93,17 @@ class AddressPool:
     def lookup(self, key: LeaseKey) -> bytes | None:
         """The address currently leased to ``key`` (released bindings excluded)."""
         a = self._active.get(key)
-        return None if a is None else _to_bytes(a)
+        return None if a is None else self._to_bytes(a)
 
     def owner(self, addr: bytes) -> LeaseKey | None:
         """The key currently holding ``addr``, if any."""
-        return self._owner.get(_to_int(addr))
+        return self._owner.get(self._to_int(addr))
 
     def leases(self) -> dict[LeaseKey, bytes]:
-        return {k: _to_bytes(a) for k, a in self._active.items()}
+        return {k: self._to_bytes(a) for k, a in self._active.items()}
 
     def is_blocked(self, addr: bytes) -> bool:
-        return _to_int(addr) in self._blocked
+        return self._to_int(addr) in self._blocked
 
     # -- changes -------------------------------------------------------------
 
@@ -122,13 +119,13 @@ class AddressPool:
         With ``strict=True`` the caller needs exactly ``preferred``: instead
         of falling back, AddressOutOfRange / AddressInUse say why not.
         """
-        want = None if preferred is None else _to_int(preferred)
+        want = None if preferred is None else self._to_int(preferred)
         strict = strict and want is not None
         cur = self._active.get(key)
         if cur is not None:
             if strict and preferred is not None and want != cur:
-                raise AddressInUse(preferred, f"{key} already holds {_dotted(cur)}")
-            return _to_bytes(cur)
+                raise AddressInUse(preferred, f"{key} already holds {_dotted(self._to_bytes(cur))}")
+            return self._to_bytes(cur)
         old = self._remembered.get(key)
         if old is not None and not (strict and want != old):
             self._forget_remembered(key)
@@ -149,7 +146,7 @@ class AddressPool:
         if addr is None:
             addr = self._take_remembered()
         if addr is None:
-            raise PoolExhausted(self._lo, self._hi)
+            raise PoolExhausted(self._to_bytes(self._lo), self._to_bytes(self._hi))
         return self._bind(key, addr)
 
     def release(self, key: LeaseKey) -> None:
@@ -163,7 +160,7 @@ class AddressPool:
 
     def block(self, addr: bytes) -> None:
         """Stop handing out ``addr`` (e.g. a client found it taken); its binding is dropped."""
-        a = _to_int(addr)
+        a = self._to_int(addr)
         if not self._lo <= a <= self._hi or a in self._reserved:
             return
         key = self._owner.pop(a, None)
@@ -175,26 +172,34 @@ class AddressPool:
         self._blocked.add(a)
 
     def unblock(self, addr: bytes) -> None:
-        a = _to_int(addr)
+        a = self._to_int(addr)
         if a in self._blocked:
             self._blocked.discard(a)
             self._make_unused(a)
 
     # -- internals -----------------------------------------------------------
 
+    def _to_int(self, addr: bytes) -> int:
+        if len(addr) != self._width:
+            raise ValueError(f"address must be {self._width} bytes, got {len(addr)}")
+        return int.from_bytes(addr, "big")
+
+    def _to_bytes(self, a: int) -> bytes:
+        return a.to_bytes(self._width, "big")
+
     def _bind(self, key: LeaseKey, a: int) -> bytes:
         self._active[key] = a
         self._owner[a] = key
-        return _to_bytes(a)
+        return self._to_bytes(a)
 
     def _forget_remembered(self, key: LeaseKey) -> None:
         a = self._remembered.pop(key)
         del self._remembered_owner[a]
 
     def _unavailable(self, a: int) -> PoolError | None:
-        addr = _to_bytes(a)
+        addr = self._to_bytes(a)
         if not self._lo <= a <= self._hi:
-            return AddressOutOfRange(addr, self._lo, self._hi)
+            return AddressOutOfRange(addr, self._to_bytes(self._lo), self._to_bytes(self._hi))
         if a in self._reserved:
             return AddressInUse(addr, "reserved for the network's own services")
         if a in self._blocked:

@@ -30,7 +30,12 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """Partial sum of the IPv4 pseudo-header used by TCP and UDP checksums."""
+    """Partial sum of the pseudo-header used by TCP, UDP and ICMPv6 checksums.
+
+    Family-neutral: with 4-byte addresses it is RFC 9293's IPv4 pseudo-header;
+    with 16-byte ones it has the same word sum as RFC 8200's (the 32-bit length
+    and the zero-padded next header add the same words), for lengths < 65536.
+    """
     return ones_sum(src + dst + struct.pack("!HH", proto, length))
 
 

@@ -271,6 +271,13 @@ def encode_domain_search(names: Iterable[str]) -> bytes:
     return bytes(out)
 
 
+def encode_names(names: Iterable[str]) -> bytes:
+    """DNS wire names without compression (DNSSL, RFC 8106; DHCPv6 option 24, RFC 8415)."""
+    return b"".join(
+        b"".join(bytes((len(x),)) + x for x in _labels(name)) + b"\x00" for name in names
+    )
+
+
 def decode_domain_search(data: bytes | bytearray | memoryview) -> list[str]:
     """Names from an option 119 value; pointers must point backwards."""
     buf = bytes(data)
