@@ -272,6 +272,7 @@ def main() -> None:
         print("\nratios ours / peer (above 1 is better for us, except CPU/GB):")
         mine = [t for t in tools if t.startswith("pyvpnkit") and t not in ROOTLESSKIT]
         pairs = [(a, b) for a in mine for b in tools if b in PEERS]
+        pairs += [(a, "pyvpnkit") for a in mine if a != "pyvpnkit" and "pyvpnkit" in tools]
         if all(t in tools for t in ROOTLESSKIT):
             pairs.append(ROOTLESSKIT)
         for mtu in mtus:
