@@ -20,7 +20,7 @@ import sys
 import time
 
 IPERF_PORT, CONN_PORT, RR_PORT, UDP_PORT = 5201, 5202, 5203, 5204
-DNS_NAME = "bench.test"
+DNS_NAME = os.environ.get("BENCH_DNS_NAME", "bench.test")  # another name: see README
 ALL = ("up", "down", "conn", "tcp_rr", "udp_rr", "dns")
 
 

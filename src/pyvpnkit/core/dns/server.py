@@ -197,7 +197,7 @@ class DnsServer:
         qname = dns.name.Name(fast.labels + (b"",))
         local = self.names.lookup(qname, fast.qtype, fast.qclass)
         if local is not None:
-            self._query_slow(raw, client, transport, now)  # answered with dnspython
+            self._query_slow(raw, client, transport, now, local)  # answered with dnspython
             return
         if transport != "udp":
             limit = TCP_LIMIT
@@ -209,8 +209,16 @@ class DnsServer:
         edns = fast.edns_payload is not None
         self._forward(raw, fast.id, edns, limit, qname, question, client, transport, now)
 
-    def _query_slow(self, raw: bytes, client: Hashable, transport: str, now: float) -> None:
-        """A query outside the fast path's shape, or one we answer ourselves."""
+    def _query_slow(
+        self,
+        raw: bytes,
+        client: Hashable,
+        transport: str,
+        now: float,
+        local: list[dns.rrset.RRset] | NoSuchName | None = None,
+    ) -> None:
+        """A query outside the fast path's shape, or one we answer ourselves
+        (`local`: the answer the fast path already looked up)."""
         try:
             if _HEADER.unpack_from(raw)[2] != 1:
                 raise ValueError("exactly one question is supported")
@@ -221,7 +229,8 @@ class DnsServer:
             return
         limit = self._limit(query, transport)
         q = query.question[0]
-        local = self.names.lookup(q.name, q.rdtype, q.rdclass)
+        if local is None:
+            local = self.names.lookup(q.name, q.rdtype, q.rdclass)
         if local is not None:
             self.stats["local"] += 1
             self._reply_local(query, local, client, transport, limit)
