@@ -224,6 +224,11 @@ class Servers:
             pass
 
 
+def usable(value: float | None) -> bool:
+    """Measured (not missing or NaN) and not zero, so a ratio means something."""
+    return value is not None and value == value and value != 0
+
+
 def fmt(value: float) -> str:
     if value != value:
         return "-"
@@ -278,7 +283,7 @@ def main() -> None:
         for mtu in mtus:
             for a, b in pairs:
                 ours, theirs = medians.get((a, mtu), {}), medians.get((b, mtu), {})
-                shared = [k for k in cols if k in ours and k in theirs and theirs[k]]
+                shared = [k for k in cols if usable(ours.get(k)) and usable(theirs.get(k))]
                 print(f"  {a} vs {b:12} mtu {mtu:5}: "
                       + "  ".join(f"{k} {ours[k] / theirs[k]:.2f}x" for k in shared))
     finally:
