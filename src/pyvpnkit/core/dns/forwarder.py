@@ -27,8 +27,8 @@ from pyvpnkit.wire.errors import ParseError
 Server = tuple[str, int]
 Question = tuple[bytes, int, int]  # (lower-case wire qname, rdtype, rdclass)
 
-# Answers that say "this server cannot help", so another one is worth asking.
 _QR = 0x8000
+# Answers that say "this server cannot help", so another one is worth asking.
 _RETRYABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP})
 
 
