@@ -1,26 +1,38 @@
-"""Side-by-side throughput and connection rate: pyvpnkit vs slirp4netns vs pasta.
+"""Side-by-side throughput, connection rate, latency, DNS and CPU cost:
+pyvpnkit vs slirp4netns vs pasta.
 
 Everything runs inside a test-made "host" namespace (no way out but a veth to
-a test-made "world"), servers on that namespace's 127.0.0.1, clients in the
-namespace each tool creates. Prints a table and the ratios pyvpnkit/peer.
+a test-made "world"), servers on that namespace's 127.0.0.1 (iperf3, echo
+servers, dnsmasq on port 53 with its resolv.conf pointing there), clients
+(bench/clients.py) in the namespace each tool creates. Each figure is the
+median of --reps runs, the tools alternating (rotated order every round).
+Prints the table and the ratios pyvpnkit/peer. bench/README.md has each
+peer's command line.
 
-    python3 bench/compare.py [--seconds 5] [--mtu 65520 --mtu 1500]
-        [--tools pyvpnkit,slirp4netns,pasta] [--conn-only]
+    python3 bench/compare.py [--seconds 3] [--reps 3] [--mtu 65520 --mtu 1500]
+        [--tools pyvpnkit,slirp4netns,pasta-user] [--tests up,down,conn,tcp_rr,udp_rr,dns]
+        [--baseline-src DIR]
     python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
 
-The rootlesskit-* tools run Debian's rootlesskit --net=slirp4netns as a
-temporary unprivileged user, with pyvpnkit-slirp4netns or slirp4netns as
-the helper: the rootless-container setup, compared like for like.
+Tools: pyvpnkit; pyvpnkit-uvloop (the same under uvloop, if installed);
+pyvpnkit-base (the code in --baseline-src, for before/after); slirp4netns;
+pasta-user (rootless, as podman runs it: `pasta --config-net -- CMD` as an
+unprivileged user); pasta (as root, attached to a namespace we made: slow
+upload, see bench/README.md); rootlesskit-* (Debian's rootlesskit
+--net=slirp4netns as a temporary user, with pyvpnkit-slirp4netns or
+slirp4netns as the helper; no CPU figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -30,10 +42,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.netenv import NetEnv  # noqa: E402
+from tests.integration.netenv import WORLD_IP, NetEnv  # noqa: E402
 from tests.integration.rootless import User, slirp4netns_binary  # noqa: E402
 
 ROOTLESSKIT = ("rootlesskit-pyvpnkit", "rootlesskit-slirp4netns")
+PEERS = ("slirp4netns", "pasta-user", "pasta")
+CLIENTS = REPO / "bench" / "clients.py"
+DNS_FORWARD = "169.254.1.1"  # pasta's --dns-forward address (podman uses one like it)
 _user: User | None = None
 
 
@@ -44,82 +59,116 @@ def rootless_user() -> User:
         _user = User.create()
     return _user
 
-CONN_CLIENT = r"""
-import socket, sys, time
-host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-n = 0
-end = time.monotonic() + secs
-while time.monotonic() < end:
-    s = socket.create_connection((host, port))
-    s.sendall(b"x"); s.recv(1); s.close()
-    n += 1
-print(n / secs)
-"""
 
 ECHO_SERVER = r"""
 import socket, sys, threading
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(1024)
+conn_port, rr_port, udp_port = (int(a) for a in sys.argv[1:4])
+def listener(port):
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port)); srv.listen(1024)
+    return srv
+def one_shot(srv):  # connection rate: echo one byte, close
+    while True:
+        c, _ = srv.accept()
+        try:
+            d = c.recv(1)
+            if d: c.sendall(d)
+        finally:
+            c.close()
+def echo(c):  # request/response: echo until EOF
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while d := c.recv(65536):
+        c.sendall(d)
+    c.close()
+def rr(srv):
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", udp_port))
+    while True:
+        d, a = u.recvfrom(65536); u.sendto(d, a)
+threading.Thread(target=one_shot, args=(listener(conn_port),), daemon=True).start()
+threading.Thread(target=rr, args=(listener(rr_port),), daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
 print("ready", flush=True)
-def serve(c):
-    try:
-        d = c.recv(1)
-        if d: c.sendall(d)
-    finally:
-        c.close()
-while True:
-    c, _ = srv.accept()
-    serve(c)
+threading.Event().wait()
 """
 
 
-def wrap(tool: str, mtu: int, inner: str) -> str:
-    """Shell command (run in the host namespace) that runs `inner` behind `tool`.
+def client(gw: str, dns: str, stack: str, secs: int, tests: str) -> str:
+    return f"{sys.executable} {CLIENTS} {gw} {dns} {stack} {secs} {tests}"
 
-    `inner` may use $GW, the address that reaches the host's loopback.
+
+def wrap(tool: str, mtu: int, run: str) -> str:
+    """Shell command (run in the host namespace) that runs the clients behind `tool`.
+
+    `run` is clients.py's command line with $GW, $DNS and $STACK (the stack's pid)
+    left for the shell inside to fill in.
     """
-    if tool == "pyvpnkit":
-        return (
-            f"GW=192.168.65.2 {sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
-            f"--dns-server 127.0.0.1#9 -- sh -c 'GW=192.168.65.2; {inner}'"
-        )
+    inner = run.replace("$GW", "{gw}").replace("$DNS", "{dns}").replace("$STACK", "{stack}")
+    if tool.startswith("pyvpnkit") and tool not in ROOTLESSKIT:
+        py = f"{sys.executable} -m pyvpnkit"
+        if tool == "pyvpnkit-uvloop":
+            py = (f"{sys.executable} -c 'import runpy, uvloop; uvloop.install(); "
+                  "runpy.run_module(\"pyvpnkit\", run_name=\"__main__\")'")
+        elif tool == "pyvpnkit-base":
+            py = f"PYTHONPATH={BASELINE_SRC} {py}"
+        # The command runs as the stack's direct child: $PPID is the stack.
+        body = inner.format(gw="192.168.65.2", dns="192.168.65.1", stack="$PPID")
+        return (f"{py} exec --mtu {mtu} --hosts /dev/null --dns-server 127.0.0.1#53 "
+                f"-- sh -c {shlex.quote(body)}")
+    if tool == "pasta-user":
+        # Rootless, as podman and its users run it: pasta makes the user and
+        # network namespaces, copies the host's addresses and routes, and maps
+        # the gateway address to the host's loopback. The command sees pasta
+        # only through the pid file (it runs in pasta's own pid namespace).
+        pid = f"/tmp/pvk-ptu-{uuid.uuid4().hex[:8]}.pid"
+        body = inner.format(gw=WORLD_IP, dns=DNS_FORWARD, stack=f"$(cat {pid})")
+        cmd = rootless_user().cmd(
+            "pasta", "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
+            "--", "sh", "-c", body)
+        # setpriv, env and pasta each exec the next: this shell's pid becomes pasta's.
+        return f"sh -c {shlex.quote(f'echo $$ > {pid}; exec {shlex.join(cmd)}')}; rm -f {pid}"
     if tool == "pasta":
         # As root pasta cannot map users; attach it to a namespace we make instead.
         ns = f"pvk-pt-{uuid.uuid4().hex[:8]}"
         pid = f"/tmp/{ns}.pid"
+        body = inner.format(gw=WORLD_IP, dns=DNS_FORWARD, stack="$STACK")
         return (
             f"ip netns add {ns}; "
-            f"pasta --config-net -q --runas 0 -m {mtu} --netns /run/netns/{ns} --netns-only "
-            f"-P {pid} 2>/dev/null; sleep 0.3; "
-            f"ip netns exec {ns} sh -c 'GW=203.0.113.2; {inner}'; "
+            f"pasta --config-net -q --runas 0 -m {mtu} --dns-forward {DNS_FORWARD} "
+            f"--netns /run/netns/{ns} --netns-only -P {pid} 2>/dev/null; sleep 0.3; "
+            f"STACK=$(cat {pid}) ip netns exec {ns} sh -c {shlex.quote(body)}; "
             f"kill $(cat {pid}); rm -f {pid}; ip netns del {ns}"
         )
     if tool == "slirp4netns":
+        body = inner.format(gw="10.0.2.2", dns="10.0.2.3", stack="$STACK")
         return (
             "unshare -n sleep 600 & NS=$!; sleep 0.2; "
             f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; sleep 0.5; "
-            f"nsenter -t $NS -n sh -c 'GW=10.0.2.2; {inner}'; "
+            f"STACK=$SL nsenter -t $NS -n sh -c {shlex.quote(body)}; "
             "kill $SL $NS"
         )
     if tool in ROOTLESSKIT:
         user = rootless_user()
         helper = slirp4netns_binary(user) if tool == "rootlesskit-pyvpnkit" else "slirp4netns"
         state = user.home / f"rk-{uuid.uuid4().hex[:8]}"
+        body = inner.format(gw="10.0.2.2", dns="10.0.2.3", stack="0")
         cmd = user.cmd("rootlesskit", f"--state-dir={state}", "--net=slirp4netns",
-                       f"--mtu={mtu}", f"--slirp4netns-binary={helper}",
-                       "sh", "-c", f"GW=10.0.2.2; {inner}")
+                       f"--mtu={mtu}", f"--slirp4netns-binary={helper}", "sh", "-c", body)
         return shlex.join(cmd)
     raise ValueError(tool)
 
 
-def run_tool(env: NetEnv, tool: str, mtu: int, inner: str, timeout: float) -> tuple[str, str]:
-    """Run `inner` behind `tool`; whatever happens, no daemonized peer is left behind."""
+def run_tool(env: NetEnv, tool: str, mtu: int, run: str, timeout: float) -> dict[str, float]:
+    """Run the clients behind `tool`; whatever happens, no daemonized peer is left behind."""
     before = set(Path("/tmp").glob("pvk-pt-*.pid"))
     try:
-        out = env.run_in("host", "sh", "-c", wrap(tool, mtu, inner), check=False, timeout=timeout)
-        return out.stdout, out.stderr
+        out = env.run_in("host", "sh", "-c", wrap(tool, mtu, run), check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "", "timed out"
+        print(f"  {tool} mtu {mtu}: timed out", file=sys.stderr)
+        return {}
     finally:
         for pidfile in set(Path("/tmp").glob("pvk-pt-*.pid")) - before:
             try:
@@ -127,94 +176,125 @@ def run_tool(env: NetEnv, tool: str, mtu: int, inner: str, timeout: float) -> tu
             except (ValueError, ProcessLookupError):
                 pass
             pidfile.unlink(missing_ok=True)
-
-
-def iperf(env: NetEnv, tool: str, mtu: int, seconds: int, reverse: bool) -> float:
-    inner = f"iperf3 -c $GW -p 5201 -t {seconds} -J {'-R' if reverse else ''}"
-    stdout, stderr = run_tool(env, tool, mtu, inner, seconds + 60)
-    try:
-        text = stdout[stdout.index("{") :]
-        data = json.loads(text[: text.rindex("}") + 1])
-        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
-    except (ValueError, KeyError) as exc:
-        direction = "down" if reverse else "up"
-        print(f"  {tool} mtu {mtu} {direction} failed: {exc}: {stderr[-300:]}", file=sys.stderr)
-        return float("nan")
-
-
-def conn_rate(env: NetEnv, tool: str, mtu: int, seconds: int) -> float:
-    script = REPO / "bench" / ".conn_client.py"
-    script.write_text(CONN_CLIENT)
-    inner = f"{sys.executable} {script} $GW 5202 {seconds}"
-    stdout, stderr = run_tool(env, tool, mtu, inner, seconds + 60)
-    try:
-        return float(stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        print(f"  {tool} conn rate failed: {stderr[-300:]}", file=sys.stderr)
-        return float("nan")
+    if out.stderr.strip():
+        print(f"  {tool} mtu {mtu}: {out.stderr.strip()[-300:]}", file=sys.stderr)
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("{"):
+            return {k: float(v) for k, v in json.loads(line).items()}
+    return {}
 
 
 def available(tool: str) -> bool:
-    if tool == "pyvpnkit":
+    if tool in ("pyvpnkit", "pyvpnkit-base"):
         return True
+    if tool == "pyvpnkit-uvloop":
+        return importlib.util.find_spec("uvloop") is not None
     if tool in ROOTLESSKIT:
         peer = tool == "rootlesskit-pyvpnkit" or shutil.which("slirp4netns") is not None
         return peer and shutil.which("rootlesskit") is not None
-    return shutil.which(tool) is not None
+    return shutil.which(tool.removesuffix("-user")) is not None
+
+
+class Servers:
+    """iperf3, the echo servers and dnsmasq on the host namespace's loopback,
+    with a resolv.conf there naming 127.0.0.1 (what slirp4netns and pasta forward to)."""
+
+    def __init__(self, env: NetEnv) -> None:
+        self.resolv = Path(f"/etc/netns/{env.host}/resolv.conf")
+        self.resolv.parent.mkdir(parents=True, exist_ok=True)
+        self.resolv.write_text("nameserver 127.0.0.1\n")
+        env.start("host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201",
+                  stdout=subprocess.DEVNULL)
+        proc = env.start("host", sys.executable, "-c", ECHO_SERVER, "5202", "5203", "5204",
+                         stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        # Static answers, no upstream: the same local server for every stack.
+        env.start("host", "dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
+                  "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+                  "--address=/bench.test/203.0.113.77", "--log-facility=/dev/null",
+                  stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+    def close(self) -> None:
+        self.resolv.unlink(missing_ok=True)
+        try:
+            self.resolv.parent.rmdir()
+        except OSError:
+            pass
+
+
+def usable(value: float | None) -> bool:
+    """Measured (not missing or NaN) and not zero, so a ratio means something."""
+    return value is not None and value == value and value != 0
+
+
+def fmt(value: float) -> str:
+    if value != value:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
 def main() -> None:
+    global BASELINE_SRC
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mtu", type=int, action="append")
-    ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta")
-    ap.add_argument("--skip-conn", action="store_true")
-    ap.add_argument("--conn-only", action="store_true")
+    ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta-user")
+    ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns")
+    ap.add_argument("--baseline-src", default="", help="src dir run as the pyvpnkit-base tool")
     args = ap.parse_args()
+    BASELINE_SRC = args.baseline_src
     mtus = args.mtu or [65520, 1500]
     tools = [t for t in args.tools.split(",") if available(t)]
     env = NetEnv()
+    servers = None
     try:
-        env.start(
-            "host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201", stdout=subprocess.DEVNULL
-        )
-        proc = env.start("host", sys.executable, "-c", ECHO_SERVER, "5202", stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        time.sleep(0.3)
-        results: dict[tuple[str, int], dict[str, float]] = {}
+        servers = Servers(env)
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        n_tests = len(args.tests.split(","))
         for mtu in mtus:
-            for tool in tools:
-                r = {}
-                if not args.conn_only:
-                    r["up"] = iperf(env, tool, mtu, args.seconds, reverse=False)
-                    r["down"] = iperf(env, tool, mtu, args.seconds, reverse=True)
-                if not args.skip_conn and mtu == mtus[0]:
-                    r["conn/s"] = conn_rate(env, tool, mtu, args.seconds)
-                results[(tool, mtu)] = r
-                print(
-                    f"{tool:23} mtu {mtu:5}: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()),
-                    flush=True,
-                )
-        print("\nratios pyvpnkit / peer (same run):")
-        pairs = [("pyvpnkit", t) for t in tools if t not in ("pyvpnkit", *ROOTLESSKIT)]
+            for rep in range(args.reps):
+                order = tools[rep % len(tools):] + tools[: rep % len(tools)]
+                for tool in order:
+                    run = client("$GW", "$DNS", "$STACK", args.seconds, args.tests)
+                    r = run_tool(env, tool, mtu, run, n_tests * (args.seconds + 30) + 30)
+                    runs.setdefault((tool, mtu), []).append(r)
+                    print(f"  round {rep + 1} {tool} mtu {mtu}: "
+                          + "  ".join(f"{k} {fmt(v)}" for k, v in r.items()), flush=True)
+        medians: dict[tuple[str, int], dict[str, float]] = {}
+        for key, rs in runs.items():
+            names = dict.fromkeys(k for r in rs for k in r)
+            medians[key] = {k: statistics.median(r[k] for r in rs if k in r) for k in names}
+        cols = list(dict.fromkeys(k for m in medians.values() for k in m))
+        print(f"\nmedians of {args.reps} rounds, {args.seconds} s each "
+              "(Gbit/s; per second; CPU s per GB moved, lower is better):")
+        print(f"{'tool':24} {'mtu':>5} " + " ".join(f"{c:>11}" for c in cols))
+        for (tool, mtu), m in medians.items():
+            print(f"{tool:24} {mtu:5} "
+                  + " ".join(f"{fmt(m.get(c, float('nan'))):>11}" for c in cols))
+        print("\nratios ours / peer (above 1 is better for us, except CPU/GB):")
+        mine = [t for t in tools if t.startswith("pyvpnkit") and t not in ROOTLESSKIT]
+        pairs = [(a, b) for a in mine for b in tools if b in PEERS]
+        pairs += [(a, "pyvpnkit") for a in mine if a != "pyvpnkit" and "pyvpnkit" in tools]
         if all(t in tools for t in ROOTLESSKIT):
             pairs.append(ROOTLESSKIT)
         for mtu in mtus:
-            for mine, peer in pairs:
-                ours, theirs = results.get((mine, mtu)), results.get((peer, mtu))
-                if ours is None or theirs is None:
-                    continue
-                print(
-                    f"  {mine} vs {peer:12} mtu {mtu:5}: "
-                    + "  ".join(f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours if k in theirs)
-                )
+            for a, b in pairs:
+                ours, theirs = medians.get((a, mtu), {}), medians.get((b, mtu), {})
+                shared = [k for k in cols if usable(ours.get(k)) and usable(theirs.get(k))]
+                print(f"  {a} vs {b:12} mtu {mtu:5}: "
+                      + "  ".join(f"{k} {ours[k] / theirs[k]:.2f}x" for k in shared))
     finally:
         env.close()
+        if servers is not None:
+            servers.close()
         if _user is not None:
             _user.remove()
-        (REPO / "bench" / ".conn_client.py").unlink(missing_ok=True)
 
+
+BASELINE_SRC = ""
 
 if __name__ == "__main__":
     main()

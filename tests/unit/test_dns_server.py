@@ -597,3 +597,30 @@ def test_mutated_queries_never_raise(seed: bytes, flips: list[tuple[int, int]], 
         assert isinstance(effect, DnsAnswer | UpstreamQuery)
         if isinstance(effect, DnsAnswer) and effect.transport == "udp":
             assert len(effect.data) <= CFG.mtu - 28
+
+
+def test_unusual_query_shape_is_still_forwarded_unchanged() -> None:
+    """A query with a record beside OPT (here a second additional) leaves the fast path;
+    dnspython reads it and it is forwarded byte for byte all the same."""
+    msg = dns.message.make_query("example.com", "A", id=0x1111, use_edns=True)
+    msg.additional.append(dns.rrset.from_text("extra.example.", 0, "IN", "A", "1.2.3.4"))
+    vm_query = msg.to_wire()
+    server = make_server()
+    server.handle_query(vm_query, VM, "udp", 10.0)
+    uq = one_upstream(server)
+    assert uq.data[2:] == vm_query[2:]
+    server.handle_upstream_reply(uq.token, fake_reply(uq, "example.com. 60 IN A 1.2.3.4"), 10.1)
+    [answer] = server.drain()
+    assert isinstance(answer, DnsAnswer) and answer.data[:2] == b"\x11\x11"
+
+
+def test_reply_question_matched_without_regard_to_case() -> None:
+    """0x20-randomised spelling: the upstream may echo another case; it is the same name."""
+    server = make_server()
+    server.handle_query(query("ExAmPlE.CoM", qid=7), VM, "udp", 10.0)
+    uq = one_upstream(server)
+    reply = bytearray(fake_reply(uq, "example.com. 60 IN A 1.2.3.4"))
+    reply[12:24] = b"\x07example\x03com"
+    server.handle_upstream_reply(uq.token, bytes(reply), 10.1)
+    [answer] = server.drain()
+    assert isinstance(answer, DnsAnswer) and answer.data == b"\x00\x07" + bytes(reply[2:])

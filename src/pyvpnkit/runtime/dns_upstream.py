@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import socket
 from collections.abc import Callable
 from typing import Protocol
@@ -23,9 +22,23 @@ from pyvpnkit.core.effects import Effect, UpstreamQuery
 MAX_UDP_REPLY = 65535
 
 
-def secure_query_id() -> int:
-    """Unpredictable upstream query ids (pass as DnsServer(new_id=...))."""
-    return secrets.randbelow(0x10000)
+class _RandomIds:
+    """Unpredictable 16-bit ids from the OS's CSPRNG, read 1 KiB at a time:
+    secrets.randbelow(0x10000) made about two getrandom() calls per query."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def __call__(self) -> int:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(1024), 0
+        self._at += 2
+        return int.from_bytes(self._pool[self._at - 2 : self._at], "big")
+
+
+secure_query_id = _RandomIds()
+"""Unpredictable upstream query ids (pass as DnsServer(new_id=...))."""
 
 
 class UpstreamTarget(Protocol):

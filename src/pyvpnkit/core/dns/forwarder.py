@@ -18,17 +18,17 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import dns.flags
-import dns.message
-import dns.name
 import dns.opcode
 import dns.rcode
 
 from pyvpnkit.core.effects import UpstreamQuery
+from pyvpnkit.wire.dnsquestion import parse_reply_question
+from pyvpnkit.wire.errors import ParseError
 
 Server = tuple[str, int]
-Question = tuple[dns.name.Name, int, int]  # (qname, rdtype, rdclass)
+Question = tuple[bytes, int, int]  # (lower-case wire qname, rdtype, rdclass)
 
+_QR = 0x8000
 # Answers that say "this server cannot help", so another one is worth asking.
 _RETRYABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP})
 
@@ -274,20 +274,15 @@ class Forwarder:
         """True: the answer. False: a failure reply worth keeping as fallback.
         None: not a reply to this query at all."""
         try:
-            msg = dns.message.from_wire(data, question_only=True)
-        except Exception:  # dnspython raises many kinds on garbage
+            qid, flags, question = parse_reply_question(data)
+        except ParseError:
             return None
-        if msg.id != p.upstream_id or not msg.flags & dns.flags.QR:
+        if qid != p.upstream_id or not flags & _QR or (flags >> 11) & 0xF != dns.opcode.QUERY:
             return None
-        if msg.opcode() != dns.opcode.QUERY:
-            return None
-        rcode = msg.rcode()
-        if not msg.question and rcode in _RETRYABLE:
-            return False  # e.g. FORMERR from a server that dislikes our EDNS
-        if len(msg.question) != 1:
-            return None
-        q = msg.question[0]
-        if (q.name, q.rdtype, q.rdclass) != p.question:
+        rcode = flags & 0xF
+        if question is None:
+            return False if rcode in _RETRYABLE else None  # e.g. FORMERR for our EDNS
+        if question != p.question:
             return None
         return rcode not in _RETRYABLE
 

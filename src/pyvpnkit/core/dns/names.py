@@ -8,6 +8,7 @@ missing types broke dual-stack lookups).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -111,7 +112,9 @@ def builtin_table(config: NetConfig, vm_addresses: Iterable[bytes]) -> NameTable
     return table
 
 
+@functools.lru_cache(maxsize=4096)
 def _address_rdata(packed: bytes) -> dns.rdata.Rdata:
+    """Rdata objects are immutable: build each address's once (from_text is slow)."""
     text = str(ipaddress.ip_address(packed))
     return dns.rdata.from_text(IN, A if len(packed) == 4 else AAAA, text)
 

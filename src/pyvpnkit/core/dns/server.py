@@ -28,7 +28,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.dns.forwarder import Forwarder, Resolved, Server
+from pyvpnkit.core.dns.forwarder import Forwarder, Question, Resolved, Server
 from pyvpnkit.core.dns.hostmode import (
     UNSUPPORTED_TEXT,
     HostDone,
@@ -38,6 +38,8 @@ from pyvpnkit.core.dns.hostmode import (
 from pyvpnkit.core.dns.names import LocalNames
 from pyvpnkit.core.dns.zones import NoSuchName
 from pyvpnkit.core.effects import HostResolve, UpstreamQuery
+from pyvpnkit.wire.dnsquestion import parse_query
+from pyvpnkit.wire.errors import ParseError
 
 log = logging.getLogger("pyvpnkit.dns")
 
@@ -67,7 +69,9 @@ class _Origin:
 
     client: Hashable
     transport: str
-    query: dns.message.Message
+    raw: bytes  # the query; dnspython reads it only if we must answer ourselves
+    qid: int
+    edns: bool
     limit: int
     dup_key: tuple[object, ...] | None
 
@@ -186,7 +190,37 @@ class DnsServer:
             self._answer(client, transport, header_only_reply(raw, dns.rcode.NOTIMP))
             return
         try:
-            if qdcount != 1:
+            fast = parse_query(raw)
+        except ParseError:
+            self._query_slow(raw, client, transport, now)
+            return
+        qname = dns.name.Name(fast.labels + (b"",))
+        local = self.names.lookup(qname, fast.qtype, fast.qclass)
+        if local is not None:
+            self._query_slow(raw, client, transport, now, local)  # answered with dnspython
+            return
+        if transport != "udp":
+            limit = TCP_LIMIT
+        elif fast.edns_payload is None:
+            limit = UDP_DEFAULT_LIMIT
+        else:
+            limit = max(UDP_DEFAULT_LIMIT, min(fast.edns_payload, self.udp_cap))
+        question = (fast.key, fast.qtype, fast.qclass)
+        edns = fast.edns_payload is not None
+        self._forward(raw, fast.id, edns, limit, qname, question, client, transport, now)
+
+    def _query_slow(
+        self,
+        raw: bytes,
+        client: Hashable,
+        transport: str,
+        now: float,
+        local: list[dns.rrset.RRset] | NoSuchName | None = None,
+    ) -> None:
+        """A query outside the fast path's shape, or one we answer ourselves
+        (`local`: the answer the fast path already looked up)."""
+        try:
+            if _HEADER.unpack_from(raw)[2] != 1:
                 raise ValueError("exactly one question is supported")
             query = dns.message.from_wire(raw)
         except Exception:  # any parse failure with a readable header
@@ -195,23 +229,41 @@ class DnsServer:
             return
         limit = self._limit(query, transport)
         q = query.question[0]
-        local = self.names.lookup(q.name, q.rdtype, q.rdclass)
+        if local is None:
+            local = self.names.lookup(q.name, q.rdtype, q.rdclass)
         if local is not None:
             self.stats["local"] += 1
             self._reply_local(query, local, client, transport, limit)
             return
+        question = (q.name.to_digestable(), q.rdtype, q.rdclass)
+        self._forward(
+            raw, query.id, query.edns >= 0, limit, q.name, question, client, transport, now
+        )
+
+    def _forward(
+        self,
+        raw: bytes,
+        qid: int,
+        edns: bool,
+        limit: int,
+        qname: dns.name.Name,
+        question: Question,
+        client: Hashable,
+        transport: str,
+        now: float,
+    ) -> None:
+        """Send upstream (or, in host mode, to the OS resolver) a query not ours."""
         dup_key: tuple[object, ...] | None = None
         if transport == "udp":
             # A stub retransmitting the same query must not start a second chase.
-            dup_key = (client, query.id, q.name, q.rdtype, q.rdclass)
+            dup_key = (client, qid, *question)
             if dup_key in self._udp_inflight:
                 self.stats["duplicates"] += 1
                 return
-        origin = _Origin(client, transport, query, limit, dup_key)
-        if self.mode == "host" and q.rdclass == dns.rdataclass.IN:
-            if self._ask_host(origin, q.name, q.rdtype, now):
+        origin = _Origin(client, transport, raw, qid, edns, limit, dup_key)
+        if self.mode == "host" and question[2] == dns.rdataclass.IN:
+            if self._ask_host(origin, qname, question[1], now):
                 return
-        question = (q.name, q.rdtype, q.rdclass)
         if not self.forwarder.submit(raw, question, origin, transport, now):
             self._servfail(origin)
             return
@@ -260,8 +312,8 @@ class DnsServer:
             return UDP_DEFAULT_LIMIT
         return max(UDP_DEFAULT_LIMIT, min(query.payload, self.udp_cap))
 
-    def _our_payload(self, query: dns.message.Message) -> int | None:
-        return self.udp_cap if query.edns >= 0 else None
+    def _our_payload(self, edns: bool) -> int | None:
+        return self.udp_cap if edns else None
 
     def _reply_local(
         self,
@@ -281,7 +333,7 @@ class DnsServer:
             response.answer = list(rrsets)
         # Render in full (dnspython would stop at the client's size); _send truncates.
         wire = response.to_wire(max_size=TCP_LIMIT)
-        self._send(client, transport, wire, limit, self._our_payload(query))
+        self._send(client, transport, wire, limit, self._our_payload(query.edns >= 0))
 
     def _ask_host(
         self, origin: _Origin, qname: dns.name.Name, rdtype: int, now: float
@@ -314,7 +366,7 @@ class DnsServer:
                 UNSUPPORTED_TEXT,
             )
         ede = None
-        if origin.query.edns >= 0:
+        if origin.edns:
             ede = dns.edns.EDEOption(dns.edns.EDECode.NOT_SUPPORTED, UNSUPPORTED_TEXT)
         self._respond(origin, dns.rcode.SERVFAIL, ede=ede)
 
@@ -330,8 +382,13 @@ class DnsServer:
         ede: dns.edns.EDEOption | None = None,
     ) -> None:
         """Answer a query we resolved ourselves (host lookups, failures)."""
+        try:
+            query = dns.message.from_wire(origin.raw)
+        except Exception:  # the fast path let through an option dnspython rejects
+            self._answer(origin.client, origin.transport, header_only_reply(origin.raw, rcode))
+            return
         response = dns.message.make_response(
-            origin.query, recursion_available=True, our_payload=self.udp_cap
+            query, recursion_available=True, our_payload=self.udp_cap
         )
         response.set_rcode(rcode)
         if answer:
@@ -343,7 +400,7 @@ class DnsServer:
             origin.transport,
             response.to_wire(max_size=TCP_LIMIT),
             origin.limit,
-            self._our_payload(origin.query),
+            self._our_payload(origin.edns),
         )
 
     def _pump(self) -> None:
@@ -376,14 +433,9 @@ class DnsServer:
         if item.reply is None:
             self._servfail(origin)
             return
-        wire = struct.pack("!H", origin.query.id) + item.reply[2:]
-        self._send(
-            origin.client,
-            origin.transport,
-            wire,
-            origin.limit,
-            self._our_payload(origin.query),
-        )
+        wire = struct.pack("!H", origin.qid) + item.reply[2:]
+        payload = self._our_payload(origin.edns)
+        self._send(origin.client, origin.transport, wire, origin.limit, payload)
 
     def _send(
         self,

@@ -1,0 +1,135 @@
+"""The client half of bench/compare.py, run inside each stack's namespace.
+
+    python3 bench/clients.py GW DNS STACK_PID SECONDS [TESTS]
+
+Runs the tests (comma-separated; default all) one after the other against the
+servers compare.py started on the host namespace's loopback (reached through
+GW) and the DNS address DNS, and prints one JSON object: rates, and for the
+iperf3 runs the stack process's CPU seconds per GB moved (from
+/proc/STACK_PID/stat; STACK_PID 0 = not measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+IPERF_PORT, CONN_PORT, RR_PORT, UDP_PORT = 5201, 5202, 5203, 5204
+DNS_NAME = os.environ.get("BENCH_DNS_NAME", "bench.test")  # another name: see README
+ALL = ("up", "down", "conn", "tcp_rr", "udp_rr", "dns")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(gw: str, secs: float, reverse: bool, stack: int) -> dict[str, float]:
+    before = cpu_seconds(stack) if stack else 0.0
+    cmd = ["iperf3", "-c", gw, "-p", str(IPERF_PORT), "-t", str(secs), "-J"]
+    out = subprocess.run(cmd + (["-R"] if reverse else []), capture_output=True, text=True)
+    cpu = cpu_seconds(stack) - before if stack else float("nan")
+    end = json.loads(out.stdout)["end"]["sum_received"]
+    gbytes = end["bytes"] / 1e9
+    return {"gbit": end["bits_per_second"] / 1e9, "cpu_per_gb": cpu / gbytes}
+
+
+def conn_rate(gw: str, secs: float) -> float:
+    """connect, 1-byte echo, close; connections per second."""
+    n = 0
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        s = socket.create_connection((gw, CONN_PORT))
+        s.sendall(b"x")
+        s.recv(1)
+        s.close()
+        n += 1
+    return n / secs
+
+
+def tcp_rr(gw: str, secs: float) -> float:
+    """1-byte ping-pong on one connection with TCP_NODELAY; transactions per second."""
+    s = socket.create_connection((gw, RR_PORT))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    n = 0
+    end = time.monotonic() + secs
+    while n % 64 or time.monotonic() < end:
+        s.send(b"x")
+        if not s.recv(1):
+            raise RuntimeError("echo server closed")
+        n += 1
+    s.close()
+    return n / secs
+
+
+def _udp_loop(sock: socket.socket, make: object, secs: float) -> float:
+    """Send, wait for the answer (resend after 0.2 s of silence); per second."""
+    n = 0
+    sock.settimeout(0.2)
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        msg = make(n)  # type: ignore[operator]
+        sock.send(msg)
+        while True:
+            try:
+                reply = sock.recv(4096)
+            except TimeoutError:
+                sock.send(msg)
+                continue
+            if reply[:2] == msg[:2]:
+                break
+        n += 1
+    return n / secs
+
+
+def udp_rr(gw: str, secs: float) -> float:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((gw, UDP_PORT))
+    return _udp_loop(s, lambda n: struct.pack("!H", n & 0xFFFF) + b"x", secs)
+
+
+def dns_query(qid: int) -> bytes:
+    """An A query for DNS_NAME with recursion desired, as a stub sends it."""
+    qname = b"".join(bytes((len(p),)) + p.encode() for p in DNS_NAME.split(".")) + b"\0"
+    return struct.pack("!6H", qid & 0xFFFF, 0x0100, 1, 0, 0, 0) + qname + b"\0\1\0\1"
+
+
+def dns_rate(server: str, secs: float) -> float:
+    """Sequential A queries, one at a time; queries per second."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((server, 53))
+    return _udp_loop(s, dns_query, secs)
+
+
+def main() -> None:
+    gw, dns, stack, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    tests = sys.argv[5].split(",") if len(sys.argv) > 5 else list(ALL)
+    out: dict[str, float] = {}
+    for test in tests:
+        try:
+            if test in ("up", "down"):
+                r = iperf(gw, secs, test == "down", stack)
+                out[test] = r["gbit"]
+                out[f"cpu/GB {test}"] = r["cpu_per_gb"]
+            elif test == "conn":
+                out["conn/s"] = conn_rate(gw, secs)
+            elif test == "tcp_rr":
+                out["tcp rr/s"] = tcp_rr(gw, secs)
+            elif test == "udp_rr":
+                out["udp rr/s"] = udp_rr(gw, secs)
+            elif test == "dns":
+                out["dns q/s"] = dns_rate(dns, secs)
+        except Exception as exc:  # one failed test must not lose the others
+            print(f"{test} failed: {exc!r}", file=sys.stderr)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

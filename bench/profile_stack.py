@@ -1,0 +1,102 @@
+"""Profile pyvpnkit's stack process under one bench/clients.py load with py-spy.
+
+    python3 bench/profile_stack.py TEST [--seconds 8] [--mtu 65520] [--top 25] [--native]
+    python3 bench/profile_stack.py TEST --strace   # system calls per operation instead
+
+TEST is one of clients.py's tests (conn, tcp_rr, udp_rr, dns, up, down). The
+stack runs in a test-made namespace like in compare.py; py-spy (pip install
+py-spy) samples it while the client runs. Prints the functions with the most
+samples on top of the stack (self) and anywhere on it (inclusive). With
+--strace, `strace -c` counts the stack's system calls instead (it slows the
+stack down, but the calls per operation stay what they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from compare import CLIENTS, Servers  # noqa: E402
+
+from tests.integration.netenv import NetEnv  # noqa: E402
+
+
+def summarize(raw: Path, top: int) -> None:
+    """py-spy's raw format: one collapsed stack per line, frames joined by ';', then a count."""
+    own: collections.Counter[str] = collections.Counter()
+    anywhere: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            anywhere[frame] += n
+    print(f"{total} samples")
+    for title, counter in (("self", own), ("inclusive", anywhere)):
+        print(f"\ntop {top} by {title} samples:")
+        for frame, n in counter.most_common(top):
+            print(f"  {100 * n / total:5.1f}%  {frame}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("test")
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--mtu", type=int, default=65520)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
+    ap.add_argument("--strace", action="store_true", help="count system calls (strace -c)")
+    args = ap.parse_args()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    env = NetEnv()
+    servers = None
+    try:
+        servers = Servers(env)
+        client = f"sleep 1; {sys.executable} {CLIENTS} 192.168.65.2 192.168.65.1 0 "
+        stack = env.start(
+            "host", sys.executable, "-m", "pyvpnkit", "exec", "--mtu", str(args.mtu),
+            "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", "--",
+            "sh", "-c", client + f"{args.seconds + 1} {args.test}",
+            stdout=subprocess.PIPE,
+        )
+        time.sleep(1.5)  # the stack is up and the client about to start
+        if args.strace:
+            trace = subprocess.run(
+                ["timeout", "-s", "INT", str(args.seconds), "strace", "-c", "-p", str(stack.pid)],
+                capture_output=True, text=True)
+            assert stack.stdout is not None
+            print(stack.stdout.read().decode().strip(), "(slowed down by strace)")
+            print(trace.stderr)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "profile.txt"
+            cmd = [pyspy, "record", "--format", "raw", "-o", str(raw), "-r", "500",
+                   "-d", str(args.seconds), "-p", str(stack.pid)]
+            subprocess.run(cmd + (["--native"] if args.native else []),
+                           check=True, capture_output=True)
+            assert stack.stdout is not None
+            print(stack.stdout.read().decode().strip())
+            summarize(raw, args.top)
+    finally:
+        env.close()
+        if servers is not None:
+            servers.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The header and question of a DNS message (RFC 1035 4.1), and a query's EDNS size.
+
+Forwarding a query needs only these: who asked what, and how big an answer
+fits. Reading them by hand costs a fraction of a full dnspython parse, which
+stays for the answers the stack builds itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pyvpnkit.wire.errors import ParseError
+
+HEADER_LEN = 12
+TYPE_OPT = 41
+_HEADER = struct.Struct("!6H")
+_TYPE_CLASS = struct.Struct("!HH")
+_OPT_TAIL = struct.Struct("!HHIH")  # type, class (= UDP payload), ttl, rdlength
+_MAX_NAME = 255
+
+
+@dataclass(slots=True)
+class DnsQuestion:
+    """`labels` keep the asker's spelling (0x20 case is echoed); `key` is the
+    name in lower-case wire form, for case-insensitive matching.
+    `edns_payload` is the OPT record's UDP size, None without OPT."""
+
+    id: int
+    flags: int
+    labels: tuple[bytes, ...]
+    key: bytes
+    qtype: int
+    qclass: int
+    edns_payload: int | None
+
+
+def _name(buf: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
+    """Uncompressed labels from `offset`; a question's name has nothing before it
+    to point at, so compression there is refused like any other oddity."""
+    labels: list[bytes] = []
+    total = 1
+    while True:
+        if offset >= len(buf):
+            raise ParseError("DNS name runs past the message")
+        length = buf[offset]
+        offset += 1
+        if length == 0:
+            return tuple(labels), offset
+        if length & 0xC0:
+            raise ParseError(f"DNS label type {length >> 6} in a question")
+        total += length + 1
+        if total > _MAX_NAME or offset + length > len(buf):
+            raise ParseError("DNS name too long or truncated")
+        labels.append(buf[offset : offset + length])
+        offset += length
+
+
+def _wire_key(labels: tuple[bytes, ...]) -> bytes:
+    return b"".join(bytes((len(label),)) + label for label in labels).lower() + b"\x00"
+
+
+def parse_reply_question(buf: bytes) -> tuple[int, int, tuple[bytes, int, int] | None]:
+    """(id, flags, (key, qtype, qclass) or None when the reply has no question).
+    Only header and question are read: a reply's records are relayed, not parsed."""
+    if len(buf) < HEADER_LEN:
+        raise ParseError(f"DNS message too short ({len(buf)} bytes)")
+    qid, flags, qdcount, _, _, _ = _HEADER.unpack_from(buf)
+    if qdcount == 0:
+        return qid, flags, None
+    if qdcount != 1:
+        raise ParseError(f"{qdcount} questions in a DNS message")
+    labels, offset = _name(buf, HEADER_LEN)
+    if offset + 4 > len(buf):
+        raise ParseError("DNS question truncated")
+    qtype, qclass = _TYPE_CLASS.unpack_from(buf, offset)
+    return qid, flags, (_wire_key(labels), qtype, qclass)
+
+
+def parse_query(buf: bytes) -> DnsQuestion:
+    """A query of the common shape: one question, no answer or authority
+    records, at most an OPT record, nothing after. Anything else raises
+    ParseError, and the caller parses it the slow, complete way."""
+    if len(buf) < HEADER_LEN:
+        raise ParseError(f"DNS message too short ({len(buf)} bytes)")
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf)
+    if qdcount != 1 or ancount or nscount or arcount > 1:
+        raise ParseError("not a plain one-question DNS query")
+    labels, offset = _name(buf, HEADER_LEN)
+    if offset + 4 > len(buf):
+        raise ParseError("DNS question truncated")
+    qtype, qclass = _TYPE_CLASS.unpack_from(buf, offset)
+    offset += 4
+    payload: int | None = None
+    if arcount:
+        # The OPT pseudo-record: root owner name, type 41, then its options.
+        if offset + 1 + _OPT_TAIL.size > len(buf) or buf[offset] != 0:
+            raise ParseError("DNS additional record is not a root OPT")
+        rtype, payload, _, rdlength = _OPT_TAIL.unpack_from(buf, offset + 1)
+        if rtype != TYPE_OPT:
+            raise ParseError(f"DNS additional record of type {rtype}")
+        offset += 1 + _OPT_TAIL.size + rdlength
+    if offset != len(buf):
+        raise ParseError("DNS query length does not match its records")
+    return DnsQuestion(qid, flags, labels, _wire_key(labels), qtype, qclass, payload)
+
+
+__all__ = ["DnsQuestion", "ParseError", "parse_query", "parse_reply_question"]
