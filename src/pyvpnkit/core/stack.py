@@ -19,6 +19,7 @@ from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.http_proxy.config import ProxyConfig
+from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
@@ -27,17 +28,20 @@ from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
 from pyvpnkit.wire import icmp as icmpw
+from pyvpnkit.wire import icmpv6 as icmp6
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.ethernet import (
     BROADCAST,
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
     build_ethernet,
     is_multicast,
     parse_ethernet,
 )
 from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
+from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet, parse_ipv6
 from pyvpnkit.wire.tcp import parse_tcp
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
@@ -242,8 +246,55 @@ class Stack:
                 self._frames.append(
                     (link, build_ethernet(eth.src, self.config.gateway_mac, ETHERTYPE_ARP, reply))
                 )
+        elif eth.ethertype == ETHERTYPE_IPV6 and self.config.ipv6 is not None:
+            self._ipv6_minimal(link, eth.src, parse_ipv6(eth.payload), now)
         else:
             self.stats["drop_ethertype"] += 1
+
+    # -- BEGIN minimal IPv6 dispatch (data-plane branch only) -------------------
+    # B1's control plane (NDP, reassembly, anti-spoofing, local services) replaces
+    # this block and _vm6; tests configure the VM with a permanent neighbor entry.
+    _vms6: dict[bytes, Vm] | None = None
+
+    def _ipv6_minimal(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
+        if self._vms6 is None:
+            self._vms6 = {}
+        if any(pkt.src) and pkt.src not in self._vms6:
+            self._vms6[pkt.src] = Vm(pkt.src, link, src_mac, src_mac + self.config.gateway_mac
+                                     + b"\x86\xdd")
+        if pkt.proto == NH_ICMPV6 and pkt.payload[:1] and pkt.payload[0] >= 130:
+            self.stats["drop_ipv6_control"] += 1  # NDP/MLD: B1's responder
+            return
+        self._ipv6_transport(link, src_mac, pkt, now)
+
+    def _vm6(self, dst: bytes) -> Vm | None:
+        return None if self._vms6 is None else self._vms6.get(dst)
+
+    # -- END minimal IPv6 dispatch ---------------------------------------------
+
+    def _ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
+        """An IPv6 packet (reassembled) that is not for the stack's own services: the NATs."""
+        if pkt.is_fragment:
+            self.stats["drop_ipv6_fragment"] += 1
+            return
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, pkt.dst, self._check), now)
+        elif proto == PROTO_UDP:
+            self.udp.handle(pkt, parse_udp(pkt.payload, pkt.src, pkt.dst, self._check), now)
+        elif proto == NH_ICMPV6:
+            msg = icmp6.parse_icmpv6(pkt.payload, pkt.src, pkt.dst, self._check)
+            if msg.type == icmp6.ECHO_REQUEST:
+                self.icmp.handle(pkt, msg, now)
+            else:
+                self.stats["drop_icmpv6_type"] += 1
+        else:
+            self.stats["drop_ipv6_proto"] += 1
+            err = build_error_kind(
+                pkt.header.tobytes() + pkt.payload[:8].tobytes(), pkt.dst, "proto_unreachable"
+            )
+            if err is not None:
+                self._route(err)
 
     def _forward(self, link: int, dst: bytes, frame: bytes | memoryview) -> None:
         """Switch frames between VMs: flood broadcasts, deliver known unicast."""
@@ -339,7 +390,14 @@ class Stack:
         return self.http_proxy.transparent_mode(port)
 
     def _route(self, packet: bytes) -> None:
-        """Send an IPv4 packet to the VM that owns its destination address."""
+        """Send an IP packet to the VM that owns its destination address."""
+        if packet[0] >> 4 == 6:
+            vm6 = self._vm6(packet[24:40])
+            if vm6 is None:
+                self.stats["drop_no_route"] += 1
+            else:
+                self._frames.append((vm6.link, vm6.eth_header + packet))
+            return
         vm = self.vms.get(packet[16:20])
         if vm is None:
             vm = self._vm_from_lease(packet[16:20])

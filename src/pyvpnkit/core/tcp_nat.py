@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from pyvpnkit.core.effects import (
     ProxyOpen,
     TcpOpen,
 )
+from pyvpnkit.core.family import IpPacket, addr_text, endpoint_text, ip_header, tcp_overhead
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
     Closed,
@@ -43,10 +43,11 @@ from pyvpnkit.core.tcp import (
     TcpConnection,
     TimedOut,
 )
-from pyvpnkit.wire.ipv4 import PROTO_TCP, IPv4Packet, ipv4_header
+from pyvpnkit.wire.ipv4 import PROTO_TCP
 from pyvpnkit.wire.tcp import ACK, RST, SYN, TcpSegment, build_tcp
 
-FlowKey = tuple[bytes, int, bytes, int]  # (vm ip, vm port, remote ip, remote port)
+# (vm ip, vm port, remote ip, remote port); addresses are 4 bytes (IPv4) or 16 (IPv6)
+FlowKey = tuple[bytes, int, bytes, int]
 
 # A host read is handed to the TCP machine whole; reading pauses while the
 # send buffer has less room than this, which bounds memory per flow.
@@ -62,7 +63,9 @@ class Redirect:
     path: str
 
     def matches(self, ip: bytes, port: int) -> bool:
-        return port == self.dst_port and ipaddress.IPv4Address(ip) in self.dst_prefix
+        return (
+            port == self.dst_port and len(ip) == 4 and ipaddress.IPv4Address(ip) in self.dst_prefix
+        )
 
 
 class LocalService:
@@ -96,14 +99,14 @@ class Flow:
     via: str = ""  # where the HTTP proxy sent it, for the flow log
 
 
-def rst_for(pkt: IPv4Packet, seg: TcpSegment) -> bytes:
+def rst_for(pkt: IpPacket, seg: TcpSegment) -> bytes:
     """RST answering an unacceptable segment (RFC 9293 3.10.7.1)."""
     if seg.flags & ACK:
         seq, ack, flags = seg.ack, 0, RST
     else:
         seq, ack, flags = 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF, RST | ACK
     tcp = build_tcp(pkt.dst, pkt.src, seg.dst_port, seg.src_port, seq, ack, flags, 0)
-    return ipv4_header(pkt.dst, pkt.src, PROTO_TCP, len(tcp)) + tcp
+    return ip_header(pkt.dst, pkt.src, PROTO_TCP, len(tcp)) + tcp
 
 
 class TcpNat:
@@ -135,7 +138,7 @@ class TcpNat:
         # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
         snd_buffer = max(snd_buffer, READ_CHUNK)
         self._conn_options: dict[str, Any] = {
-            "mss": config.mtu - 40,
+            "mss": config.mtu - 40,  # IPv4; _options() adjusts it for IPv6
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
             "send_space_low": max(snd_buffer // 4, READ_CHUNK),
@@ -144,7 +147,7 @@ class TcpNat:
             "keepalive_idle": keepalive[0] if keepalive else None,
             "keepalive_interval": keepalive[1] if keepalive else 75.0,
             "keepalive_probes": keepalive[2] if keepalive else 9,
-            "gso_size": 65535 - 40 if gso else None,
+            "gso_size": 65535 - 40 if gso else None,  # ditto
         }
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
@@ -160,7 +163,7 @@ class TcpNat:
 
     # -- from the VM ---------------------------------------------------------
 
-    def handle(self, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+    def handle(self, pkt: IpPacket, seg: TcpSegment, now: float) -> None:
         key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
         flow = self.flows.get(key)
         if flow is not None and flow.conn is not None and flow.conn.state == "TIME_WAIT" \
@@ -184,7 +187,7 @@ class TcpNat:
             return
         self._new_flow(key, pkt, seg, now)
 
-    def _new_flow(self, key: FlowKey, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+    def _new_flow(self, key: FlowKey, pkt: IpPacket, seg: TcpSegment, now: float) -> None:
         cfg = self.config
         flow = Flow(self._next_id, key, seg, started=now)
         self._next_id += 1
@@ -203,7 +206,7 @@ class TcpNat:
             flow.side = HTTP_PROXY
             self._register(flow)
             self.stats["proxied"] += 1
-            dst = socket.inet_ntoa(pkt.dst)
+            dst = addr_text(pkt.dst)
             self._effects.append(ProxyOpen(flow.flow_id, dst, seg.dst_port, mode))
             return
         if host is None:
@@ -225,7 +228,7 @@ class TcpNat:
         self.flows[flow.key] = flow
         self.by_id[flow.flow_id] = flow
 
-    def _reject(self, pkt: IPv4Packet, seg: TcpSegment) -> None:
+    def _reject(self, pkt: IpPacket, seg: TcpSegment) -> None:
         self.stats["rst_sent"] += 1
         self._packets.append(rst_for(pkt, seg))
 
@@ -240,10 +243,25 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=flow.syn.src_port,
             iss=self._iss(),
-            **self._conn_options,
+            **self._options(vm_ip),
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
+
+    def _options(self, vm_ip: bytes) -> dict[str, Any]:
+        """Connection options for the VM address's family: IPv6 headers are 20 bytes longer."""
+        if len(vm_ip) == 4:
+            return self._conn_options
+        extra = tcp_overhead(vm_ip) - 40
+        opts = dict(self._conn_options, mss=self._conn_options["mss"] - extra)
+        if opts["gso_size"] is not None:
+            opts["gso_size"] -= extra
+        return opts
+
+    def _gateway(self, vm_ip: bytes) -> bytes:
+        """The stack's address in the VM's family: where forwarded connections come from."""
+        v6 = self.config.ipv6
+        return v6.gateway_ip if len(vm_ip) == 16 and v6 is not None else self.config.gateway_ip
 
     def open_to_vm(self, vm_ip: bytes, vm_port: int, now: float) -> int:
         """Active open into a VM for a port forward; the host socket is already connected.
@@ -251,7 +269,7 @@ class TcpNat:
         The VM sees the connection coming from the gateway address and a fresh
         port. Returns the flow id the runtime uses for the accepted socket.
         """
-        gw = self.config.gateway_ip
+        gw = self._gateway(vm_ip)
         port = self._free_gateway_port(vm_ip, vm_port)
         flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now)
         self._next_id += 1
@@ -261,7 +279,7 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=vm_port,
             iss=self._iss(),
-            **self._conn_options,
+            **self._options(vm_ip),
         )
         flow.conn.connect(now)
         self._register(flow)
@@ -269,7 +287,7 @@ class TcpNat:
         return flow.flow_id
 
     def _free_gateway_port(self, vm_ip: bytes, vm_port: int) -> int:
-        gw = self.config.gateway_ip
+        gw = self._gateway(vm_ip)
         for _ in range(64):
             self._next_port = 32768 + (self._next_port - 32768 + 1) % 28232
             if (vm_ip, vm_port, gw, self._next_port) not in self.flows:
@@ -307,7 +325,7 @@ class TcpNat:
         vm_ip, vm_port, ip, port = flow.key
         ack = (flow.syn.seq + 1) & 0xFFFFFFFF
         tcp = build_tcp(ip, vm_ip, port, vm_port, 0, ack, RST | ACK, 0)
-        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
+        self._packets.append(ip_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
 
     def host_data(self, flow_id: int, data: bytes, now: float) -> None:
         flow = self.by_id.get(flow_id)
@@ -478,7 +496,7 @@ class TcpNat:
         vm_ip, vm_port, ip, port = flow.key
         via = f" via {flow.via}" if flow.via else ""
         self.closed_log.append(
-            f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
+            f"tcp {endpoint_text(vm_ip, vm_port)} -> {endpoint_text(ip, port)} "
             f"up={flow.bytes_up} down={flow.bytes_down} "
             f"duration={now - flow.started:.3f}s end={reason}{via}"
         )
