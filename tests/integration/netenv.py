@@ -61,7 +61,8 @@ class NetEnv:
             self.run_in("world", "ip", "link", "set", veth_w, "up")
             self.run_in("host", "ip", "route", "add", "default", "via", WORLD_IP)
             # IPv6 on the same veth (documentation prefix; nodad: usable at once).
-            for which, addr, dev in (("host", HOST_WORLD_IP6, veth_h), ("world", WORLD_IP6, veth_w)):
+            v6 = (("host", HOST_WORLD_IP6, veth_h), ("world", WORLD_IP6, veth_w))
+            for which, addr, dev in v6:
                 self.run_in(which, "ip", "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
             self.run_in("host", "ip", "-6", "route", "add", "default", "via", WORLD_IP6)
         except BaseException:
