@@ -21,6 +21,7 @@ from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
+from pyvpnkit.core.ip6frag import Ipv6Reassembler
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.routes import route
@@ -255,6 +256,7 @@ class Stack:
     # B1's control plane (NDP, reassembly, anti-spoofing, local services) replaces
     # this block and _vm6; tests configure the VM with a permanent neighbor entry.
     _vms6: dict[bytes, Vm] | None = None
+    _frag6: Ipv6Reassembler | None = None
 
     def _ipv6_minimal(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
         if self._vms6 is None:
@@ -262,6 +264,13 @@ class Stack:
         if any(pkt.src) and pkt.src not in self._vms6:
             self._vms6[pkt.src] = Vm(pkt.src, link, src_mac, src_mac + self.config.gateway_mac
                                      + b"\x86\xdd")
+        if pkt.is_fragment:
+            if self._frag6 is None:
+                self._frag6 = Ipv6Reassembler()
+            whole = self._frag6.add(pkt, now)
+            if whole is None:
+                return
+            pkt = parse_ipv6(whole)
         if pkt.proto == NH_ICMPV6 and pkt.payload[:1] and pkt.payload[0] >= 130:
             self.stats["drop_ipv6_control"] += 1  # NDP/MLD: B1's responder
             return
