@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.integration.netenv import HELPERS, WORLD_IP6, NetEnv, exec_args
+from tests.integration.netenv import HELPERS, WORLD_IP6, NetEnv, exec_args, wait_for
 
 MB32 = 32 * 1024 * 1024
 PREFIX = "fd42:7076:6b69::"
@@ -95,3 +95,33 @@ def test_ipv6_udp_echo_and_port_unreachable(netenv: NetEnv) -> None:
 def test_ping6_world(netenv: NetEnv) -> None:
     out = in_vm(netenv, f"ping -6 -c 2 -i 0.2 -W 3 {WORLD_IP6}")
     assert " 0% packet loss" in out, out
+
+
+def test_forward_from_host_ipv6_into_vm_ipv4_and_ipv6(netenv: NetEnv, tmp_path) -> None:
+    api = f"unix://{tmp_path / 'api.sock'}"
+    # The VM speaks IPv6 once (a ping to the alias) so the switch knows where it is.
+    servers = (
+        f"ping -6 -c 1 -W 2 {ALIAS6} >/dev/null; "
+        "socat TCP4-LISTEN:8080,fork,reuseaddr EXEC:cat & a=$!; "
+        f"socat TCP6-LISTEN:8083,bind=[{VM6}],fork,reuseaddr EXEC:cat & b=$!; "
+        "trap 'kill $a $b; exit 0' TERM INT; wait"
+    )
+    netenv.start_pyvpnkit(
+        "exec", *exec_args(), "--api", api, "-p", "[::1]:18090:8080",
+        "--", "sh", "-c", f"{VM_SETUP} && {servers}",
+        stderr=(tmp_path / "log").open("wb"),
+    )
+
+    def echo(address: str, text: str) -> bool:
+        res = netenv.run_in("host", "socat", "-t2", "-T3", "-", address, input=text,
+                            check=False, timeout=10)
+        return res.stdout == text
+
+    assert wait_for(lambda: echo("TCP6:[::1]:18090", "to v4\n"), timeout=10), \
+        (tmp_path / "log").read_text()
+    res = netenv.run_in("host", sys.executable, "-m", "pyvpnkit", "expose", "--api", api,
+                        "[::1]:18091", f"[{VM6}]:8083", check=False, timeout=20)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"tcp [::1]:18091 -> [{VM6}]:8083"
+    assert wait_for(lambda: echo("TCP6:[::1]:18091", "to v6\n"), timeout=10), \
+        (tmp_path / "log").read_text()

@@ -63,7 +63,7 @@ class IcmpNat(NatBase):
             self.stats["drop_type"] += 1
             return
         original = quote(pkt)
-        if pkt.dst == self.config.gateway_ip:
+        if pkt.dst == self._gateway(pkt.src):
             self._send(self._echo(pkt.dst, pkt.src, ICMP_REPLY, msg.rest, payload))
             return
         host, refusal, err_src = route(self.config, pkt.dst)
