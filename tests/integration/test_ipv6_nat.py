@@ -125,3 +125,28 @@ def test_forward_from_host_ipv6_into_vm_ipv4_and_ipv6(netenv: NetEnv, tmp_path) 
     assert res.stdout.strip() == f"tcp [::1]:18091 -> [{VM6}]:8083"
     assert wait_for(lambda: echo("TCP6:[::1]:18091", "to v6\n"), timeout=10), \
         (tmp_path / "log").read_text()
+
+
+def test_curl_names_with_a_and_aaaa(netenv: NetEnv) -> None:
+    """A name with A and AAAA: curl reaches it over IPv6; with no IPv6 route on the
+    host an IPv6 connect fails at once, so a client that tried IPv6 first falls back
+    to IPv4 without waiting. (Linux prefers IPv4 over IPv6 from a unique-local source
+    for global destinations (RFC 6724 rule 5), so plain curl picks IPv4 here anyway.)"""
+    _p, dns_port = netenv.start_helper("host", "dns_server.py")
+    _p, http_port = netenv.start_helper("world", "http_server.py", "::")
+    curl = ("curl -sS -o /dev/null --max-time 10 -w '%{{http_code}} %{{remote_ip}} "
+            "%{{time_total}}\\n' {} http://{}:" + http_port)
+    script = "; ".join([
+        curl.format("-6", "www.example.test"),
+        curl.format("-6", "dual.example.test"),
+        curl.format("", "dual.example.test"),
+    ])
+    netenv.run_in("host", "ip", "-6", "route", "del", "default")
+    cmd = netenv.pyvpnkit("exec", *exec_args(int(dns_port)), "--", "sh", "-c",
+                          f"{VM_SETUP} && {script}")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    www6, dual6, dual = (line.split() for line in out.stdout.strip().splitlines())
+    assert www6[:2] == ["200", WORLD_IP6], out.stdout + out.stderr
+    assert dual6[0] == "000" and float(dual6[-1]) < 1.0, out.stdout
+    assert "(7) Failed to connect to dual.example.test" in out.stderr, out.stderr
+    assert dual[:2] == ["200", "203.0.113.2"], out.stdout
