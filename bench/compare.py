@@ -73,11 +73,27 @@ while True:
 """
 
 
+# pyvpnkit6: the same stack over IPv6, to [::1] through the IPv6 host alias. The VM's
+# IPv6 is set by hand (as tests/integration/test_ipv6_nat.py does) until exec does it.
+V6_ALIAS = "fd42:7076:6b69::2"
+V6_SETUP = (
+    "ip -6 addr add fd42:7076:6b69::3/64 dev eth0 nodad; "
+    f"for a in fd42:7076:6b69::1 {V6_ALIAS}; do "
+    "ip -6 neigh replace $a lladdr f6:16:36:bc:f9:c6 dev eth0 nud permanent; done; "
+)
+IPERF_PORT = {"pyvpnkit6": 5203}  # its iperf3 server listens on [::1]
+
+
 def wrap(tool: str, mtu: int, inner: str) -> str:
     """Shell command (run in the host namespace) that runs `inner` behind `tool`.
 
     `inner` may use $GW, the address that reaches the host's loopback.
     """
+    if tool == "pyvpnkit6":
+        return (
+            f"{sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
+            f"--dns-server 127.0.0.1#9 -- sh -c '{V6_SETUP} GW={V6_ALIAS}; {inner}'"
+        )
     if tool == "pyvpnkit":
         return (
             f"GW=192.168.65.2 {sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
@@ -130,7 +146,8 @@ def run_tool(env: NetEnv, tool: str, mtu: int, inner: str, timeout: float) -> tu
 
 
 def iperf(env: NetEnv, tool: str, mtu: int, seconds: int, reverse: bool) -> float:
-    inner = f"iperf3 -c $GW -p 5201 -t {seconds} -J {'-R' if reverse else ''}"
+    port = IPERF_PORT.get(tool, 5201)
+    inner = f"iperf3 -c $GW -p {port} -t {seconds} -J {'-R' if reverse else ''}"
     stdout, stderr = run_tool(env, tool, mtu, inner, seconds + 60)
     try:
         text = stdout[stdout.index("{") :]
@@ -155,7 +172,7 @@ def conn_rate(env: NetEnv, tool: str, mtu: int, seconds: int) -> float:
 
 
 def available(tool: str) -> bool:
-    if tool == "pyvpnkit":
+    if tool in ("pyvpnkit", "pyvpnkit6"):
         return True
     if tool in ROOTLESSKIT:
         peer = tool == "rootlesskit-pyvpnkit" or shutil.which("slirp4netns") is not None
@@ -167,7 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--mtu", type=int, action="append")
-    ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta")
+    ap.add_argument("--tools", default="pyvpnkit,pyvpnkit6,slirp4netns,pasta")
     ap.add_argument("--skip-conn", action="store_true")
     ap.add_argument("--conn-only", action="store_true")
     args = ap.parse_args()
@@ -178,6 +195,7 @@ def main() -> None:
         env.start(
             "host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201", stdout=subprocess.DEVNULL
         )
+        env.start("host", "iperf3", "-s", "-B", "::1", "-p", "5203", stdout=subprocess.DEVNULL)
         proc = env.start("host", sys.executable, "-c", ECHO_SERVER, "5202", stdout=subprocess.PIPE)
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -189,7 +207,7 @@ def main() -> None:
                 if not args.conn_only:
                     r["up"] = iperf(env, tool, mtu, args.seconds, reverse=False)
                     r["down"] = iperf(env, tool, mtu, args.seconds, reverse=True)
-                if not args.skip_conn and mtu == mtus[0]:
+                if not args.skip_conn and mtu == mtus[0] and tool not in IPERF_PORT:
                     r["conn/s"] = conn_rate(env, tool, mtu, args.seconds)
                 results[(tool, mtu)] = r
                 print(
@@ -197,7 +215,10 @@ def main() -> None:
                     flush=True,
                 )
         print("\nratios pyvpnkit / peer (same run):")
-        pairs = [("pyvpnkit", t) for t in tools if t not in ("pyvpnkit", *ROOTLESSKIT)]
+        pairs = [("pyvpnkit", t) for t in tools
+                 if t not in ("pyvpnkit", "pyvpnkit6", *ROOTLESSKIT)]
+        if "pyvpnkit6" in tools and "pyvpnkit" in tools:
+            pairs.append(("pyvpnkit6", "pyvpnkit"))  # IPv6 / IPv4, same stack, same run
         if all(t in tools for t in ROOTLESSKIT):
             pairs.append(ROOTLESSKIT)
         for mtu in mtus:
