@@ -291,3 +291,16 @@ def test_tap_sends_ipv6_tcp_with_partial_checksum_and_gso(size: int) -> None:
     partial = pseudo_header_sum(GW6, VM6, PROTO_TCP, len(tcp))
     assert body[54 + 16 : 54 + 18] == partial.to_bytes(2, "big")
     assert body[:70] == frame[:70] and body[72:] == frame[72:]
+
+
+def test_stats_count_ipv6_flows() -> None:
+    from pyvpnkit.api.server import stats_of
+    from pyvpnkit.core.stack import Stack
+
+    stack = Stack(CFG)
+    stack.udp.handle(*udp6(VM6, WORLD6, 5000, 53, b"q"), now=0.0)
+    tcp = build_tcp(VM6, WORLD6, 40000, 80, 1, 0, SYN, 1000)
+    stack.tcp.handle(parse_ipv6(build_ipv6(VM6, WORLD6, PROTO_TCP, tcp)),
+                     parse_tcp(tcp, VM6, WORLD6), 0.0)
+    flows = stats_of(stack)["flows"]
+    assert (flows["tcp"], flows["tcp_ipv6"], flows["udp_ipv6"], flows["icmp_ipv6"]) == (1, 1, 1, 0)

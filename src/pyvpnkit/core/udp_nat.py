@@ -69,6 +69,11 @@ class NatBase(IdleFlows[NatFlow]):
         self._out, self._effects = [], []
         return out, eff
 
+    @property
+    def ipv6_flows(self) -> int:
+        """How many of the flows are IPv6 (for /stats)."""
+        return sum(len(f.vm_ip) == 16 for f in self._flows.values())
+
     def forget_vm(self, vm_ip: bytes) -> None:
         """The VM left the switch: release every flow it had."""
         for flow in [f for f in self._flows.values() if f.vm_ip == vm_ip]:
