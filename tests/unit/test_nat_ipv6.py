@@ -304,3 +304,22 @@ def test_stats_count_ipv6_flows() -> None:
                      parse_tcp(tcp, VM6, WORLD6), 0.0)
     flows = stats_of(stack)["flows"]
     assert (flows["tcp"], flows["tcp_ipv6"], flows["udp_ipv6"], flows["icmp_ipv6"]) == (1, 1, 1, 0)
+
+
+def test_stack_routes_ipv6_nat_packets_and_forgets_flows_when_the_link_closes() -> None:
+    from pyvpnkit.core.stack import Stack
+    from pyvpnkit.wire.ethernet import build_ethernet, parse_ethernet
+
+    stack = Stack(CFG)
+    vm_mac = bytes.fromhex("020000000003")
+    raw = build_ipv6(VM6, WORLD6, PROTO_UDP, build_udp(VM6, WORLD6, 5000, 53, b"q"))
+    stack.receive(1, build_ethernet(CFG.gateway_mac, vm_mac, 0x86DD, raw), 0.0)
+    _, effects = stack.drain(0.0)
+    assert UdpSend(1, "2001:db8::2", 53, b"q", 63) in effects
+    stack.udp.host_datagram(1, "2001:db8::2", 53, b"a", 0.1)
+    ((link, frame),), _ = stack.drain(0.1)
+    eth = parse_ethernet(frame)
+    assert (link, eth.dst, eth.src, eth.ethertype) == (1, vm_mac, CFG.gateway_mac, 0x86DD)
+    assert parse_ipv6(eth.payload).dst == VM6
+    stack.link_closed(1, 1.0)
+    assert len(stack.udp) == 0 and UdpClose(1) in stack.drain(1.0)[1]

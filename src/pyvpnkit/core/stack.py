@@ -152,12 +152,20 @@ class Stack:
         """Forget the VMs behind a link; their addresses stay bound to their MAC."""
         for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
             del self.vms[ip]
-            self.tcp.forget_vm(ip, now)
-            self.udp.forget_vm(ip)
-            self.icmp.forget_vm(ip)
+            self._forget_flows(ip, now)
+        vms6 = self._vms6 or {}  # B1: the NDP neighbor table's forget_mac
+        for ip6 in [ip for ip, vm in vms6.items() if vm.link == link]:
+            del vms6[ip6]
+            self._forget_flows(ip6, now)
         for mac in [m for m, lk in self.macs.items() if lk == link]:
             del self.macs[mac]
         self.dns.set_vm_addresses(list(self.vms))
+
+    def _forget_flows(self, ip: bytes, now: float) -> None:
+        """Close the NAT flows of a VM address (either family) that left the switch."""
+        self.tcp.forget_vm(ip, now)
+        self.udp.forget_vm(ip)
+        self.icmp.forget_vm(ip)
 
     def _is_vm_address(self, ip: bytes) -> bool:
         # A leased address is a VM's even before it sends its first IP packet:
