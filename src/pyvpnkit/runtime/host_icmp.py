@@ -243,68 +243,49 @@ class HostIcmp:
 
     # -- one raw socket, our own identifiers ----------------------------------
 
-    def _raw_socket(self) -> socket.socket | None:
-        if self._raw is not None:
-            return self._raw
+    def _raw_socket(self, v6: bool = False) -> socket.socket | None:
+        """The raw socket of the family (opened on first use), or None."""
+        current = self._raw6 if v6 else self._raw
+        if current is not None:
+            return current
+        what = "ICMPv6" if v6 else "ICMP"
+        family, proto = _family(v6)
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            sock = socket.socket(family, socket.SOCK_RAW, proto)
         except OSError as exc:
-            log.warning("cannot open a raw ICMP socket: %s", exc)
+            log.warning("cannot open a raw %s socket: %s", what, exc)
             return None
         try:
             sock.setblocking(False)
-            wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
-            wanted |= 1 << icmpw.TIME_EXCEEDED
-            # ICMP_FILTER blocks the types whose bit is set.
-            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
-            self._raw_ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
-            self._loop.add_reader(sock.fileno(), self._raw_readable)
+            if not v6:
+                wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
+                wanted |= 1 << icmpw.TIME_EXCEEDED
+                # ICMP_FILTER blocks the types whose bit is set.
+                sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
+            ttl = get_ttl(sock)
+            self._loop.add_reader(sock.fileno(), self._raw6_readable if v6 else self._raw_readable)
         except OSError as exc:
             sock.close()
-            log.warning("cannot set up a raw ICMP socket: %s", exc)
+            log.warning("cannot set up a raw %s socket: %s", what, exc)
             return None
-        self._raw = sock
+        if v6:
+            self._raw6, self._raw6_ttl = sock, ttl
+        else:
+            self._raw, self._raw_ttl = sock, ttl
         return sock
 
     def _raw_send(self, eff: IcmpEchoSend) -> None:
-        if ":" in eff.dst_ip:
-            self._raw6_send(eff)
-            return
-        sock = self._raw_socket()
+        v6 = ":" in eff.dst_ip
+        sock = self._raw_socket(v6)
         ident = self._idents.ident(eff.flow_id, eff.dst_ip)
         if sock is None or ident is None:
             self.stats["echo_dropped"] += 1
             return
-        self._raw_ttl = set_ttl(sock, self._raw_ttl, eff.ttl, self.stats)
-        self._sendto(sock, _echo_request(ident, eff.seq, eff.payload), eff)
-
-    def _raw6_send(self, eff: IcmpEchoSend) -> None:
-        sock = self._raw6_socket()
-        ident = self._idents.ident(eff.flow_id, eff.dst_ip)
-        if sock is None or ident is None:
-            self.stats["echo_dropped"] += 1
-            return
-        self._raw6_ttl = set_ttl(sock, self._raw6_ttl, eff.ttl, self.stats)
-        self._sendto(sock, _echo_request(ident, eff.seq, eff.payload, True), eff)
-
-    def _raw6_socket(self) -> socket.socket | None:
-        if self._raw6 is not None:
-            return self._raw6
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        except OSError as exc:
-            log.warning("cannot open a raw ICMPv6 socket: %s", exc)
-            return None
-        try:
-            sock.setblocking(False)
-            self._raw6_ttl = get_ttl(sock)
-            self._loop.add_reader(sock.fileno(), self._raw6_readable)
-        except OSError as exc:
-            sock.close()
-            log.warning("cannot set up a raw ICMPv6 socket: %s", exc)
-            return None
-        self._raw6 = sock
-        return sock
+        if v6:
+            self._raw6_ttl = set_ttl(sock, self._raw6_ttl, eff.ttl, self.stats)
+        else:
+            self._raw_ttl = set_ttl(sock, self._raw_ttl, eff.ttl, self.stats)
+        self._sendto(sock, _echo_request(ident, eff.seq, eff.payload, v6), eff)
 
     def _raw6_readable(self) -> None:
         sock = self._raw6
