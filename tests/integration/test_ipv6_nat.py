@@ -136,16 +136,20 @@ def test_curl_names_with_a_and_aaaa(netenv: NetEnv) -> None:
     _p, http_port = netenv.start_helper("world", "http_server.py", "::")
     curl = ("curl -sS -o /dev/null --max-time 10 -w '%{{http_code}} %{{remote_ip}} "
             "%{{time_total}}\\n' {} http://{}:" + http_port)
+    connect = (f"{sys.executable} -c \"import socket; s = socket.socket(socket.AF_INET6); "
+               "print(s.connect_ex(('2001:db9::2', 80)) == __import__('errno').ENETUNREACH)\"")
     script = "; ".join([
         curl.format("-6", "www.example.test"),
         curl.format("-6", "dual.example.test"),
         curl.format("", "dual.example.test"),
+        connect,
     ])
     netenv.run_in("host", "ip", "-6", "route", "del", "default")
     cmd = netenv.pyvpnkit("exec", *exec_args(int(dns_port)), "--", "sh", "-c",
                           f"{VM_SETUP} && {script}")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    www6, dual6, dual = (line.split() for line in out.stdout.strip().splitlines())
+    www6, dual6, dual, unreachable = (line.split() for line in out.stdout.strip().splitlines())
+    assert unreachable == ["True"], out.stdout  # "no route", as the host said
     assert www6[:2] == ["200", WORLD_IP6], out.stdout + out.stderr
     assert dual6[0] == "000" and float(dual6[-1]) < 1.0, out.stdout
     assert "(7) Failed to connect to dual.example.test" in out.stderr, out.stderr

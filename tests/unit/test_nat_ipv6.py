@@ -117,6 +117,25 @@ def test_tcp_to_unowned_prefix_address_and_stray_segments_get_rst() -> None:
     assert (ip.src, ip.dst, seg.flags, seg.seq) == (WORLD6, VM6, RST, 9)
 
 
+@pytest.mark.parametrize(("kind", "code"), [("net_unreachable", icmp6.NO_ROUTE),
+                                            ("host_unreachable", icmp6.ADDRESS_UNREACHABLE)])
+def test_unreachable_connect_answers_the_syn_with_icmpv6(kind: str, code: int) -> None:
+    w = World()
+    vm = w.connect(dst=WORLD6, port=80, src=VM6, sport=40123)
+    fid = w.only_flow()
+    w.nat.host_connect_failed(fid, w.now, kind)
+    (pkt,), _ = w.nat.drain(w.now)
+    ip = parse_ipv6(pkt)
+    msg = icmp6.parse_icmpv6(ip.payload, ip.src, ip.dst)
+    assert (ip.src, ip.dst, msg.type, msg.code) == (WORLD6, VM6, icmp6.DEST_UNREACHABLE, code)
+    quoted = bytes(msg.body)
+    assert quoted[6] == PROTO_TCP and quoted[8:24] == VM6 and quoted[24:40] == WORLD6
+    sport, dport, seq = struct.unpack_from("!HHI", quoted, 40)
+    assert (sport, dport, seq) == (40123, 80, 1000)  # the VM's SYN: its kernel matches it
+    assert len(w.nat) == 0 and w.nat.stats["unreachable_sent"] == 1
+    assert vm.conn.state == "SYN_SENT"  # our test TCP ignores ICMP; a kernel gives up
+
+
 def test_host_reset_resets_the_vm_over_ipv6() -> None:
     w = World()
     vm, fid = w.established(dst=WORLD6, src=VM6)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from pyvpnkit.core.effects import (
     TcpOpen,
 )
 from pyvpnkit.core.family import IpPacket, addr_text, endpoint_text, ip_header, tcp_overhead
+from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
     Closed,
@@ -159,7 +161,7 @@ class TcpNat:
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
-                      "proxied": 0}
+                      "proxied": 0, "unreachable_sent": 0}
 
     # -- from the VM ---------------------------------------------------------
 
@@ -310,14 +312,28 @@ class TcpNat:
             if not pending:
                 del self._connecting[flow.key[0]]
 
-    def host_connect_failed(self, flow_id: int, now: float) -> None:
-        """Refused, unreachable or timed out: the VM gets an RST at once."""
+    def host_connect_failed(self, flow_id: int, now: float, kind: str | None = None) -> None:
+        """Refused or timed out: the VM gets an RST at once. With an error ``kind``
+        (net_unreachable, host_unreachable: see icmp_errors), an ICMP error quoting
+        its SYN instead, which fails the VM's connect at once with the same errno."""
         flow = self.by_id.get(flow_id)
         if flow is None or flow.syn is None:
             return
-        self._refuse_syn(flow)
+        if kind is None or not self._unreachable(flow, kind):
+            self._refuse_syn(flow)
         self.stats["refused"] += 1
         self._forget(flow, now, reset=False, host_closed=True)
+
+    def _unreachable(self, flow: Flow, kind: str) -> bool:
+        assert flow.syn is not None
+        vm_ip, vm_port, ip, port = flow.key
+        head = struct.pack("!HHI", vm_port, port, flow.syn.seq)  # what the VM matches on
+        original = ip_header(vm_ip, ip, PROTO_TCP, 20) + head
+        err = build_error_kind(original, ip, kind)
+        if err is not None:
+            self.stats["unreachable_sent"] += 1
+            self._packets.append(err)
+        return err is not None
 
     def _refuse_syn(self, flow: Flow) -> None:
         """RST answering the SYN of a flow still waiting for its host connect."""
