@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ipfrag import fragment_ipv4
 from pyvpnkit.wire.ipv4 import IPv4Packet, ipv4_header
 from pyvpnkit.wire.ipv6 import (
@@ -34,6 +35,12 @@ def ip_header(
     return ipv4_header(
         src, dst, proto, payload_len, ident=ident, dont_fragment=dont_fragment, ttl=ttl
     )
+
+
+def gateway_for(config: NetConfig, vm_ip: bytes) -> bytes:
+    """The stack's own address in the family of ``vm_ip``: first hop, forwards' source."""
+    v6 = config.ipv6
+    return v6.gateway_ip if len(vm_ip) == 16 and v6 is not None else config.gateway_ip
 
 
 def hop_limit(pkt: IpPacket) -> int:

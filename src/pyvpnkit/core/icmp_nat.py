@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import IcmpClose, IcmpEchoSend
-from pyvpnkit.core.family import IpPacket, hop_limit, ip_header, quote
+from pyvpnkit.core.family import IpPacket, gateway_for, hop_limit, ip_header, quote
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.udp_nat import NatBase, NatFlow
 from pyvpnkit.wire import icmp as icmpw
@@ -63,7 +63,7 @@ class IcmpNat(NatBase):
             self.stats["drop_type"] += 1
             return
         original = quote(pkt)
-        if pkt.dst == self._gateway(pkt.src):
+        if pkt.dst == gateway_for(self.config, pkt.src):
             self._send(self._echo(pkt.dst, pkt.src, ICMP_REPLY, msg.rest, payload))
             return
         host, refusal, err_src = route(self.config, pkt.dst)
@@ -75,7 +75,7 @@ class IcmpNat(NatBase):
             return
         ttl = hop_limit(pkt)
         if ttl <= 1:
-            self._emit_error(original, self._gateway(pkt.src), "ttl_exceeded")
+            self._emit_error(original, gateway_for(self.config, pkt.src), "ttl_exceeded")
             return
         key = (pkt.src, msg.ident, pkt.dst)
         flow = self._by_key.get(key)

@@ -18,6 +18,7 @@ from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
+from pyvpnkit.core.family import quote
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
@@ -307,9 +308,7 @@ class Stack:
                 self.stats["drop_icmpv6_type"] += 1
         else:
             self.stats["drop_ipv6_proto"] += 1
-            err = build_error_kind(
-                pkt.header.tobytes() + pkt.payload[:8].tobytes(), pkt.dst, "proto_unreachable"
-            )
+            err = build_error_kind(quote(pkt), pkt.dst, "proto_unreachable")
             if err is not None:
                 self._route(err)
 

@@ -32,7 +32,14 @@ from pyvpnkit.core.effects import (
     ProxyOpen,
     TcpOpen,
 )
-from pyvpnkit.core.family import IpPacket, addr_text, endpoint_text, ip_header, tcp_overhead
+from pyvpnkit.core.family import (
+    IpPacket,
+    addr_text,
+    endpoint_text,
+    gateway_for,
+    ip_header,
+    tcp_overhead,
+)
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
@@ -260,18 +267,13 @@ class TcpNat:
             opts["gso_size"] -= extra
         return opts
 
-    def _gateway(self, vm_ip: bytes) -> bytes:
-        """The stack's address in the VM's family: where forwarded connections come from."""
-        v6 = self.config.ipv6
-        return v6.gateway_ip if len(vm_ip) == 16 and v6 is not None else self.config.gateway_ip
-
     def open_to_vm(self, vm_ip: bytes, vm_port: int, now: float) -> int:
         """Active open into a VM for a port forward; the host socket is already connected.
 
         The VM sees the connection coming from the gateway address and a fresh
         port. Returns the flow id the runtime uses for the accepted socket.
         """
-        gw = self._gateway(vm_ip)
+        gw = gateway_for(self.config, vm_ip)
         port = self._free_gateway_port(vm_ip, vm_port)
         flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now)
         self._next_id += 1
@@ -289,7 +291,7 @@ class TcpNat:
         return flow.flow_id
 
     def _free_gateway_port(self, vm_ip: bytes, vm_port: int) -> int:
-        gw = self._gateway(vm_ip)
+        gw = gateway_for(self.config, vm_ip)
         for _ in range(64):
             self._next_port = 32768 + (self._next_port - 32768 + 1) % 28232
             if (vm_ip, vm_port, gw, self._next_port) not in self.flows:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
-from pyvpnkit.core.family import IpPacket, fragment, hop_limit, ip_header, quote
+from pyvpnkit.core.family import IpPacket, fragment, gateway_for, hop_limit, ip_header, quote
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.routes import HOST_LOOPBACK, HOST_LOOPBACK6, is_routable, route
@@ -160,11 +160,6 @@ class NatBase(IdleFlows[NatFlow]):
         else:
             self._out.extend(fragment(packet, self.mtu, self._next_ip_ident()))
 
-    def _gateway(self, vm_ip: bytes) -> bytes:
-        """The stack's own address in the family of ``vm_ip`` (the first hop)."""
-        v6 = self.config.ipv6
-        return v6.gateway_ip if len(vm_ip) == 16 and v6 is not None else self.config.gateway_ip
-
 
 class UdpNat(NatBase):
     def __init__(
@@ -198,7 +193,7 @@ class UdpNat(NatBase):
         ttl = hop_limit(pkt)
         if ttl <= 1:
             # We are the VM's first hop: this is what makes hop 1 of traceroute.
-            self._emit_error(original, self._gateway(pkt.src), "ttl_exceeded")
+            self._emit_error(original, gateway_for(self.config, pkt.src), "ttl_exceeded")
             return
         key = (pkt.src, dgram.src_port)
         flow = self._by_endpoint.get(key)
