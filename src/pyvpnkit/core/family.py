@@ -62,10 +62,6 @@ def endpoint_text(addr: bytes, port: int) -> str:
     return f"[{text}]:{port}" if len(addr) == 16 else f"{text}:{port}"
 
 
-def tcp_overhead(addr: bytes) -> int:
-    return IPV6_TCP_OVERHEAD if len(addr) == 16 else IPV4_TCP_OVERHEAD
-
-
 def fragment_ipv6(packet: bytes, mtu: int, ident: int) -> list[bytes]:
     """Cut an IPv6 packet (fixed header only, no extension headers) into Fragment-header
     pieces of at most ``mtu`` bytes; routers send Packet Too Big, but we are the source."""

@@ -33,12 +33,13 @@ from pyvpnkit.core.effects import (
     TcpOpen,
 )
 from pyvpnkit.core.family import (
+    IPV4_TCP_OVERHEAD,
+    IPV6_TCP_OVERHEAD,
     IpPacket,
     addr_text,
     endpoint_text,
     gateway_for,
     ip_header,
-    tcp_overhead,
 )
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
@@ -147,7 +148,7 @@ class TcpNat:
         # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
         snd_buffer = max(snd_buffer, READ_CHUNK)
         self._conn_options: dict[str, Any] = {
-            "mss": config.mtu - 40,  # IPv4; _options() adjusts it for IPv6
+            "mss": config.mtu - IPV4_TCP_OVERHEAD,  # _options() adjusts it for IPv6
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
             "send_space_low": max(snd_buffer // 4, READ_CHUNK),
@@ -156,7 +157,7 @@ class TcpNat:
             "keepalive_idle": keepalive[0] if keepalive else None,
             "keepalive_interval": keepalive[1] if keepalive else 75.0,
             "keepalive_probes": keepalive[2] if keepalive else 9,
-            "gso_size": 65535 - 40 if gso else None,  # ditto
+            "gso_size": 65535 - IPV4_TCP_OVERHEAD if gso else None,  # ditto
         }
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
@@ -261,7 +262,7 @@ class TcpNat:
         """Connection options for the VM address's family: IPv6 headers are 20 bytes longer."""
         if len(vm_ip) == 4:
             return self._conn_options
-        extra = tcp_overhead(vm_ip) - 40
+        extra = IPV6_TCP_OVERHEAD - IPV4_TCP_OVERHEAD
         opts = dict(self._conn_options, mss=self._conn_options["mss"] - extra)
         if opts["gso_size"] is not None:
             opts["gso_size"] -= extra
