@@ -77,7 +77,7 @@ while True:
 # IPv6 is set by hand (as tests/integration/test_ipv6_nat.py does) until exec does it.
 V6_ALIAS = "fd42:7076:6b69::2"
 V6_SETUP = (
-    "ip -6 addr add fd42:7076:6b69::3/64 dev eth0 nodad; "
+    "ip -6 addr replace fd42:7076:6b69::3/64 dev eth0 nodad; "
     f"for a in fd42:7076:6b69::1 {V6_ALIAS}; do "
     "ip -6 neigh replace $a lladdr f6:16:36:bc:f9:c6 dev eth0 nud permanent; done; "
 )

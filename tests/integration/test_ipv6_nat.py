@@ -20,10 +20,10 @@ PREFIX = "fd42:7076:6b69::"
 GATEWAY6, ALIAS6, VM6 = PREFIX + "1", PREFIX + "2", PREFIX + "3"
 GATEWAY_MAC = "f6:16:36:bc:f9:c6"
 
-# The VM's side of IPv6, by hand: what exec's own IPv6 configuration will do.
+# The VM's side of IPv6, by hand (idempotent, so it also holds once exec configures IPv6).
 VM_SETUP = " && ".join(
     [
-        f"ip -6 addr add {VM6}/64 dev eth0 nodad",
+        f"ip -6 addr replace {VM6}/64 dev eth0 nodad",
         f"ip -6 neigh replace {GATEWAY6} lladdr {GATEWAY_MAC} dev eth0 nud permanent",
         f"ip -6 neigh replace {ALIAS6} lladdr {GATEWAY_MAC} dev eth0 nud permanent",
         f"ip -6 route replace default via {GATEWAY6} dev eth0",
