@@ -222,6 +222,43 @@ def test_big_udp_reply_is_fragmented_and_reassembles() -> None:
     assert parse_udp(ip.payload, ip.src, ip.dst).payload == data
 
 
+def test_largest_ipv6_datagram_reaches_the_vm_in_fragments() -> None:
+    nat = UdpNat(CFG)
+    nat.handle(*udp6(VM6, WORLD6, 5000, 7, b"x"), now=0.0)
+    nat.drain()
+    nat.host_datagram(1, "2001:db8::2", 7, bytes(65527), 1.0)
+    nat.host_datagram(1, "2001:db8::2", 7, bytes(65528), 1.0)
+    out, _ = nat.drain()
+    reasm = Ipv6Reassembler()
+    whole = [reasm.add(parse_ipv6(p), 1.0) for p in out][-1]
+    assert whole is not None and len(whole) == 40 + 8 + 65527
+    assert nat.stats["drop_host_datagram"] == 1
+
+
+def test_unknown_next_header_gets_parameter_problem() -> None:
+    from pyvpnkit.core.stack import Stack
+    from pyvpnkit.wire.ethernet import build_ethernet, parse_ethernet
+
+    stack = Stack(CFG)
+    vm_mac = bytes.fromhex("020000000003")
+    raw = build_ipv6(VM6, WORLD6, 132, bytes(12))  # SCTP
+    stack.receive(1, build_ethernet(CFG.gateway_mac, vm_mac, 0x86DD, raw), 0.0)
+    ((_, frame),), _ = stack.drain(0.0)
+    ip = parse_ipv6(parse_ethernet(frame).payload)
+    msg = icmp6.parse_icmpv6(ip.payload, ip.src, ip.dst)
+    assert (msg.type, msg.code, msg.u32) == (icmp6.PARAMETER_PROBLEM, 1, 6)
+    assert stack.stats["drop_ipv6_proto"] == 1
+
+
+def test_no_error_about_non_first_fragments() -> None:
+    from pyvpnkit.core.icmp_errors import may_report6
+    from pyvpnkit.wire.ipv6 import NH_FRAGMENT, fragment_header
+
+    first = build_ipv6(VM6, WORLD6, NH_FRAGMENT, fragment_header(PROTO_UDP, 0, True, 5) + bytes(8))
+    later = build_ipv6(VM6, WORLD6, NH_FRAGMENT, fragment_header(PROTO_UDP, 8, False, 5) + bytes(8))
+    assert may_report6(first) and not may_report6(later)
+
+
 def test_fragment_ipv6_keeps_packets_that_fit() -> None:
     small = build_ipv6(VM6, WORLD6, PROTO_UDP, b"z" * 100)
     assert fragment(small, 1500, 1) == [small]

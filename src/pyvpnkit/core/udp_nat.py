@@ -29,6 +29,7 @@ from pyvpnkit.wire.ipv4 import PROTO_UDP
 from pyvpnkit.wire.udp import UdpDatagram, build_udp
 
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
+MAX_UDP6_PAYLOAD = 65527  # 65535 - UDP header: the IPv6 payload length excludes its header
 _ORIGINALS_PER_FLOW = 16  # quoted headers kept per flow, by destination
 _ADDR_CACHE = 4096
 
@@ -225,7 +226,7 @@ class UdpNat(NatBase):
         src = self._vm_view(src_ip)
         if (
             src is None or len(src) != len(flow.vm_ip) or not 0 < src_port <= 0xFFFF
-            or len(payload) > MAX_UDP_PAYLOAD
+            or len(payload) > (MAX_UDP6_PAYLOAD if len(src) == 16 else MAX_UDP_PAYLOAD)
         ):
             self.stats["drop_host_datagram"] += 1
             return
