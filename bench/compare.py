@@ -14,7 +14,8 @@ peer's command line.
         [--baseline-src DIR]
     python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
 
-Tools: pyvpnkit; pyvpnkit-uvloop (the same under uvloop, if installed);
+Tools: pyvpnkit; pyvpnkit6 (the same over IPv6: up and down to [::1] via the
+IPv6 alias); pyvpnkit-uvloop (the same under uvloop, if installed);
 pyvpnkit-base (the code in --baseline-src, for before/after); slirp4netns;
 pasta-user (rootless, as podman runs it: `pasta --config-net -- CMD` as an
 unprivileged user); pasta (as root, attached to a namespace we made: slow
@@ -96,6 +97,18 @@ threading.Event().wait()
 """
 
 
+# pyvpnkit6: the same stack over IPv6, iperf3 to [::1] through the IPv6 host alias (the
+# only servers on [::1]). The VM's IPv6 is set by hand, idempotently, as
+# tests/integration/test_ipv6_nat.py does.
+V6_ALIAS = "fd42:7076:6b69::2"
+V6_SETUP = (
+    "ip -6 addr replace fd42:7076:6b69::3/64 dev eth0 nodad; "
+    f"for a in fd42:7076:6b69::1 {V6_ALIAS}; do "
+    "ip -6 neigh replace $a lladdr f6:16:36:bc:f9:c6 dev eth0 nud permanent; done; "
+)
+V6_TESTS = ("up", "down")
+
+
 def client(gw: str, dns: str, stack: str, secs: int, tests: str) -> str:
     return f"{sys.executable} {CLIENTS} {gw} {dns} {stack} {secs} {tests}"
 
@@ -115,7 +128,10 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         elif tool == "pyvpnkit-base":
             py = f"PYTHONPATH={BASELINE_SRC} {py}"
         # The command runs as the stack's direct child: $PPID is the stack.
-        body = inner.format(gw="192.168.65.2", dns="192.168.65.1", stack="$PPID")
+        gw = V6_ALIAS if tool == "pyvpnkit6" else "192.168.65.2"
+        body = inner.format(gw=gw, dns="192.168.65.1", stack="$PPID")
+        if tool == "pyvpnkit6":
+            body = V6_SETUP + body
         return (f"{py} exec --mtu {mtu} --hosts /dev/null --dns-server 127.0.0.1#53 "
                 f"-- sh -c {shlex.quote(body)}")
     if tool == "pasta-user":
@@ -185,7 +201,7 @@ def run_tool(env: NetEnv, tool: str, mtu: int, run: str, timeout: float) -> dict
 
 
 def available(tool: str) -> bool:
-    if tool in ("pyvpnkit", "pyvpnkit-base"):
+    if tool in ("pyvpnkit", "pyvpnkit6", "pyvpnkit-base"):
         return True
     if tool == "pyvpnkit-uvloop":
         return importlib.util.find_spec("uvloop") is not None
@@ -203,8 +219,9 @@ class Servers:
         self.resolv = Path(f"/etc/netns/{env.host}/resolv.conf")
         self.resolv.parent.mkdir(parents=True, exist_ok=True)
         self.resolv.write_text("nameserver 127.0.0.1\n")
-        env.start("host", "iperf3", "-s", "-B", "127.0.0.1", "-p", "5201",
-                  stdout=subprocess.DEVNULL)
+        for bind in ("127.0.0.1", "::1"):
+            env.start("host", "iperf3", "-s", "-B", bind, "-p", "5201",
+                      stdout=subprocess.DEVNULL)
         proc = env.start("host", sys.executable, "-c", ECHO_SERVER, "5202", "5203", "5204",
                          stdout=subprocess.PIPE)
         assert proc.stdout is not None
@@ -241,7 +258,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mtu", type=int, action="append")
-    ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta-user")
+    ap.add_argument("--tools", default="pyvpnkit,pyvpnkit6,slirp4netns,pasta-user")
     ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns")
     ap.add_argument("--baseline-src", default="", help="src dir run as the pyvpnkit-base tool")
     args = ap.parse_args()
@@ -258,7 +275,10 @@ def main() -> None:
             for rep in range(args.reps):
                 order = tools[rep % len(tools):] + tools[: rep % len(tools)]
                 for tool in order:
-                    run = client("$GW", "$DNS", "$STACK", args.seconds, args.tests)
+                    tests = args.tests
+                    if tool == "pyvpnkit6":
+                        tests = ",".join(t for t in tests.split(",") if t in V6_TESTS)
+                    run = client("$GW", "$DNS", "$STACK", args.seconds, tests)
                     r = run_tool(env, tool, mtu, run, n_tests * (args.seconds + 30) + 30)
                     runs.setdefault((tool, mtu), []).append(r)
                     print(f"  round {rep + 1} {tool} mtu {mtu}: "

@@ -17,6 +17,8 @@ from pathlib import Path
 
 WORLD_IP = "203.0.113.2"
 HOST_WORLD_IP = "203.0.113.1"
+WORLD_IP6 = "2001:db8::2"
+HOST_WORLD_IP6 = "2001:db8::1"
 REPO = Path(__file__).resolve().parents[2]
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
@@ -58,6 +60,11 @@ class NetEnv:
             self.run_in("host", "ip", "link", "set", veth_h, "up")
             self.run_in("world", "ip", "link", "set", veth_w, "up")
             self.run_in("host", "ip", "route", "add", "default", "via", WORLD_IP)
+            # IPv6 on the same veth (documentation prefix; nodad: usable at once).
+            v6 = (("host", HOST_WORLD_IP6, veth_h), ("world", WORLD_IP6, veth_w))
+            for which, addr, dev in v6:
+                self.run_in(which, "ip", "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+            self.run_in("host", "ip", "-6", "route", "add", "default", "via", WORLD_IP6)
         except BaseException:
             self.close()
             raise

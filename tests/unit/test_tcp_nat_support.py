@@ -24,7 +24,8 @@ from pyvpnkit.core.effects import (
 )
 from pyvpnkit.core.tcp import DataReceived, Established, TcpConnection, TcpEvent
 from pyvpnkit.core.tcp_nat import TcpNat
-from pyvpnkit.wire.ipv4 import PROTO_TCP, build_ipv4, parse_ipv4
+from pyvpnkit.wire.ipv4 import PROTO_TCP, IPv4Packet, build_ipv4, parse_ipv4
+from pyvpnkit.wire.ipv6 import IPv6Packet, parse_ipv6
 from pyvpnkit.wire.tcp import ACK, SYN, TcpSegment, build_tcp, parse_tcp
 
 CFG = NetConfig()
@@ -32,6 +33,11 @@ VM = ip4("192.168.65.3")
 VM2 = ip4("192.168.65.4")
 REMOTE = ip4("203.0.113.5")
 VM_TCP: dict[str, Any] = dict(mss=1460, keepalive_idle=None)  # the VM's TCP: no keepalive
+
+
+def parse_ip(raw: bytes) -> IPv4Packet | IPv6Packet:
+    """IPv4 or IPv6, by the version nibble."""
+    return parse_ipv6(raw) if raw[0] >> 4 == 6 else parse_ipv4(raw)
 
 
 @dataclass
@@ -134,7 +140,7 @@ class World:
 
     def accept(self, syn_pkt: bytes) -> Vm:
         """The VM accepts a connection the NAT opens into it (a port forward)."""
-        ip = parse_ipv4(syn_pkt)
+        ip = parse_ip(syn_pkt)
         seg = parse_tcp(ip.payload, ip.src, ip.dst)
         assert seg.flags & SYN and not seg.flags & ACK
         key = (ip.dst, seg.dst_port, ip.src, seg.src_port)
@@ -151,8 +157,8 @@ class World:
         return vm
 
     def feed(self, raw: bytes) -> None:
-        """One IPv4 packet from a VM into the NAT."""
-        ip = parse_ipv4(raw)
+        """One IP packet from a VM into the NAT."""
+        ip = parse_ip(raw)
         self.nat.handle(ip, parse_tcp(ip.payload, ip.src, ip.dst), self.now)
 
     def send_raw(
@@ -167,7 +173,7 @@ class World:
         return list(self.stray)
 
     def _deliver(self, raw: bytes) -> None:
-        ip = parse_ipv4(raw)
+        ip = parse_ip(raw)
         seg = parse_tcp(ip.payload, ip.src, ip.dst)
         key = (ip.dst, seg.dst_port, ip.src, seg.src_port)
         for vm in self.vms:

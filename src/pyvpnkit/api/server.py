@@ -165,7 +165,9 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
                 drops[f"{name}_{k.removeprefix('drop_')}"] = v
     tcp = stack.tcp
     gw = stack.config.gateway_ip
-    forwarded = sum(1 for key in tcp.flows if key[2] == gw and key[3] >= 32768)
+    v6 = stack.config.ipv6
+    gateways = (gw, v6.gateway_ip) if v6 is not None else (gw,)
+    forwarded = sum(1 for key in tcp.flows if key[2] in gateways and key[3] >= 32768)
     return {
         "frames_in": s.get("frames_in", 0),
         "bytes_in": s.get("bytes_in", 0),
@@ -177,6 +179,10 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             "udp": len(stack.udp),
             "icmp": len(stack.icmp),
             "udp_forward": len(stack.udp_forward),
+            # of those, IPv6 flows
+            "tcp_ipv6": sum(len(key[0]) == 16 for key in tcp.flows),
+            "udp_ipv6": stack.udp.ipv6_flows,
+            "icmp_ipv6": stack.icmp.ipv6_flows,
         },
         "connections": {
             "tcp_forwarded_in": forwarded,

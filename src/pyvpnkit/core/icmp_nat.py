@@ -4,6 +4,7 @@ Unprivileged ping sockets pick their own identifier, so the runtime keeps one
 socket per flow and reports replies by flow; we put back the VM's identifier.
 Errors for a flow (TTL exceeded at a hop, unreachable) are re-quoted with the
 VM's original echo request so ``ping`` and ``traceroute -I`` in the VM match them.
+IPv6 echo (ICMPv6 128/129, 16-byte addresses) takes the same path.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import IcmpClose, IcmpEchoSend
+from pyvpnkit.core.family import IpPacket, gateway_for, hop_limit, ip_header, quote
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.udp_nat import NatBase, NatFlow
 from pyvpnkit.wire import icmp as icmpw
-from pyvpnkit.wire.ipv4 import PROTO_ICMP, IPv4Packet, ipv4_header
+from pyvpnkit.wire import icmpv6 as icmp6
+from pyvpnkit.wire.ipv4 import PROTO_ICMP
+from pyvpnkit.wire.ipv6 import NH_ICMPV6
 
 MAX_ECHO_PAYLOAD = 65535 - 20 - 8
+ICMP_REQUEST, ICMP_REPLY = 0, 1  # for _echo, either family
 _REQUESTS_PER_FLOW = 64  # quoted requests kept per flow, by sequence number
 
 
@@ -26,7 +31,7 @@ _REQUESTS_PER_FLOW = 64  # quoted requests kept per flow, by sequence number
 class _EchoFlow(NatFlow):
     ident: int = 0
     dst: bytes = b""  # as the VM addressed it
-    # seq -> the VM's IPv4 header + ICMP echo header
+    # seq -> the VM's IP header + ICMP echo header
     requests: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
 
 
@@ -46,15 +51,20 @@ class IcmpNat(NatBase):
         flow = self._by_key.get((vm_ip, ident, dst))
         return None if flow is None else flow.flow_id
 
-    def handle(self, pkt: IPv4Packet, msg: icmpw.IcmpMessage, now: float) -> None:
-        """An ICMP message from a VM to an address outside the stack."""
-        if msg.type != icmpw.ECHO_REQUEST or msg.code != 0 or pkt.is_fragment:
+    def handle(
+        self, pkt: IpPacket, msg: icmpw.IcmpMessage | icmp6.Icmpv6Message, now: float
+    ) -> None:
+        """An ICMP (or ICMPv6) message from a VM to an address outside the stack."""
+        if isinstance(msg, icmpw.IcmpMessage):
+            request, payload = icmpw.ECHO_REQUEST, msg.payload
+        else:
+            request, payload = icmp6.ECHO_REQUEST, msg.body
+        if msg.type != request or msg.code != 0 or pkt.is_fragment:
             self.stats["drop_type"] += 1
             return
-        original = pkt.header.tobytes() + pkt.payload[:8].tobytes()
-        if pkt.dst == self.config.gateway_ip:
-            reply = icmpw.build_icmp(icmpw.ECHO_REPLY, 0, msg.rest, msg.payload)
-            self._send(self._ip(pkt.dst, pkt.src, reply))
+        original = quote(pkt)
+        if pkt.dst == gateway_for(self.config, pkt.src):
+            self._send(self._echo(pkt.dst, pkt.src, ICMP_REPLY, msg.rest, payload))
             return
         host, refusal, err_src = route(self.config, pkt.dst)
         if refusal is not None and err_src is not None:
@@ -63,8 +73,9 @@ class IcmpNat(NatBase):
         if host is None:
             self.stats["drop_destination"] += 1
             return
-        if pkt.ttl <= 1:
-            self._emit_error(original, self.config.gateway_ip, "ttl_exceeded")
+        ttl = hop_limit(pkt)
+        if ttl <= 1:
+            self._emit_error(original, gateway_for(self.config, pkt.src), "ttl_exceeded")
             return
         key = (pkt.src, msg.ident, pkt.dst)
         flow = self._by_key.get(key)
@@ -80,7 +91,7 @@ class IcmpNat(NatBase):
         if len(requests) > _REQUESTS_PER_FLOW:
             requests.popitem(last=False)
         self._effects.append(
-            IcmpEchoSend(flow.flow_id, host, msg.ident, msg.seq, msg.payload.tobytes(), pkt.ttl - 1)
+            IcmpEchoSend(flow.flow_id, host, msg.ident, msg.seq, payload.tobytes(), ttl - 1)
         )
 
     def host_echo_reply(
@@ -92,12 +103,15 @@ class IcmpNat(NatBase):
             self.stats["drop_unknown_flow"] += 1
             return
         src = self._vm_view(src_ip)
-        if src is None or not 0 <= seq <= 0xFFFF or len(payload) > MAX_ECHO_PAYLOAD:
+        if (
+            src is None or len(src) != len(flow.vm_ip) or not 0 <= seq <= 0xFFFF
+            or len(payload) > MAX_ECHO_PAYLOAD
+        ):
             self.stats["drop_host_reply"] += 1
             return
         self._touch(flow, now)
-        reply = icmpw.build_icmp(icmpw.ECHO_REPLY, 0, icmpw.echo_rest(flow.ident, seq), payload)
-        self._send(self._ip(src, flow.vm_ip, reply))
+        rest = icmpw.echo_rest(flow.ident, seq)
+        self._send(self._echo(src, flow.vm_ip, ICMP_REPLY, rest, payload))
 
     def host_error(
         self, flow_id: int, kind: str, origin_ip: str | None, seq: int, now: float
@@ -109,13 +123,24 @@ class IcmpNat(NatBase):
             return
         original = flow.requests.get(seq)
         if original is None:
-            echo = icmpw.build_icmp(icmpw.ECHO_REQUEST, 0, icmpw.echo_rest(flow.ident, seq), b"")
-            original = ipv4_header(flow.vm_ip, flow.dst, PROTO_ICMP, len(echo)) + echo
+            rest = icmpw.echo_rest(flow.ident, seq)
+            original = self._echo(flow.vm_ip, flow.dst, ICMP_REQUEST, rest, b"")
         self._emit_error(original, self._error_source(origin_ip, flow.dst), kind)
 
-    def _ip(self, src: bytes, dst: bytes, body: bytes) -> bytes:
-        header = ipv4_header(
-            src, dst, PROTO_ICMP, len(body), ident=self._next_ip_ident(), dont_fragment=False
+    def _echo(
+        self, src: bytes, dst: bytes, kind: int, rest: bytes, payload: bytes | memoryview
+    ) -> bytes:
+        """An echo request (kind 0) or reply (kind 1) packet in the family of ``src``."""
+        if len(src) == 16:
+            typ = icmp6.ECHO_REPLY if kind == ICMP_REPLY else icmp6.ECHO_REQUEST
+            body = icmp6.build_icmpv6(src, dst, typ, 0, rest, payload)
+            proto = NH_ICMPV6
+        else:
+            typ = icmpw.ECHO_REPLY if kind == ICMP_REPLY else icmpw.ECHO_REQUEST
+            body = icmpw.build_icmp(typ, 0, rest, payload)
+            proto = PROTO_ICMP
+        header = ip_header(
+            src, dst, proto, len(body), ident=self._next_ip_ident(), dont_fragment=False
         )
         return header + body
 

@@ -18,8 +18,11 @@ from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
+from pyvpnkit.core.family import quote
 from pyvpnkit.core.http_proxy.config import ProxyConfig
+from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
+from pyvpnkit.core.ip6frag import Ipv6Reassembler
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.routes import route
@@ -27,17 +30,20 @@ from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
 from pyvpnkit.wire import icmp as icmpw
+from pyvpnkit.wire import icmpv6 as icmp6
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.ethernet import (
     BROADCAST,
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
     build_ethernet,
     is_multicast,
     parse_ethernet,
 )
 from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
+from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet, parse_ipv6
 from pyvpnkit.wire.tcp import parse_tcp
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
@@ -147,12 +153,20 @@ class Stack:
         """Forget the VMs behind a link; their addresses stay bound to their MAC."""
         for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
             del self.vms[ip]
-            self.tcp.forget_vm(ip, now)
-            self.udp.forget_vm(ip)
-            self.icmp.forget_vm(ip)
+            self._forget_flows(ip, now)
+        vms6 = self._vms6 or {}  # B1: the NDP neighbor table's forget_mac
+        for ip6 in [ip for ip, vm in vms6.items() if vm.link == link]:
+            del vms6[ip6]
+            self._forget_flows(ip6, now)
         for mac in [m for m, lk in self.macs.items() if lk == link]:
             del self.macs[mac]
         self.dns.set_vm_addresses(list(self.vms))
+
+    def _forget_flows(self, ip: bytes, now: float) -> None:
+        """Close the NAT flows of a VM address (either family) that left the switch."""
+        self.tcp.forget_vm(ip, now)
+        self.udp.forget_vm(ip)
+        self.icmp.forget_vm(ip)
 
     def _is_vm_address(self, ip: bytes) -> bool:
         # A leased address is a VM's even before it sends its first IP packet:
@@ -242,8 +256,61 @@ class Stack:
                 self._frames.append(
                     (link, build_ethernet(eth.src, self.config.gateway_mac, ETHERTYPE_ARP, reply))
                 )
+        elif eth.ethertype == ETHERTYPE_IPV6 and self.config.ipv6 is not None:
+            self._ipv6_minimal(link, eth.src, parse_ipv6(eth.payload), now)
         else:
             self.stats["drop_ethertype"] += 1
+
+    # -- BEGIN minimal IPv6 dispatch (data-plane branch only) -------------------
+    # B1's control plane (NDP, reassembly, anti-spoofing, local services) replaces
+    # this block and _vm6; tests configure the VM with a permanent neighbor entry.
+    _vms6: dict[bytes, Vm] | None = None
+    _frag6: Ipv6Reassembler | None = None
+
+    def _ipv6_minimal(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
+        if self._vms6 is None:
+            self._vms6 = {}
+        if any(pkt.src) and pkt.src not in self._vms6:
+            self._vms6[pkt.src] = Vm(pkt.src, link, src_mac, src_mac + self.config.gateway_mac
+                                     + b"\x86\xdd")
+        if pkt.is_fragment:
+            if self._frag6 is None:
+                self._frag6 = Ipv6Reassembler()
+            whole = self._frag6.add(pkt, now)
+            if whole is None:
+                return
+            pkt = parse_ipv6(whole)
+        if pkt.proto == NH_ICMPV6 and pkt.payload[:1] and pkt.payload[0] >= 130:
+            self.stats["drop_ipv6_control"] += 1  # NDP/MLD: B1's responder
+            return
+        self._ipv6_transport(link, src_mac, pkt, now)
+
+    def _vm6(self, dst: bytes) -> Vm | None:
+        return None if self._vms6 is None else self._vms6.get(dst)
+
+    # -- END minimal IPv6 dispatch ---------------------------------------------
+
+    def _ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
+        """An IPv6 packet (reassembled) that is not for the stack's own services: the NATs."""
+        if pkt.is_fragment:
+            self.stats["drop_ipv6_fragment"] += 1
+            return
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, pkt.dst, self._check), now)
+        elif proto == PROTO_UDP:
+            self.udp.handle(pkt, parse_udp(pkt.payload, pkt.src, pkt.dst, self._check), now)
+        elif proto == NH_ICMPV6:
+            msg = icmp6.parse_icmpv6(pkt.payload, pkt.src, pkt.dst, self._check)
+            if msg.type == icmp6.ECHO_REQUEST:
+                self.icmp.handle(pkt, msg, now)
+            else:
+                self.stats["drop_icmpv6_type"] += 1
+        else:
+            self.stats["drop_ipv6_proto"] += 1
+            err = build_error_kind(quote(pkt), pkt.dst, "proto_unreachable")
+            if err is not None:
+                self._route(err)
 
     def _forward(self, link: int, dst: bytes, frame: bytes | memoryview) -> None:
         """Switch frames between VMs: flood broadcasts, deliver known unicast."""
@@ -339,7 +406,14 @@ class Stack:
         return self.http_proxy.transparent_mode(port)
 
     def _route(self, packet: bytes) -> None:
-        """Send an IPv4 packet to the VM that owns its destination address."""
+        """Send an IP packet to the VM that owns its destination address."""
+        if packet[0] >> 4 == 6:
+            vm6 = self._vm6(packet[24:40])
+            if vm6 is None:
+                self.stats["drop_no_route"] += 1
+            else:
+                self._frames.append((vm6.link, vm6.eth_header + packet))
+            return
         vm = self.vms.get(packet[16:20])
         if vm is None:
             vm = self._vm_from_lease(packet[16:20])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,16 @@ from pyvpnkit.core.effects import (
     ProxyOpen,
     TcpOpen,
 )
+from pyvpnkit.core.family import (
+    IPV4_TCP_OVERHEAD,
+    IPV6_TCP_OVERHEAD,
+    IpPacket,
+    addr_text,
+    endpoint_text,
+    gateway_for,
+    ip_header,
+)
+from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
     Closed,
@@ -43,10 +53,11 @@ from pyvpnkit.core.tcp import (
     TcpConnection,
     TimedOut,
 )
-from pyvpnkit.wire.ipv4 import PROTO_TCP, IPv4Packet, ipv4_header
+from pyvpnkit.wire.ipv4 import PROTO_TCP
 from pyvpnkit.wire.tcp import ACK, RST, SYN, TcpSegment, build_tcp
 
-FlowKey = tuple[bytes, int, bytes, int]  # (vm ip, vm port, remote ip, remote port)
+# (vm ip, vm port, remote ip, remote port); addresses are 4 bytes (IPv4) or 16 (IPv6)
+FlowKey = tuple[bytes, int, bytes, int]
 
 # A host read is handed to the TCP machine whole; reading pauses while the
 # send buffer has less room than this, which bounds memory per flow.
@@ -62,7 +73,9 @@ class Redirect:
     path: str
 
     def matches(self, ip: bytes, port: int) -> bool:
-        return port == self.dst_port and ipaddress.IPv4Address(ip) in self.dst_prefix
+        return (
+            port == self.dst_port and len(ip) == 4 and ipaddress.IPv4Address(ip) in self.dst_prefix
+        )
 
 
 class LocalService:
@@ -96,14 +109,14 @@ class Flow:
     via: str = ""  # where the HTTP proxy sent it, for the flow log
 
 
-def rst_for(pkt: IPv4Packet, seg: TcpSegment) -> bytes:
+def rst_for(pkt: IpPacket, seg: TcpSegment) -> bytes:
     """RST answering an unacceptable segment (RFC 9293 3.10.7.1)."""
     if seg.flags & ACK:
         seq, ack, flags = seg.ack, 0, RST
     else:
         seq, ack, flags = 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF, RST | ACK
     tcp = build_tcp(pkt.dst, pkt.src, seg.dst_port, seg.src_port, seq, ack, flags, 0)
-    return ipv4_header(pkt.dst, pkt.src, PROTO_TCP, len(tcp)) + tcp
+    return ip_header(pkt.dst, pkt.src, PROTO_TCP, len(tcp)) + tcp
 
 
 class TcpNat:
@@ -135,7 +148,7 @@ class TcpNat:
         # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
         snd_buffer = max(snd_buffer, READ_CHUNK)
         self._conn_options: dict[str, Any] = {
-            "mss": config.mtu - 40,
+            "mss": config.mtu - IPV4_TCP_OVERHEAD,  # _options() adjusts it for IPv6
             "rcv_buffer": rcv_buffer,
             "snd_buffer": snd_buffer,
             "send_space_low": max(snd_buffer // 4, READ_CHUNK),
@@ -144,7 +157,7 @@ class TcpNat:
             "keepalive_idle": keepalive[0] if keepalive else None,
             "keepalive_interval": keepalive[1] if keepalive else 75.0,
             "keepalive_probes": keepalive[2] if keepalive else 9,
-            "gso_size": 65535 - 40 if gso else None,
+            "gso_size": 65535 - IPV4_TCP_OVERHEAD if gso else None,  # ditto
         }
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
@@ -156,11 +169,11 @@ class TcpNat:
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
-                      "proxied": 0}
+                      "proxied": 0, "unreachable_sent": 0}
 
     # -- from the VM ---------------------------------------------------------
 
-    def handle(self, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+    def handle(self, pkt: IpPacket, seg: TcpSegment, now: float) -> None:
         key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
         flow = self.flows.get(key)
         if flow is not None and flow.conn is not None and flow.conn.state == "TIME_WAIT" \
@@ -184,7 +197,7 @@ class TcpNat:
             return
         self._new_flow(key, pkt, seg, now)
 
-    def _new_flow(self, key: FlowKey, pkt: IPv4Packet, seg: TcpSegment, now: float) -> None:
+    def _new_flow(self, key: FlowKey, pkt: IpPacket, seg: TcpSegment, now: float) -> None:
         cfg = self.config
         flow = Flow(self._next_id, key, seg, started=now)
         self._next_id += 1
@@ -203,7 +216,7 @@ class TcpNat:
             flow.side = HTTP_PROXY
             self._register(flow)
             self.stats["proxied"] += 1
-            dst = socket.inet_ntoa(pkt.dst)
+            dst = addr_text(pkt.dst)
             self._effects.append(ProxyOpen(flow.flow_id, dst, seg.dst_port, mode))
             return
         if host is None:
@@ -225,7 +238,7 @@ class TcpNat:
         self.flows[flow.key] = flow
         self.by_id[flow.flow_id] = flow
 
-    def _reject(self, pkt: IPv4Packet, seg: TcpSegment) -> None:
+    def _reject(self, pkt: IpPacket, seg: TcpSegment) -> None:
         self.stats["rst_sent"] += 1
         self._packets.append(rst_for(pkt, seg))
 
@@ -240,10 +253,20 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=flow.syn.src_port,
             iss=self._iss(),
-            **self._conn_options,
+            **self._options(vm_ip),
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
+
+    def _options(self, vm_ip: bytes) -> dict[str, Any]:
+        """Connection options for the VM address's family: IPv6 headers are 20 bytes longer."""
+        if len(vm_ip) == 4:
+            return self._conn_options
+        extra = IPV6_TCP_OVERHEAD - IPV4_TCP_OVERHEAD
+        opts = dict(self._conn_options, mss=self._conn_options["mss"] - extra)
+        if opts["gso_size"] is not None:
+            opts["gso_size"] -= extra
+        return opts
 
     def open_to_vm(self, vm_ip: bytes, vm_port: int, now: float) -> int:
         """Active open into a VM for a port forward; the host socket is already connected.
@@ -251,7 +274,7 @@ class TcpNat:
         The VM sees the connection coming from the gateway address and a fresh
         port. Returns the flow id the runtime uses for the accepted socket.
         """
-        gw = self.config.gateway_ip
+        gw = gateway_for(self.config, vm_ip)
         port = self._free_gateway_port(vm_ip, vm_port)
         flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now)
         self._next_id += 1
@@ -261,7 +284,7 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=vm_port,
             iss=self._iss(),
-            **self._conn_options,
+            **self._options(vm_ip),
         )
         flow.conn.connect(now)
         self._register(flow)
@@ -269,7 +292,7 @@ class TcpNat:
         return flow.flow_id
 
     def _free_gateway_port(self, vm_ip: bytes, vm_port: int) -> int:
-        gw = self.config.gateway_ip
+        gw = gateway_for(self.config, vm_ip)
         for _ in range(64):
             self._next_port = 32768 + (self._next_port - 32768 + 1) % 28232
             if (vm_ip, vm_port, gw, self._next_port) not in self.flows:
@@ -292,14 +315,28 @@ class TcpNat:
             if not pending:
                 del self._connecting[flow.key[0]]
 
-    def host_connect_failed(self, flow_id: int, now: float) -> None:
-        """Refused, unreachable or timed out: the VM gets an RST at once."""
+    def host_connect_failed(self, flow_id: int, now: float, kind: str | None = None) -> None:
+        """Refused or timed out: the VM gets an RST at once. With an error ``kind``
+        (net_unreachable, host_unreachable: see icmp_errors), an ICMP error quoting
+        its SYN instead, which fails the VM's connect at once with the same errno."""
         flow = self.by_id.get(flow_id)
         if flow is None or flow.syn is None:
             return
-        self._refuse_syn(flow)
+        if kind is None or not self._unreachable(flow, kind):
+            self._refuse_syn(flow)
         self.stats["refused"] += 1
         self._forget(flow, now, reset=False, host_closed=True)
+
+    def _unreachable(self, flow: Flow, kind: str) -> bool:
+        assert flow.syn is not None
+        vm_ip, vm_port, ip, port = flow.key
+        head = struct.pack("!HHI", vm_port, port, flow.syn.seq)  # what the VM matches on
+        original = ip_header(vm_ip, ip, PROTO_TCP, 20) + head
+        err = build_error_kind(original, ip, kind)
+        if err is not None:
+            self.stats["unreachable_sent"] += 1
+            self._packets.append(err)
+        return err is not None
 
     def _refuse_syn(self, flow: Flow) -> None:
         """RST answering the SYN of a flow still waiting for its host connect."""
@@ -307,7 +344,7 @@ class TcpNat:
         vm_ip, vm_port, ip, port = flow.key
         ack = (flow.syn.seq + 1) & 0xFFFFFFFF
         tcp = build_tcp(ip, vm_ip, port, vm_port, 0, ack, RST | ACK, 0)
-        self._packets.append(ipv4_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
+        self._packets.append(ip_header(ip, vm_ip, PROTO_TCP, len(tcp)) + tcp)
 
     def host_data(self, flow_id: int, data: bytes, now: float) -> None:
         flow = self.by_id.get(flow_id)
@@ -478,7 +515,7 @@ class TcpNat:
         vm_ip, vm_port, ip, port = flow.key
         via = f" via {flow.via}" if flow.via else ""
         self.closed_log.append(
-            f"tcp {socket.inet_ntoa(vm_ip)}:{vm_port} -> {socket.inet_ntoa(ip)}:{port} "
+            f"tcp {endpoint_text(vm_ip, vm_port)} -> {endpoint_text(ip, port)} "
             f"up={flow.bytes_up} down={flow.bytes_down} "
             f"duration={now - flow.started:.3f}s end={reason}{via}"
         )

@@ -7,7 +7,9 @@ QUIC migration, DNS to several servers) keep working. The host alias
 
 The runtime reports socket errors (IP_RECVERR) back with :meth:`host_error`;
 they become ICMP errors quoting what the VM sent, so its sockets see
-ECONNREFUSED and its traceroute sees every hop.
+ECONNREFUSED and its traceroute sees every hop. IPv6 flows (16-byte VM
+addresses) take the same path with AF_INET6 host sockets and ICMPv6 errors;
+the IPv6 alias stands for the host's [::1].
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from dataclasses import dataclass, field
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
+from pyvpnkit.core.family import IpPacket, fragment, gateway_for, hop_limit, ip_header, quote
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
-from pyvpnkit.core.ipfrag import fragment_ipv4
-from pyvpnkit.core.routes import HOST_LOOPBACK, is_routable, route
-from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
+from pyvpnkit.core.routes import HOST_LOOPBACK, HOST_LOOPBACK6, is_routable, route
+from pyvpnkit.wire.ipv4 import PROTO_UDP
 from pyvpnkit.wire.udp import UdpDatagram, build_udp
 
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
+MAX_UDP6_PAYLOAD = 65527  # 65535 - UDP header: the IPv6 payload length excludes its header
 _ORIGINALS_PER_FLOW = 16  # quoted headers kept per flow, by destination
 _ADDR_CACHE = 4096
 
@@ -41,7 +44,7 @@ class NatFlow:
 @dataclass(slots=True)
 class _UdpFlow(NatFlow):
     vm_port: int = 0
-    # (dst as the VM saw it, dst port) -> IPv4 header + UDP header it last sent
+    # (dst as the VM saw it, dst port) -> IP header + UDP header it last sent
     originals: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
 
 
@@ -62,10 +65,15 @@ class NatBase(IdleFlows[NatFlow]):
         self._addr_cache: dict[str, bytes | None] = {}
 
     def drain(self) -> tuple[list[bytes], list[Effect]]:
-        """IPv4 packets for VMs and effects for the runtime, since the last drain."""
+        """IP packets for VMs and effects for the runtime, since the last drain."""
         out, eff = self._out, self._effects
         self._out, self._effects = [], []
         return out, eff
+
+    @property
+    def ipv6_flows(self) -> int:
+        """How many of the flows are IPv6 (for /stats)."""
+        return sum(len(f.vm_ip) == 16 for f in self._flows.values())
 
     def forget_vm(self, vm_ip: bytes) -> None:
         """The VM left the switch: release every flow it had."""
@@ -97,28 +105,40 @@ class NatBase(IdleFlows[NatFlow]):
     def _vm_view(self, host_addr: str) -> bytes | None:
         """The address the VM sees for a host-side address, or None to drop.
 
-        127.0.0.1 is shown as the host alias; other host-side addresses that
-        would make no sense to the VM (loopback, ours) are refused.
+        127.0.0.1 (or ::1) is shown as the host alias; other host-side addresses
+        that would make no sense to the VM (loopback, link-local, ours) are refused.
         """
         cached = self._addr_cache.get(host_addr, b"")
         if cached != b"":
             return cached
         view: bytes | None
         try:
-            addr = ipaddress.IPv4Address(host_addr)
+            addr = ipaddress.ip_address(host_addr.partition("%")[0])
         except ValueError:
             view = None
         else:
-            if host_addr == HOST_LOOPBACK:
-                view = self.config.host_ip if self.config.host_loopback else None
-            elif addr.is_loopback or addr.is_unspecified or self.config.in_subnet(addr.packed):
-                view = None
-            else:
-                view = addr.packed
+            view = self._view_of(addr)
         if len(self._addr_cache) >= _ADDR_CACHE:
             self._addr_cache.clear()
         self._addr_cache[host_addr] = view
         return view
+
+    def _view_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes | None:
+        cfg = self.config
+        if isinstance(addr, ipaddress.IPv4Address):
+            if str(addr) == HOST_LOOPBACK:
+                return cfg.host_ip if cfg.host_loopback else None
+            if addr.is_loopback or addr.is_unspecified or cfg.in_subnet(addr.packed):
+                return None
+            return addr.packed
+        v6 = cfg.ipv6
+        if v6 is None:
+            return None
+        if str(addr) == HOST_LOOPBACK6:
+            return v6.host_ip if cfg.host_loopback else None
+        if not is_routable(cfg, addr.packed) or v6.in_subnet(addr.packed):
+            return None
+        return addr.packed
 
     def _error_source(self, origin_ip: str | None, fallback: bytes) -> bytes:
         if origin_ip:
@@ -139,7 +159,7 @@ class NatBase(IdleFlows[NatFlow]):
         if len(packet) <= self.mtu:
             self._out.append(packet)
         else:
-            self._out.extend(fragment_ipv4(packet, self.mtu))
+            self._out.extend(fragment(packet, self.mtu, self._next_ip_ident()))
 
 
 class UdpNat(NatBase):
@@ -158,22 +178,23 @@ class UdpNat(NatBase):
         flow = self._by_endpoint.get((vm_ip, vm_port))
         return None if flow is None else flow.flow_id
 
-    def handle(self, pkt: IPv4Packet, dgram: UdpDatagram, now: float) -> None:
+    def handle(self, pkt: IpPacket, dgram: UdpDatagram, now: float) -> None:
         """A (reassembled) datagram from a VM to an address outside the stack."""
         if pkt.is_fragment or dgram.src_port == 0 or dgram.dst_port == 0:
             self.stats["drop_invalid"] += 1
             return
         host, refusal, err_src = route(self.config, pkt.dst)
-        original = pkt.header.tobytes() + pkt.payload[:8].tobytes()
+        original = quote(pkt)
         if refusal is not None and err_src is not None:
             self._emit_error(original, err_src, refusal)
             return
         if host is None:
             self.stats["drop_destination"] += 1
             return
-        if pkt.ttl <= 1:
+        ttl = hop_limit(pkt)
+        if ttl <= 1:
             # We are the VM's first hop: this is what makes hop 1 of traceroute.
-            self._emit_error(original, self.config.gateway_ip, "ttl_exceeded")
+            self._emit_error(original, gateway_for(self.config, pkt.src), "ttl_exceeded")
             return
         key = (pkt.src, dgram.src_port)
         flow = self._by_endpoint.get(key)
@@ -191,7 +212,7 @@ class UdpNat(NatBase):
         if len(originals) > _ORIGINALS_PER_FLOW:
             originals.popitem(last=False)
         self._effects.append(
-            UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), pkt.ttl - 1)
+            UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), ttl - 1)
         )
 
     def host_datagram(
@@ -203,12 +224,15 @@ class UdpNat(NatBase):
             self.stats["drop_unknown_flow"] += 1
             return
         src = self._vm_view(src_ip)
-        if src is None or not 0 < src_port <= 0xFFFF or len(payload) > MAX_UDP_PAYLOAD:
+        if (
+            src is None or len(src) != len(flow.vm_ip) or not 0 < src_port <= 0xFFFF
+            or len(payload) > (MAX_UDP6_PAYLOAD if len(src) == 16 else MAX_UDP_PAYLOAD)
+        ):
             self.stats["drop_host_datagram"] += 1
             return
         self._touch(flow, now)
         udp = build_udp(src, flow.vm_ip, src_port, flow.vm_port, payload)
-        header = ipv4_header(
+        header = ip_header(
             src, flow.vm_ip, PROTO_UDP, len(udp), ident=self._next_ip_ident(), dont_fragment=False
         )
         self._send(header + udp)
@@ -234,7 +258,7 @@ class UdpNat(NatBase):
             self.stats["drop_unknown_flow"] += 1
             return
         dst = self._vm_view(dst_ip)
-        if dst is None or not 0 <= dst_port <= 0xFFFF:
+        if dst is None or len(dst) != len(flow.vm_ip) or not 0 <= dst_port <= 0xFFFF:
             self.stats["drop_host_error"] += 1
             return
         original = flow.originals.get((dst, dst_port))
@@ -243,7 +267,7 @@ class UdpNat(NatBase):
             udp = (
                 flow.vm_port.to_bytes(2, "big") + dst_port.to_bytes(2, "big") + b"\x00\x08\x00\x00"
             )
-            original = ipv4_header(flow.vm_ip, dst, PROTO_UDP, 8, dont_fragment=False) + udp
+            original = ip_header(flow.vm_ip, dst, PROTO_UDP, 8, dont_fragment=False) + udp
         self._emit_error(original, self._error_source(origin_ip, dst), kind, mtu)
 
     def _close(self, flow: NatFlow) -> None:

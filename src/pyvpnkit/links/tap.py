@@ -18,6 +18,7 @@ from pyvpnkit.links.tapdev import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
     VNET_HDR,
     VNET_HDR_LEN,
     enable_offloads,
@@ -28,7 +29,7 @@ log = logging.getLogger("pyvpnkit.links")
 
 # Frames read per readiness callback before yielding to other links.
 READ_BATCH = 256
-GSO_MAX = 65535 + 14
+GSO_MAX = 65535 + 14 + 40  # an IPv6 payload length does not count its 40-byte header
 
 
 class TapLink(Link):
@@ -87,6 +88,8 @@ class TapLink(Link):
         try:
             if self.vnet_hdr and frame[12:14] == b"\x08\x00" and frame[23] == 6:
                 self._send_tcp(frame)
+            elif self.vnet_hdr and frame[12:14] == b"\x86\xdd" and frame[20] == 6:
+                self._send_tcp(frame, v6=True)
             elif self.vnet_hdr:
                 os.writev(self.fd, (PLAIN_HDR, frame))
             else:
@@ -98,21 +101,27 @@ class TapLink(Link):
             self.dropped += 1
             log.debug("%s: write failed: %s", self.name, exc)
 
-    def _send_tcp(self, frame: bytes) -> None:
+    def _send_tcp(self, frame: bytes, v6: bool = False) -> None:
         """TCP goes out with a partial checksum (the kernel trusts or completes it).
 
         Our TCP may skip computing checksums; the field gets the pseudo-header
         sum that NEEDS_CSUM requires. A packet larger than the MTU is marked
         GSO so the kernel cuts it into MTU-sized segments (TSO in software).
+        Our IPv6 packets have no extension headers: TCP follows the fixed header.
         """
-        ip_end = 14 + (frame[14] & 0x0F) * 4
+        if v6:
+            ip_end = 14 + 40
+            src, dst = frame[22:38], frame[38:54]
+        else:
+            ip_end = 14 + (frame[14] & 0x0F) * 4
+            src, dst = frame[26:30], frame[30:34]
         tcp_hlen = (frame[ip_end + 12] >> 4) * 4
         tcp_len = len(frame) - ip_end
-        partial = pseudo_header_sum(frame[26:30], frame[30:34], 6, tcp_len)
+        partial = pseudo_header_sum(src, dst, 6, tcp_len)
         if len(frame) <= self.mtu + 14:
             gso_type, gso_size = VIRTIO_NET_HDR_GSO_NONE, 0
         else:
-            gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+            gso_type = VIRTIO_NET_HDR_GSO_TCPV6 if v6 else VIRTIO_NET_HDR_GSO_TCPV4
             gso_size = self.mtu - (ip_end - 14) - tcp_hlen
         hdr = VNET_HDR.pack(
             VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, ip_end + tcp_hlen, gso_size, ip_end, 16

@@ -20,12 +20,14 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
 
 VNET_HDR_LEN = 10
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_F_DATA_VALID = 2
 VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 PLAIN_HDR = VNET_HDR.pack(0, 0, 0, 0, 0, 0)  # complete frame, checksums included
@@ -59,5 +61,5 @@ def tap_error(ifname: str, exc: OSError) -> str:
 
 
 def enable_offloads(fd: int) -> None:
-    """Let the kernel hand us partial checksums and TCP super-segments (TSO4)."""
-    fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+    """Let the kernel hand us partial checksums and TCP super-segments (TSO4, TSO6)."""
+    fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyvpnkit.core.effects import Effect, UdpForwardReply
+from pyvpnkit.core.family import addr_text
 from pyvpnkit.core.forwards import (
     ForwardError,
     join_host_port,
@@ -84,6 +85,8 @@ class Forwarder:
         """Listen on ``local`` and forward to ``remote`` ("IP:PORT"; empty IP = first VM)."""
         protocol = protocol_of(protocol)
         remote_ip, remote_port = vm_target(self.stack.config, remote)
+        if remote_ip is not None and len(remote_ip) == 16 and protocol == "udp":
+            raise ForwardError(f"bad remote {remote!r}: no UDP forwards to IPv6 VM addresses yet")
         local = self._normalize_local(local, protocol)
         if (local, protocol) in self._by_key:
             raise ForwardError(f"{local}/{protocol} is already exposed", 409)
@@ -326,7 +329,7 @@ class Forwarder:
 
     def _describe(self, lst: _Listener) -> dict[str, str]:
         vm_ip = lst.remote_ip or self.first_vm()
-        remote = join_host_port(socket.inet_ntoa(vm_ip), lst.remote_port)
+        remote = join_host_port(addr_text(vm_ip), lst.remote_port)
         return {"local": lst.local, "remote": remote, "protocol": lst.protocol}
 
 

@@ -6,7 +6,9 @@ identifier with the socket's own, so there is one socket per flow and replies
 are mapped by socket; IP_RECVERR delivers TTL-exceeded and unreachable errors.
 Fallback when that sysctl excludes us but we hold CAP_NET_RAW: one raw socket
 with identifiers we allocate per flow. Otherwise echo requests are dropped
-after one warning naming the sysctl.
+after one warning naming the sysctl. IPv6 echo uses the same two kinds of
+socket with IPPROTO_ICMPV6 (the same sysctl governs both families); the
+kernel computes ICMPv6 checksums on both.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pyvpnkit.core.effects import Effect, IcmpClose, IcmpEchoSend
-from pyvpnkit.core.icmp_errors import kind_from_icmp, kind_from_send_errno
+from pyvpnkit.core.icmp_errors import kind_from_icmp, kind_from_icmp6, kind_from_send_errno
 from pyvpnkit.core.icmp_nat import EchoIdents, IcmpNat
-from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue, set_ttl
+from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.wire import icmp as icmpw
+from pyvpnkit.wire import icmpv6 as icmp6
 from pyvpnkit.wire.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,14 @@ def choose_mode(prefer: Literal["auto", "ping", "raw"] = "auto") -> Mode | None:
     return None
 
 
-def _echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+def _echo_request(ident: int, seq: int, payload: bytes, v6: bool = False) -> bytes:
+    if v6:  # the kernel fills in the ICMPv6 checksum (it covers the pseudo-header)
+        return struct.pack("!BBHHH", icmp6.ECHO_REQUEST, 0, 0, ident, seq) + payload
     return icmpw.build_icmp(icmpw.ECHO_REQUEST, 0, icmpw.echo_rest(ident, seq), payload)
+
+
+_ECHO_REPLIES = (icmpw.ECHO_REPLY, icmp6.ECHO_REPLY)
+_ICMP6_ERRORS = (icmp6.DEST_UNREACHABLE, icmp6.PACKET_TOO_BIG, icmp6.TIME_EXCEEDED)
 
 
 @dataclass(slots=True)
@@ -110,6 +119,8 @@ class HostIcmp:
         # raw mode
         self._raw: socket.socket | None = None
         self._raw_ttl = 0
+        self._raw6: socket.socket | None = None
+        self._raw6_ttl = 0
         self._idents = EchoIdents(os.getpid())
 
     effects = (IcmpEchoSend, IcmpClose)
@@ -137,10 +148,11 @@ class HostIcmp:
     def close(self) -> None:
         for flow_id in list(self._socks):
             self._close_flow(flow_id)
-        if self._raw is not None:
-            self._loop.remove_reader(self._raw.fileno())
-            self._raw.close()
-            self._raw = None
+        for raw in (self._raw, self._raw6):
+            if raw is not None:
+                self._loop.remove_reader(raw.fileno())
+                raw.close()
+        self._raw = self._raw6 = None
         self._idents.clear()
 
 
@@ -163,19 +175,21 @@ class HostIcmp:
 
     def _ping_send(self, eff: IcmpEchoSend) -> None:
         ps = self._socks.get(eff.flow_id)
+        v6 = ":" in eff.dst_ip
         if ps is None:
-            ps = self._ping_open(eff.flow_id)
+            ps = self._ping_open(eff.flow_id, v6)
             if ps is None:
                 self.stats["echo_dropped"] += 1
                 return
         ps.ttl = set_ttl(ps.sock, ps.ttl, eff.ttl, self.stats)
-        self._sendto(ps.sock, _echo_request(eff.ident, eff.seq, eff.payload), eff)
+        self._sendto(ps.sock, _echo_request(eff.ident, eff.seq, eff.payload, v6), eff)
 
-    def _ping_open(self, flow_id: int) -> _PingSocket | None:
+    def _ping_open(self, flow_id: int, v6: bool) -> _PingSocket | None:
         if not self.budget.take("icmp"):
             return None
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            family, proto = _family(v6)
+            sock = socket.socket(family, socket.SOCK_DGRAM, proto)
         except OSError as exc:
             self.budget.give()
             if exc.errno in EXHAUSTED:
@@ -186,7 +200,7 @@ class HostIcmp:
         try:
             sock.setblocking(False)
             enable_recverr(sock)
-            ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
+            ttl = get_ttl(sock)
             self._loop.add_reader(sock.fileno(), self._ping_readable, flow_id)
         except OSError as exc:
             sock.close()
@@ -211,7 +225,7 @@ class HostIcmp:
             except OSError:
                 continue  # a pending ICMP error: read below from the error queue
             # Ping sockets return the ICMP message without the IP header.
-            if n >= 8 and self._buf[0] == icmpw.ECHO_REPLY:
+            if n >= 8 and self._buf[0] in _ECHO_REPLIES:
                 seq = int.from_bytes(self._buf[6:8], "big")
                 self._nat.host_echo_reply(flow_id, addr[0], seq, bytes(self._view[8:n]), now)
                 got += 1
@@ -229,37 +243,92 @@ class HostIcmp:
 
     # -- one raw socket, our own identifiers ----------------------------------
 
-    def _raw_socket(self) -> socket.socket | None:
-        if self._raw is not None:
-            return self._raw
+    def _raw_socket(self, v6: bool = False) -> socket.socket | None:
+        """The raw socket of the family (opened on first use), or None."""
+        current = self._raw6 if v6 else self._raw
+        if current is not None:
+            return current
+        what = "ICMPv6" if v6 else "ICMP"
+        family, proto = _family(v6)
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            sock = socket.socket(family, socket.SOCK_RAW, proto)
         except OSError as exc:
-            log.warning("cannot open a raw ICMP socket: %s", exc)
+            log.warning("cannot open a raw %s socket: %s", what, exc)
             return None
         try:
             sock.setblocking(False)
-            wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
-            wanted |= 1 << icmpw.TIME_EXCEEDED
-            # ICMP_FILTER blocks the types whose bit is set.
-            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
-            self._raw_ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
-            self._loop.add_reader(sock.fileno(), self._raw_readable)
+            if not v6:
+                wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
+                wanted |= 1 << icmpw.TIME_EXCEEDED
+                # ICMP_FILTER blocks the types whose bit is set.
+                sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
+            ttl = get_ttl(sock)
+            self._loop.add_reader(sock.fileno(), self._raw6_readable if v6 else self._raw_readable)
         except OSError as exc:
             sock.close()
-            log.warning("cannot set up a raw ICMP socket: %s", exc)
+            log.warning("cannot set up a raw %s socket: %s", what, exc)
             return None
-        self._raw = sock
+        if v6:
+            self._raw6, self._raw6_ttl = sock, ttl
+        else:
+            self._raw, self._raw_ttl = sock, ttl
         return sock
 
     def _raw_send(self, eff: IcmpEchoSend) -> None:
-        sock = self._raw_socket()
+        v6 = ":" in eff.dst_ip
+        sock = self._raw_socket(v6)
         ident = self._idents.ident(eff.flow_id, eff.dst_ip)
         if sock is None or ident is None:
             self.stats["echo_dropped"] += 1
             return
-        self._raw_ttl = set_ttl(sock, self._raw_ttl, eff.ttl, self.stats)
-        self._sendto(sock, _echo_request(ident, eff.seq, eff.payload), eff)
+        if v6:
+            self._raw6_ttl = set_ttl(sock, self._raw6_ttl, eff.ttl, self.stats)
+        else:
+            self._raw_ttl = set_ttl(sock, self._raw_ttl, eff.ttl, self.stats)
+        self._sendto(sock, _echo_request(ident, eff.seq, eff.payload, v6), eff)
+
+    def _raw6_readable(self) -> None:
+        sock = self._raw6
+        if sock is None:
+            return
+        now = self._clock()
+        got = 0
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                n, addr = sock.recvfrom_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            if self._raw6_message(self._view[:n], addr[0].partition("%")[0], now):
+                got += 1
+        if got:
+            self._wake()
+
+    def _raw6_message(self, msg: memoryview, src: str, now: float) -> bool:
+        """One ICMPv6 message (raw IPv6 sockets give no IP header); True when it was ours."""
+        if len(msg) < 8:
+            return False
+        typ, code = msg[0], msg[1]
+        if typ == icmp6.ECHO_REPLY:
+            ident, seq = struct.unpack_from("!HH", msg, 4)
+            flow_id = self._idents.flow(ident, src)
+            if flow_id is None:
+                return False
+            self._nat.host_echo_reply(flow_id, src, seq, bytes(msg[8:]), now)
+            return True
+        # An error quotes our IPv6 packet: fixed header, then our echo request.
+        quoted = msg[8:]
+        if typ not in _ICMP6_ERRORS or len(quoted) < 48 or quoted[6] != 58 or quoted[40] != 128:
+            return False
+        kind = kind_from_icmp6(typ, code)
+        dst = socket.inet_ntop(socket.AF_INET6, bytes(quoted[24:40]))
+        ident, seq = struct.unpack_from("!HH", quoted, 44)
+        flow_id = self._idents.flow(ident, dst)
+        if kind is None or flow_id is None:
+            return False
+        self._nat.host_error(flow_id, kind, src, seq, now)
+        return True
 
     def _raw_readable(self) -> None:
         sock = self._raw
@@ -328,6 +397,12 @@ class HostIcmp:
             self._loop.remove_reader(ps.sock.fileno())
             ps.sock.close()
         self._idents.forget(flow_id)
+
+
+def _family(v6: bool) -> tuple[int, int]:
+    if v6:
+        return socket.AF_INET6, socket.IPPROTO_ICMPV6
+    return socket.AF_INET, socket.IPPROTO_ICMP
 
 
 __all__ = [

@@ -30,6 +30,9 @@ from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 log = logging.getLogger("pyvpnkit.tcp")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# A connect that fails so reaches the VM as the ICMP error that fails its own connect
+# with the same errno; any other failure is an RST (ECONNREFUSED in the VM).
+_UNREACHABLE = {errno.ENETUNREACH: "net_unreachable", errno.EHOSTUNREACH: "host_unreachable"}
 
 
 @dataclass(eq=False)
@@ -97,7 +100,9 @@ class HostTcp:
                 self.budget.refused("tcp", reason_of(exc))
             else:
                 log.debug("flow %d: no host socket: %s", eff.flow_id, exc)
-            self._refuse(eff.flow_id)
+            # No IPv6 on this host at all: the VM hears "no route", as without a route.
+            no_family = exc.errno == errno.EAFNOSUPPORT
+            self._refuse(eff.flow_id, "net_unreachable" if no_family else None)
             return
         conn = _HostConn(eff.flow_id, sock)
         self.conns[conn.fid] = conn
@@ -135,9 +140,9 @@ class HostTcp:
             raise
         return sock, (eff.host, eff.port)
 
-    def _refuse(self, flow_id: int) -> None:
-        """No host socket for a new flow: the VM gets an RST at once."""
-        self.nat.host_connect_failed(flow_id, self.loop.time())
+    def _refuse(self, flow_id: int, kind: str | None = None) -> None:
+        """No host socket for a new flow: the VM gets an RST (or ``kind``'s ICMP error) at once."""
+        self.nat.host_connect_failed(flow_id, self.loop.time(), kind)
         self.wake()
 
     def fail(self, effect: Effect) -> None:
@@ -251,7 +256,8 @@ class HostTcp:
             return
         log.debug("flow %d: connect failed: %s", conn.fid, errno.errorcode.get(err, err))
         self._forget(conn)
-        self.nat.host_connect_failed(conn.fid, self.loop.time())
+        kind = _UNREACHABLE.get(err)
+        self.nat.host_connect_failed(conn.fid, self.loop.time(), kind)
         self.wake()
 
     def _on_readable(self, conn: _HostConn) -> None:

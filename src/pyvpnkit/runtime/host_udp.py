@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
 from pyvpnkit.core.icmp_errors import kind_from_send_errno
 from pyvpnkit.core.udp_nat import UdpNat
-from pyvpnkit.runtime.errqueue import enable_recverr, read_errqueue, set_ttl
+from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class HostUdp:
         if isinstance(effect, UdpSend):
             self._sendto(effect)
         elif isinstance(effect, UdpOpen):
-            self._open(effect.flow_id)
+            self._open(effect.flow_id, len(effect.vm[0]) == 16)
         elif isinstance(effect, UdpClose):
             self._close(effect.flow_id)
 
@@ -78,21 +78,21 @@ class HostUdp:
         for flow_id in list(self._socks):
             self._close(flow_id)
 
-    def _open(self, flow_id: int) -> _HostSocket | None:
+    def _open(self, flow_id: int, v6: bool) -> _HostSocket | None:
         """The flow's host socket, or None (counted) when no descriptor is to be had."""
         if not self.budget.take("udp"):
             self._unopened.add(flow_id)
             return None
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         except OSError as exc:
             self._open_failed(flow_id, exc)
             return None
         try:
             sock.setblocking(False)
             enable_recverr(sock)
-            sock.bind(("0.0.0.0", 0))
-            ttl = sock.getsockopt(socket.SOL_IP, socket.IP_TTL)
+            sock.bind(("::" if v6 else "0.0.0.0", 0))
+            ttl = get_ttl(sock)
             self._loop.add_reader(sock.fileno(), self._readable, flow_id)
         except OSError as exc:
             sock.close()
@@ -133,7 +133,7 @@ class HostUdp:
             if eff.flow_id not in self._unopened:
                 self.stats["send_unknown_flow"] += 1
                 return
-            hs = self._open(eff.flow_id)
+            hs = self._open(eff.flow_id, ":" in eff.dst_ip)
             if hs is None:
                 # Out of descriptors: the VM hears "unreachable" rather than silence.
                 self.stats["send_dropped"] += 1

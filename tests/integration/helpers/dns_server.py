@@ -20,6 +20,9 @@ import dns.rrset
 ZONE: dict[tuple[str, str], list[str]] = {
     ("www.example.test.", "A"): ["203.0.113.2"],
     ("www.example.test.", "AAAA"): ["2001:db8::2"],
+    # IPv6 beyond the test world's /64: unreachable once the host loses its IPv6 route.
+    ("dual.example.test.", "A"): ["203.0.113.2"],
+    ("dual.example.test.", "AAAA"): ["2001:db9::2"],
     ("example.test.", "MX"): ["10 mail.example.test."],
     ("example.test.", "TXT"): ['"hello from the test zone"'],
     ("_http._tcp.example.test.", "SRV"): ["0 5 80 www.example.test."],

@@ -1,4 +1,4 @@
-"""Builds the IPv4+TCP packets of one connection with as little per-packet work as possible.
+"""Builds the IPv4+TCP or IPv6+TCP packets of one connection with little per-packet work.
 
 The output is byte-for-byte what ``ipv4_header(...) + build_tcp(...)`` gives,
 but the parts that never change (addresses, ports, the pseudo-header and IP
@@ -14,6 +14,7 @@ import struct
 from pyvpnkit.wire.ipv4 import FLAG_DF, PROTO_TCP
 
 _IP = struct.Struct("!BBHHHBBH4s4s")
+_IP6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _MASKS: dict[int, int] = {}
 
@@ -40,7 +41,7 @@ def raw_sum(data: bytes | bytearray | memoryview) -> int:
 
 
 class PacketBuilder:
-    __slots__ = ("_src", "_dst", "_ports", "_ph", "_ip_sum", "checksum")
+    __slots__ = ("_src", "_dst", "_ports", "_ph", "_ip_sum", "_v6", "checksum")
 
     def __init__(
         self, src: bytes, dst: bytes, sport: int, dport: int, checksum: bool = True
@@ -49,7 +50,9 @@ class PacketBuilder:
         self._dst = dst
         self._ports = (sport, dport)
         self.checksum = checksum
+        # The pseudo-header word sum is the same shape for both families (RFC 8200 8.1).
         self._ph = raw_sum(src + dst + struct.pack("!HH", PROTO_TCP, 0))
+        self._v6 = len(src) == 16
         self._ip_sum = raw_sum(_IP.pack(0x45, 0, 0, 0, FLAG_DF, 64, PROTO_TCP, 0, src, dst))
 
     def build(
@@ -61,7 +64,7 @@ class PacketBuilder:
         options: bytes = b"",
         payload: bytes | bytearray | memoryview = b"",
     ) -> bytes:
-        """One complete IPv4 packet; ``options`` must be a multiple of 4 bytes long."""
+        """One complete IPv4 or IPv6 packet; ``options`` must be a multiple of 4 bytes long."""
         hlen = 20 + len(options)
         tcp_len = hlen + len(payload)
         sport, dport = self._ports
@@ -74,6 +77,9 @@ class PacketBuilder:
             s = (s & 0xFFFF) + (s >> 16)
             csum = ~s & 0xFFFF
             hdr = hdr[:16] + csum.to_bytes(2, "big") + hdr[18:]
+        if self._v6:
+            ip = _IP6.pack(0x60000000, tcp_len, PROTO_TCP, 64, self._src, self._dst)
+            return b"".join((ip, hdr, payload)) if payload else ip + hdr
         total = 20 + tcp_len
         ip_csum = ~((self._ip_sum + total) % 0xFFFF) & 0xFFFF
         ip = _IP.pack(0x45, 0, total, 0, FLAG_DF, 64, PROTO_TCP, ip_csum, self._src, self._dst)
