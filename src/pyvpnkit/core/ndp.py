@@ -100,6 +100,9 @@ class NeighborTable:
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self._macs.items())
 
+    def __len__(self) -> int:
+        return len(self._macs)
+
 
 class NdpResponder:
     def __init__(

@@ -1,8 +1,9 @@
 """The virtual switch: dispatches VM frames to the services and the NATs.
 
-All machines report IPv4 packets for VMs; the switch routes them by
+All machines report IP packets for VMs; the switch routes them by
 destination address to the right link and adds the Ethernet header. It is the
 only place that knows about links, MAC addresses and which VM lives where.
+IPv6 frames go to ``stack6.Ipv6Switch`` (NDP, DHCPv6, local services, routing).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyvpnkit.core.arp import ArpResponder
 from pyvpnkit.core.config import NetConfig
@@ -23,6 +25,7 @@ from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.routes import route
+from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
@@ -32,12 +35,14 @@ from pyvpnkit.wire.ethernet import (
     BROADCAST,
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
     build_ethernet,
     is_multicast,
     parse_ethernet,
 )
 from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
+from pyvpnkit.wire.ipv6 import IPv6Packet
 from pyvpnkit.wire.tcp import parse_tcp
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
@@ -46,6 +51,11 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 DNS_PORT = 53
 EXPLICIT_PROXY_PORT = 3128  # vpnkit's: VMs set HTTP(S)_PROXY=http://<gateway>:3128
+
+
+class _Timed(Protocol):
+    def next_deadline(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -139,7 +149,10 @@ class Stack:
         self.last_error = ""
         self._frames: list[tuple[int, bytes]] = []
         self._effects: list[Effect] = []
-        self._timed = (self.udp, self.icmp, self.dns, self.frag, self.udp_forward)
+        self.v6 = Ipv6Switch(self, config.ipv6, self._rng.random) if config.ipv6 else None
+        self._timed: tuple[_Timed, ...] = (
+            self.udp, self.icmp, self.dns, self.frag, self.udp_forward,
+        ) + ((self.v6,) if self.v6 is not None else ())
 
     # -- links and VMs -------------------------------------------------------
 
@@ -150,9 +163,13 @@ class Stack:
             self.tcp.forget_vm(ip, now)
             self.udp.forget_vm(ip)
             self.icmp.forget_vm(ip)
-        for mac in [m for m, lk in self.macs.items() if lk == link]:
+        gone = [m for m, lk in self.macs.items() if lk == link]
+        for mac in gone:
             del self.macs[mac]
-        self.dns.set_vm_addresses(list(self.vms))
+        if self.v6 is not None:
+            self.v6.forget_macs(gone)  # also tells DNS
+        else:
+            self.dns.set_vm_addresses(list(self.vms))
 
     def _is_vm_address(self, ip: bytes) -> bool:
         # A leased address is a VM's even before it sends its first IP packet:
@@ -197,7 +214,8 @@ class Stack:
             if owner is not None and key_mac(owner) not in (None, mac):
                 return False
         self.vms[ip] = Vm(ip, link, mac, mac + self.config.gateway_mac + b"\x08\x00")
-        self.dns.set_vm_addresses(list(self.vms))
+        v6 = self.v6.vm_addresses() if self.v6 is not None else []
+        self.dns.set_vm_addresses([*self.vms, *v6])
         return True
 
     # -- frames in -----------------------------------------------------------
@@ -229,7 +247,8 @@ class Stack:
             self.macs[eth.src] = link
         if eth.dst != self.config.gateway_mac:
             self._forward(link, eth.dst, frame)
-            if eth.dst != BROADCAST:
+            # Broadcasts are ours too, and IPv6 multicast (33:33:..: NDP, DHCPv6).
+            if eth.dst != BROADCAST and not (eth.dst[:2] == b"\x33\x33" and self.v6 is not None):
                 return
         if eth.ethertype == ETHERTYPE_IPV4:
             # A zero header checksum means "left to offload" (vpnkit's Go vmnet client,
@@ -242,6 +261,8 @@ class Stack:
                 self._frames.append(
                     (link, build_ethernet(eth.src, self.config.gateway_mac, ETHERTYPE_ARP, reply))
                 )
+        elif eth.ethertype == ETHERTYPE_IPV6 and self.v6 is not None:
+            self.v6.receive(link, eth.src, eth.payload, now)
         else:
             self.stats["drop_ethertype"] += 1
 
@@ -303,6 +324,10 @@ class Stack:
         else:
             self._unreachable(pkt, icmpw.PROTO_UNREACHABLE)
 
+    def _ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
+        """IPv6 for the NATs (the data plane): not wired yet, so counted and dropped."""
+        self.stats["drop_ipv6_transport"] += 1
+
     def _unreachable(self, pkt: IPv4Packet, code: int) -> None:
         quote = pkt.header.tobytes() + pkt.payload[:8].tobytes()
         body = build_icmp(icmpw.DEST_UNREACHABLE, code, b"\x00" * 4, quote)
@@ -339,7 +364,11 @@ class Stack:
         return self.http_proxy.transparent_mode(port)
 
     def _route(self, packet: bytes) -> None:
-        """Send an IPv4 packet to the VM that owns its destination address."""
+        """Send an IP packet to the VM that owns its destination address."""
+        if packet[0] >> 4 == 6:
+            if self.v6 is not None:
+                self.v6.route(packet)
+            return
         vm = self.vms.get(packet[16:20])
         if vm is None:
             vm = self._vm_from_lease(packet[16:20])
@@ -364,6 +393,10 @@ class Stack:
             else:
                 assert isinstance(client, tuple)
                 vm_ip, vm_port = client
+                if len(vm_ip) == 16:
+                    assert self.v6 is not None
+                    self.v6.dns_reply(vm_ip, vm_port, eff.data)
+                    continue
                 src = self.config.dns_ip
                 udp = build_udp(src, vm_ip, DNS_PORT, vm_port, eff.data)
                 self._route(ipv4_header(src, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
@@ -390,6 +423,8 @@ class Stack:
             if not answers:
                 break
             self._dns_answers(answers)
+        if self.v6 is not None:
+            self.v6.drain()
         frames, eff = self._frames, self._effects
         self._frames, self._effects = [], []
         self.stats["frames_out"] += len(frames)
@@ -405,11 +440,8 @@ class Stack:
 
     def handle_timer(self, now: float) -> None:
         self.tcp.handle_timer(now)
-        self.udp.handle_timer(now)
-        self.udp_forward.handle_timer(now)
-        self.icmp.handle_timer(now)
-        self.dns.handle_timer(now)
-        self.frag.handle_timer(now)
+        for machine in self._timed:
+            machine.handle_timer(now)
 
 
 __all__ = ["Stack", "Vm"]
