@@ -165,19 +165,18 @@ class Ipv6Switch:
     def _udp(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> bool:
         """DHCPv6 and DNS; True when handled here."""
         dst = pkt.dst
-        if dst in self._dhcp_dst:
-            dgram = parse_udp(pkt.payload, pkt.src, dst, self._stack._check)
-            if dgram.dst_port != SERVER_PORT:
-                return False
+        if dst not in self._dhcp_dst:
+            return False
+        dgram = parse_udp(pkt.payload, pkt.src, dst, self._stack._check)
+        if dgram.dst_port == SERVER_PORT:
             reply = self.dhcp.handle(src_mac, pkt.src, dgram.payload, now)
             if reply is not None:
                 udp = build_udp(reply.src_ip, reply.dst_ip, SERVER_PORT, CLIENT_PORT, reply.payload)
                 packet = build_ipv6(reply.src_ip, reply.dst_ip, NH_UDP, udp)
                 self._stack._frames.append((link, reply.dst_mac + self._eth_src + packet))
             return True
-        if dst == self.layout.gateway_ip and self._stack.config.serve_dns:
-            dgram = parse_udp(pkt.payload, pkt.src, dst, self._stack._check)
-            if dgram.dst_port != DNS_PORT:
+        if dgram.dst_port == DNS_PORT and dst == self.layout.gateway_ip:
+            if not self._stack.config.serve_dns:
                 return False
             self._stack.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
             return True
