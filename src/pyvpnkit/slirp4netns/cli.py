@@ -158,6 +158,7 @@ def layout(opts: argparse.Namespace) -> NetConfig:
         host_names=(),  # a pure forwarder, as slirp4netns: no built-in names
         gateway_names=(),
         vm_names=(),
+        ipv6=None,  # --enable-ipv6 is accepted; IPv6 stays off here for now
     )
 
 
