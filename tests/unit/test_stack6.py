@@ -209,3 +209,27 @@ def test_fragments_reassembled_before_dispatch() -> None:
     [(_link, _eth, pkt)] = out6(stack.drain(1.0)[0])
     msg = icmpv6.parse_icmpv6(pkt.payload, pkt.src, pkt.dst)
     assert (msg.type, bytes(msg.body)) == (icmpv6.ECHO_REPLY, bytes(range(200)) * 4)
+
+
+def test_stats_cover_ipv6() -> None:
+    from pyvpnkit.api.server import stats_of
+
+    stack = make_stack()
+    stack.receive(1, icmp(VM_IP, GW, icmpv6.build_icmpv6(
+        VM_IP, GW, icmpv6.ECHO_REQUEST, 0, icmpv6.echo_rest(1, 1))), 1.0)
+    stack.receive(1, frame(VM_IP, WORLD, ipv6.NH_UDP, build_udp(VM_IP, WORLD, 1, 2, b"x")), 1.0)
+    stack.drain(1.0)
+    stats = stats_of(stack)
+    assert stats["machines"]["ipv6"]["echo_answered"] == 1
+    assert stats["machines"]["ndp"] == {"ra_multicast": 1}
+    assert stats["drops"]["ipv6_transport"] == 1
+    assert stats["vms6"] == {"fd42:7076:6b69:0:5054:ff:fe00:1": VM_MAC.hex(":")}
+    assert "ndp" not in stats_of(make_stack(NetConfig(ipv6=None)))["machines"]
+
+
+def test_no_ipv6_drops_the_ethertype() -> None:
+    stack = make_stack(NetConfig(ipv6=None))
+    stack.receive(1, icmp(VM_IP, GW, icmpv6.build_icmpv6(
+        VM_IP, GW, icmpv6.ECHO_REQUEST, 0, icmpv6.echo_rest(1, 1))), 1.0)
+    assert stack.drain(1.0)[0] == [] and stack.stats["drop_ethertype"] == 1
+    assert stack.next_deadline() is None

@@ -13,6 +13,7 @@ listener should stay on loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -159,6 +160,9 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
     machines: dict[str, Any] = {
         "udp": stack.udp, "icmp": stack.icmp, "udp_forward": stack.udp_forward, "frag": stack.frag
     }
+    v6 = stack.v6
+    if v6 is not None:
+        machines.update(ipv6=v6, ndp=v6.ndp, dhcpv6=v6.dhcp, frag6=v6.frag)
     for name, machine in machines.items():
         for k, v in getattr(machine, "stats", {}).items():
             if k.startswith(("drop_", "frag_dropped", "frag_no_memory")):
@@ -187,6 +191,9 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             name: dict(getattr(m, "stats", {})) for name, m in machines.items()
         },
         "vms": {socket.inet_ntoa(ip): vm.mac.hex(":") for ip, vm in stack.vms.items()},
+        "vms6": {
+            str(ipaddress.IPv6Address(ip)): mac.hex(":") for ip, mac in v6.neighbors.items()
+        } if v6 is not None else {},
     }
 
 
