@@ -107,7 +107,7 @@ class Service:
         search = cfg.search_domains or tuple(d for d in (cfg.domain,) if d != "localdomain")
         text = f"nameserver {socket.inet_ntoa(cfg.dns_ip)}\n"
         if cfg.ipv6 is not None and cfg.serve_dns:
-            text += f"nameserver {ipaddress.IPv6Address(cfg.ipv6.gateway_ip)}\n"
+            text += f"nameserver {ipaddress.IPv6Address(cfg.ipv6.dns_ip)}\n"
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, resolv_conf: str | None = None) -> IfaceSetup:

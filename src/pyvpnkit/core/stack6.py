@@ -75,8 +75,8 @@ class Ipv6Switch:
         self.pool = AddressPool(layout.lowest_ip, layout.highest_ip)
         self.dhcp = Dhcpv6Server(cfg, layout, self.pool)
         self.frag = Ipv6Reassembler()
-        self._echo = {layout.gateway_ip, layout.link_local_ip, layout.host_ip}
-        self._dhcp_dst = {ALL_SERVERS, layout.gateway_ip, layout.link_local_ip}
+        self._echo = {layout.gateway_ip, layout.link_local_ip, layout.host_ip, layout.dns_ip}
+        self._dhcp_dst = {ALL_SERVERS, layout.gateway_ip, layout.link_local_ip, layout.dns_ip}
         self._eth_src = cfg.gateway_mac + _ETHERTYPE
 
     # -- VMs -----------------------------------------------------------------
@@ -175,7 +175,7 @@ class Ipv6Switch:
                 packet = build_ipv6(reply.src_ip, reply.dst_ip, NH_UDP, udp)
                 self._stack._frames.append((link, reply.dst_mac + self._eth_src + packet))
             return True
-        if dgram.dst_port == DNS_PORT and dst == self.layout.gateway_ip:
+        if dgram.dst_port == DNS_PORT and dst == self.layout.dns_ip:
             if not self._stack.config.serve_dns:
                 return False
             self._stack.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
@@ -185,7 +185,7 @@ class Ipv6Switch:
     # -- frames out ----------------------------------------------------------
 
     def dns_reply(self, vm_ip: bytes, vm_port: int, data: bytes) -> None:
-        src = self.layout.gateway_ip
+        src = self.layout.dns_ip
         self.route(build_ipv6(src, vm_ip, NH_UDP, build_udp(src, vm_ip, DNS_PORT, vm_port, data)))
 
     def route(self, packet: bytes) -> None:
