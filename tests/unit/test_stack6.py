@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import random
 
+import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
@@ -233,3 +234,16 @@ def test_no_ipv6_drops_the_ethertype() -> None:
         VM_IP, GW, icmpv6.ECHO_REQUEST, 0, icmpv6.echo_rest(1, 1))), 1.0)
     assert stack.drain(1.0)[0] == [] and stack.stats["drop_ethertype"] == 1
     assert stack.next_deadline() is None
+
+
+def test_dns_answer_too_big_for_ipv6_is_truncated() -> None:
+    stack = make_stack(NetConfig(mtu=1280))
+    assert stack.v6 is not None
+    stack.receive(1, icmp(VM_IP, GW, icmpv6.build_icmpv6(
+        VM_IP, GW, icmpv6.ECHO_REQUEST, 0, icmpv6.echo_rest(1, 1))), 1.0)
+    stack.drain(1.0)
+    wire = dns.message.make_response(dns.message.make_query("x.test", "TXT")).to_wire()
+    stack.v6.dns_reply(VM_IP, 5000, wire + bytes(1240 - len(wire)))
+    [(_link, _eth, pkt)] = out6(stack.drain(1.0)[0])
+    reply = dns.message.from_wire(bytes(parse_udp(pkt.payload, GW, VM_IP).payload))
+    assert reply.flags & dns.flags.TC and len(pkt.header) + len(pkt.payload) <= 1280

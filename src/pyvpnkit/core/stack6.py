@@ -20,6 +20,7 @@ from typing import Protocol
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dhcpv6 import Dhcpv6Server
 from pyvpnkit.core.dns import DnsServer
+from pyvpnkit.core.dns.server import truncate_reply
 from pyvpnkit.core.ip6frag import Ipv6Reassembler
 from pyvpnkit.core.ippool import AddressPool, key_mac, mac_key
 from pyvpnkit.core.ipv6_layout import Ipv6Layout
@@ -28,6 +29,7 @@ from pyvpnkit.wire import icmpv6 as icmp6
 from pyvpnkit.wire.dhcpv6 import ALL_SERVERS, CLIENT_PORT, SERVER_PORT
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV6
 from pyvpnkit.wire.ipv6 import (
+    IPV6_HEADER_LEN,
     NH_ICMPV6,
     NH_UDP,
     UNSPECIFIED,
@@ -186,6 +188,9 @@ class Ipv6Switch:
 
     def dns_reply(self, vm_ip: bytes, vm_port: int, data: bytes) -> None:
         src = self.layout.dns_ip
+        room = self._stack.config.mtu - IPV6_HEADER_LEN - 8  # the server sized it for IPv4
+        if len(data) > room:
+            data = truncate_reply(data, room, None)  # TC: the client asks again over TCP
         self.route(build_ipv6(src, vm_ip, NH_UDP, build_udp(src, vm_ip, DNS_PORT, vm_port, data)))
 
     def route(self, packet: bytes) -> None:
