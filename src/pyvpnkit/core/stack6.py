@@ -209,9 +209,7 @@ class Ipv6Switch:
             stack.stats["drop_no_route"] += 1
             self._solicit(dst)
             return
-        if len(packet) > stack.config.mtu:
-            stack.stats["drop_too_big"] += 1
-            return
+        # Over the MTU goes out as is, as IPv4's DF packets: TCP's GSO super-segments.
         stack._frames.append((link, mac + self._eth_src + packet))
 
     def _solicit(self, dst: bytes) -> None:
