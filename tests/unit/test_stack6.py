@@ -212,6 +212,31 @@ def test_fragments_reassembled_before_dispatch() -> None:
     assert (msg.type, bytes(msg.body)) == (icmpv6.ECHO_REPLY, bytes(range(200)) * 4)
 
 
+def test_unknown_vm_address_solicited_once_a_second_then_routed() -> None:
+    stack = make_stack()
+    stack.receive(1, icmp(VM_LL, LL, icmpv6.build_icmpv6(
+        VM_LL, LL, icmpv6.ECHO_REQUEST, 0, icmpv6.echo_rest(1, 1))), 1.0)
+    stack.drain(1.0)
+    assert stack.v6 is not None
+    packet = ipv6.build_ipv6(GW, VM2_IP, ipv6.NH_UDP, b"12345678")
+    stack.v6.route(packet)
+    stack.v6.route(packet)
+    [(link, eth, pkt)] = out6(stack.drain(1.5)[0])
+    msg = icmpv6.parse_ndp(icmpv6.parse_icmpv6(pkt.payload, pkt.src, pkt.dst))
+    assert isinstance(msg, icmpv6.NeighborSolicitation) and msg.target == VM2_IP
+    assert (link, pkt.dst) == (1, ipv6.solicited_node(VM2_IP))
+    assert stack.stats["drop_no_route"] == 2
+    assert stack.drain(2.5)[0] == []
+    stack.v6.route(packet)
+    assert len(stack.drain(2.5)[0]) == 1  # a second later: asked again
+    na = icmpv6.build_na(VM2_IP, LL, VM2_IP, router=False, solicited=True, override=True,
+                         options=icmpv6.encode_options(target_lladdr=VM_MAC))
+    stack.receive(1, ndp(VM2_IP, LL, na), 3.0)
+    stack.v6.route(packet)
+    [(link, eth, pkt)] = out6(stack.drain(3.0)[0])
+    assert (link, eth.dst, pkt.dst) == (1, VM_MAC, VM2_IP)
+
+
 def test_stats_cover_ipv6() -> None:
     from pyvpnkit.api.server import stats_of
 

@@ -348,7 +348,8 @@ class Stack:
 
     def _local_service(self, ip: bytes, port: int) -> LocalService | None:
         cfg = self.config
-        return self._dns_tcp if ip == cfg.dns_ip and port == DNS_PORT and cfg.serve_dns else None
+        ours = ip == cfg.dns_ip or (cfg.ipv6 is not None and ip == cfg.ipv6.dns_ip)
+        return self._dns_tcp if ours and port == DNS_PORT and cfg.serve_dns else None
 
     # -- frames out ----------------------------------------------------------
 

@@ -44,6 +44,8 @@ from pyvpnkit.wire.ipv6 import (
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
 DNS_PORT = 53
+SOLICIT_INTERVAL = 1.0  # RFC 4861 RETRANS_TIMER: one NS a second per unknown address
+MAX_SOLICITED = 1024
 _LOCAL_TYPES = icmp6.NDP_TYPES | icmp6.MLD_TYPES
 _ETHERTYPE = ETHERTYPE_IPV6.to_bytes(2, "big")
 
@@ -57,6 +59,7 @@ class Switch(Protocol):
     dns: DnsServer
     _frames: list[tuple[int, bytes]]
     _check: bool
+    _now: float  # of the last drain
 
     @property
     def vms(self) -> Mapping[bytes, object]: ...
@@ -80,6 +83,7 @@ class Ipv6Switch:
         self._echo = {layout.gateway_ip, layout.link_local_ip, layout.host_ip, layout.dns_ip}
         self._dhcp_dst = {ALL_SERVERS, layout.gateway_ip, layout.link_local_ip, layout.dns_ip}
         self._eth_src = cfg.gateway_mac + _ETHERTYPE
+        self._solicited: dict[bytes, float] = {}  # address -> when we last sent an NS for it
 
     # -- VMs -----------------------------------------------------------------
 
@@ -214,8 +218,14 @@ class Ipv6Switch:
 
     def _solicit(self, dst: bytes) -> None:
         """Ask the link who holds ``dst`` (a VM that never spoke): its NA teaches us the MAC."""
+        now = self._stack._now
+        if now - self._solicited.get(dst, -SOLICIT_INTERVAL) < SOLICIT_INTERVAL:
+            return
         if not (self.layout.in_subnet(dst) or is_link_local(dst)):
             return
+        if len(self._solicited) >= MAX_SOLICITED:
+            self._solicited.clear()
+        self._solicited[dst] = now
         src = self.layout.link_local_ip
         group = solicited_node(dst)
         options = icmp6.encode_options(source_lladdr=self._stack.config.gateway_mac)
