@@ -51,7 +51,7 @@ def test_ipv6_flags_land_in_the_config() -> None:
     v6 = config().ipv6
     assert v6 is not None and str(v6.subnet) == "fd42:7076:6b69::/64"
     v6 = config("--ipv6-subnet", "fd00:1:2:3::/64").ipv6
-    assert v6 is not None and ipaddress.IPv6Address(v6.gateway_ip) == ipaddress.IPv6Address("fd00:1:2:3::1")
+    assert v6 is not None and str(ipaddress.IPv6Address(v6.gateway_ip)) == "fd00:1:2:3::1"
     assert config("--no-ipv6").ipv6 is None
     assert config("--mtu", "1000").ipv6 is None
     for flags, words in ((("--ipv6-subnet", "fd00::/48"), "must be a /64"),
