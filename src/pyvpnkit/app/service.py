@@ -61,6 +61,8 @@ class Service:
         if not upstreams:
             upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
             ours = {socket.inet_ntoa(config.gateway_ip), socket.inet_ntoa(config.dns_ip)}
+            if config.ipv6 is not None:
+                ours |= {str(ipaddress.IPv6Address(config.ipv6.dns_ip))}
             upstreams = [u for u in upstreams if u[0] not in ours]
         self.dns_mode = opts.dns_mode
         if not upstreams and self.dns_mode == "host":
