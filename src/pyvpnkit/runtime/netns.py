@@ -135,9 +135,12 @@ def _ipv6_sysctls(setup: IfaceSetup) -> bool:
         values = {"accept_ra": "0", "autoconf": "0"}
     else:
         values = {"accept_ra": "2"}  # RAs even if the namespace forwards
-    with _step(f"setting {conf}"):
-        for name, value in values.items():
+    for name, value in values.items():
+        try:
             _write(conf + name, value)
+        except OSError as exc:  # /proc/sys read-only (a container): IPv6 as the kernel has it
+            print(f"pyvpnkit: cannot set {conf}{name}: {exc.strerror}", file=sys.stderr)
+            break
     return setup.ipv6
 
 
