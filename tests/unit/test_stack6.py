@@ -9,6 +9,8 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.stack import Stack
@@ -272,3 +274,26 @@ def test_dns_answer_too_big_for_ipv6_is_truncated() -> None:
     [(_link, _eth, pkt)] = out6(stack.drain(1.0)[0])
     reply = dns.message.from_wire(bytes(parse_udp(pkt.payload, GW, VM_IP).payload))
     assert reply.flags & dns.flags.TC and len(pkt.header) + len(pkt.payload) <= 1280
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    nh=st.sampled_from([ipv6.NH_ICMPV6, ipv6.NH_UDP, ipv6.NH_TCP, ipv6.NH_FRAGMENT,
+                        ipv6.NH_HOPOPTS, ipv6.NH_DSTOPTS, 99]),
+    dst=st.sampled_from([GW, LL, ALIAS, ipv6.ALL_NODES, d.ALL_SERVERS, VM2_IP, WORLD]),
+    src=st.sampled_from([VM_LL, VM_IP, ipv6.UNSPECIFIED, GW]),
+    body=st.binary(max_size=200),
+    hops=st.sampled_from([1, 64, 255]),
+    typ=st.sampled_from([None, 128, 130, 133, 134, 135, 136, 143]),
+)
+def test_garbage_never_escapes(
+    nh: int, dst: bytes, src: bytes, body: bytes, hops: int, typ: int | None
+) -> None:
+    """Checksummed ICMPv6 with a random body reaches NDP's option parsing; none raises."""
+    stack = make_stack()
+    if nh == ipv6.NH_ICMPV6 and typ is not None:
+        body = icmpv6.build_icmpv6(src, dst, typ, 0, body[:4].ljust(4, b"\0"), body[4:])
+    stack.receive(1, frame(src, dst, nh, body, hops=hops), 1.0)
+    stack.handle_timer(2.0)
+    stack.drain(2.0)
+    assert stack.stats["drop_internal_error"] == 0, stack.last_error
