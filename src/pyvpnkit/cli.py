@@ -17,6 +17,7 @@ from pyvpnkit import __version__
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
 from pyvpnkit.core.config import NetConfig, network_layout
+from pyvpnkit.core.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
 from pyvpnkit.proxy_options import add_proxy_options, proxy_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
@@ -24,6 +25,7 @@ from pyvpnkit.runtime.nsdiag import SetupError
 log = logging.getLogger("pyvpnkit")
 
 MIN_MTU = 576
+IPV6_MIN_MTU = 1280  # RFC 8200; below it IPv6 is off
 MAX_MTU = 65520
 MAX_SNAPLEN = 262144  # tcpdump's maximum
 IFNAMSIZ = 16
@@ -131,6 +133,11 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         help="JSON list of outbound redirects "
         '[{"protocol":"tcp","dst_prefix":"10.0.0.0/8","dst_port":80,"path":"/run/x.sock"}]',
     )
+    g.add_argument("--ipv6-subnet", default=DEFAULT_SUBNET, metavar="PREFIX/64",
+                   help="IPv6 prefix: gateway ::1 and fe80::1, host alias ::2, VMs by SLAAC "
+                   "or DHCPv6 from ::3 (default %(default)s)")
+    g.add_argument("--no-ipv6", action="store_true",
+                   help="no IPv6: IPv6 frames are dropped, exec leaves IPv6 off")
     g.add_argument("--domain", default="localdomain",
                    help="DHCP domain name (option 15; default %(default)s)")
     g.add_argument("--search", action="append", default=[], metavar="DOMAIN",
@@ -247,7 +254,19 @@ def build_config(args: argparse.Namespace) -> NetConfig:
         host_names=args.host_names,
         gateway_names=args.gateway_names,
         vm_names=args.vm_names,
+        ipv6=_ipv6(args),
     )
+
+
+def _ipv6(args: argparse.Namespace) -> Ipv6Layout | None:
+    """--ipv6-subnet's layout; None with --no-ipv6, or below IPv6's 1280-byte MTU unless asked."""
+    if args.no_ipv6:
+        return None
+    if args.mtu < IPV6_MIN_MTU:
+        if args.ipv6_subnet != DEFAULT_SUBNET:
+            raise UserError(f"--mtu {args.mtu}: IPv6 (--ipv6-subnet) needs {IPV6_MIN_MTU} or more")
+        return None
+    return ipv6_layout(args.ipv6_subnet)
 
 
 def _listen_url(kind: str) -> Callable[[str], str]:

@@ -231,7 +231,8 @@ def run_options(args: argparse.Namespace) -> argparse.Namespace:
         subnet = subnet.supernet()
     # A leading "@" is a file name to vpnkit, an abstract socket in a pyvpnkit URL.
     path = "./" + args.ethernet if args.ethernet.startswith("@") else args.ethernet
-    run = [f"--listen-vpnkit=unix://{quote(path, safe='/')}", f"--subnet={subnet}"]
+    run = [f"--listen-vpnkit=unix://{quote(path, safe='/')}", f"--subnet={subnet}",
+           "--no-ipv6"]  # vpnkit drops IPv6; so does its drop-in
     options = {"mtu": args.mtu, "hosts": args.hosts, "pcap-snaplen": args.pcap_snaplen}
     for name in ("gateway-ip", "lowest-ip", "highest-ip", "domain", "host-names",
                  "gateway-names", "vm-names", "forwards", "http"):  # fmt: skip

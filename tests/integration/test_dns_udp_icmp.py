@@ -60,9 +60,10 @@ def test_builtin_names_nodata_and_nxdomain(netenv: NetEnv, dns_port: int) -> Non
         f"{DIG} +short gateway.docker.internal",
         f"{DIG} +short host.internal",
         f"{DIG} +short vm.internal",
-        f"{DIG} host.docker.internal AAAA",
+        f"{DIG} host.docker.internal MX",
         f"{DIG} nosuch.example.test",
         f"{DIG} +tcp +short gateway.internal",
+        f"{DIG} +short host.docker.internal AAAA",
     ])
     outs = sections(vm(netenv, dns_port, script))
     assert outs[0].strip() == "192.168.65.2"
@@ -72,6 +73,7 @@ def test_builtin_names_nodata_and_nxdomain(netenv: NetEnv, dns_port: int) -> Non
     assert "status: NOERROR" in outs[4] and "ANSWER: 0" in outs[4]
     assert "status: NXDOMAIN" in outs[5]
     assert outs[6].strip() == "192.168.65.1"
+    assert outs[7].strip() == "fd42:7076:6b69::2"
 
 
 def test_large_answer_truncated_over_udp_complete_over_tcp(netenv: NetEnv, dns_port: int) -> None:

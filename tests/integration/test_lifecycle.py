@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tests.integration.netenv import NetEnv, exec_args, wait_for
 
+NAMESERVERS = "nameserver 192.168.65.1\nnameserver fd42:7076:6b69::1\n"  # IPv4 first, then IPv6
+
 
 def test_ready_fd_and_pid_file_written_once_serving(netenv: NetEnv, tmp_path: Path) -> None:
     pid_file = tmp_path / "pvk.pid"
@@ -55,7 +57,7 @@ def test_run_netns_name_gets_resolv_conf_until_exit(netenv: NetEnv) -> None:
         "--ifname", "pvk0",
     )
     assert wait_for(resolv.exists, 15)
-    assert resolv.read_text() == "nameserver 192.168.65.1\nsearch corp.test\n"
+    assert resolv.read_text() == NAMESERVERS + "search corp.test\n"
     seen = netenv.run_in("world", "cat", "/etc/resolv.conf").stdout
     assert seen == resolv.read_text()
     proc.send_signal(signal.SIGTERM)
@@ -68,8 +70,8 @@ def test_exec_resolv_conf_search_follows_options(netenv: NetEnv) -> None:
         cmd = netenv.pyvpnkit("exec", *exec_args(), *args, "--", "cat", "/etc/resolv.conf")
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
 
-    assert resolv() == "nameserver 192.168.65.1\n"  # --domain localdomain is not searched
-    assert resolv("--domain", "corp.test") == "nameserver 192.168.65.1\nsearch corp.test\n"
+    assert resolv() == NAMESERVERS  # --domain localdomain is not searched
+    assert resolv("--domain", "corp.test") == NAMESERVERS + "search corp.test\n"
     assert resolv("--search", "a.test", "--search", "b.test") == (
-        "nameserver 192.168.65.1\nsearch a.test b.test\n"
+        NAMESERVERS + "search a.test b.test\n"
     )

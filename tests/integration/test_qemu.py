@@ -56,6 +56,14 @@ udhcpc -i eth0 -f -n -q -t 10 -T 1 -O mtu -s /udhcpc.sh || echo "PVK-NODHCP"
 wget -q -O /tmp/blob http://192.168.65.2:{port}/blob
 echo "PVK-WGET rc=$? size=$(wc -c < /tmp/blob) at $(cut -d' ' -f1 /proc/uptime)"
 echo "PVK-SHA256 $(sha256sum /tmp/blob)"
+n=0
+while [ $n -lt 100 ]; do
+    ip -6 addr show dev eth0 scope global | grep -q fd42 && \
+        ! ip -6 addr show dev eth0 | grep -q tentative && break
+    sleep 0.1; n=$((n+1))
+done
+echo "PVK-V6 $(ip -6 addr show dev eth0 scope global | grep -o 'fd42[0-9a-f:]*/64')"
+ping -6 -c 1 -W 2 fd42:7076:6b69::1 >/dev/null && echo "PVK-PING6 ok"
 poweroff -f
 """
 
@@ -185,6 +193,9 @@ def test_qemu_guest_dhcp_and_download(netenv: NetEnv, boot_image: BootImage, bac
         assert f"PVK-WGET rc=0 size={BLOB_SIZE} " in text, where
         sha = re.search(r"PVK-SHA256 ([0-9a-f]{64})", text)
         assert sha and sha.group(1) == hashlib.sha256(blob).hexdigest(), where
+        # IPv6 too: the kernel's SLAAC from our RAs, then echo to the gateway.
+        assert re.search(r"PVK-V6 fd42:7076:6b69:0:[0-9a-f:]+/64", text), where
+        assert "PVK-PING6 ok" in text, where
         assert pvk.poll() is None, where
         up = re.search(r"PVK-UP (\S+)", text)
         done = re.search(r"PVK-WGET .* at (\S+)", text)

@@ -389,6 +389,33 @@ def test_drop_in_path_target_exits_when_namespace_is_removed(netenv: NetEnv) -> 
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def test_drop_in_enable_ipv6_slaac_and_dns_address(netenv: NetEnv) -> None:
+    """--enable-ipv6: the guest takes fd00::/64 by SLAAC; fd00::2 and fd00::3 answer echo."""
+    name = f"pvk-s6-{os.urandom(4).hex()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    proc = None
+    try:
+        proc, exit_w = _start_drop_in(netenv, "--enable-ipv6", "--netns-type=path",
+                                      f"/run/netns/{name}", "tap0")
+
+        def pinged(target: str) -> bool:
+            return subprocess.run(["ip", "netns", "exec", name, "ping", "-6", "-c1", "-W1",
+                                   target], capture_output=True, timeout=30).returncode == 0
+
+        assert wait_for(lambda: pinged("fd00::2"), 15, 0.3)
+        assert pinged("fd00::3")
+        addr = subprocess.run(["ip", "netns", "exec", name, "ip", "-6", "-o", "addr", "show",
+                               "tap0", "scope", "global"], capture_output=True, text=True).stdout
+        assert "inet6 fd00::" in addr and "/64" in addr, addr
+        os.close(exit_w)
+        assert _stops(proc)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 def test_drop_in_pid_target_exit_fd_and_target_exit(netenv: NetEnv) -> None:
     for end in ("exit-fd", "target"):
         target = subprocess.Popen(["unshare", "-n", "sleep", "60"], start_new_session=True)

@@ -6,6 +6,7 @@ import argparse
 
 from pyvpnkit import cli, vpnkit_cli
 from pyvpnkit.app.options import Options
+from pyvpnkit.core.config import NetConfig
 from pyvpnkit.slirp4netns import run as slirp_run
 from pyvpnkit.slirp4netns.cli import parse
 
@@ -35,3 +36,28 @@ def test_drop_ins_build_options_too() -> None:
     assert isinstance(slirp, argparse.Namespace)
     assert slirp_run.service_options(slirp) == Options(hosts="/dev/null", ifname="tap0",
                                                        netns="4242")
+
+
+def test_ipv6_flags_land_in_the_config() -> None:
+    import ipaddress
+
+    import pytest
+
+    from pyvpnkit.errors import UserError
+
+    def config(*flags: str) -> NetConfig:
+        return cli.build_config(cli.make_parser().parse_args(["run", "--tap", "t", *flags]))
+
+    v6 = config().ipv6
+    assert v6 is not None and str(v6.subnet) == "fd42:7076:6b69::/64"
+    v6 = config("--ipv6-subnet", "fd00:1:2:3::/64").ipv6
+    assert v6 is not None and str(ipaddress.IPv6Address(v6.gateway_ip)) == "fd00:1:2:3::1"
+    assert config("--no-ipv6").ipv6 is None
+    assert config("--mtu", "1000").ipv6 is None
+    for flags, words in ((("--ipv6-subnet", "fd00::/48"), "must be a /64"),
+                         (("--ipv6-subnet", "10.0.0.0/24"), "an IPv4 network"),
+                         (("--mtu", "1000", "--ipv6-subnet", "fd00::/64"), "needs 1280")):
+        with pytest.raises(UserError, match=words):
+            config(*flags)
+    vpnkit = vpnkit_cli.configure(["--ethernet", "/tmp/x.sock"])[0]
+    assert vpnkit.ipv6 is None

@@ -26,7 +26,7 @@ from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.limits import DescriptorBudget
 from pyvpnkit.wire import arp, ethernet, icmp, ipv4, tcp, udp
 
-CFG = NetConfig()
+CFG = NetConfig(ipv6=None)  # IPv4 only: no router advertisements among the frames
 VM_MAC = bytes.fromhex("020000000001")
 VM_IP = ip4("192.168.65.3")
 HOST = ip4("192.168.65.2")

@@ -94,11 +94,20 @@ def test_builtin_a(name: str, addr: str) -> None:
 
 @pytest.mark.parametrize("rdtype", ["AAAA", "MX", "TXT", "SRV"])
 def test_builtin_missing_type_is_nodata(rdtype: str) -> None:
-    server = make_server()
+    server = DnsServer(NetConfig(ipv6=None), [UP1])  # no IPv6: no AAAA either
     server.handle_query(query("host.docker.internal", rdtype), VM, "udp", 0.0)
     msg = one_answer(server)
     assert msg.rcode() == dns.rcode.NOERROR
     assert msg.answer == []
+
+
+def test_builtin_names_answer_aaaa_with_ipv6() -> None:
+    server = DnsServer(NetConfig(), [UP1])
+    server.handle_query(query("host.docker.internal", "AAAA"), VM, "udp", 0.0)
+    assert [rd.to_text() for rd in one_answer(server).answer[0]] == ["fd42:7076:6b69::2"]
+    server.handle_query(query("gateway.docker.internal", "ANY"), VM, "udp", 0.0)
+    got = sorted(rd.to_text() for rrset in one_answer(server).answer for rd in rrset)
+    assert got == ["192.168.65.1", "fd42:7076:6b69::1"]
 
 
 def test_config_names_with_trailing_dot_and_case() -> None:

@@ -43,7 +43,7 @@ def test_help_lists_every_slirp4netns_spelling(capsys: pytest.CaptureFixture[str
                  "--outbound-addr", "--outbound-addr6", "--enable-sandbox", "--enable-seccomp",
                  "--version", "--help"):
         assert flag in text, flag
-    assert "IPv6 is not implemented" in text
+    assert "fd00::/64" in text
     words = " ".join(text.split())
     assert "load a seccomp filter" in words and "with Landlock" in words
 
@@ -233,3 +233,13 @@ def test_dns_over_tcp_on_dot_3_and_disable_dns() -> None:
     stack.receive(1, syn(DNS, 53), 0)
     (pkt,), effects = out_packets(stack)
     assert effects == [] and tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst).flags & tcp.RST
+
+
+def test_enable_ipv6_is_slirp4netns_layout() -> None:
+    import ipaddress
+
+    assert layout(parse(["1"])).ipv6 is None
+    v6 = layout(parse(["--enable-ipv6", "1"])).ipv6
+    assert v6 is not None and str(v6.subnet) == "fd00::/64" and not v6.dhcpv6
+    assert [str(ipaddress.IPv6Address(a)) for a in (v6.gateway_ip, v6.host_ip, v6.dns_ip)] == [
+        "fd00::2", "fd00::2", "fd00::3"]

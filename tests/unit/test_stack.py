@@ -18,7 +18,7 @@ VM_IP = ip4("192.168.65.3")
 GW = ip4("192.168.65.1")
 HOST = ip4("192.168.65.2")
 WORLD = ip4("203.0.113.2")
-CFG = NetConfig()
+CFG = NetConfig(ipv6=None)  # IPv4 only: no router advertisements among the frames
 
 
 def make_stack() -> Stack:

@@ -21,7 +21,7 @@ from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet
 from pyvpnkit.wire.ipv4 import PROTO_UDP, build_ipv4
 from pyvpnkit.wire.udp import build_udp
 
-CFG = NetConfig()
+CFG = NetConfig(ipv6=None)  # IPv4 only: no router advertisements among the frames
 VM_MAC = b"\x02\x00\x00\x00\x00\x03"
 
 

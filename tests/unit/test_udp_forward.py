@@ -14,7 +14,7 @@ from pyvpnkit.wire.icmp import DEST_UNREACHABLE, PORT_UNREACHABLE, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_UDP, build_ipv4, parse_ipv4
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
-CFG = NetConfig()
+CFG = NetConfig(ipv6=None)  # IPv4 only: no router advertisements among the frames
 GW = CFG.gateway_ip
 VM = ip4("192.168.65.3")
 VM2 = ip4("192.168.65.4")

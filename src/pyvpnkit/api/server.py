@@ -13,6 +13,7 @@ listener should stay on loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -159,14 +160,17 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
     machines: dict[str, Any] = {
         "udp": stack.udp, "icmp": stack.icmp, "udp_forward": stack.udp_forward, "frag": stack.frag
     }
+    v6 = stack.v6
+    if v6 is not None:
+        machines.update(ipv6=v6, ndp=v6.ndp, dhcpv6=v6.dhcp, frag6=v6.frag)
     for name, machine in machines.items():
         for k, v in getattr(machine, "stats", {}).items():
             if k.startswith(("drop_", "frag_dropped", "frag_no_memory")):
                 drops[f"{name}_{k.removeprefix('drop_')}"] = v
     tcp = stack.tcp
     gw = stack.config.gateway_ip
-    v6 = stack.config.ipv6
-    gateways = (gw, v6.gateway_ip) if v6 is not None else (gw,)
+    layout = stack.config.ipv6
+    gateways = (gw, layout.gateway_ip) if layout is not None else (gw,)
     forwarded = sum(1 for key in tcp.flows if key[2] in gateways and key[3] >= 32768)
     return {
         "frames_in": s.get("frames_in", 0),
@@ -193,6 +197,9 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             name: dict(getattr(m, "stats", {})) for name, m in machines.items()
         },
         "vms": {socket.inet_ntoa(ip): vm.mac.hex(":") for ip, vm in stack.vms.items()},
+        "vms6": {
+            str(ipaddress.IPv6Address(ip)): mac.hex(":") for ip, mac in v6.neighbors.items()
+        } if v6 is not None else {},
     }
 
 

@@ -7,6 +7,7 @@ opened before the stack starts and reported as a UserError: one line, exit 125.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -60,6 +61,8 @@ class Service:
         if not upstreams:
             upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
             ours = {socket.inet_ntoa(config.gateway_ip), socket.inet_ntoa(config.dns_ip)}
+            if config.ipv6 is not None:
+                ours |= {str(ipaddress.IPv6Address(config.ipv6.dns_ip))}
             upstreams = [u for u in upstreams if u[0] not in ours]
         self.dns_mode = opts.dns_mode
         if not upstreams and self.dns_mode == "host":
@@ -105,6 +108,8 @@ class Service:
         cfg = self.config
         search = cfg.search_domains or tuple(d for d in (cfg.domain,) if d != "localdomain")
         text = f"nameserver {socket.inet_ntoa(cfg.dns_ip)}\n"
+        if cfg.ipv6 is not None and cfg.serve_dns:
+            text += f"nameserver {ipaddress.IPv6Address(cfg.ipv6.dns_ip)}\n"
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, resolv_conf: str | None = None) -> IfaceSetup:
@@ -117,6 +122,8 @@ class Service:
             gateway=socket.inet_ntoa(cfg.gateway_ip),
             mtu=cfg.mtu,
             resolv_conf=resolv_conf,
+            ipv6=cfg.ipv6 is not None,
+            ipv6_address=str(ipaddress.IPv6Address(cfg.ipv6.lowest_ip)) if cfg.ipv6 else "",
         )
 
     # -- assembly ------------------------------------------------------------
@@ -220,6 +227,9 @@ class Service:
         link_id = self.engine.link_id(link)
         if link_id is not None:
             self.stack.add_vm(link_id, attached.mac, ip)
+            if self.stack.v6 is not None and self.options.config_net:
+                assert self.config.ipv6 is not None
+                self.stack.v6.add_vm(attached.mac, self.config.ipv6.lowest_ip)
 
     def _shutdown(self) -> None:
         if getattr(self, "_hosts_timer", None) is not None:

@@ -100,7 +100,7 @@ class Dhcpv6Server:
         self._info: Options = []
         if config.serve_dns:
             domains = config.search_domains or ((config.domain,) if config.domain else ())
-            self._info.append((OPT_DNS_SERVERS, layout.gateway_ip))
+            self._info.append((OPT_DNS_SERVERS, layout.dns_ip))
             if domains:
                 self._info.append((OPT_DOMAIN_LIST, encode_names(domains)))
         valid = min(layout.valid_lifetime, _U32_MAX)

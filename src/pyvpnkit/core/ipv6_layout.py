@@ -30,11 +30,16 @@ class Ipv6Layout:
     lowest_ip: bytes = ipaddress.IPv6Address("fd42:7076:6b69::3").packed
     highest_ip: bytes = ipaddress.IPv6Address("fd42:7076:6b69::ffff").packed
     link_local_ip: bytes = LINK_LOCAL_GATEWAY
+    dns_ip: bytes = b""  # where DNS is answered; empty: the gateway (slirp4netns uses ::3)
     dhcpv6: bool = True  # stateful DHCPv6 offered: RAs carry M and O
     ra_max_interval: float = 600.0  # MaxRtrAdvInterval (RFC 4861 6.2.1)
     router_lifetime: int = 1800  # 3 x MaxRtrAdvInterval
     valid_lifetime: int = 86400  # of the prefix and DHCPv6 addresses
     preferred_lifetime: int = 14400
+
+    def __post_init__(self) -> None:
+        if not self.dns_ip:
+            object.__setattr__(self, "dns_ip", self.gateway_ip)
 
     @property
     def prefix(self) -> bytes:

@@ -100,6 +100,9 @@ class NeighborTable:
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self._macs.items())
 
+    def __len__(self) -> int:
+        return len(self._macs)
+
 
 class NdpResponder:
     def __init__(
@@ -113,7 +116,7 @@ class NdpResponder:
         self.layout = layout
         self.mac = config.gateway_mac
         self.rng = rng  # uniform in [0, 1)
-        ours = {layout.gateway_ip, layout.link_local_ip}
+        ours = {layout.gateway_ip, layout.link_local_ip, layout.dns_ip}
         if config.host_loopback:
             ours.add(layout.host_ip)
         self.addresses = frozenset(ours)
@@ -138,7 +141,7 @@ class NdpResponder:
                 )
             ],
             mtu=config.mtu,
-            rdnss=(life, [layout.gateway_ip]) if config.serve_dns else None,
+            rdnss=(life, [layout.dns_ip]) if config.serve_dns else None,
             dnssl=(life, domains) if config.serve_dns else None,
         )
 

@@ -1,8 +1,9 @@
 """The virtual switch: dispatches VM frames to the services and the NATs.
 
-All machines report IPv4 packets for VMs; the switch routes them by
+All machines report IP packets for VMs; the switch routes them by
 destination address to the right link and adds the Ethernet header. It is the
 only place that knows about links, MAC addresses and which VM lives where.
+IPv6 frames go to ``stack6.Ipv6Switch`` (NDP, DHCPv6, local services, routing).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyvpnkit.core.arp import ArpResponder
 from pyvpnkit.core.config import NetConfig
@@ -22,10 +24,10 @@ from pyvpnkit.core.family import quote
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
-from pyvpnkit.core.ip6frag import Ipv6Reassembler
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.routes import route
+from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
@@ -43,7 +45,7 @@ from pyvpnkit.wire.ethernet import (
 )
 from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
-from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet, parse_ipv6
+from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet
 from pyvpnkit.wire.tcp import parse_tcp
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
@@ -52,6 +54,11 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 DNS_PORT = 53
 EXPLICIT_PROXY_PORT = 3128  # vpnkit's: VMs set HTTP(S)_PROXY=http://<gateway>:3128
+
+
+class _Timed(Protocol):
+    def next_deadline(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -145,7 +152,10 @@ class Stack:
         self.last_error = ""
         self._frames: list[tuple[int, bytes]] = []
         self._effects: list[Effect] = []
-        self._timed = (self.udp, self.icmp, self.dns, self.frag, self.udp_forward)
+        self.v6 = Ipv6Switch(self, config.ipv6, self._rng.random) if config.ipv6 else None
+        self._timed: tuple[_Timed, ...] = (
+            self.udp, self.icmp, self.dns, self.frag, self.udp_forward,
+        ) + ((self.v6,) if self.v6 is not None else ())
 
     # -- links and VMs -------------------------------------------------------
 
@@ -154,13 +164,16 @@ class Stack:
         for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
             del self.vms[ip]
             self._forget_flows(ip, now)
-        vms6 = self._vms6 or {}  # B1: the NDP neighbor table's forget_mac
-        for ip6 in [ip for ip, vm in vms6.items() if vm.link == link]:
-            del vms6[ip6]
-            self._forget_flows(ip6, now)
-        for mac in [m for m, lk in self.macs.items() if lk == link]:
+        gone = [m for m, lk in self.macs.items() if lk == link]
+        for mac in gone:
             del self.macs[mac]
-        self.dns.set_vm_addresses(list(self.vms))
+        if self.v6 is not None:
+            for mac in gone:
+                for ip6 in self.v6.neighbors.addresses_of(mac):
+                    self._forget_flows(ip6, now)
+            self.v6.forget_macs(gone)  # also tells DNS
+        else:
+            self.dns.set_vm_addresses(list(self.vms))
 
     def _forget_flows(self, ip: bytes, now: float) -> None:
         """Close the NAT flows of a VM address (either family) that left the switch."""
@@ -211,7 +224,8 @@ class Stack:
             if owner is not None and key_mac(owner) not in (None, mac):
                 return False
         self.vms[ip] = Vm(ip, link, mac, mac + self.config.gateway_mac + b"\x08\x00")
-        self.dns.set_vm_addresses(list(self.vms))
+        v6 = self.v6.vm_addresses() if self.v6 is not None else []
+        self.dns.set_vm_addresses([*self.vms, *v6])
         return True
 
     # -- frames in -----------------------------------------------------------
@@ -243,7 +257,8 @@ class Stack:
             self.macs[eth.src] = link
         if eth.dst != self.config.gateway_mac:
             self._forward(link, eth.dst, frame)
-            if eth.dst != BROADCAST:
+            # Broadcasts are ours too, and IPv6 multicast (33:33:..: NDP, DHCPv6).
+            if eth.dst != BROADCAST and not (eth.dst[:2] == b"\x33\x33" and self.v6 is not None):
                 return
         if eth.ethertype == ETHERTYPE_IPV4:
             # A zero header checksum means "left to offload" (vpnkit's Go vmnet client,
@@ -256,39 +271,10 @@ class Stack:
                 self._frames.append(
                     (link, build_ethernet(eth.src, self.config.gateway_mac, ETHERTYPE_ARP, reply))
                 )
-        elif eth.ethertype == ETHERTYPE_IPV6 and self.config.ipv6 is not None:
-            self._ipv6_minimal(link, eth.src, parse_ipv6(eth.payload), now)
+        elif eth.ethertype == ETHERTYPE_IPV6 and self.v6 is not None:
+            self.v6.receive(link, eth.src, eth.payload, now)
         else:
             self.stats["drop_ethertype"] += 1
-
-    # -- BEGIN minimal IPv6 dispatch (data-plane branch only) -------------------
-    # B1's control plane (NDP, reassembly, anti-spoofing, local services) replaces
-    # this block and _vm6; tests configure the VM with a permanent neighbor entry.
-    _vms6: dict[bytes, Vm] | None = None
-    _frag6: Ipv6Reassembler | None = None
-
-    def _ipv6_minimal(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
-        if self._vms6 is None:
-            self._vms6 = {}
-        if any(pkt.src) and pkt.src not in self._vms6:
-            self._vms6[pkt.src] = Vm(pkt.src, link, src_mac, src_mac + self.config.gateway_mac
-                                     + b"\x86\xdd")
-        if pkt.is_fragment:
-            if self._frag6 is None:
-                self._frag6 = Ipv6Reassembler()
-            whole = self._frag6.add(pkt, now)
-            if whole is None:
-                return
-            pkt = parse_ipv6(whole)
-        if pkt.proto == NH_ICMPV6 and pkt.payload[:1] and pkt.payload[0] >= 130:
-            self.stats["drop_ipv6_control"] += 1  # NDP/MLD: B1's responder
-            return
-        self._ipv6_transport(link, src_mac, pkt, now)
-
-    def _vm6(self, dst: bytes) -> Vm | None:
-        return None if self._vms6 is None else self._vms6.get(dst)
-
-    # -- END minimal IPv6 dispatch ---------------------------------------------
 
     def _ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
         """An IPv6 packet (reassembled) that is not for the stack's own services: the NATs."""
@@ -390,7 +376,8 @@ class Stack:
 
     def _local_service(self, ip: bytes, port: int) -> LocalService | None:
         cfg = self.config
-        return self._dns_tcp if ip == cfg.dns_ip and port == DNS_PORT and cfg.serve_dns else None
+        ours = ip == cfg.dns_ip or (cfg.ipv6 is not None and ip == cfg.ipv6.dns_ip)
+        return self._dns_tcp if ours and port == DNS_PORT and cfg.serve_dns else None
 
     # -- frames out ----------------------------------------------------------
 
@@ -408,11 +395,8 @@ class Stack:
     def _route(self, packet: bytes) -> None:
         """Send an IP packet to the VM that owns its destination address."""
         if packet[0] >> 4 == 6:
-            vm6 = self._vm6(packet[24:40])
-            if vm6 is None:
-                self.stats["drop_no_route"] += 1
-            else:
-                self._frames.append((vm6.link, vm6.eth_header + packet))
+            if self.v6 is not None:
+                self.v6.route(packet)
             return
         vm = self.vms.get(packet[16:20])
         if vm is None:
@@ -438,6 +422,10 @@ class Stack:
             else:
                 assert isinstance(client, tuple)
                 vm_ip, vm_port = client
+                if len(vm_ip) == 16:
+                    assert self.v6 is not None
+                    self.v6.dns_reply(vm_ip, vm_port, eff.data)
+                    continue
                 src = self.config.dns_ip
                 udp = build_udp(src, vm_ip, DNS_PORT, vm_port, eff.data)
                 self._route(ipv4_header(src, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
@@ -464,6 +452,8 @@ class Stack:
             if not answers:
                 break
             self._dns_answers(answers)
+        if self.v6 is not None:
+            self.v6.drain()
         frames, eff = self._frames, self._effects
         self._frames, self._effects = [], []
         self.stats["frames_out"] += len(frames)
@@ -479,11 +469,8 @@ class Stack:
 
     def handle_timer(self, now: float) -> None:
         self.tcp.handle_timer(now)
-        self.udp.handle_timer(now)
-        self.udp_forward.handle_timer(now)
-        self.icmp.handle_timer(now)
-        self.dns.handle_timer(now)
-        self.frag.handle_timer(now)
+        for machine in self._timed:
+            machine.handle_timer(now)
 
 
 __all__ = ["Stack", "Vm"]

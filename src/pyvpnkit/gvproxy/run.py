@@ -91,8 +91,9 @@ def run_options(s: Settings) -> tuple[NetConfig, Options]:
     uuid_macs = {uuid: _mac(m) for uuid, m in s.uuid_macs.items()}
     # gvproxy leases for one hour.
     blocked = () if s.ec2_metadata_access else (LINK_LOCAL,)
+    # gvproxy offers no IPv6 on its network: neither do we here.
     config = dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
-                                 uuid_macs=uuid_macs, blocked=blocked)
+                                 uuid_macs=uuid_macs, blocked=blocked, ipv6=None)
     return config, options
 
 

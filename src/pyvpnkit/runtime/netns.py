@@ -46,6 +46,9 @@ class IfaceSetup:
     mac: str | None = None  # set the interface's MAC (slirp4netns --macaddress)
     resolv_conf: str | None = None  # file to bind-mount over /etc/resolv.conf (exec only)
     vnet_hdr: bool = True  # frames carry a virtio-net header (checksum and TSO offloads)
+    ipv6: bool = False  # False: IPv6 off on the interface (--no-ipv6)
+    ipv6_address: str = ""  # with config_net: this /64 address, default route via ipv6_gateway
+    ipv6_gateway: str = "fe80::1"
 
 
 @dataclass
@@ -101,14 +104,44 @@ def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
         if setup.mac:
             _ip("link", "set", setup.ifname, "address", setup.mac)
         _ip("link", "set", setup.ifname, "mtu", str(setup.mtu))
+        has_ipv6 = _ipv6_sysctls(setup)
         _ip("link", "set", setup.ifname, "up")
         if setup.config_net:
             _ip("addr", "add", f"{setup.address}/{setup.prefixlen}", "dev", setup.ifname)
             _ip("route", "add", "default", "via", setup.gateway, "dev", setup.ifname)
+        if setup.config_net and has_ipv6 and setup.ipv6_address:
+            # nodad: the command starts at once and must be able to use the address.
+            _ip("-6", "addr", "add", f"{setup.ipv6_address}/64", "dev", setup.ifname, "nodad")
+            _ip("-6", "route", "add", "default", "via", setup.ipv6_gateway, "dev", setup.ifname)
     # /sys still shows the parent namespace's devices; ask the kernel directly.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifr = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", setup.ifname.encode()))
     return fd, ifr[18:24]
+
+
+def _ipv6_sysctls(setup: IfaceSetup) -> bool:
+    """IPv6 on the interface as asked, before it comes up; False when it stays off.
+
+    Configured (exec): a static address and route, as for IPv4, so no SLAAC
+    beside it. --no-config-net: the kernel configures itself from our RAs.
+    --no-ipv6: IPv6 off, so the kernel sends nothing no one answers.
+    """
+    conf = f"/proc/sys/net/ipv6/conf/{setup.ifname}/"
+    if not os.path.isdir(conf):
+        return False  # a kernel without IPv6
+    if not setup.ipv6:
+        values = {"disable_ipv6": "1"}
+    elif setup.config_net and setup.ipv6_address:
+        values = {"accept_ra": "0", "autoconf": "0"}
+    else:
+        values = {"accept_ra": "2"}  # RAs even if the namespace forwards
+    for name, value in values.items():
+        try:
+            _write(conf + name, value)
+        except OSError as exc:  # /proc/sys read-only (a container): IPv6 as the kernel has it
+            print(f"pyvpnkit: cannot set {conf}{name}: {exc.strerror}", file=sys.stderr)
+            break
+    return setup.ipv6
 
 
 def _child_send(sock: socket.socket, setup: IfaceSetup) -> None:

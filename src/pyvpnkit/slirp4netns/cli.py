@@ -17,12 +17,29 @@ from collections.abc import Sequence
 
 from pyvpnkit import __version__
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.ipv6_layout import Ipv6Layout
 from pyvpnkit.slirp4netns import PROG
 
 DEFAULT_CIDR = "10.0.2.0/24"
 DEFAULT_MTU = 1500
 MAX_MTU = 65520
 GUEST, GATEWAY, DNS = 100, 2, 3  # host numbers in the network, as slirp4netns
+
+
+def _v6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+# slirp4netns's IPv6 (--enable-ipv6): the guest takes an address by SLAAC, no DHCPv6.
+SLIRP_IPV6 = Ipv6Layout(
+    subnet=ipaddress.IPv6Network("fd00::/64"),
+    gateway_ip=_v6("fd00::2"),
+    host_ip=_v6("fd00::2"),
+    lowest_ip=_v6("fd00::100"),
+    highest_ip=_v6("fd00::ffff"),
+    dns_ip=_v6("fd00::3"),
+    dhcpv6=False,
+)
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -89,8 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
     a("-m", "--mtu", type=_mtu, default=DEFAULT_MTU,
       help=f"MTU (default={DEFAULT_MTU}, max={MAX_MTU})")
     a("-6", "--enable-ipv6", action="store_true",
-      help="accepted for compatibility; IPv6 is not implemented yet: the guest gets no IPv6 "
-      "address or route, and IPv6 frames are dropped")
+      help="IPv6: fd00::/64, gateway and host loopback fd00::2, DNS fd00::3; the guest "
+      "configures itself from router advertisements (SLAAC)")
     a("-a", "--api-socket", metavar="PATH",
       help="API socket path (add_hostfwd, list_hostfwd, remove_hostfwd)")
     a("--cidr", type=_cidr, default=ipaddress.IPv4Network(DEFAULT_CIDR),
@@ -158,6 +175,7 @@ def layout(opts: argparse.Namespace) -> NetConfig:
         host_names=(),  # a pure forwarder, as slirp4netns: no built-in names
         gateway_names=(),
         vm_names=(),
+        ipv6=SLIRP_IPV6 if opts.enable_ipv6 and opts.mtu >= 1280 else None,
     )
 
 

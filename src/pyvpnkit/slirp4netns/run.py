@@ -43,6 +43,7 @@ def iface_setup(opts: argparse.Namespace, config: NetConfig) -> IfaceSetup:
         gateway=socket.inet_ntoa(config.gateway_ip),
         mtu=opts.mtu,
         mac=opts.macaddress,
+        ipv6=config.ipv6 is not None,  # by SLAAC from our RAs, as slirp4netns's guests
     )
 
 

@@ -94,11 +94,15 @@ def parse_hosts(text: str) -> NameTable:
 
 
 def builtin_table(config: NetConfig, vm_addresses: Iterable[bytes]) -> NameTable:
-    """The gateway's own names from `config` plus the VMs' current addresses."""
+    """The gateway's own names from `config` plus the VMs' current addresses (both families)."""
     table = NameTable()
+    host, gateway = [config.host_ip], [config.gateway_ip]
+    if config.ipv6 is not None:  # AAAA too: the alias's and the gateway's IPv6 addresses
+        host.append(config.ipv6.host_ip)
+        gateway.append(config.ipv6.gateway_ip)
     groups: list[tuple[tuple[str, ...], list[bytes]]] = [
-        (config.host_names, [config.host_ip]),
-        (config.gateway_names, [config.gateway_ip]),
+        (config.host_names, host),
+        (config.gateway_names, gateway),
         (config.vm_names, list(vm_addresses)),
     ]
     for names, addresses in groups:
