@@ -29,9 +29,6 @@ log = logging.getLogger("pyvpnkit.links")
 # Frames read per readiness callback before yielding to other links.
 READ_BATCH = 256
 GSO_MAX = 65535 + 14
-# A first frame this small (a request, not a burst of a bulk transfer) is read alone:
-# the read after it would most likely fail with EAGAIN.
-SMALL_FRAME = 128
 
 
 class TapLink(Link):
@@ -62,8 +59,7 @@ class TapLink(Link):
         read, fd, size = os.read, self.fd, self._bufsize
         deliver = self.sink.frame_received
         skip = VNET_HDR_LEN if self.vnet_hdr else 0
-        small = SMALL_FRAME + skip
-        for i in range(READ_BATCH):
+        for _ in range(READ_BATCH):
             try:
                 frame = read(fd, size)
             except BlockingIOError:
@@ -85,8 +81,6 @@ class TapLink(Link):
                 deliver(self, frame)
             if self.fd < 0:
                 return
-            if i == 0 and len(frame) <= small:
-                break
         self.sink.batch_done()
 
     def send_frame(self, frame: bytes) -> None:
