@@ -4,27 +4,29 @@ from __future__ import annotations
 
 from pyvpnkit.core.tcp_nat import DELAYED_ACK
 
-from .test_tcp_nat_support import World
+from .test_tcp_nat_support import Vm, World
 
 
-def test_the_ack_rides_on_the_hosts_answer() -> None:
+def request() -> tuple[World, Vm, int, int]:
+    """An established connection whose VM sent one byte; SND.UNA before it."""
     w = World()
     vm, fid = w.established()
     una = vm.conn.snd_una
     vm.conn.send(b"q", w.now)
     w.run()
     assert w.host.socks[fid].received == b"q"
+    return w, vm, fid, una
+
+
+def test_the_ack_rides_on_the_hosts_answer() -> None:
+    w, vm, fid, una = request()
     assert vm.conn.snd_una == una  # no pure ACK yet
     w.host_read(fid, b"a")
     assert vm.received == b"a" and vm.conn.snd_una == una + 1
 
 
 def test_an_unanswered_request_is_acked_after_the_delay() -> None:
-    w = World()
-    vm, fid = w.established()
-    una = vm.conn.snd_una
-    vm.conn.send(b"q", w.now)
-    w.run()
+    w, vm, _, una = request()
     w.advance(DELAYED_ACK / 2)
     assert vm.conn.snd_una == una
     w.advance(DELAYED_ACK)
