@@ -8,21 +8,25 @@ from .test_tcp_nat_support import Vm, World
 
 
 def request() -> tuple[World, Vm, int, int]:
-    """An established connection whose VM sent one byte; SND.UNA before it."""
+    """A connection past its first exchange (whose window update went out at once)
+    where the VM sent one more byte; SND.UNA before it."""
     w = World()
     vm, fid = w.established()
+    vm.conn.send(b"q", w.now)
+    w.run()
+    w.host_read(fid, b"a")
     una = vm.conn.snd_una
     vm.conn.send(b"q", w.now)
     w.run()
-    assert w.host.socks[fid].received == b"q"
+    assert w.host.socks[fid].received == b"qq"
     return w, vm, fid, una
 
 
 def test_the_ack_rides_on_the_hosts_answer() -> None:
     w, vm, fid, una = request()
     assert vm.conn.snd_una == una  # no pure ACK yet
-    w.host_read(fid, b"a")
-    assert vm.received == b"a" and vm.conn.snd_una == una + 1
+    w.host_read(fid, b"b")
+    assert vm.received == b"ab" and vm.conn.snd_una == una + 1
 
 
 def test_an_unanswered_request_is_acked_after_the_delay() -> None:

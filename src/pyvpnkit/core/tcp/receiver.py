@@ -146,9 +146,6 @@ class Receiver:
             avail = self.buffer - self.unconsumed
             cur = max(self.rcv_adv - self.rcv_nxt, 0)
             if cur <= self.buffer // 2 and avail - cur >= self._sws_threshold():
-                # While the peer still has room, the update may wait with the ACK.
-                if self.delack and self._roomy(self.rcv_nxt):
-                    return
                 self.ack_pending = True
 
     def _roomy(self, nxt: int) -> bool:
