@@ -141,9 +141,10 @@ class Service:
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
-            HostUdp(loop, self.stack.udp, engine.wake, budget=self.budget),
+            # A datagram read from the host is answered in the same loop iteration.
+            HostUdp(loop, self.stack.udp, engine.settle, budget=self.budget),
             HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
-            DnsUpstream(loop, self.stack.dns, engine.wake),
+            DnsUpstream(loop, self.stack.dns, engine.settle),
             self.http_proxy,
         ]
         options = self.options

@@ -62,6 +62,9 @@ FlowKey = tuple[bytes, int, bytes, int]
 # A host read is handed to the TCP machine whole; reading pauses while the
 # send buffer has less room than this, which bounds memory per flow.
 READ_CHUNK = 256 * 1024
+# A pure ACK for the VM's in-order data waits this long for the host's answer to carry it
+# (loopback and LAN services answer well within it; RFC 1122 allows up to 500 ms).
+DELAYED_ACK = 0.002
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class TcpNat:
             "keepalive_interval": keepalive[1] if keepalive else 75.0,
             "keepalive_probes": keepalive[2] if keepalive else 9,
             "gso_size": 65535 - IPV4_TCP_OVERHEAD if gso else None,  # ditto
+            "delayed_ack": DELAYED_ACK,
         }
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}

@@ -232,7 +232,13 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_when = None
-        self.stack.handle_timer(self.loop.time())
+        now = self.loop.time()
+        when = self.stack.next_deadline()
+        if when is not None and when > now:
+            # Early: the deadline it was set for went away (a delayed ACK rode on data).
+            self._rearm()
+            return
+        self.stack.handle_timer(now)
         self.flush()
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ class _HostConn:
     wbuf: bytearray = field(default_factory=bytearray)
     shutdown_after_flush: bool = False
     close_after_flush: bool = False
+    peek: bool = True  # a short read is followed by one more, until that finds nothing
     timeout: asyncio.TimerHandle | None = None
 
 
@@ -271,14 +272,16 @@ class HostTcp:
         now = self.loop.time()
         if data:
             self.nat.host_data(conn.fid, data, now)
-            if len(data) >= READ_CHUNK or not conn.reading:
+            if len(data) >= READ_CHUNK or not conn.reading or not conn.peek:
                 self.settle()
                 return
             # A short read often precedes EOF: look once more so the FIN can
-            # ride with the data instead of costing another loop iteration.
+            # ride with the data instead of costing another loop iteration. A
+            # connection where that found nothing (request/response) stops looking.
             try:
                 data = conn.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
+                conn.peek = False
                 self.settle()
                 return
             except OSError as exc:

@@ -74,6 +74,7 @@ class TcpConnection:
     __slots__ = (
         "_state", "_now", "_pb", "_opt", "_rx", "_tx", "_rec", "_rto", "_tm",
         "_syn_pending", "_probe_pending", "_packets", "_events", "_closed_emitted",
+        "_delayed_ack",
     )  # fmt: skip
 
     def __init__(
@@ -106,6 +107,7 @@ class TcpConnection:
         timestamps: bool = True,
         window_scaling: bool = True,
         gso_size: int | None = None,
+        delayed_ack: float = 0.0,
     ) -> None:
         self._state = CLOSED
         self._now = 0.0
@@ -113,7 +115,9 @@ class TcpConnection:
         rcv_buffer = max(int(rcv_buffer), 1)
         snd_buffer = max(int(snd_buffer), 1)
         self._opt = opt = Options(mss, rcv_buffer, sack, timestamps, window_scaling)
-        self._rx = Receiver(rcv_buffer, opt.mss, max_ooo_intervals)
+        # Seconds a pure ACK for in-order data may wait for data to ride on (0: never).
+        self._delayed_ack = delayed_ack
+        self._rx = Receiver(rcv_buffer, opt.mss, max_ooo_intervals, delayed_ack > 0)
         self._rto = RtoEstimator(initial_rto, min_rto, max_rto)
         self._tx = Sender(
             self._pb,
@@ -367,6 +371,9 @@ class TcpConnection:
             best = earliest(best, tm.keepalive_deadline())
         if st == FIN_WAIT_2:
             best = earliest(best, tm.fin_wait_2_deadline())
+        delack_at = self._rx.delack_at
+        if delack_at is not None and (best is None or delack_at < best):
+            best = delack_at
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -384,6 +391,9 @@ class TcpConnection:
             self._send_rst()  # the peer went quiet without its FIN
             self._move(EXPIRED)
             return
+        rx = self._rx
+        if rx.delack_at is not None and now >= rx.delack_at:
+            rx.ack_pending = True  # nothing came to carry it
         tx = self._tx
         if tx.rto_at is not None and now >= tx.rto_at:
             self._on_rto(now)
@@ -493,7 +503,8 @@ class TcpConnection:
                 opts = self._opt.syn(now, active, rx.ts_recent)
                 self._packets.append(self._pb.build(tx.iss, ack, flags, window, opts))
                 tx.syn_sent(now)
-            self._syn_pending = rx.ack_pending = False
+            self._syn_pending = False
+            rx.acked()
             rx.dupacks = 0
             return
 
@@ -524,8 +535,11 @@ class TcpConnection:
             self._probe_pending = False
             out.append(build((tx.snd_una - 1) & MASK, ack, ACK, window, opts))
             acked = True
-        if rx.ack_pending and not acked:
-            out.append(build(tx.snd_max & MASK, ack, ACK, window, opts))
-        rx.ack_pending = False
+        if acked or rx.ack_pending:
+            if not acked:
+                out.append(build(tx.snd_max & MASK, ack, ACK, window, opts))
+            rx.acked()
+        elif rx.delack and rx.delack_at is None:
+            rx.delack_at = now + self._delayed_ack
         if len(out) > sent_before and edge > rx.rcv_adv:
             rx.advertised(edge)  # the peer has been told: accept up to there from now on

@@ -21,9 +21,12 @@ class Receiver:
     __slots__ = (
         "buffer", "mss", "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "reasm", "peer_fin",
         "unconsumed", "pending", "ack_pending", "dupacks", "ts_ok", "ts_recent",
+        "may_delay", "delack", "delack_at", "unacked",
     )  # fmt: skip
 
-    def __init__(self, buffer: int, mss: int, max_ooo_intervals: int) -> None:
+    def __init__(
+        self, buffer: int, mss: int, max_ooo_intervals: int, may_delay: bool = False
+    ) -> None:
         self.buffer = buffer
         self.mss = mss  # ours: the unit of receiver SWS avoidance
         self.irs = 0
@@ -38,6 +41,12 @@ class Receiver:
         self.dupacks = 0  # out-of-order arrivals since the last drain (RFC 5681 4.2)
         self.ts_ok = False
         self.ts_recent = 0  # the peer's latest TSval, echoed back (RFC 7323 4.3)
+        # Delayed ACK (RFC 1122 4.2.3.2, RFC 5681 4.2): in-order data may wait for the
+        # host's answer to carry its ACK, until ``delack_at`` or a second full segment.
+        self.may_delay = may_delay
+        self.delack = False  # an ACK is owed but may wait
+        self.delack_at: float | None = None
+        self.unacked = 0  # bytes taken since the last ACK went out
 
     def start(self, irs: int, wscale: int, timestamps: bool, ts: tuple[int, int] | None) -> None:
         """The peer's SYN arrived: its stream starts after ``irs``; offer an unscaled window."""
@@ -81,6 +90,8 @@ class Receiver:
     def text(self, seq: int, payload: memoryview, fin: int) -> bool:
         """Take the segment's bytes (and FIN); True once the peer's FIN is reached in order."""
         rcv_nxt = self.rcv_nxt
+        # Old, clipped, out-of-order or FIN-bearing segments are answered at once.
+        delay = self.may_delay and not fin and seq == rcv_nxt and not self.reasm.bytes
         if seq < rcv_nxt:
             payload = payload[rcv_nxt - seq :]
             seq = rcv_nxt
@@ -88,8 +99,17 @@ class Receiver:
         if seq + len(payload) > limit:
             payload = payload[: max(0, limit - seq)]
             fin = 0
-        self.ack_pending = True
+            delay = False
         plen = len(payload)
+        if delay and plen:
+            self.unacked += plen
+            # Never sit on the ACK for a second full segment or a closing window.
+            if self.unacked < 2 * self.mss and self._roomy(seq + plen):
+                self.delack = True
+            else:
+                self.ack_pending = True
+        else:
+            self.ack_pending = True
         if fin and self.peer_fin is None:
             self.peer_fin = seq + plen
             self.reasm.clip(seq + plen)  # nothing may follow the FIN
@@ -128,6 +148,10 @@ class Receiver:
             if cur <= self.buffer // 2 and avail - cur >= self._sws_threshold():
                 self.ack_pending = True
 
+    def _roomy(self, nxt: int) -> bool:
+        """The window left beyond ``nxt`` lets the peer go on sending while an ACK waits."""
+        return self.rcv_adv - nxt >= min(2 * self.mss, 0x8000)
+
     def _sws_threshold(self) -> int:
         return max(min(self.buffer // 2, self.mss), 1)
 
@@ -152,6 +176,13 @@ class Receiver:
         if edge > self.rcv_adv:
             self.rcv_adv = edge
 
+    def acked(self) -> None:
+        """A segment carrying our ACK went out: nothing is owed any more."""
+        self.ack_pending = self.delack = False
+        self.delack_at = None
+        self.unacked = 0
+
     def close(self) -> None:
         """Drop what waits out of order."""
         self.reasm = Reassembly(1)
+        self.acked()
