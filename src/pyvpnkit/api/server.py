@@ -178,6 +178,12 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             "icmp": len(stack.icmp),
             "udp_forward": len(stack.udp_forward),
         },
+        # Sizes of the tables that must follow the flow count, for soak runs to watch.
+        "tables": {
+            "tcp_timers": tcp.timer_entries,
+            "tcp_pending_connects": tcp.pending_connects,
+            "dns_pending": stack.dns.forwarder.pending_count,
+        },
         "connections": {
             "tcp_forwarded_in": forwarded,
             "tcp_outbound": len(tcp) - forwarded,
