@@ -16,7 +16,7 @@ def heap_bounded(w: World) -> bool:
 
 def test_short_connections_leave_no_stale_deadlines_behind() -> None:
     w = World()
-    _idle, _fid = w.established(sport=10000)  # one long-lived flow, as in any real use
+    _vm, idle = w.established(sport=10000)  # one long-lived flow, as in any real use
     for port in range(20000, 20400):
         vm = w.connect(sport=port)
         fid = max(w.nat.by_id)
@@ -31,12 +31,12 @@ def test_short_connections_leave_no_stale_deadlines_behind() -> None:
         w.advance(0.02)
         w.vms = [v for v in w.vms if not v.conn.closed]
         assert heap_bounded(w), (port, len(w.nat._timers), len(w.nat.by_id))
-    assert list(w.nat.by_id) == [_fid]
+    assert list(w.nat.by_id) == [idle]
 
 
 def test_a_stream_leaves_no_stale_deadlines_behind_and_timers_still_fire() -> None:
     w = World()
-    _idle, idle = w.established(sport=10000)  # its deadline is earlier than the stale ones
+    _vm, idle = w.established(sport=10000)  # its deadline is earlier than the stale ones
     w.advance(1)
     vm = w.connect()
     fid = max(w.nat.by_id)
