@@ -6,7 +6,8 @@ many short TCP connections to the host alias, long streams both ways to the
 world, UDP echoes, DNS queries to the gateway (answered by a local test
 server) and pings. Every --interval seconds the stack's RSS, open descriptors
 and flow counts (from the API's /stats) are printed; at the end, the trend:
-RSS drift after warm-up and whether descriptors came back to the baseline
+RSS drift after warm-up, whether the TCP deadline heap stayed bounded by the
+flow count, and whether descriptors came back to the baseline
 (descriptors other than the host sockets of flows still open, such as UDP
 flows waiting for their idle timeout, plus the few opened once on first use).
 
@@ -117,7 +118,17 @@ def sample(pid: int, api: ApiClient) -> dict[str, int]:
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     flow_fds = stats["limits"]["descriptors"]["in_use"] + flows["icmp"]
     return {"rss_kb": rss, "fds": fds, "other_fds": fds - flow_fds,
-            "tcp": flows["tcp"], "udp": flows["udp"], "icmp": flows["icmp"]}
+            "tcp": flows["tcp"], "udp": flows["udp"], "icmp": flows["icmp"],
+            "tcp_timers": stats["tables"]["tcp_timers"]}
+
+
+def tables_bounded(s: dict[str, int]) -> bool:
+    """The TCP deadline heap follows the flow count (its stale entries once grew without end).
+
+    The stack keeps it under 2 * flows + 64 after each batch; the slack covers
+    flows that end between a batch and the sample.
+    """
+    return s["tcp_timers"] <= 3 * s["tcp"] + 128
 
 
 def soak(seconds: float, interval: float, report: Callable[[str], None] = print) -> dict:
@@ -157,7 +168,8 @@ def soak(seconds: float, interval: float, report: Callable[[str], None] = print)
             samples.append(s)
             report(f"t={s['t']:>5}s rss={s['rss_kb'] / 1024:6.1f} MB fds={s['fds']:>5} "
                    f"(flows {s['fds'] - s['other_fds']:>4}) "
-                   f"tcp={s['tcp']:>4} udp={s['udp']:>4} icmp={s['icmp']:>3}")
+                   f"tcp={s['tcp']:>4} udp={s['udp']:>4} icmp={s['icmp']:>3} "
+                   f"tcp_timers={s['tcp_timers']:>5}")
             if time.monotonic() - t0 > seconds + 60:
                 traffic.kill()
         counts = json.loads((traffic.stdout.read() if traffic.stdout else "").strip() or "{}")
@@ -176,6 +188,8 @@ def soak(seconds: float, interval: float, report: Callable[[str], None] = print)
             "fds_baseline": baseline["fds"], "fds_end": end["fds"],
             "flow_sockets_end": end["fds"] - end["other_fds"],
             "fds_back": end["other_fds"] <= baseline["other_fds"] + LAZY_FDS,
+            "tcp_timers_max": max((s["tcp_timers"] for s in samples), default=0),
+            "tables_bounded": all(map(tables_bounded, samples)),
         }
         report(json.dumps(result))
         return result
@@ -192,8 +206,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--interval", type=float, default=10.0)
     args = p.parse_args()
-    res = soak(args.minutes * 60, args.interval)
-    return 0 if res["fds_back"] and not res["traffic"].get("errors") else 1
+    res = soak(args.minutes * 60, args.interval, report=lambda line: print(line, flush=True))
+    ok = res["fds_back"] and res["tables_bounded"] and not res["traffic"].get("errors")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -397,6 +397,7 @@ async def test_routes_methods_and_leases(env: Env, client: TestClient) -> None:
     assert stats["drops"] == {}
     assert stats["flows"] == {"tcp": 0, "udp": 0, "icmp": 0, "udp_forward": 0, "tcp_ipv6": 0,
                               "udp_ipv6": 0, "icmp_ipv6": 0}
+    assert stats["tables"] == {"tcp_timers": 0, "tcp_pending_connects": 0, "dns_pending": 0}
     env.from_vm(b"\x45" + bytes(10))  # garbage: counted, not fatal
     stats = await (await client.get("/stats")).json()
     assert stats["drops"]["malformed"] == 1

@@ -188,6 +188,12 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             "udp_ipv6": stack.udp.ipv6_flows,
             "icmp_ipv6": stack.icmp.ipv6_flows,
         },
+        # Sizes of the tables that must follow the flow count, for soak runs to watch.
+        "tables": {
+            "tcp_timers": tcp.timer_entries,
+            "tcp_pending_connects": tcp.pending_connects,
+            "dns_pending": stack.dns.forwarder.pending_count,
+        },
         "connections": {
             "tcp_forwarded_in": forwarded,
             "tcp_outbound": len(tcp) - forwarded,

@@ -426,6 +426,7 @@ class TcpNat:
 
     def drain(self, now: float) -> tuple[list[bytes], list[Effect]]:
         self._process_dirty(now)
+        self._compact_timers()
         packets, effects = self._packets, self._effects
         self._packets, self._effects = [], []
         return packets, effects
@@ -478,6 +479,22 @@ class TcpNat:
             if deadline is not None:
                 heapq.heappush(self._timers, (deadline, fid))
 
+    def _compact_timers(self) -> None:
+        """Drop the heap's stale entries once they outnumber the live deadlines.
+
+        The heap deletes lazily: a flow whose deadline moves leaves its old
+        entry behind, and stale entries leave only on reaching the top. A
+        keepalive deadline is two hours away and moves with every segment, so
+        while any flow with an earlier deadline lived they piled up without end
+        (two per short connection, one per segment batch of a stream: issue
+        14's RSS drift). Rebuilding keeps the heap under twice the flow count
+        at amortized O(1) per push.
+        """
+        if len(self._timers) > 2 * len(self.by_id) + 64:
+            self._timers = [(f.deadline, f.flow_id) for f in self.by_id.values()
+                            if f.deadline is not None]
+            heapq.heapify(self._timers)
+
     def _refill(self, flow: Flow, now: float) -> None:
         conn = flow.conn
         assert conn is not None
@@ -528,6 +545,11 @@ class TcpNat:
     def pending_connects(self) -> int:
         """Host connects in flight, all VMs together."""
         return sum(map(len, self._connecting.values()))
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the deadline heap, stale ones included (bounded by the flow count)."""
+        return len(self._timers)
 
     def __len__(self) -> int:
         return len(self.flows)
