@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -67,6 +68,9 @@ def stack_for_vm(
         yield stack, vm
     finally:
         subprocess.run(["ip", "netns", "del", vm], check=False)
+        # `run --netns NAME` writes /etc/netns/NAME/resolv.conf and removes it at exit,
+        # but not after --runas dropped root or a SIGKILL: never leave it behind.
+        shutil.rmtree(f"/etc/netns/{vm}", ignore_errors=True)
 
 
 def hold_from(vm: str, stack_pid: int, port: int, n: int, after: int) -> dict[str, Any]:
