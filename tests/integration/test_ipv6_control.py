@@ -29,6 +29,7 @@ def test_exec_configures_ipv6_ping_and_dns(netenv: NetEnv, tmp_path) -> None:
         "sh", "-c",
         "ip -6 -o addr show dev eth0 scope global; ip -6 route; cat /etc/resolv.conf; "
         f"ping -6 -c1 -W2 {GW6} && ping -6 -c1 -W2 {ALIAS6} && ping -6 -c1 -W2 fe80::1%eth0 && "
+        f"dig +short +tcp +time=2 +tries=1 AAAA gateway.docker.internal @{GW6} && "
         f"dig +short +notcp +time=2 +tries=1 AAAA host.docker.internal @{GW6}",
     )
     text = out.stdout
@@ -36,7 +37,7 @@ def test_exec_configures_ipv6_ping_and_dns(netenv: NetEnv, tmp_path) -> None:
     assert "default via fe80::1 dev eth0" in text
     assert f"nameserver 192.168.65.1\nnameserver {GW6}\n" in text
     assert text.count("1 received") == 3
-    assert text.rstrip().endswith(ALIAS6)
+    assert text.rstrip().endswith(f"{GW6}\n{ALIAS6}")  # over TCP, then over UDP
     if shutil.which("tcpdump"):
         dump = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True)
         assert f"fd42:7076:6b69::3 > {GW6}: ICMP6, echo request" in dump.stdout
