@@ -227,3 +227,18 @@ def test_garbage_only_parse_error(t: int, src: bytes, rest: bytes, body: bytes) 
         send(ndp, src, ipv6.ALL_NODES, icmpv6.build_icmpv6(src, ipv6.ALL_NODES, t, 0, rest, body))
     except ParseError:
         pass
+
+
+def test_neighbor_table_is_bounded_per_mac_and_overall() -> None:
+    from pyvpnkit.core.ndp import MAX_ADDRESSES_PER_MAC, MAX_NEIGHBORS, NeighborTable
+
+    table = NeighborTable(frozenset())
+    prefix = ipaddress.IPv6Address("fd42:7076:6b69::").packed[:8]
+    mac = bytes.fromhex("020000000001")
+    addrs = [prefix + i.to_bytes(8, "big") for i in range(1, 101)]
+    for a in addrs:
+        assert table.learn(a, mac)
+    assert table.addresses_of(mac) == addrs[-MAX_ADDRESSES_PER_MAC:]  # the newest kept
+    for i in range(MAX_NEIGHBORS + 50):  # many MACs, one address each
+        table.learn(prefix + (1000 + i).to_bytes(8, "big"), i.to_bytes(6, "big"))
+    assert len(table.items()) == MAX_NEIGHBORS

@@ -56,6 +56,11 @@ NDP_HOP_LIMIT = 255  # RFC 4861: anything less crossed a router and is forged
 MAX_INITIAL_RTR_ADVERTISEMENTS = 3
 MAX_INITIAL_RTR_ADVERT_INTERVAL = 16.0
 MIN_DELAY_BETWEEN_RAS = 3.0
+# A VM has a few IPv6 addresses (link-local, SLAAC, temporary, DHCPv6); one that
+# sends from thousands must not grow the table (and the DNS names built from it)
+# without bound: past these, the oldest entry of that MAC, or overall, goes.
+MAX_ADDRESSES_PER_MAC = 16
+MAX_NEIGHBORS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,12 @@ class NeighborTable:
         old = self._macs.get(addr)
         if old == mac or (tentative and old is not None):
             return False
+        if old is None:
+            held = self.addresses_of(mac)
+            if len(held) >= MAX_ADDRESSES_PER_MAC:
+                del self._macs[held[0]]
+            elif len(self._macs) >= MAX_NEIGHBORS:
+                del self._macs[next(iter(self._macs))]
         self._macs[addr] = mac
         return True
 
