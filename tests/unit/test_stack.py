@@ -242,3 +242,15 @@ def test_spoofed_source_addresses_are_dropped() -> None:
     assert len(out_frames(stack)) == 1
     stack.receive(1, from_mac(VM_MAC, ip4("192.168.65.9")), 0.0)  # now in use by the intruder
     assert out_frames(stack) == [] and stack.stats["drop_spoofed_source"] == 4
+
+
+def test_mac_table_is_bounded() -> None:
+    from pyvpnkit.core.stack import MAX_MACS
+
+    stack = Stack(NetConfig(ipv6=None), rng=random.Random(1))
+    extra = 10
+    for i in range(MAX_MACS + extra):
+        src = bytes([0x02]) + i.to_bytes(5, "big")
+        stack.receive(1, ethernet.build_ethernet(ethernet.BROADCAST, src, 0x88B5, b"x" * 46), 0.0)
+    assert len(stack.macs) == MAX_MACS and stack.stats["mac_evicted"] == extra
+    assert bytes([0x02]) + (MAX_MACS + extra - 1).to_bytes(5, "big") in stack.macs

@@ -61,6 +61,10 @@ class _Timed(Protocol):
     def handle_timer(self, now: float) -> None: ...
 
 
+# The switch's MAC table, as a hardware switch bounds its own: a VM that sends from
+# random source MACs must not grow it (and every flood, which walks it) without end.
+MAX_MACS = 4096
+
 @dataclass(slots=True)
 class Vm:
     ip: bytes
@@ -254,6 +258,9 @@ class Stack:
     def _receive(self, link: int, frame: bytes | memoryview, now: float) -> None:
         eth = parse_ethernet(frame)
         if not is_multicast(eth.src) and self.macs.get(eth.src) != link:
+            if eth.src not in self.macs and len(self.macs) >= MAX_MACS:
+                del self.macs[next(iter(self.macs))]  # the oldest; relearned when it speaks
+                self.stats["mac_evicted"] += 1
             self.macs[eth.src] = link
         if eth.dst != self.config.gateway_mac:
             self._forward(link, eth.dst, frame)

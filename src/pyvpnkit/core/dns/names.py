@@ -163,10 +163,15 @@ class LocalNames:
         self._config = config
         self.zones = Zones()
         self._builtin = builtin_table(config, [])
+        self._vm_addresses: list[bytes] = []
+        self._builtin_stale = False
         self._hosts = parse_hosts(hosts_text)
 
     def set_vm_addresses(self, addrs: Iterable[bytes]) -> None:
-        self._builtin = builtin_table(self._config, addrs)
+        """Note the VMs' addresses; the table is rebuilt at the next lookup, not here:
+        the switch calls this for every address it learns, queries are rarer."""
+        self._vm_addresses = list(addrs)
+        self._builtin_stale = True
 
     def load_hosts(self, text: str) -> None:
         self._hosts = parse_hosts(text)
@@ -184,6 +189,9 @@ class LocalNames:
         zoned = self.zones.lookup(qname, rdtype)
         if zoned is not None:
             return zoned
+        if self._builtin_stale:
+            self._builtin = builtin_table(self._config, self._vm_addresses)
+            self._builtin_stale = False
         for table in (self._builtin, self._hosts):
             found = answer_from(table, qname, rdtype)
             if found is not None:
