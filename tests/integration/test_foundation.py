@@ -91,8 +91,8 @@ def test_run_attaches_to_existing_netns(netenv: NetEnv) -> None:
         assert proc.wait(10) == 0
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
-        # `run --netns NAME` writes /etc/netns/NAME/resolv.conf and removes it at exit,
-        # but not after --runas dropped root or a SIGKILL: never leave it behind.
+        # `run --netns NAME` writes /etc/netns/NAME/resolv.conf and removes it when it
+        # is gone; should that ever fail, the test still leaves nothing behind.
         shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
 
 

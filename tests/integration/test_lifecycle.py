@@ -65,6 +65,19 @@ def test_run_netns_name_gets_resolv_conf_until_exit(netenv: NetEnv) -> None:
     assert not resolv.exists() and not resolv.parent.exists()
 
 
+def test_run_netns_resolv_conf_goes_even_after_sigkill_and_runas(netenv: NetEnv) -> None:
+    """A root child removes it once the stack is gone: after --runas, after SIGKILL."""
+    resolv = Path(f"/etc/netns/{netenv.world}/resolv.conf")
+    for extra, sig in ((("--runas", "nobody"), signal.SIGTERM), ((), signal.SIGKILL)):
+        proc = netenv.start_pyvpnkit("run", *exec_args(), "--netns", netenv.world,
+                                     "--ifname", "pvk0", *extra)
+        assert wait_for(resolv.exists, 15)
+        time.sleep(0.5)  # past --runas
+        proc.send_signal(sig)
+        proc.wait(10)
+        assert wait_for(lambda: not resolv.parent.exists(), 5), (extra, sig)
+
+
 def test_exec_resolv_conf_search_follows_options(netenv: NetEnv) -> None:
     def resolv(*args: str) -> str:
         cmd = netenv.pyvpnkit("exec", *exec_args(), *args, "--", "cat", "/etc/resolv.conf")

@@ -68,8 +68,8 @@ def stack_for_vm(
         yield stack, vm
     finally:
         subprocess.run(["ip", "netns", "del", vm], check=False)
-        # `run --netns NAME` writes /etc/netns/NAME/resolv.conf and removes it at exit,
-        # but not after --runas dropped root or a SIGKILL: never leave it behind.
+        # `run --netns NAME` writes /etc/netns/NAME/resolv.conf and removes it when it
+        # is gone; should that ever fail, the test still leaves nothing behind.
         shutil.rmtree(f"/etc/netns/{vm}", ignore_errors=True)
 
 

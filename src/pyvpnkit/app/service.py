@@ -51,6 +51,35 @@ def _read(path: str) -> str:
         return ""
 
 
+def _remove_file_and_dir(path: str) -> None:
+    try:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass  # gone already, or the directory holds other files: keep it
+
+
+def _remove_when_we_exit(path: str) -> None:
+    """A root child that removes ``path`` once we are gone, however we go.
+
+    We remove it ourselves at a clean exit, but not after --runas dropped root
+    (/etc/netns is root's) nor after SIGKILL. The child holds only the read end
+    of a pipe whose write end dies with us; it ignores the signals a terminal or
+    a launcher sends to the process group, so it outlives us by a moment only.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(write_end)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            os.read(read_end, 1)
+            _remove_file_and_dir(path)
+        finally:
+            os._exit(0)
+    os.close(read_end)  # write_end stays open, not inherited, until we exit
+
+
 class Service:
     """One running stack: built from a NetConfig and Options, served until stopped."""
 
@@ -264,6 +293,7 @@ class Service:
                 with open(resolv, "x") as f:
                     f.write(self.resolv_conf_text())
                 self._netns_resolv = resolv
+                _remove_when_we_exit(resolv)
             except FileExistsError:
                 log.warning("%s exists: leaving it as it is", resolv)
             except OSError as exc:
@@ -272,11 +302,7 @@ class Service:
 
     def remove_netns_resolv_conf(self) -> None:
         if self._netns_resolv is not None:
-            try:
-                os.unlink(self._netns_resolv)
-                os.rmdir(os.path.dirname(self._netns_resolv))
-            except OSError:
-                pass  # the directory holds other files: keep it
+            _remove_file_and_dir(self._netns_resolv)
             self._netns_resolv = None
 
     def open_existing_tap(self, name: str) -> int:
