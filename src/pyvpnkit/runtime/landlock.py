@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from pyvpnkit.runtime.sysns import libc
 
 # Landlock's system call numbers are the same on both (asm-generic numbering).
 SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
@@ -40,7 +40,7 @@ class _PathBeneath(ctypes.Structure):
 
 
 def _syscall(number: int, *args: object) -> int:
-    ret: int = _libc.syscall(ctypes.c_long(number), *args)
+    ret: int = libc.syscall(ctypes.c_long(number), *args)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"landlock: {os.strerror(err)}")

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from pyvpnkit.errors import SETUP_FAILED
+from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED
 from pyvpnkit.links.tapdev import open_tap, tap_error
 from pyvpnkit.runtime import sysns
 from pyvpnkit.runtime.nsdiag import SetupError, explain
@@ -242,7 +242,7 @@ def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
             else:  # the parent runs the stack already: the command itself failed
                 print(f"pyvpnkit: {cmd[0]}: {getattr(exc, 'strerror', None) or exc}",
                       file=sys.stderr)
-                code = 127 if isinstance(exc, FileNotFoundError) else 126
+                code = NOT_FOUND if isinstance(exc, FileNotFoundError) else NOT_EXECUTABLE
         os._exit(code)
     child.close()
     try:

@@ -13,7 +13,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_BIND = 0x1000
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# One handle on the C library for every ctypes call in the package (sandbox, landlock too).
+libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 def _check(ret: int, what: str) -> None:
@@ -23,16 +24,16 @@ def _check(ret: int, what: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    _check(libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
     _check(
-        _libc.mount(
+        libc.mount(
             source.encode(),
             target.encode(),
             fstype.encode() if fstype else None,
@@ -49,12 +50,12 @@ PR_SET_NO_NEW_PRIVS = 38
 
 def set_parent_death_signal(sig: int) -> None:
     """Have the kernel send ``sig`` to this process when its parent dies."""
-    _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl")
+    _check(libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl")
 
 
 def set_no_new_privs() -> None:
     """Nothing this process executes may gain privileges (setuid bits, file caps)."""
-    _check(_libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), 0, 0, 0), "prctl")
+    _check(libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), 0, 0, 0), "prctl")
 
 
 M_TRIM_THRESHOLD = -1
@@ -69,7 +70,7 @@ def tune_malloc() -> None:
     buffer then page-faults on first touch (measured: ~25% of a download's
     time). Fixed thresholds keep that memory in the heap for reuse.
     """
-    mallopt = getattr(_libc, "mallopt", None)
+    mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:  # not glibc
         return
     mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(4 << 20))

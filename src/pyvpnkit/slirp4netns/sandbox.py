@@ -38,7 +38,6 @@ CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 log = logging.getLogger("pyvpnkit.slirp4netns")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 class _CapHeader(ctypes.Structure):
@@ -57,7 +56,7 @@ def _capget() -> tuple[int, int]:
     """(effective, permitted) as 64-bit masks."""
     header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    if _libc.capget(ctypes.byref(header), data) != 0:
+    if sysns.libc.capget(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capget")
     effective = data[0].effective | data[1].effective << 32
     permitted = data[0].permitted | data[1].permitted << 32
@@ -70,7 +69,7 @@ def _capset(mask: int) -> None:
     for i in (0, 1):
         part = (mask >> (32 * i)) & 0xFFFFFFFF
         data[i] = _CapData(part, part, 0)
-    if _libc.capset(ctypes.byref(header), data) != 0:
+    if sysns.libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
 
 
@@ -82,8 +81,8 @@ def _drop_capabilities() -> None:
         last = int(f.read())
     for cap in range(last + 1):
         if not KEPT & (1 << cap):
-            _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
-    _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+            sysns.libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
+    sysns.libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     _capset(permitted & KEPT)
 
 
