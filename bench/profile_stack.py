@@ -2,6 +2,7 @@
 
     python3 bench/profile_stack.py TEST [--seconds 8] [--mtu 65520] [--top 25] [--native]
     python3 bench/profile_stack.py TEST --strace   # system calls per operation instead
+    python3 bench/profile_stack.py TEST --perf     # interpreter vs kernel, by symbol
 
 TEST is one of clients.py's tests (conn, tcp_rr, udp_rr, dns, up, down). The
 stack runs in a test-made namespace like in compare.py; py-spy (pip install
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -61,6 +64,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     ap.add_argument("--strace", action="store_true", help="count system calls (strace -c)")
+    ap.add_argument("--cprofile", metavar="FILE",
+                    help="run the stack under cProfile, stats to FILE (exact call counts)")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record: the interpreter's and the kernel's share by symbol")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     env = NetEnv()
@@ -69,7 +76,9 @@ def main() -> None:
         servers = Servers(env)
         client = f"sleep 1; {sys.executable} {CLIENTS} 192.168.65.2 192.168.65.1 0 "
         stack = env.start(
-            "host", sys.executable, "-m", "pyvpnkit", "exec", "--mtu", str(args.mtu),
+            "host", sys.executable,
+            *(["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []),
+            "-m", "pyvpnkit", "exec", "--mtu", str(args.mtu),
             "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", "--",
             "sh", "-c", client + f"{args.seconds + 1} {args.test}",
             stdout=subprocess.PIPE,
@@ -82,6 +91,27 @@ def main() -> None:
             assert stack.stdout is not None
             print(stack.stdout.read().decode().strip(), "(slowed down by strace)")
             print(trace.stderr)
+            return
+        if args.cprofile:
+            assert stack.stdout is not None
+            print(stack.stdout.read().decode().strip(), "(under cProfile)")
+            stack.wait()
+            pstats.Stats(args.cprofile).sort_stats("tottime").print_stats(args.top)
+            return
+        if args.perf:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = str(Path(tmp) / "perf.data")
+                subprocess.run(["perf", "record", "-q", "-o", data, "-p", str(stack.pid),
+                                "--", "sleep", str(args.seconds)], check=True,
+                               capture_output=True)
+                assert stack.stdout is not None
+                print(stack.stdout.read().decode().strip(), "(under perf)")
+                report = subprocess.run(
+                    ["perf", "report", "-i", data, "--stdio", "--percent-limit", "0.3",
+                     "--sort", os.environ.get("PERF_SORT", "dso,sym")],
+                    capture_output=True, text=True)
+                print("\n".join(line for line in report.stdout.splitlines()
+                                if line and not line.startswith("#")))
             return
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "profile.txt"
