@@ -172,6 +172,7 @@ class TcpNat:
         self._effects: list[Effect] = []
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
+        self.flow_log = True  # the runtime turns it off when nobody reads closed_log
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
                       "proxied": 0, "unreachable_sent": 0}
 
@@ -386,12 +387,17 @@ class TcpNat:
         flow.conn.abort(now)
         self._dirty.add(flow_id)
 
-    def host_sent(self, flow_id: int, n: int, now: float) -> None:
-        """The host socket took n more bytes: the VM may send that much more."""
+    def host_sent(self, flow_id: int, n: int, now: float) -> bool:
+        """The host socket took n more bytes: the VM may send that much more.
+
+        True if the VM must be told (a window update): only then is a drain
+        needed, which saves one per request of a request/response exchange.
+        """
         flow = self.by_id.get(flow_id)
-        if flow is not None and flow.conn is not None:
-            flow.conn.consumed(n, now)
+        if flow is not None and flow.conn is not None and flow.conn.consumed(n, now):
             self._dirty.add(flow_id)
+            return True
+        return False
 
     def local_send(self, flow_id: int, data: bytes, now: float) -> None:
         """A local service answers on its stream."""
@@ -533,6 +539,8 @@ class TcpNat:
         if flow.ended:
             return
         flow.ended = True
+        if not self.flow_log:
+            return  # formatting costs more than a short connection's segments
         vm_ip, vm_port, ip, port = flow.key
         via = f" via {flow.via}" if flow.via else ""
         self.closed_log.append(

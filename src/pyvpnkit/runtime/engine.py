@@ -42,6 +42,7 @@ class Engine:
 
     def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.stack = stack
+        stack.tcp.flow_log = log.isEnabledFor(logging.INFO)  # closed_log lines are logged at INFO
         self.loop = loop or asyncio.get_running_loop()
         self.links: dict[int, Link] = {}
         self._ids: dict[int, int] = {}  # id(link) -> link number

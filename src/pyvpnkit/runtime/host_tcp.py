@@ -171,8 +171,7 @@ class HostTcp:
         except OSError as exc:
             self._reset(conn, exc)
             return
-        if n:
-            self.nat.host_sent(conn.fid, n, self.loop.time())
+        if n and self.nat.host_sent(conn.fid, n, self.loop.time()):
             self.wake()
         if n < len(eff.data):
             conn.wbuf += eff.data[n:]
@@ -310,8 +309,7 @@ class HostTcp:
                 self._shutdown_now(conn)
             if conn.close_after_flush:
                 self._forget(conn)
-        if n:
-            self.nat.host_sent(conn.fid, n, self.loop.time())
+        if n and self.nat.host_sent(conn.fid, n, self.loop.time()):
             self.wake()
 
     # -- helpers -------------------------------------------------------------

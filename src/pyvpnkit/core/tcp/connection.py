@@ -235,11 +235,13 @@ class TcpConnection:
             self._send_rst()
         self._enter_closed()
 
-    def consumed(self, n: int, now: float) -> None:
-        """The host took ``n`` received bytes: reopen the window (RFC 9293 3.8.6.2.2)."""
+    def consumed(self, n: int, now: float) -> bool:
+        """The host took ``n`` received bytes: reopen the window (RFC 9293 3.8.6.2.2).
+        True if that owes the peer a window update (a drain has something to send)."""
         self._now = now
         if n > 0:
-            self._rx.consumed(n, self._state in RECEIVING)
+            return self._rx.consumed(n, self._state in RECEIVING)
+        return False
 
     # -- segments from the peer ------------------------------------------------
 
@@ -508,6 +510,18 @@ class TcpConnection:
             rx.dupacks = 0
             return
 
+        sending = st in SENDING
+        rec = self._rec
+        if not (rx.ack_pending or rx.dupacks or self._probe_pending) and (
+            not sending or (tx.idle and rec.rec_end is None and not rec.rexmit_una)
+        ):
+            # Nothing owed and nothing to send (most drains of a request/response):
+            # only the timers, without building a window and options for no segment.
+            tx.arm_timers(now, sending)
+            if rx.delack and rx.delack_at is None:
+                rx.delack_at = now + self._delayed_ack
+            return
+
         window, edge = rx.window()
         ack = rx.rcv_nxt & MASK
         opts = self._opt.segment(now, rx.ts_recent, rx.reasm)
@@ -523,8 +537,6 @@ class TcpConnection:
             acked = True
         rx.dupacks = 0
 
-        sending = st in SENDING
-        rec = self._rec
         limit = None
         if sending and (rec.rec_end is not None or rec.rexmit_una):
             limit, resent = rec.output(out, window, ack, opts)

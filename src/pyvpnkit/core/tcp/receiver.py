@@ -139,14 +139,26 @@ class Receiver:
         self.pending = []
         return bytes(p[0]) if len(p) == 1 else b"".join(p)
 
-    def consumed(self, n: int, open_window: bool) -> None:
-        """The host took ``n`` bytes; owe a window update if that opens it enough."""
+    def consumed(self, n: int, open_window: bool) -> bool:
+        """The host took ``n`` bytes; owe a window update if that opens it enough
+        (True then: a drain has an ACK to send or to schedule).
+
+        While the peer still has room to send, the update waits like a delayed
+        ACK: the host's answer usually carries it within microseconds. Sent at
+        once, it costs a frame per short connection (the first byte taken
+        opens the SYN's unscaled 64 KB window to the whole buffer).
+        """
         self.unconsumed = max(0, self.unconsumed - n)
         if open_window:
             avail = self.buffer - self.unconsumed
             cur = max(self.rcv_adv - self.rcv_nxt, 0)
             if cur <= self.buffer // 2 and avail - cur >= self._sws_threshold():
-                self.ack_pending = True
+                if self.may_delay and self._roomy(self.rcv_nxt):
+                    self.delack = True
+                else:
+                    self.ack_pending = True
+                return True
+        return False
 
     def _roomy(self, nxt: int) -> bool:
         """The window left beyond ``nxt`` lets the peer go on sending while an ACK waits."""

@@ -261,17 +261,27 @@ class Sender:
             self.snd_nxt = nxt
             if nxt > self.snd_max:
                 self.snd_max = nxt
+        self.arm_timers(now, sending)
+        return sent
+
+    @property
+    def idle(self) -> bool:
+        """Nothing new to send: all data (and a queued FIN) went out."""
+        nxt, end = self.snd_nxt, self.buf.end
+        return nxt > end or (nxt == end and not self.fin_queued)
+
+    def arm_timers(self, now: float, sending: bool) -> None:
+        """Time what is in flight, or probe a zero window that holds data back."""
         if self.snd_max > self.snd_una:
             if self.rto_at is None:
                 self.rto_at = now + self.rto.rto
             self.persist_at = None
-        elif sending and nxt < end and self.snd_wnd == 0:
+        elif sending and self.snd_nxt < self.buf.end and self.snd_wnd == 0:
             if self.persist_at is None:
                 self.persist_at = now + self._persist_interval()
         else:
             self.persist_at = None
             self.persist_backoff = 0
-        return sent
 
     def retransmit_una(self, out: list[bytes], window: int, ack: int, opts: bytes) -> int:
         """Resend the first unacknowledged segment; returns the sequence after it."""

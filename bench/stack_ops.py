@@ -1,0 +1,173 @@
+"""CPU time of the sans-I/O stack per request/response and per short connection.
+
+The same steps as bench/compare.py's tcp_rr and conn tests, without sockets or
+the event loop: a VM (our own TcpConnection, not timed) exchanges frames with a
+Stack (timed), and a fake host answers its effects the way runtime/host_tcp.py
+does (a write is taken at once; the answer comes back as host data). The
+clock is the thread's CPU clock, so other jobs on the machine barely move the
+figure: use it to compare two versions of the core while the machine is busy.
+
+    python3 bench/stack_ops.py [--ops 20000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if importlib.util.find_spec("pyvpnkit") is None:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from pyvpnkit.core.config import NetConfig, ip4  # noqa: E402
+from pyvpnkit.core.effects import TcpCloseHost, TcpOpen, TcpShutdown, TcpWrite  # noqa: E402
+from pyvpnkit.core.stack import Stack  # noqa: E402
+from pyvpnkit.core.tcp import TcpConnection  # noqa: E402
+from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet  # noqa: E402
+from pyvpnkit.wire.ipv4 import parse_ipv4  # noqa: E402
+from pyvpnkit.wire.tcp import parse_tcp  # noqa: E402
+
+VM_MAC = bytes.fromhex("020000000003")
+VM_IP = ip4("192.168.65.3")
+HOST = ip4("192.168.65.2")
+LINK = 1
+clock = time.thread_time_ns
+
+
+class Bench:
+    """One stack, one VM; ``spent`` accumulates the stack's CPU nanoseconds."""
+
+    def __init__(self) -> None:
+        self.cfg = NetConfig()
+        self.stack = Stack(self.cfg, rng=random.Random(1))
+        self.now = 1000.0
+        self.spent = 0
+        self.sport = 30000
+        # The VM's address is learned from a first frame (as DHCP or ARP would).
+
+    def _stack_receive(self, frame: bytes) -> None:
+        t = clock()
+        self.stack.receive(LINK, frame, self.now, True)
+        self.spent += clock() - t
+
+    def _settle(self, host_reply: bytes = b"", eof_after_reply: bool = False) -> list[bytes]:
+        """Drain, perform effects like the runtime (re-draining while they feed the stack)."""
+        stack, nat = self.stack, self.stack.tcp
+        out: list[bytes] = []
+        t = clock()
+        while True:
+            frames, effects = stack.drain(self.now)
+            again = False
+            for eff in effects:
+                if type(eff) is TcpOpen:
+                    nat.host_connected(eff.flow_id, self.now)
+                    again = True
+                elif type(eff) is TcpWrite:
+                    again = nat.host_sent(eff.flow_id, len(eff.data), self.now) or again
+                    if host_reply:
+                        self.spent += clock() - t
+                        self._pending = (eff.flow_id, host_reply, eof_after_reply)
+                        t = clock()
+                elif type(eff) in (TcpShutdown, TcpCloseHost):
+                    pass
+            out.extend(f for _link, f in frames)
+            if not again:
+                break
+        stack.next_deadline()
+        self.spent += clock() - t
+        return out
+
+    def host_answer(self) -> list[bytes]:
+        fid, data, eof = self._pending
+        t = clock()
+        self.stack.tcp.host_data(fid, data, self.now)
+        if eof:
+            self.stack.tcp.host_eof(fid, self.now)
+        self.spent += clock() - t
+        return self._settle()
+
+    # -- the VM side (not timed) ------------------------------------------------
+
+    def vm_conn(self, port: int) -> TcpConnection:
+        self.sport += 1
+        return TcpConnection(
+            local_ip=VM_IP, local_port=self.sport, remote_ip=HOST, remote_port=port,
+            iss=random.getrandbits(32), mss=65480, rcv_buffer=1 << 20, snd_buffer=1 << 20,
+            delayed_ack=0.04,  # as Linux: the next request carries the ACK
+        )  # fmt: skip
+
+    def vm_out(self, conn: TcpConnection) -> list[bytes]:
+        packets, _events = conn.drain()
+        return [build_ethernet(self.cfg.gateway_mac, VM_MAC, ETHERTYPE_IPV4, p) for p in packets]
+
+    def vm_in(self, conn: TcpConnection, frames: list[bytes]) -> None:
+        for f in frames:
+            ip = parse_ipv4(memoryview(f)[14:])
+            conn.handle_segment(parse_tcp(ip.payload, ip.src, ip.dst), self.now)
+
+    def exchange(self, conn: TcpConnection, reply: bytes = b"", eof: bool = False) -> None:
+        """The VM's pending segments to the stack and back until both are quiet."""
+        for _ in range(50):
+            frames = self.vm_out(conn)
+            if not frames:
+                return
+            for f in frames:
+                self._stack_receive(f)
+            back = self._settle(reply, eof)
+            reply = b""
+            if getattr(self, "_pending", None) is not None:
+                back += self.host_answer()
+                self._pending = None
+            self.vm_in(conn, back)
+        raise AssertionError("no quiet")
+
+    # -- the two loads ----------------------------------------------------------
+
+    def rr(self, ops: int) -> float:
+        conn = self.vm_conn(5203)
+        conn.connect(self.now)
+        self._pending = None
+        self.exchange(conn)
+        assert conn.state == "ESTABLISHED", conn.state
+        self.spent = 0
+        for _ in range(ops):
+            self.now += 0.0001
+            conn.send(b"x", self.now)
+            self.exchange(conn, b"x")
+            conn.drain()
+        return self.spent / ops / 1000
+
+    def conn(self, ops: int) -> float:
+        self.spent = 0
+        for _ in range(ops):
+            self.now += 0.0001
+            conn = self.vm_conn(5202)
+            conn.connect(self.now)
+            self._pending = None
+            self.exchange(conn)
+            conn.send(b"x", self.now)
+            self.exchange(conn, b"x", eof=True)
+            conn.shutdown(self.now)
+            self.exchange(conn)
+            assert conn.state in ("TIME_WAIT", "CLOSED"), conn.state
+        return self.spent / ops / 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    for name in ("rr", "conn"):
+        runs = [getattr(Bench(), name)(args.ops if name == "rr" else args.ops // 4)
+                for _ in range(args.rounds)]
+        print(f"{name}: {statistics.median(runs):.1f} us of stack CPU per op "
+              f"(median of {args.rounds}: {', '.join(f'{r:.1f}' for r in runs)})")
+
+
+if __name__ == "__main__":
+    main()
