@@ -86,7 +86,8 @@ def main() -> None:
         time.sleep(1.5)  # the stack is up and the client about to start
         if args.strace:
             trace = subprocess.run(
-                ["timeout", "-s", "INT", str(args.seconds), "strace", "-f", "-c", "-p", str(stack.pid)],
+                ["timeout", "-s", "INT", str(args.seconds),
+                 "strace", "-f", "-c", "-p", str(stack.pid)],
                 capture_output=True, text=True)
             assert stack.stdout is not None
             print(stack.stdout.read().decode().strip(), "(slowed down by strace)")

@@ -51,6 +51,9 @@ class Link(abc.ABC):
     mac: bytes | None  # the VM's MAC if the transport told us (vpnkit), else None
     ip: bytes | None = None  # the VM's address if the transport assigned one (vpnkit)
     dropped: int = 0  # frames dropped on the way out (queue full, peer gone, too big)
+    # True: after delivering frames the link always calls the sink's batch_done()
+    # (or closes), so the sink need not schedule a flush of its own per frame.
+    batches: bool = False
 
     @abc.abstractmethod
     def send_frame(self, frame: bytes) -> None:

@@ -48,6 +48,7 @@ class Engine:
         self._ids: dict[int, int] = {}  # id(link) -> link number
         self._next_link = 1
         self._flush_pending = False
+        self._batch_pending = False  # frames from a batching link wait for batch_done()
         self._flushing = False
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
@@ -101,7 +102,10 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a capture error costs the capture
                 self._failed("tap_errors", exc)
         self.stack.receive(n, frame, self.loop.time(), checksum_partial)
-        self.wake()
+        if link.batches and not self._flushing:
+            self._batch_pending = True  # batch_done() flushes: no loop handle per batch
+        else:
+            self.wake()
 
     def link_closed(self, link: Link) -> None:
         n = self._ids.pop(id(link), None)
@@ -147,7 +151,7 @@ class Engine:
 
     def batch_done(self) -> None:
         """A link delivered a whole batch of frames: answer it now, not next iteration."""
-        if self._flush_pending and not self._flushing:
+        if (self._batch_pending or self._flush_pending) and not self._flushing:
             self.flush()
 
     def flush(self) -> None:
@@ -157,7 +161,7 @@ class Engine:
         inside connect(), a send reports bytes taken): draining again here
         saves a loop iteration per step of a short connection.
         """
-        self._flush_pending = False
+        self._flush_pending = self._batch_pending = False
         self._flushing = True
         try:
             for _ in range(MAX_ROUNDS):
