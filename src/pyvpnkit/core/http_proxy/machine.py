@@ -44,6 +44,7 @@ from pyvpnkit.core.http_proxy.effects import (
     ShutdownUpstream,
     ToVm,
 )
+from pyvpnkit.core.http_proxy.framing import announce_body, plain_length
 from pyvpnkit.core.http_proxy.routing import (
     HOP_BY_HOP,
     ConnectDirect,
@@ -114,9 +115,14 @@ class ProxyFlow:
     # -- from the VM ---------------------------------------------------------
 
     def vm_data(self, data: bytes) -> None:
-        if not self.closed:
-            self._in += data
-            self._pump()
+        if self.closed:
+            return
+        if self._state == "tunnel" and not self._in and not self._blocked:
+            self.effects.append(Send(self._conn, data))  # an upload: no buffer, no copies
+            self.credit += len(data)
+            return
+        self._in += data
+        self._pump()
 
     def vm_eof(self) -> None:
         self._vm_eof = True
@@ -158,7 +164,8 @@ class ProxyFlow:
             self.effects.append(ToVm(data))
         elif self._plain_left:
             self._plain_body(data)
-            self._pump()
+            if not self._plain_left:  # the response is complete: the next request may go
+                self._pump()
         elif self._up is not None:
             self._up.receive_data(data)
             self._upstream_events()
@@ -443,15 +450,11 @@ class ProxyFlow:
                 return
 
     def _start_plain_body(self, up: h11.Connection, event: h11.Response) -> bool:
-        """A body framed by Content-Length alone passes on without h11 parsing it.
-
-        h11 copies each body chunk three times on the way in; a large
-        download is exactly this case, and the copies cost a third of the
-        throughput. The VM side still goes through h11 (no copy there).
-        """
-        length = self._plain_length(event)
+        """A body framed by Content-Length alone passes on raw, counted down (framing.py)."""
+        length = plain_length(self._method, event)
         if not length or up.our_state not in (h11.DONE, h11.MUST_CLOSE):
             return False
+        announce_body(self._vm, length)
         close = any(k == b"connection" and b"close" in v.lower() for k, v in event.headers)
         self._plain_keep = up.our_state is h11.DONE and event.http_version == b"1.1" \
             and not close
@@ -461,24 +464,17 @@ class ProxyFlow:
             self._plain_body(buffered)
         return True
 
-    def _plain_length(self, event: h11.Response) -> int | None:
-        """The body length when Content-Length alone frames it (RFC 9112 6.3), else None."""
-        if self._method == b"HEAD" or event.status_code in (204, 304):
-            return None
-        lengths = {v for k, v in event.headers if k == b"content-length"}
-        if len(lengths) != 1 or any(k == b"transfer-encoding" for k, _v in event.headers):
-            return None
-        return int(lengths.pop())  # h11 checked it is digits
-
     def _plain_body(self, data: bytes) -> None:
-        take = data if len(data) <= self._plain_left else data[: self._plain_left]
-        self._plain_left -= len(take)
-        vm = self._vm
+        left = self._plain_left
+        if len(data) < left:  # the hot path: a chunk in the middle of a large body
+            self._plain_left = left - len(data)
+            self.effects.append(ToVm(data))
+            return
+        take = data if len(data) == left else data[:left]
+        self._plain_left = 0
+        self.effects.append(ToVm(take))
         try:
-            self.effects.append(ToVm(vm.send(h11.Data(data=take)) or b""))
-            if self._plain_left:
-                return
-            self.effects.append(ToVm(vm.send(h11.EndOfMessage()) or b""))
+            self._vm.send(h11.EndOfMessage())  # no bytes: the length framed the body
         except h11.LocalProtocolError as exc:
             self.notes.append(f"cannot pass on the response: {exc}")
             self._reset()
