@@ -1,4 +1,5 @@
-"""Response bodies the proxy passes on raw: which ones, and how h11 is told about them.
+"""Responses: the bodies the proxy passes on raw (which ones, and how h11 is told), and
+the short text answers it gives itself.
 
 A large download is a body framed by Content-Length alone. Its bytes skip
 h11 on both sides (machine.py counts them down): h11 copies each received
@@ -7,6 +8,7 @@ chunk three times, and the copies cost a third of the throughput.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import cast
 
 import h11
@@ -39,6 +41,10 @@ def plain_length(method: bytes, event: h11.Response) -> int | None:
     return int(lengths.pop())  # h11 checked it is digits
 
 
+def has_body(request: h11.Request) -> bool:
+    return any(k in (b"content-length", b"transfer-encoding") for k, _v in request.headers)
+
+
 def announce_body(vm: h11.Connection, length: int) -> None:
     """Tell the VM side's h11 that ``length`` body bytes follow, without sending them."""
     placeholder = Placeholder(length)
@@ -46,3 +52,16 @@ def announce_body(vm: h11.Connection, length: int) -> None:
     # The response's own Content-Length frames it, so h11 writes nothing else.
     if out is None or len(out) != 1 or cast(object, out[0]) is not placeholder:
         raise h11.LocalProtocolError("the response to the VM is not framed by its length")
+
+
+def local_answer(status: int, text: str, close: bool) -> tuple[h11.Response, bytes]:
+    """Our own answer (an error, a refusal): a short text body, with its length."""
+    body = (text.rstrip("\n") + "\n").encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if close:
+        headers.append(("Connection", "close"))
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b""
+    return h11.Response(status_code=status, headers=headers, reason=reason), body
