@@ -12,7 +12,7 @@ medians, ratios to "off" and the pyvpnkit process's CPU milliseconds per MB
 are printed. Needs root, tinyproxy, openssl and (for --upstream squid) squid.
 
     python3 bench/proxy.py [--size-mb 200] [--rounds 3] [--mtu 65520]
-        [--upstream tinyproxy,squid] [--baseline-src DIR]
+        [--upstream tinyproxy,squid] [--cold] [--only WORDS] [--baseline-src DIR]
 
 --baseline-src DIR runs every proxied case a second time with
 PYTHONPATH=DIR (another checkout's src/), in the same rounds: before/after.
@@ -149,6 +149,8 @@ def main() -> int:
                         help="comma-separated: tinyproxy, squid")
     parser.add_argument("--cold", action="store_true",
                         help="no 1-byte warm-up download before the measured one")
+    parser.add_argument("--only", default="",
+                        help="comma-separated words: run only the cases naming one (and 'off')")
     parser.add_argument("--baseline-src", help="also run the proxied cases with this src/")
     args = parser.parse_args()
     upstreams = [u for u in args.upstream.split(",") if u]
@@ -163,7 +165,10 @@ def main() -> int:
         pids = [find_pid(env.net, "proxy_web.py")]
         pids += [find_pid(env.net, UPSTREAMS[u][2]) for u in upstreams]
         plan: list[tuple[str, str, list[str], str | None]] = []
+        words = [w for w in args.only.split(",") if w]
         for name, (url, options) in cases(env, size, upstreams).items():
+            if words and "off" not in name and not any(w in name for w in words):
+                continue
             plan.append((name, url, options, None))
             if args.baseline_src and options:
                 plan.append((f"{name} [base]", url, options, args.baseline_src))

@@ -107,7 +107,7 @@ class ProxyFlow:
         self._sent_shutdown = False
         self._sent_end = False
         self._method = b""  # of the request in flight upstream
-        self._plain_left = 0  # Content-Length body bytes still to pass on without h11
+        self.body_left = 0  # Content-Length body bytes the upstream still owes (raw path)
         self._plain_keep = False  # the upstream connection serves another request after it
         self._retry: h11.Request | None = None  # may go again: see _upstream_broken
         self._resend_end = False  # the retried request was complete: send its end too
@@ -165,9 +165,9 @@ class ProxyFlow:
             return
         if self._state == "tunnel":
             self.effects.append(ToVm(data))
-        elif self._plain_left:
+        elif self.body_left:
             self._plain_body(data)
-            if not self._plain_left:  # the response is complete: the next request may go
+            if not self.body_left:  # the response is complete: the next request may go
                 self._pump()
         elif self._up is not None:
             self._retry = None  # the answer has begun: it is the upstream's
@@ -181,7 +181,7 @@ class ProxyFlow:
         self._up_eof = True
         if self._state == "tunnel":
             self._end_vm()
-        elif self._plain_left:
+        elif self.body_left:
             self._upstream_broken("closed the connection")
         elif self._up is not None:
             self._up.receive_data(b"")
@@ -463,20 +463,20 @@ class ProxyFlow:
         close = any(k == b"connection" and b"close" in v.lower() for k, v in event.headers)
         self._plain_keep = up.our_state is h11.DONE and event.http_version == b"1.1" \
             and not close
-        self._plain_left = length
+        self.body_left = length
         buffered = bytes(up.trailing_data[0])
         if buffered:
             self._plain_body(buffered)
         return True
 
     def _plain_body(self, data: bytes) -> None:
-        left = self._plain_left
+        left = self.body_left
         if len(data) < left:  # the hot path: a chunk in the middle of a large body
-            self._plain_left = left - len(data)
+            self.body_left = left - len(data)
             self.effects.append(ToVm(data))
             return
         take = data if len(data) == left else data[:left]
-        self._plain_left = 0
+        self.body_left = 0
         self.effects.append(ToVm(take))
         try:
             self._vm.send(h11.EndOfMessage())  # no bytes: the length framed the body
@@ -539,7 +539,7 @@ class ProxyFlow:
         self._up = None
         self._route = None
         self._connected = False
-        self._plain_left = 0
+        self.body_left = 0
 
     # -- local answers and endings -------------------------------------------
 
