@@ -14,8 +14,9 @@ are printed. Needs root, tinyproxy, openssl and (for --upstream squid) squid.
     python3 bench/proxy.py [--size-mb 200] [--rounds 3] [--mtu 65520]
         [--upstream tinyproxy,squid] [--cold] [--only WORDS] [--baseline-src DIR]
 
---baseline-src DIR runs every proxied case a second time with
-PYTHONPATH=DIR (another checkout's src/), in the same rounds: before/after.
+pyvpnkit runs from this checkout's src/ (PYTHONPATH); --baseline-src DIR runs
+every proxied case a second time with PYTHONPATH=DIR (another checkout's
+src/), in the same rounds: before/after.
 """
 
 from __future__ import annotations
@@ -126,9 +127,8 @@ def download(env: ProxyEnv, url: str, options: list[str], mtu: int, src: str | N
     cmd = env.net.pyvpnkit("exec", *exec_args(53), "--mtu", str(mtu), *options,
                            "--", "sh", "-c", script)
     before = [cpu_ticks(pid) for pid in others]
-    environ = dict(os.environ)
-    if src is not None:
-        environ["PYTHONPATH"] = src
+    # This checkout's pyvpnkit, not whichever one the interpreter would import.
+    environ = dict(os.environ, PYTHONPATH=src or str(REPO / "src"))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=environ)
     if out.returncode != 0:
         raise SystemExit(f"download failed: {out.stderr.strip().splitlines()[-1:]}")
