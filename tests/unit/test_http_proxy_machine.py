@@ -543,9 +543,10 @@ def test_the_second_try_is_the_last() -> None:
 
 @pytest.mark.parametrize("request_, answer", [
     (b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi", b""),  # a body
+    (b"POST /2 HTTP/1.1\r\nHost: h\r\n\r\n", b""),  # not idempotent
     (b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 2"),  # an answer began
 ])
-def test_no_second_try_with_a_body_or_an_answer_begun(request_: bytes, answer: bytes) -> None:
+def test_no_second_try_for_a_body_a_post_or_an_answer_begun(request_: bytes, answer: bytes) -> None:
     p = Peer("http", ProxyConfig(http=UP))
     kept_alive(p, request_)
     if answer:

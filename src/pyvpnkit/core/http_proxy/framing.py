@@ -41,8 +41,14 @@ def plain_length(method: bytes, event: h11.Response) -> int | None:
     return int(lengths.pop())  # h11 checked it is digits
 
 
-def has_body(request: h11.Request) -> bool:
-    return any(k in (b"content-length", b"transfer-encoding") for k, _v in request.headers)
+IDEMPOTENT = {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}  # RFC 9110 9.2.2
+
+
+def retryable(request: h11.Request) -> bool:
+    """Safe to send again when a reused connection closed on it unanswered: idempotent,
+    and no body to replay."""
+    return request.method in IDEMPOTENT and not any(
+        k in (b"content-length", b"transfer-encoding") for k, _v in request.headers)
 
 
 def announce_body(vm: h11.Connection, length: int) -> None:

@@ -382,7 +382,7 @@ class ProxyFlow:
         if plan.route == self._route and self._connected and up is not None \
                 and up.our_state is h11.IDLE and up.their_state is h11.IDLE:
             self._send_up(up.send(out))
-            self._retry = None if framing.has_body(out) else out
+            self._retry = out if framing.retryable(out) else None
             return
         self._open(plan.route)
         self._waiting = out
@@ -496,8 +496,8 @@ class ProxyFlow:
 
     def _upstream_broken(self, reason: str) -> None:
         """The upstream ended or misbehaved: say so if we can, else drop it quietly. A reused
-        connection closing as a body-less request went out on it (tinyproxy closes after
-        each response) is not an answer: the request goes once more, on a new one."""
+        connection closing as an idempotent body-less request went out on it (tinyproxy closes
+        after each response) is not an answer: the request goes once more, on a new one."""
         vm = self._vm
         request, self._retry = self._retry, None
         up = self._up
