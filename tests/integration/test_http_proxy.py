@@ -203,3 +203,27 @@ def test_api_get_and_post(env: ProxyEnv) -> None:
     assert "via=1.1 tinyproxy" in lines[3]
     assert lines[4] == "400"
 
+
+
+SLOW_CLIENT = """
+import socket, time
+s = socket.create_connection(("203.0.113.2", 80))
+s.sendall(b"GET /slow/10 HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n")
+start, data, half = time.monotonic(), b"", None
+while True:
+    data += s.recv(65536)
+    body = data.partition(b"\\r\\n\\r\\n")[2]
+    if half is None and len(body) >= 500:
+        half = time.monotonic() - start
+    if len(body) >= 1000:
+        break
+print(half, time.monotonic() - start)
+"""
+
+
+def test_a_slow_body_goes_on_as_it_comes(env: ProxyEnv) -> None:
+    """The proxy gathers a body's small reads (SO_RCVLOWAT), but never holds them long."""
+    out = env.vm(f"python3 -c '{SLOW_CLIENT}'", "--http-proxy", PROXY)
+    assert out.returncode == 0, out.stderr
+    half, total = (float(x) for x in out.stdout.split())
+    assert total > 1.5 and half < total - 0.5, out.stdout  # the half came mid-way, not at the end

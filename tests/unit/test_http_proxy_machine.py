@@ -473,6 +473,89 @@ def test_a_length_body_in_pieces_then_the_connection_again() -> None:
     assert p.take_vm() == response(b"again")
 
 
+def test_a_length_body_to_an_http_10_client_then_close() -> None:
+    """The raw body path keeps h11's framing for a 1.0 client: the length, then a close."""
+    p = Peer("http", ProxyConfig(http=UP))
+    p.from_vm(b"GET /1 HTTP/1.0\r\nHost: h\r\n\r\n")
+    p.connected()
+    p.take_sent()
+    p.from_up(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab")
+    p.from_up(b"cdef")
+    out = p.take_vm()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nabcdef")
+    assert b"Content-Length: 6\r\n" in out and not p.reset and p.ended
+
+
+def test_tunnel_upload_keeps_order_across_backpressure() -> None:
+    """VM bytes go upstream as they come, or after what the blocked upstream still holds."""
+    p = Peer("explicit", ProxyConfig(), port=3128)
+    p.from_vm(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n")
+    p.connected()
+    p.take_vm()
+    start = p.credit  # the CONNECT request's bytes
+    p.from_vm(b"one ")
+    assert p.take_sent() == b"one " and p.credit - start == len(b"one ")
+    p.m.upstream_blocked(1, True)
+    p.from_vm(b"two ")
+    p.from_vm(b"three ")
+    assert p.take_sent() == b"" and p.credit - start == len(b"one ")  # held, not credited
+    p.m.upstream_blocked(1, False)
+    p.run()
+    p.from_vm(b"four")
+    assert p.take_sent() == b"two three four"
+    assert p.credit - start == len(b"one two three four")
+
+
+def kept_alive(p: Peer, request: bytes) -> None:
+    """One answered request, then ``request`` on the same upstream connection."""
+    p.from_vm(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    p.connected()
+    p.take_sent()
+    p.from_up(response(b"one"))
+    p.take_vm()
+    p.from_vm(request)
+    assert len(p.connects) == 1 and p.take_sent().startswith(request.split(b" ")[0])
+
+
+def test_a_reused_connection_closing_unanswered_sends_the_request_again() -> None:
+    """tinyproxy closes after each response: the next request may meet that close."""
+    p = Peer("http", ProxyConfig(http=UP))
+    kept_alive(p, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    p.m.upstream_eof(1)
+    p.run()
+    assert [c.conn for c in p.connects] == [1, 2] and p.closed == [1] and p.take_vm() == b""
+    p.connected(2)
+    assert p.take_sent(2) == b"GET http://h/2 HTTP/1.1\r\nHost: h\r\n" + AUTH + b"\r\n\r\n"
+    p.from_up(response(b"two"), 2)
+    assert p.take_vm() == response(b"two") and not p.m.notes
+
+
+def test_the_second_try_is_the_last() -> None:
+    p = Peer("http", ProxyConfig(http=UP))
+    kept_alive(p, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    p.m.upstream_eof(1)
+    p.run()
+    p.connected(2)
+    p.m.upstream_eof(2)
+    p.run()
+    assert len(p.connects) == 2 and p.take_vm().startswith(b"HTTP/1.1 502 ")
+
+
+@pytest.mark.parametrize("request_, answer", [
+    (b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi", b""),  # a body
+    (b"POST /2 HTTP/1.1\r\nHost: h\r\n\r\n", b""),  # not idempotent
+    (b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 2"),  # an answer began
+])
+def test_no_second_try_for_a_body_a_post_or_an_answer_begun(request_: bytes, answer: bytes) -> None:
+    p = Peer("http", ProxyConfig(http=UP))
+    kept_alive(p, request_)
+    if answer:
+        p.from_up(answer)
+    p.m.upstream_eof(1)
+    p.run()
+    assert len(p.connects) == 1 and p.take_vm().startswith(b"HTTP/1.1 502 ")
+
+
 def test_upstream_closing_after_its_response() -> None:
     p = Peer("http", ProxyConfig(http=UP))
     p.from_vm(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")

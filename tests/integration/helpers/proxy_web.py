@@ -1,7 +1,8 @@
 """Web servers for the proxy tests: HTTP on IP:80, HTTPS (CERT, KEY) on IP:443 and IP:8443.
 
 Usage: proxy_web.py IP CERT KEY. Prints "ready" once all three listen.
-GET /bytes/N answers N bytes of pattern() (streamed); any other GET answers
+GET /bytes/N answers N bytes of pattern() (streamed), GET /slow/N N lines of
+100 bytes 0.2 s apart (with their Content-Length); any other GET answers
 "host=<Host> via=<Via> path=<path> tls=<0|1>", so a test sees whether a
 request came through the upstream proxy (tinyproxy adds a Via header).
 """
@@ -12,6 +13,7 @@ import http.server
 import ssl
 import sys
 import threading
+import time
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
 
@@ -35,6 +37,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 chunk = BLOCK[: min(left, len(BLOCK))]
                 self.wfile.write(chunk)
                 left -= len(chunk)
+            return
+        if self.path.startswith("/slow/"):  # N pieces of 100 bytes, 0.2 s apart
+            pieces = int(self.path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(100 * pieces))
+            self.end_headers()
+            for i in range(pieces):
+                if i:
+                    time.sleep(0.2)
+                self.wfile.write(b"%099d\n" % i)
             return
         body = (f"host={self.headers.get('Host')} via={self.headers.get('Via')} "
                 f"path={self.path} tls={int(tls)}\n").encode()

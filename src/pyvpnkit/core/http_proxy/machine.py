@@ -21,18 +21,17 @@ States and the only edges between them (``_go`` refuses any other):
 Where each request goes is routing.py's decision. A request waits until its
 upstream connection is up; one upstream at a time, reused while requests go
 the same way. A 101, a 2xx to CONNECT, or a TLS CONNECT turn the flow into a
-byte tunnel. VM bytes are credited (``credit``)
-only once passed on, and not taken while the upstream is blocked, so the
-VM's TCP window carries the backpressure; the other way, the runtime pauses
-reading the upstream when the NAT says the VM is behind.
+byte tunnel. VM bytes are credited (``credit``) only once passed on, and not
+taken while the upstream is blocked, so the VM's TCP window carries the
+backpressure; the other way, the runtime pauses reading the upstream when
+the NAT says the VM is behind.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 import h11
 
+from pyvpnkit.core.http_proxy import framing
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.http_proxy.effects import (
     CloseUpstream,
@@ -108,15 +107,22 @@ class ProxyFlow:
         self._sent_shutdown = False
         self._sent_end = False
         self._method = b""  # of the request in flight upstream
-        self._plain_left = 0  # Content-Length body bytes still to pass on without h11
+        self.body_left = 0  # Content-Length body bytes the upstream still owes (raw path)
         self._plain_keep = False  # the upstream connection serves another request after it
+        self._retry: h11.Request | None = None  # may go again: see _upstream_broken
+        self._resend_end = False  # the retried request was complete: send its end too
 
     # -- from the VM ---------------------------------------------------------
 
     def vm_data(self, data: bytes) -> None:
-        if not self.closed:
-            self._in += data
-            self._pump()
+        if self.closed:
+            return
+        if self._state == "tunnel" and not self._in and not self._blocked:
+            self.effects.append(Send(self._conn, data))  # an upload: no buffer, no copies
+            self.credit += len(data)
+            return
+        self._in += data
+        self._pump()
 
     def vm_eof(self) -> None:
         self._vm_eof = True
@@ -138,6 +144,9 @@ class ProxyFlow:
         if request is not None and not self._direct_connect:
             self._up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
             self._send_up(self._up.send(request))
+            if self._resend_end:
+                self._resend_end = False
+                self._send_up(self._up.send(h11.EndOfMessage()))
         self._pump()
 
     def upstream_failed(self, conn: int, reason: str) -> None:
@@ -156,10 +165,12 @@ class ProxyFlow:
             return
         if self._state == "tunnel":
             self.effects.append(ToVm(data))
-        elif self._plain_left:
+        elif self.body_left:
             self._plain_body(data)
-            self._pump()
+            if not self.body_left:  # the response is complete: the next request may go
+                self._pump()
         elif self._up is not None:
+            self._retry = None  # the answer has begun: it is the upstream's
             self._up.receive_data(data)
             self._upstream_events()
             self._pump()
@@ -170,7 +181,7 @@ class ProxyFlow:
         self._up_eof = True
         if self._state == "tunnel":
             self._end_vm()
-        elif self._plain_left:
+        elif self.body_left:
             self._upstream_broken("closed the connection")
         elif self._up is not None:
             self._up.receive_data(b"")
@@ -371,6 +382,7 @@ class ProxyFlow:
         if plan.route == self._route and self._connected and up is not None \
                 and up.our_state is h11.IDLE and up.their_state is h11.IDLE:
             self._send_up(up.send(out))
+            self._retry = out if framing.retryable(out) else None
             return
         self._open(plan.route)
         self._waiting = out
@@ -443,42 +455,31 @@ class ProxyFlow:
                 return
 
     def _start_plain_body(self, up: h11.Connection, event: h11.Response) -> bool:
-        """A body framed by Content-Length alone passes on without h11 parsing it.
-
-        h11 copies each body chunk three times on the way in; a large
-        download is exactly this case, and the copies cost a third of the
-        throughput. The VM side still goes through h11 (no copy there).
-        """
-        length = self._plain_length(event)
+        """A body framed by Content-Length alone passes on raw, counted down (framing.py)."""
+        length = framing.plain_length(self._method, event)
         if not length or up.our_state not in (h11.DONE, h11.MUST_CLOSE):
             return False
+        framing.announce_body(self._vm, length)
         close = any(k == b"connection" and b"close" in v.lower() for k, v in event.headers)
         self._plain_keep = up.our_state is h11.DONE and event.http_version == b"1.1" \
             and not close
-        self._plain_left = length
+        self.body_left = length
         buffered = bytes(up.trailing_data[0])
         if buffered:
             self._plain_body(buffered)
         return True
 
-    def _plain_length(self, event: h11.Response) -> int | None:
-        """The body length when Content-Length alone frames it (RFC 9112 6.3), else None."""
-        if self._method == b"HEAD" or event.status_code in (204, 304):
-            return None
-        lengths = {v for k, v in event.headers if k == b"content-length"}
-        if len(lengths) != 1 or any(k == b"transfer-encoding" for k, _v in event.headers):
-            return None
-        return int(lengths.pop())  # h11 checked it is digits
-
     def _plain_body(self, data: bytes) -> None:
-        take = data if len(data) <= self._plain_left else data[: self._plain_left]
-        self._plain_left -= len(take)
-        vm = self._vm
+        left = self.body_left
+        if len(data) < left:  # the hot path: a chunk in the middle of a large body
+            self.body_left = left - len(data)
+            self.effects.append(ToVm(data))
+            return
+        take = data if len(data) == left else data[:left]
+        self.body_left = 0
+        self.effects.append(ToVm(take))
         try:
-            self.effects.append(ToVm(vm.send(h11.Data(data=take)) or b""))
-            if self._plain_left:
-                return
-            self.effects.append(ToVm(vm.send(h11.EndOfMessage()) or b""))
+            self._vm.send(h11.EndOfMessage())  # no bytes: the length framed the body
         except h11.LocalProtocolError as exc:
             self.notes.append(f"cannot pass on the response: {exc}")
             self._reset()
@@ -494,8 +495,18 @@ class ProxyFlow:
             self._upstream_events()
 
     def _upstream_broken(self, reason: str) -> None:
-        """The upstream ended or misbehaved: say so if we can, else drop it quietly."""
+        """The upstream ended or misbehaved: say so if we can, else drop it quietly. A reused
+        connection closing as an idempotent body-less request went out on it (tinyproxy closes
+        after each response) is not an answer: the request goes once more, on a new one."""
         vm = self._vm
+        request, self._retry = self._retry, None
+        up = self._up
+        if request is not None and self._route is not None and up is not None \
+                and up.our_state is not h11.SEND_BODY and vm.our_state is h11.SEND_RESPONSE:
+            self._open(self._route)
+            self._waiting = request
+            self._resend_end = True
+            return
         if vm.our_state is h11.SEND_RESPONSE:
             self.notes.append(f"{self._describe_route()}: {reason}")
             self._local_response(502, f"pyvpnkit: {self._describe_route()}: {reason}", close=True)
@@ -507,6 +518,7 @@ class ProxyFlow:
 
     def _cycle_done(self) -> None:
         """A response is complete: keep both connections for the next request if we can."""
+        self._retry = None
         up = self._up
         if up is not None and up.our_state is h11.DONE and up.their_state is h11.DONE:
             up.start_next_cycle()
@@ -527,7 +539,7 @@ class ProxyFlow:
         self._up = None
         self._route = None
         self._connected = False
-        self._plain_left = 0
+        self.body_left = 0
 
     # -- local answers and endings -------------------------------------------
 
@@ -537,18 +549,10 @@ class ProxyFlow:
         self._local_response(status, text, close=False)
 
     def _local_response(self, status: int, text: str, close: bool) -> None:
-        body = (text.rstrip("\n") + "\n").encode()
-        headers = [("Content-Type", "text/plain; charset=utf-8"),
-                   ("Content-Length", str(len(body)))]
-        if close:
-            headers.append(("Connection", "close"))
-        try:
-            reason = HTTPStatus(status).phrase.encode()
-        except ValueError:
-            reason = b""
+        response, body = framing.local_answer(status, text, close)
         vm = self._vm
         try:
-            out = vm.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
+            out = vm.send(response) or b""
             out += (vm.send(h11.Data(data=body)) or b"") + (vm.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
             self._reset()  # a response had already begun
