@@ -47,7 +47,7 @@ from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
 from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet
 from pyvpnkit.wire.tcp import parse_tcp
-from pyvpnkit.wire.udp import build_udp, parse_udp
+from pyvpnkit.wire.udp import build_ipv4_udp, build_udp, parse_udp
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 DHCP_SERVER_PORT = 67
@@ -433,9 +433,7 @@ class Stack:
                     assert self.v6 is not None
                     self.v6.dns_reply(vm_ip, vm_port, eff.data)
                     continue
-                src = self.config.dns_ip
-                udp = build_udp(src, vm_ip, DNS_PORT, vm_port, eff.data)
-                self._route(ipv4_header(src, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
+                self._route(build_ipv4_udp(self.config.dns_ip, vm_ip, DNS_PORT, vm_port, eff.data))
 
     _now = 0.0
 

@@ -22,42 +22,50 @@ _MAX_NAME = 255
 
 @dataclass(slots=True)
 class DnsQuestion:
-    """`labels` keep the asker's spelling (0x20 case is echoed); `key` is the
-    name in lower-case wire form, for case-insensitive matching.
-    `edns_payload` is the OPT record's UDP size, None without OPT."""
+    """`name` is the question's name in wire form with the asker's spelling (0x20
+    case is echoed); `key` is the same in lower case, for case-insensitive
+    matching. `edns_payload` is the OPT record's UDP size, None without OPT."""
 
     id: int
     flags: int
-    labels: tuple[bytes, ...]
+    name: bytes
     key: bytes
     qtype: int
     qclass: int
     edns_payload: int | None
 
+    @property
+    def labels(self) -> tuple[bytes, ...]:
+        """The name's labels (for dnspython, on the paths that build an answer)."""
+        return name_labels(self.name)
 
-def _name(buf: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
-    """Uncompressed labels from `offset`; a question's name has nothing before it
-    to point at, so compression there is refused like any other oddity."""
-    labels: list[bytes] = []
-    total = 1
+
+def name_labels(name: bytes) -> tuple[bytes, ...]:
+    """The labels of a name in uncompressed wire form (as `_name_end` checked it)."""
+    labels = []
+    at = 0
+    while length := name[at]:
+        labels.append(name[at + 1 : at + 1 + length])
+        at += 1 + length
+    return tuple(labels)
+
+
+def _name_end(buf: bytes, offset: int) -> int:
+    """Where the uncompressed name at `offset` ends; a question's name has nothing
+    before it to point at, so compression there is refused like any other oddity."""
+    end = len(buf)
+    limit = offset + _MAX_NAME
     while True:
-        if offset >= len(buf):
+        if offset >= end:
             raise ParseError("DNS name runs past the message")
         length = buf[offset]
-        offset += 1
         if length == 0:
-            return tuple(labels), offset
+            return offset + 1
         if length & 0xC0:
             raise ParseError(f"DNS label type {length >> 6} in a question")
-        total += length + 1
-        if total > _MAX_NAME or offset + length > len(buf):
+        offset += length + 1
+        if offset >= limit:
             raise ParseError("DNS name too long or truncated")
-        labels.append(buf[offset : offset + length])
-        offset += length
-
-
-def _wire_key(labels: tuple[bytes, ...]) -> bytes:
-    return b"".join(bytes((len(label),)) + label for label in labels).lower() + b"\x00"
 
 
 def parse_reply_question(buf: bytes) -> tuple[int, int, tuple[bytes, int, int] | None]:
@@ -70,11 +78,11 @@ def parse_reply_question(buf: bytes) -> tuple[int, int, tuple[bytes, int, int] |
         return qid, flags, None
     if qdcount != 1:
         raise ParseError(f"{qdcount} questions in a DNS message")
-    labels, offset = _name(buf, HEADER_LEN)
+    offset = _name_end(buf, HEADER_LEN)
     if offset + 4 > len(buf):
         raise ParseError("DNS question truncated")
     qtype, qclass = _TYPE_CLASS.unpack_from(buf, offset)
-    return qid, flags, (_wire_key(labels), qtype, qclass)
+    return qid, flags, (buf[HEADER_LEN:offset].lower(), qtype, qclass)
 
 
 def parse_query(buf: bytes) -> DnsQuestion:
@@ -86,11 +94,11 @@ def parse_query(buf: bytes) -> DnsQuestion:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf)
     if qdcount != 1 or ancount or nscount or arcount > 1:
         raise ParseError("not a plain one-question DNS query")
-    labels, offset = _name(buf, HEADER_LEN)
-    if offset + 4 > len(buf):
+    name_end = _name_end(buf, HEADER_LEN)
+    if name_end + 4 > len(buf):
         raise ParseError("DNS question truncated")
-    qtype, qclass = _TYPE_CLASS.unpack_from(buf, offset)
-    offset += 4
+    qtype, qclass = _TYPE_CLASS.unpack_from(buf, name_end)
+    offset = name_end + 4
     payload: int | None = None
     if arcount:
         # The OPT pseudo-record: root owner name, type 41, then its options.
@@ -102,7 +110,8 @@ def parse_query(buf: bytes) -> DnsQuestion:
         offset += 1 + _OPT_TAIL.size + rdlength
     if offset != len(buf):
         raise ParseError("DNS query length does not match its records")
-    return DnsQuestion(qid, flags, labels, _wire_key(labels), qtype, qclass, payload)
+    name = buf[HEADER_LEN:name_end]
+    return DnsQuestion(qid, flags, name, name.lower(), qtype, qclass, payload)
 
 
-__all__ = ["DnsQuestion", "ParseError", "parse_query", "parse_reply_question"]
+__all__ = ["DnsQuestion", "ParseError", "name_labels", "parse_query", "parse_reply_question"]

@@ -51,9 +51,11 @@ _HEADER = struct.Struct("!6H")
 _QR = 0x8000
 _TC = 0x0200
 _RD = 0x0100
+_OPCODE_QUERY = int(dns.opcode.QUERY)
+_IN = int(dns.rdataclass.IN)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs more, one per query
 class DnsAnswer:
     """Send `data` to `client` (a UDP datagram, or one TCP message to which the
     caller adds the 2-byte length)."""
@@ -63,7 +65,7 @@ class DnsAnswer:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Origin:
     """Who asked, remembered while a query is upstream."""
 
@@ -73,7 +75,7 @@ class _Origin:
     qid: int
     edns: bool
     limit: int
-    dup_key: tuple[object, ...] | None
+    dup_key: tuple[Hashable, int, Question] | None
 
 
 def header_only_reply(data: bytes, rcode: int) -> bytes:
@@ -141,7 +143,7 @@ class DnsServer:
         )
         self._unsupported_logged: set[int] = set()
         self.udp_cap = max(UDP_DEFAULT_LIMIT, udp_cap or config.mtu - 28)
-        self._udp_inflight: set[tuple[object, ...]] = set()
+        self._udp_inflight: set[tuple[Hashable, int, Question]] = set()
         self._effects: list[DnsAnswer | UpstreamQuery | HostResolve] = []
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -181,11 +183,11 @@ class DnsServer:
         if len(raw) < 12:
             self.stats["dropped"] += 1
             return
-        _, flags, qdcount, _, _, _ = _HEADER.unpack_from(raw)
+        flags = raw[2] << 8 | raw[3]
         if flags & _QR:
             self.stats["dropped"] += 1  # never answer answers (reflection loops)
             return
-        if (flags >> 11) & 0xF != dns.opcode.QUERY:
+        if (flags >> 11) & 0xF != _OPCODE_QUERY:
             self.stats["notimp"] += 1
             self._answer(client, transport, header_only_reply(raw, dns.rcode.NOTIMP))
             return
@@ -194,17 +196,21 @@ class DnsServer:
         except ParseError:
             self._query_slow(raw, client, transport, now)
             return
-        qname = dns.name.Name(fast.labels + (b"",))
-        local = self.names.lookup(qname, fast.qtype, fast.qclass)
-        if local is not None:
-            self._query_slow(raw, client, transport, now, local)  # answered with dnspython
-            return
+        qname = None
+        if self.names.may_answer(fast.key):
+            qname = dns.name.Name((*fast.labels, b""))
+            local = self.names.lookup(qname, fast.qtype, fast.qclass)
+            if local is not None:
+                self._query_slow(raw, client, transport, now, local)  # answered with dnspython
+                return
         if transport != "udp":
             limit = TCP_LIMIT
         elif fast.edns_payload is None:
             limit = UDP_DEFAULT_LIMIT
         else:
             limit = max(UDP_DEFAULT_LIMIT, min(fast.edns_payload, self.udp_cap))
+        if qname is None and self.mode == "host":
+            qname = dns.name.Name((*fast.labels, b""))
         question = (fast.key, fast.qtype, fast.qclass)
         edns = fast.edns_payload is not None
         self._forward(raw, fast.id, edns, limit, qname, question, client, transport, now)
@@ -246,22 +252,24 @@ class DnsServer:
         qid: int,
         edns: bool,
         limit: int,
-        qname: dns.name.Name,
+        qname: dns.name.Name | None,
         question: Question,
         client: Hashable,
         transport: str,
         now: float,
     ) -> None:
-        """Send upstream (or, in host mode, to the OS resolver) a query not ours."""
-        dup_key: tuple[object, ...] | None = None
+        """Send upstream (or, in host mode, to the OS resolver) a query not ours.
+        `qname` (dnspython's) is needed in host mode only."""
+        dup_key: tuple[Hashable, int, Question] | None = None
         if transport == "udp":
             # A stub retransmitting the same query must not start a second chase.
-            dup_key = (client, qid, *question)
+            dup_key = (client, qid, question)
             if dup_key in self._udp_inflight:
                 self.stats["duplicates"] += 1
                 return
         origin = _Origin(client, transport, raw, qid, edns, limit, dup_key)
-        if self.mode == "host" and question[2] == dns.rdataclass.IN:
+        if self.mode == "host" and question[2] == _IN:
+            assert qname is not None
             if self._ask_host(origin, qname, question[1], now):
                 return
         if not self.forwarder.submit(raw, question, origin, transport, now):
@@ -289,9 +297,13 @@ class DnsServer:
         self._pump()
 
     def next_deadline(self) -> float | None:
-        deadlines = (self.forwarder.next_deadline(), self.host.next_deadline())
-        ours = [d for d in deadlines if d is not None]
-        return min(ours) if ours else None
+        when = self.forwarder.next_deadline()
+        if self.mode != "host":
+            return when  # no host lookups outside host mode
+        host = self.host.next_deadline()
+        if host is not None and (when is None or host < when):
+            return host
+        return when
 
     def handle_timer(self, now: float) -> None:
         self.forwarder.handle_timer(now)
@@ -299,8 +311,10 @@ class DnsServer:
         self._pump()
 
     def drain(self) -> list[DnsAnswer | UpstreamQuery | HostResolve]:
-        out = list(self._effects)
-        self._effects.clear()
+        out = self._effects
+        if not out:
+            return []  # the common case: the stack asks several times per drain
+        self._effects = []
         return out
 
     # -- internals -------------------------------------------------------------------
@@ -409,6 +423,8 @@ class DnsServer:
                 self._effects.append(item)
                 continue
             self._resolved(item)
+        if self.mode != "host":
+            return  # no host lookups outside host mode
         for host_item in self.host.drain():
             if isinstance(host_item, HostResolve):
                 self._effects.append(host_item)
@@ -430,12 +446,16 @@ class DnsServer:
         assert isinstance(origin, _Origin)
         if origin.dup_key is not None:
             self._udp_inflight.discard(origin.dup_key)
-        if item.reply is None:
+        reply = item.reply
+        if reply is None:
             self._servfail(origin)
             return
-        wire = struct.pack("!H", origin.qid) + item.reply[2:]
-        payload = self._our_payload(origin.edns)
-        self._send(origin.client, origin.transport, wire, origin.limit, payload)
+        wire = origin.qid.to_bytes(2, "big") + reply[2:]
+        if len(wire) > origin.limit:
+            self._send(origin.client, origin.transport, wire, origin.limit,
+                       self._our_payload(origin.edns))
+        else:
+            self._effects.append(DnsAnswer(origin.client, origin.transport, wire))
 
     def _send(
         self,
