@@ -150,6 +150,7 @@ class Stack:
             max_pending_connects=max_pending_connects,
         )
         self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
+        self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
         self.udp_forward = UdpForwarder(config)
         self.icmp = IcmpNat(config)
         self.frag = Reassembler()
@@ -347,7 +348,7 @@ class Stack:
                 self.udp_forward.handle(pkt, dgram, now)
             elif dst == cfg.gateway_ip and dst != cfg.host_ip:
                 self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
-            elif dst == LIMITED_BROADCAST or dst == cfg.subnet.broadcast_address.packed:
+            elif dst == LIMITED_BROADCAST or dst == self._subnet_broadcast:
                 self.stats["drop_broadcast"] += 1
             else:
                 self.udp.handle(pkt, dgram, now)
