@@ -117,6 +117,7 @@ class Stack:
         dns_mode: str = "forward",
         dns_timeout: float = 5.0,
         max_pending_connects: int = 1024,
+        dns_cache: int = 0,
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
@@ -134,7 +135,7 @@ class Stack:
         self.dhcp = DhcpServer(config, self.pool)
         self.dns = DnsServer(
             config, dns_upstreams or [], hosts_text, new_id=dns_query_id, mode=dns_mode,
-            timeout=dns_timeout,
+            timeout=dns_timeout, cache_size=dns_cache,
         )
         self._dns_tcp = _DnsOverTcp(self)
         self.http_proxy = ProxyConfig()  # the runtime swaps in the configured one

@@ -17,7 +17,11 @@ TYPE_OPT = 41
 _HEADER = struct.Struct("!6H")
 _TYPE_CLASS = struct.Struct("!HH")
 _OPT_TAIL = struct.Struct("!HHIH")  # type, class (= UDP payload), ttl, rdlength
+_RECORD = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U32 = struct.Struct("!I")
 _MAX_NAME = 255
+_DO = 0x8000  # DNSSEC OK, in the OPT record's TTL field
+TYPE_SOA = 6
 
 
 @dataclass(slots=True)
@@ -33,6 +37,7 @@ class DnsQuestion:
     qtype: int
     qclass: int
     edns_payload: int | None
+    dnssec_ok: bool = False  # the OPT record's DO bit
 
     @property
     def labels(self) -> tuple[bytes, ...]:
@@ -100,18 +105,89 @@ def parse_query(buf: bytes) -> DnsQuestion:
     qtype, qclass = _TYPE_CLASS.unpack_from(buf, name_end)
     offset = name_end + 4
     payload: int | None = None
+    opt_ttl = 0
     if arcount:
         # The OPT pseudo-record: root owner name, type 41, then its options.
         if offset + 1 + _OPT_TAIL.size > len(buf) or buf[offset] != 0:
             raise ParseError("DNS additional record is not a root OPT")
-        rtype, payload, _, rdlength = _OPT_TAIL.unpack_from(buf, offset + 1)
+        rtype, payload, opt_ttl, rdlength = _OPT_TAIL.unpack_from(buf, offset + 1)
         if rtype != TYPE_OPT:
             raise ParseError(f"DNS additional record of type {rtype}")
         offset += 1 + _OPT_TAIL.size + rdlength
     if offset != len(buf):
         raise ParseError("DNS query length does not match its records")
     name = buf[HEADER_LEN:name_end]
-    return DnsQuestion(qid, flags, name, name.lower(), qtype, qclass, payload)
+    return DnsQuestion(
+        qid, flags, name, name.lower(), qtype, qclass, payload, bool(opt_ttl & _DO)
+    )
 
 
-__all__ = ["DnsQuestion", "ParseError", "name_labels", "parse_query", "parse_reply_question"]
+@dataclass(slots=True)
+class ReplyTtls:
+    """Where a reply's TTLs are, for a cache that ages them in place.
+    `offsets`: each record's TTL field (OPT, whose "TTL" holds flags, excluded);
+    `ttl`: the smallest of them, None without records; `negative_ttl`: for an
+    authority-section SOA, min(its TTL, its MINIMUM) as RFC 2308 has it."""
+
+    offsets: list[int]
+    ttl: int | None
+    negative_ttl: int | None
+
+
+def _skip_name(buf: bytes, offset: int) -> int:
+    """The offset after a (possibly compressed) name in a record."""
+    end = len(buf)
+    for _ in range(128):  # a 255-byte name has at most 127 labels
+        if offset >= end:
+            raise ParseError("DNS name runs past the message")
+        length = buf[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            if offset + 2 > end:
+                raise ParseError("DNS name pointer truncated")
+            return offset + 2
+        if length & 0xC0:
+            raise ParseError(f"DNS label type {length >> 6}")
+        offset += length + 1
+    raise ParseError("DNS name too long")
+
+
+def reply_ttls(buf: bytes) -> ReplyTtls:
+    """Walk a reply's records (names skipped, rdata not read but SOA's MINIMUM)."""
+    if len(buf) < HEADER_LEN:
+        raise ParseError(f"DNS message too short ({len(buf)} bytes)")
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf)
+    offset = HEADER_LEN
+    for _ in range(qdcount):
+        offset = _skip_name(buf, offset) + 4
+    offsets: list[int] = []
+    ttls: list[int] = []
+    negative: int | None = None
+    for index in range(ancount + nscount + arcount):
+        offset = _skip_name(buf, offset)
+        if offset + _RECORD.size > len(buf):
+            raise ParseError("DNS record truncated")
+        rtype, _, ttl, rdlength = _RECORD.unpack_from(buf, offset)
+        rdata_end = offset + _RECORD.size + rdlength
+        if rdata_end > len(buf):
+            raise ParseError("DNS record data truncated")
+        if rtype != TYPE_OPT:
+            offsets.append(offset + 4)
+            ttls.append(ttl)
+            in_authority = ancount <= index < ancount + nscount
+            if rtype == TYPE_SOA and in_authority and negative is None and rdlength >= 22:
+                negative = min(ttl, _U32.unpack_from(buf, rdata_end - 4)[0])
+        offset = rdata_end
+    return ReplyTtls(offsets, min(ttls) if ttls else None, negative)
+
+
+__all__ = [
+    "DnsQuestion",
+    "ParseError",
+    "ReplyTtls",
+    "name_labels",
+    "parse_query",
+    "parse_reply_question",
+    "reply_ttls",
+]

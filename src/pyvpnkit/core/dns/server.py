@@ -28,6 +28,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dns.cache import KEY_FLAGS, AnswerCache, CacheKey
 from pyvpnkit.core.dns.forwarder import Forwarder, Question, Resolved, Server
 from pyvpnkit.core.dns.hostmode import (
     UNSUPPORTED_TEXT,
@@ -76,6 +77,7 @@ class _Origin:
     edns: bool
     limit: int
     dup_key: tuple[Hashable, int, Question] | None
+    cache_key: CacheKey | None = None  # where the answer goes in the cache, if on
 
 
 def header_only_reply(data: bytes, rcode: int) -> bytes:
@@ -119,12 +121,14 @@ class DnsServer:
         mode: str = "forward",
         host_timeout: float = 5.0,
         host_max_inflight: int = 64,
+        cache_size: int = 0,
     ) -> None:
         """`new_id` draws upstream query ids; pass an unpredictable source in
         production (the default counter is deterministic, for tests).
         `udp_cap` bounds EDNS answers so they fit one frame (default MTU-28).
         `mode` "host" sends A/AAAA/PTR to the OS resolver (HostResolve effects),
-        at most `host_max_inflight` at once, each SERVFAIL after `host_timeout`."""
+        at most `host_max_inflight` at once, each SERVFAIL after `host_timeout`.
+        `cache_size` > 0 keeps up to that many forwarded answers (cache.py)."""
         if mode not in MODES:
             raise ValueError(f"DNS mode must be one of {MODES}, not {mode!r}")
         self.config = config
@@ -141,6 +145,7 @@ class DnsServer:
         self.host = HostLookups(
             timeout=host_timeout, max_inflight=host_max_inflight, max_waiting=max_pending
         )
+        self.cache = AnswerCache(cache_size) if cache_size > 0 else None
         self._unsupported_logged: set[int] = set()
         self.udp_cap = max(UDP_DEFAULT_LIMIT, udp_cap or config.mtu - 28)
         self._udp_inflight: set[tuple[Hashable, int, Question]] = set()
@@ -158,6 +163,7 @@ class DnsServer:
                 "duplicates",
                 "host",
                 "unsupported",
+                "cached",
             ),
             0,
         )
@@ -209,11 +215,23 @@ class DnsServer:
             limit = UDP_DEFAULT_LIMIT
         else:
             limit = max(UDP_DEFAULT_LIMIT, min(fast.edns_payload, self.udp_cap))
+        edns = fast.edns_payload is not None
+        cache_key: CacheKey | None = None
+        if self.cache is not None:
+            cache_key = (
+                fast.key, fast.qtype, fast.qclass, flags & KEY_FLAGS, edns, fast.dnssec_ok
+            )
+            hit = self.cache.get(cache_key, now, raw[:2], fast.name)
+            if hit is not None:
+                self.stats["cached"] += 1
+                self._send(client, transport, hit, limit, self._our_payload(edns))
+                return
         if qname is None and self.mode == "host":
             qname = dns.name.Name((*fast.labels, b""))
         question = (fast.key, fast.qtype, fast.qclass)
-        edns = fast.edns_payload is not None
-        self._forward(raw, fast.id, edns, limit, qname, question, client, transport, now)
+        self._forward(
+            raw, fast.id, edns, limit, qname, question, client, transport, now, cache_key
+        )
 
     def _query_slow(
         self,
@@ -257,6 +275,7 @@ class DnsServer:
         client: Hashable,
         transport: str,
         now: float,
+        cache_key: CacheKey | None = None,
     ) -> None:
         """Send upstream (or, in host mode, to the OS resolver) a query not ours.
         `qname` (dnspython's) is needed in host mode only."""
@@ -267,7 +286,7 @@ class DnsServer:
             if dup_key in self._udp_inflight:
                 self.stats["duplicates"] += 1
                 return
-        origin = _Origin(client, transport, raw, qid, edns, limit, dup_key)
+        origin = _Origin(client, transport, raw, qid, edns, limit, dup_key, cache_key)
         if self.mode == "host" and question[2] == _IN:
             assert qname is not None
             if self._ask_host(origin, qname, question[1], now):
@@ -278,15 +297,15 @@ class DnsServer:
         if dup_key is not None:
             self._udp_inflight.add(dup_key)
         self.stats["forwarded"] += 1
-        self._pump()
+        self._pump(now)
 
     def handle_upstream_reply(self, token: int, data: bytes, now: float) -> None:
         self.forwarder.handle_reply(token, bytes(data), now)
-        self._pump()
+        self._pump(now)
 
     def handle_upstream_error(self, token: int, now: float) -> None:
         self.forwarder.handle_error(token, now)
-        self._pump()
+        self._pump(now)
 
     def handle_host_answer(
         self, token: int, addresses: list[str] | None, error: str | None, now: float
@@ -294,7 +313,7 @@ class DnsServer:
         """Result of a HostResolve: address texts (for PTR: host names), or
         `addresses` None and `error` one of hostmode.NXDOMAIN/NODATA/SERVFAIL."""
         self.host.handle_answer(token, addresses, error, now)
-        self._pump()
+        self._pump(now)
 
     def next_deadline(self) -> float | None:
         when = self.forwarder.next_deadline()
@@ -308,7 +327,7 @@ class DnsServer:
     def handle_timer(self, now: float) -> None:
         self.forwarder.handle_timer(now)
         self.host.handle_timer(now)
-        self._pump()
+        self._pump(now)
 
     def drain(self) -> list[DnsAnswer | UpstreamQuery | HostResolve]:
         out = self._effects
@@ -366,7 +385,7 @@ class DnsServer:
         if origin.dup_key is not None:
             self._udp_inflight.add(origin.dup_key)
         self.stats["host"] += 1
-        self._pump()
+        self._pump(now)
         return True
 
     def _unsupported(self, origin: _Origin, rdtype: int) -> None:
@@ -417,12 +436,12 @@ class DnsServer:
             self._our_payload(origin.edns),
         )
 
-    def _pump(self) -> None:
+    def _pump(self, now: float) -> None:
         for item in self.forwarder.drain():
             if isinstance(item, UpstreamQuery):
                 self._effects.append(item)
                 continue
-            self._resolved(item)
+            self._resolved(item, now)
         if self.mode != "host":
             return  # no host lookups outside host mode
         for host_item in self.host.drain():
@@ -441,7 +460,7 @@ class DnsServer:
             return
         self._respond(origin, item.rcode, list(item.rrsets))
 
-    def _resolved(self, item: Resolved) -> None:
+    def _resolved(self, item: Resolved, now: float) -> None:
         origin = item.context
         assert isinstance(origin, _Origin)
         if origin.dup_key is not None:
@@ -450,6 +469,8 @@ class DnsServer:
         if reply is None:
             self._servfail(origin)
             return
+        if origin.cache_key is not None and self.cache is not None:
+            self.cache.put(origin.cache_key, reply, now)
         wire = origin.qid.to_bytes(2, "big") + reply[2:]
         if len(wire) > origin.limit:
             self._send(origin.client, origin.transport, wire, origin.limit,
