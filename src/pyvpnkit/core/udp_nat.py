@@ -242,16 +242,17 @@ class UdpNat(NatBase):
         if src == b"":
             src = self._vm_view(src_ip)
         vm_ip = flow.vm_ip
+        v4 = len(vm_ip) == 4
         if (
             src is None or len(src) != len(vm_ip) or not 0 < src_port <= 0xFFFF
-            or len(payload) > (MAX_UDP6_PAYLOAD if len(src) == 16 else MAX_UDP_PAYLOAD)
+            or len(payload) > (MAX_UDP_PAYLOAD if v4 else MAX_UDP6_PAYLOAD)
         ):
             self.stats["drop_host_datagram"] += 1
             return
         flow.last = now
         self._flows.move_to_end(flow_id)
         self._ip_ident = ident = (self._ip_ident + 1) & 0xFFFF
-        if len(src) == 4:
+        if v4:
             packet = build_ipv4_udp(src, vm_ip, src_port, flow.vm_port, payload, ident)
         else:
             udp = build_udp(src, vm_ip, src_port, flow.vm_port, payload)
