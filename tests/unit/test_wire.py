@@ -164,7 +164,8 @@ def _reference_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: byte
 ip6 = st.binary(min_size=16, max_size=16)
 
 
-@given(ip4 | ip6, port, port, st.binary(max_size=1500), st.data())
+@given(ip4 | ip6, port, port, st.binary(max_size=1500) | st.binary(min_size=2040, max_size=9000),
+       st.data())
 def test_udp_checksum_matches_rfc768(src, sport, dport, payload, data) -> None:
     dst = data.draw(st.binary(min_size=len(src), max_size=len(src)))
     assert udp.build_udp(src, dst, sport, dport, payload) == _reference_udp(
@@ -181,6 +182,15 @@ def test_ipv4_udp_is_ipv4_header_plus_udp(src, dst, sport, dport, payload, ident
     )
     assert packet == header + udp_part
     assert ipv4.parse_ipv4(packet).payload.tobytes() == udp_part
+
+
+@pytest.mark.parametrize("size", [2047, 2048, 2049, 4096, 4097, 65507])
+def test_udp_checksum_of_large_payloads_summed_in_pieces(size: int) -> None:
+    payload = bytes((i * 7 + size) & 0xFF for i in range(size))
+    src, dst = b"\x0a\0\0\x01", b"\xcb\0\x71\x02"
+    assert udp.build_udp(src, dst, 53, 40000, payload) == _reference_udp(
+        src, dst, 53, 40000, payload
+    )
 
 
 def test_udp_checksum_summing_to_zero_goes_out_as_all_ones() -> None:

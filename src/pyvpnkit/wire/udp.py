@@ -17,6 +17,7 @@ from pyvpnkit.wire.ipv4 import PROTO_UDP
 UDP_HEADER_LEN = 8
 _HDR = struct.Struct("!HHHH")
 _IPV4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")  # a 20-byte IPv4 header, then UDP's
+_PIECE = 2048  # bytes summed per int.from_bytes in a large payload (even)
 
 
 @dataclass(slots=True)  # not frozen: frozen __init__ costs ~3 us a packet
@@ -40,14 +41,34 @@ def parse_udp(
     return UdpDatagram(sport, dport, view[UDP_HEADER_LEN:])
 
 
+def _payload_sum(payload: bytes | memoryview) -> int:
+    """The payload's 16-bit words (a zero byte padding an odd length), as one
+    integer congruent to their sum mod 0xFFFF.
+
+    Reducing a 64 KB integer mod 0xFFFF costs a division per 30-bit digit
+    (~100 us); 2 KB pieces added first leave one 2 KB integer to reduce (~60 us
+    in all). Each piece ends an even number of bytes before the padded end, so
+    its weight 2**(8*distance) is 1 mod 0xFFFF.
+    """
+    n = len(payload)
+    if n <= _PIECE:
+        body = int.from_bytes(payload, "big")
+        return body << 8 if n & 1 else body
+    view = memoryview(payload)
+    last = (n - 1) // _PIECE * _PIECE
+    body = int.from_bytes(view[last:], "big")
+    if n & 1:
+        body <<= 8
+    for at in range(0, last, _PIECE):
+        body += int.from_bytes(view[at : at + _PIECE], "big")
+    return body
+
+
 def _sum(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes | memoryview) -> int:
     """Pseudo-header (either family: same word sum), UDP header and payload, mod 0xFFFF."""
     length = UDP_HEADER_LEN + len(payload)
-    body = int.from_bytes(payload, "big")
-    if length & 1:
-        body <<= 8  # pad with a zero byte
     addresses = int.from_bytes(src + dst, "big")
-    return (addresses + body + PROTO_UDP + 2 * length + sport + dport) % 0xFFFF
+    return (addresses + _payload_sum(payload) + PROTO_UDP + 2 * length + sport + dport) % 0xFFFF
 
 
 def build_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes | memoryview) -> bytes:
