@@ -164,6 +164,10 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
         "host: A/AAAA/PTR go to the host's own resolver (getaddrinfo: VPN split DNS, "
         "mDNS, nsswitch), other types to the upstream servers (default %(default)s)",
     )
+    d.add_argument("--dns-cache", type=_int_in(0, 1 << 20, "--dns-cache"),
+                   default=DEFAULTS.dns_cache, metavar="N",
+                   help="keep up to N forwarded DNS answers for their TTL (negative ones "
+                   "for the SOA's); 0, the default, forwards every query")
     d.add_argument("--host-names", type=_names, metavar="NAMES",
                    default=("host.docker.internal", "host.internal"),
                    help="comma-separated names of the host alias "
@@ -318,6 +322,7 @@ def service_options(args: argparse.Namespace) -> Options:
         hosts=args.hosts,
         dns_mode=args.dns_mode,
         dns_timeout=args.dns_timeout,
+        dns_cache=args.dns_cache,
         redirects=load_redirects(args.forwards),
         verify_checksums=args.verify_checksums,
         tcp_keepalive=args.tcp_keepalive,

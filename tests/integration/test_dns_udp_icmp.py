@@ -120,3 +120,19 @@ def test_udp_port_unreachable_reported(netenv: NetEnv, dns_port: int) -> None:
         "exec('try:\\n s.recv(1)\\nexcept ConnectionRefusedError: print(\\'refused\\')')\""
     )
     assert vm(netenv, dns_port, script).strip() == "refused"
+
+
+def test_dns_cache_serves_aged_answers(netenv: NetEnv, dns_port: int) -> None:
+    """--dns-cache: the upstream always says TTL 60; a cached answer 2 s later says less."""
+    script = (f"{DIG} +noall +answer www.example.test; sleep 2.2; echo =====; "
+              f"{DIG} +noall +answer WWW.example.test; echo =====; "
+              f"{DIG} +noall +answer www.example.test AAAA")
+    cmd = netenv.pyvpnkit("exec", *exec_args(dns_port), "--dns-cache", "16",
+                          "--", "sh", "-c", script)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second, other = (o.split() for o in sections(out.stdout))
+    assert first[1] == "60" and first[-1] == "203.0.113.2"
+    assert second[0] == "WWW.example.test." and int(second[1]) <= 58
+    assert second[-1] == "203.0.113.2"
+    assert other[1] == "60" and other[-1] == "2001:db8::2"  # another type: upstream

@@ -86,3 +86,25 @@ def test_load_hosts_replaces_table() -> None:
     assert names.lookup(N("db.example"), dns.rdatatype.A, IN) is None
     assert addrs(names.lookup(N("other.example"), dns.rdatatype.A, IN)) == ["10.0.0.1"]
     assert names.hosts_count == 1
+
+
+def test_may_answer_is_exactly_the_names_lookup_knows() -> None:
+    """The forwarding fast path skips lookup (and dnspython names) when this says no."""
+    names = LocalNames(NetConfig(), HOSTS)
+    texts = ["host.docker.internal", "HOST.Docker.Internal", "vm.internal", "db.example",
+             "example.com", "docker.internal", "3.2.1.10.in-addr.arpa", "9.9.9.10.in-addr.arpa",
+             "1.65.168.192.in-addr.arpa", "3.65.168.192.in-addr.arpa", "other.example"]
+
+    def agree() -> None:
+        for text in texts:
+            name = N(text)
+            known = names.lookup(name, dns.rdatatype.A, IN) is not None
+            assert names.may_answer(name.to_digestable()) == known, text
+
+    agree()
+    names.set_vm_addresses([ip4("192.168.65.3")])  # adds a PTR name
+    agree()
+    assert names.may_answer(N("3.65.168.192.in-addr.arpa").to_digestable())
+    names.load_hosts("10.0.0.1 other.example\n")
+    agree()
+    assert not names.may_answer(N("db.example").to_digestable())

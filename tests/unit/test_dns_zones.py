@@ -96,3 +96,14 @@ def test_server_answers_nxdomain_and_zone_records_before_hosts() -> None:
     reply = ask("web.apps.test.")
     assert [rd.to_text() for rd in reply.answer[0]] == ["10.0.0.1"]
     assert ask("missing.apps.test.").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_may_hold_agrees_with_lookup_on_wire_names() -> None:
+    z = zones({"Name": "apps.test.", "DefaultIP": "10.0.0.9"},
+              {"Name": "a.b.example.", "Records": [{"Name": "x", "IP": "10.0.0.1"}]})
+    for text in ("web.apps.test", "WEB.APPS.TEST", "x.y.apps.test", "apps.test", "test",
+                 "apps.test.evil", "xapps.test", "x.a.b.example", "b.example", "example.com"):
+        name = N(text)
+        assert z.may_hold(name.to_digestable()) == (z.lookup(name, A) is not None), text
+    z.add(zone_from_dict({"Name": "example.", "DefaultIP": "10.0.0.2"}))
+    assert z.may_hold(N("b.example").to_digestable())

@@ -153,6 +153,55 @@ def test_udp_round_trip(src, dst, sport, dport, payload) -> None:
     assert raw[6:8] != b"\x00\x00"
 
 
+def _reference_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    """RFC 768 word by word: the builders' modular sums must give the same field."""
+    length = 8 + len(payload)
+    data = src + dst + struct.pack("!HHHHHH", 17, length, sport, dport, length, 0) + payload
+    csum = internet_checksum(data + b"\0" * (len(data) & 1))
+    return struct.pack("!HHHH", sport, dport, length, csum or 0xFFFF) + payload
+
+
+ip6 = st.binary(min_size=16, max_size=16)
+
+
+@given(ip4 | ip6, port, port, st.binary(max_size=1500) | st.binary(min_size=2040, max_size=9000),
+       st.data())
+def test_udp_checksum_matches_rfc768(src, sport, dport, payload, data) -> None:
+    dst = data.draw(st.binary(min_size=len(src), max_size=len(src)))
+    assert udp.build_udp(src, dst, sport, dport, payload) == _reference_udp(
+        src, dst, sport, dport, payload
+    )
+
+
+@given(ip4, ip4, port, port, st.binary(max_size=1500), st.integers(0, 0xFFFF), st.integers(1, 255))
+def test_ipv4_udp_is_ipv4_header_plus_udp(src, dst, sport, dport, payload, ident, ttl) -> None:
+    packet = udp.build_ipv4_udp(src, dst, sport, dport, memoryview(payload), ident, ttl)
+    udp_part = _reference_udp(src, dst, sport, dport, payload)
+    header = ipv4.ipv4_header(
+        src, dst, ipv4.PROTO_UDP, len(udp_part), ident=ident, ttl=ttl, dont_fragment=False
+    )
+    assert packet == header + udp_part
+    assert ipv4.parse_ipv4(packet).payload.tobytes() == udp_part
+
+
+@pytest.mark.parametrize("size", [2047, 2048, 2049, 4096, 4097, 65507])
+def test_udp_checksum_of_large_payloads_summed_in_pieces(size: int) -> None:
+    payload = bytes((i * 7 + size) & 0xFF for i in range(size))
+    src, dst = b"\x0a\0\0\x01", b"\xcb\0\x71\x02"
+    assert udp.build_udp(src, dst, 53, 40000, payload) == _reference_udp(
+        src, dst, 53, 40000, payload
+    )
+
+
+def test_udp_checksum_summing_to_zero_goes_out_as_all_ones() -> None:
+    # The words sum to 0xFFFF: the checksum would be 0, which UDP reads as "none".
+    src, dst = b"\0\0\0\0", b"\0\0\0\0"
+    payload = (0xFFFF - 17 - 2 * 10 - 1 - 2).to_bytes(2, "big")
+    raw = udp.build_udp(src, dst, 1, 2, payload)
+    assert raw[6:8] == b"\xff\xff" == _reference_udp(src, dst, 1, 2, payload)[6:8]
+    assert udp.parse_udp(raw, src, dst).payload.tobytes() == payload
+
+
 def test_udp_bad_checksum_and_zero_checksum() -> None:
     src, dst = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
     raw = udp.build_udp(src, dst, 1, 2, b"data")

@@ -86,3 +86,10 @@ def test_mutated_query_only_parse_error(names: list[bytes], at: int, value: int)
     except ParseError:
         return
     assert q.key == b"".join(bytes((len(x),)) + x for x in q.labels).lower() + b"\x00"
+
+
+def test_dnssec_ok_bit_and_name_spelling() -> None:
+    plain = parse_query(dns.message.make_query("Www.Example", "A", use_edns=0).to_wire())
+    signed = parse_query(dns.message.make_query("www.example", "A", want_dnssec=True).to_wire())
+    assert (plain.dnssec_ok, signed.dnssec_ok) == (False, True)
+    assert plain.name == b"\x03Www\x07Example\x00" and plain.key == signed.name

@@ -31,6 +31,7 @@ class Options:
     hosts: str = "/etc/hosts"
     dns_mode: str = "forward"  # or "host": A/AAAA/PTR from getaddrinfo
     dns_timeout: float = 5.0
+    dns_cache: int = 0  # forwarded answers kept (0: none)
     # the stack
     redirects: tuple[Redirect, ...] = ()  # --forwards
     verify_checksums: bool = False

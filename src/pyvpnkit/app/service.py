@@ -116,6 +116,7 @@ class Service:
             udp_max_flows=opts.udp_max_flows,
             dns_mode=self.dns_mode,
             dns_timeout=opts.dns_timeout,
+            dns_cache=opts.dns_cache,
             max_pending_connects=opts.max_pending_connects,
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here

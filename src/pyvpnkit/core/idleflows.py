@@ -29,7 +29,10 @@ class IdleFlows(ABC, Generic[F]):
         return len(self._flows)
 
     def next_deadline(self) -> float | None:
-        for flow in self._flows.values():
+        flows = self._flows
+        if not flows:
+            return None  # asked after every flush: no call at all for an empty table
+        for flow in flows.values():
             return flow.last + self.idle_timeout
         return None
 

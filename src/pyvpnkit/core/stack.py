@@ -47,7 +47,7 @@ from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
 from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet
 from pyvpnkit.wire.tcp import parse_tcp
-from pyvpnkit.wire.udp import build_udp, parse_udp
+from pyvpnkit.wire.udp import build_ipv4_udp, build_udp, parse_udp
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 DHCP_SERVER_PORT = 67
@@ -117,6 +117,7 @@ class Stack:
         dns_mode: str = "forward",
         dns_timeout: float = 5.0,
         max_pending_connects: int = 1024,
+        dns_cache: int = 0,
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
@@ -134,7 +135,7 @@ class Stack:
         self.dhcp = DhcpServer(config, self.pool)
         self.dns = DnsServer(
             config, dns_upstreams or [], hosts_text, new_id=dns_query_id, mode=dns_mode,
-            timeout=dns_timeout,
+            timeout=dns_timeout, cache_size=dns_cache,
         )
         self._dns_tcp = _DnsOverTcp(self)
         self.http_proxy = ProxyConfig()  # the runtime swaps in the configured one
@@ -150,6 +151,7 @@ class Stack:
             max_pending_connects=max_pending_connects,
         )
         self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
+        self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
         self.udp_forward = UdpForwarder(config)
         self.icmp = IcmpNat(config)
         self.frag = Reassembler()
@@ -347,7 +349,7 @@ class Stack:
                 self.udp_forward.handle(pkt, dgram, now)
             elif dst == cfg.gateway_ip and dst != cfg.host_ip:
                 self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
-            elif dst == LIMITED_BROADCAST or dst == cfg.subnet.broadcast_address.packed:
+            elif dst == LIMITED_BROADCAST or dst == self._subnet_broadcast:
                 self.stats["drop_broadcast"] += 1
             else:
                 self.udp.handle(pkt, dgram, now)
@@ -433,9 +435,7 @@ class Stack:
                     assert self.v6 is not None
                     self.v6.dns_reply(vm_ip, vm_port, eff.data)
                     continue
-                src = self.config.dns_ip
-                udp = build_udp(src, vm_ip, DNS_PORT, vm_port, eff.data)
-                self._route(ipv4_header(src, vm_ip, PROTO_UDP, len(udp), dont_fragment=False) + udp)
+                self._route(build_ipv4_udp(self.config.dns_ip, vm_ip, DNS_PORT, vm_port, eff.data))
 
     _now = 0.0
 

@@ -26,7 +26,7 @@ from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.routes import HOST_LOOPBACK, HOST_LOOPBACK6, is_routable, route
 from pyvpnkit.wire.ipv4 import PROTO_UDP
-from pyvpnkit.wire.udp import UdpDatagram, build_udp
+from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp, build_udp
 
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
 MAX_UDP6_PAYLOAD = 65527  # 65535 - UDP header: the IPv6 payload length excludes its header
@@ -173,6 +173,7 @@ class UdpNat(NatBase):
     ) -> None:
         super().__init__(config, idle_timeout, max_flows, config.mtu if mtu is None else mtu)
         self._by_endpoint: dict[tuple[bytes, int], _UdpFlow] = {}
+        self._routes: dict[bytes, tuple[str | None, str | None, bytes | None]] = {}
 
     def flow_of(self, vm_ip: bytes, vm_port: int) -> int | None:
         flow = self._by_endpoint.get((vm_ip, vm_port))
@@ -183,7 +184,14 @@ class UdpNat(NatBase):
         if pkt.is_fragment or dgram.src_port == 0 or dgram.dst_port == 0:
             self.stats["drop_invalid"] += 1
             return
-        host, refusal, err_src = route(self.config, pkt.dst)
+        dst = pkt.dst
+        routed = self._routes.get(dst)
+        if routed is None:
+            routed = route(self.config, dst)  # a pure function of the address: cached
+            if len(self._routes) >= _ADDR_CACHE:
+                self._routes.clear()
+            self._routes[dst] = routed
+        host, refusal, err_src = routed
         original = quote(pkt)
         if refusal is not None and err_src is not None:
             self._emit_error(original, err_src, refusal)
@@ -204,38 +212,55 @@ class UdpNat(NatBase):
             self._by_endpoint[key] = flow
             self._effects.append(UdpOpen(flow.flow_id, key))
         else:
-            self._touch(flow, now)
+            flow.last = now
+            self._flows.move_to_end(flow.flow_id)
         originals = flow.originals
-        dst_key = (pkt.dst, dgram.dst_port)
-        originals[dst_key] = original
-        originals.move_to_end(dst_key)
-        if len(originals) > _ORIGINALS_PER_FLOW:
+        dst_key = (dst, dgram.dst_port)
+        if dst_key in originals:
+            originals.move_to_end(dst_key)
+        elif len(originals) >= _ORIGINALS_PER_FLOW:
             originals.popitem(last=False)
+        originals[dst_key] = original
         self._effects.append(
             UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), ttl - 1)
         )
 
     def host_datagram(
-        self, flow_id: int, src_ip: str, src_port: int, payload: bytes, now: float
+        self, flow_id: int, src_ip: str, src_port: int, payload: bytes | memoryview, now: float
     ) -> None:
-        """A datagram the flow's host socket received from (src_ip, src_port)."""
+        """A datagram the flow's host socket received from (src_ip, src_port).
+
+        ``payload`` may be a view of the caller's buffer: it is copied, not kept.
+        The per-reply path of every UDP exchange: lookups, the touch and the
+        IPv4 build are inline (one call builds both headers and checksums).
+        """
         flow = self._flows.get(flow_id)
         if not isinstance(flow, _UdpFlow):
             self.stats["drop_unknown_flow"] += 1
             return
-        src = self._vm_view(src_ip)
+        src = self._addr_cache.get(src_ip, b"")
+        if src == b"":
+            src = self._vm_view(src_ip)
+        vm_ip = flow.vm_ip
+        v4 = len(vm_ip) == 4
         if (
-            src is None or len(src) != len(flow.vm_ip) or not 0 < src_port <= 0xFFFF
-            or len(payload) > (MAX_UDP6_PAYLOAD if len(src) == 16 else MAX_UDP_PAYLOAD)
+            src is None or len(src) != len(vm_ip) or not 0 < src_port <= 0xFFFF
+            or len(payload) > (MAX_UDP_PAYLOAD if v4 else MAX_UDP6_PAYLOAD)
         ):
             self.stats["drop_host_datagram"] += 1
             return
-        self._touch(flow, now)
-        udp = build_udp(src, flow.vm_ip, src_port, flow.vm_port, payload)
-        header = ip_header(
-            src, flow.vm_ip, PROTO_UDP, len(udp), ident=self._next_ip_ident(), dont_fragment=False
-        )
-        self._send(header + udp)
+        flow.last = now
+        self._flows.move_to_end(flow_id)
+        self._ip_ident = ident = (self._ip_ident + 1) & 0xFFFF
+        if v4:
+            packet = build_ipv4_udp(src, vm_ip, src_port, flow.vm_port, payload, ident)
+        else:
+            udp = build_udp(src, vm_ip, src_port, flow.vm_port, payload)
+            packet = ip_header(src, vm_ip, PROTO_UDP, len(udp)) + udp
+        if len(packet) <= self.mtu:
+            self._out.append(packet)
+        else:
+            self._out.extend(fragment(packet, self.mtu, self._next_ip_ident()))
 
     def host_error(
         self,

@@ -105,19 +105,20 @@ class DnsUpstream:
 
     def _udp_query(self, effect: UpstreamQuery) -> None:
         now = self._clock()
-        self._prune(now)
+        if now >= self._next_prune:
+            self._prune(now)
+        data = effect.data
         try:
-            channel = self._channel(effect.server)
+            channel = self._udp.get(effect.server) or self._channel(effect.server)
             try:
-                channel.sock.send(effect.data)
+                channel.sock.send(data)
             except BlockingIOError:
                 pass  # send buffer full: as good as a lost datagram, the core resends
         except OSError:
             # Reported on the next turn: we are inside the owner's drain loop.
             self._loop.call_soon(self._report_error, [effect.token])
             return
-        uid = int.from_bytes(effect.data[:2], "big")
-        channel.waiting[uid] = (effect.token, now + self.token_ttl)
+        channel.waiting[data[0] << 8 | data[1]] = (effect.token, now + self.token_ttl)
 
     def _channel(self, server: tuple[str, int]) -> _UdpChannel:
         channel = self._udp.get(server)
@@ -166,7 +167,7 @@ class DnsUpstream:
                 break  # the reader fires again if datagrams are still queued
             if len(data) < 12:
                 continue
-            entry = channel.waiting.pop(int.from_bytes(data[:2], "big"), None)
+            entry = channel.waiting.pop(data[0] << 8 | data[1], None)
             if entry is None:
                 continue  # late, duplicate or spoofed
             self._target.handle_upstream_reply(entry[0], data, now)
@@ -175,8 +176,6 @@ class DnsUpstream:
             self._wake()
 
     def _prune(self, now: float) -> None:
-        if now < self._next_prune:
-            return
         self._next_prune = now + self.token_ttl
         for channel in self._udp.values():
             stale = [uid for uid, (_, expiry) in channel.waiting.items() if expiry <= now]

@@ -143,7 +143,8 @@ class HostUdp:
                 self._wake()
                 return
         sock = hs.sock
-        hs.ttl = set_ttl(sock, hs.ttl, eff.ttl, self.stats)
+        if eff.ttl != hs.ttl:
+            hs.ttl = set_ttl(sock, hs.ttl, eff.ttl, self.stats)
         dst = (eff.dst_ip, eff.dst_port)
         hs.last_dst = dst
         for attempt in (0, 1):
@@ -192,7 +193,8 @@ class HostUdp:
                 refused = refused or exc.errno == errno.ECONNREFUSED
                 continue
             got += 1
-            nat.host_datagram(flow_id, addr[0], addr[1], bytes(view[:n]), now)
+            # A view of the shared buffer: the NAT copies it into the reply it builds.
+            nat.host_datagram(flow_id, addr[0], addr[1], view[:n], now)
             if flow_id not in self._socks:
                 return  # the NAT evicted this flow while we were reading
         if got == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -30,10 +29,13 @@ Question = tuple[bytes, int, int]  # (lower-case wire qname, rdtype, rdclass)
 
 _QR = 0x8000
 # Answers that say "this server cannot help", so another one is worth asking.
-_RETRYABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP})
+_RETRYABLE = frozenset(
+    int(r) for r in (dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP)
+)
+_OPCODE_QUERY = int(dns.opcode.QUERY)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per query, and a frozen __init__ costs more
 class Resolved:
     """A forwarded query finished. `reply` still carries the upstream id;
     None means no server gave a usable answer in time."""
@@ -97,6 +99,7 @@ class Forwarder:
     ) -> None:
         self._servers: list[Server] = []
         self._health: dict[Server, _Health] = {}
+        self._order: list[Server] | None = None  # servers that are down last; None: to sort
         self.set_servers(servers)
         self._new_id = new_id or _counter_ids()
         self.resend_interval = resend_interval
@@ -117,6 +120,7 @@ class Forwarder:
         """Replace the server list; health of servers that stay is kept."""
         self._servers = list(dict.fromkeys(servers))
         self._health = {s: self._health.get(s, _Health()) for s in self._servers}
+        self._order = None
 
     @property
     def servers(self) -> list[Server]:
@@ -141,26 +145,26 @@ class Forwarder:
         uid = self._new_id() & 0xFFFF
         while uid in self._by_uid:
             uid = self._new_id() & 0xFFFF
-        order = sorted(self._servers, key=lambda s: self._health[s].misses >= self.down_after)
+        order = self._order
+        if order is None:
+            down = self.down_after
+            order = sorted(self._servers, key=lambda s: self._health[s].misses >= down)
+            self._order = order  # shared by the queries: never changed, only replaced
         serial = next(self._serials)
+        deadline = now + self.timeout
+        next_send = now + self.resend_interval
         p = _Pending(
-            serial=serial,
-            upstream_id=uid,
-            wire=struct.pack("!H", uid) + query[2:],
-            question=question,
-            context=context,
-            transport=transport,
-            deadline=now + self.timeout,
-            next_send=now + self.resend_interval,
-            order=order,
+            serial, uid, uid.to_bytes(2, "big") + query[2:], question, context, transport,
+            deadline, next_send, order,
         )
         self._pending[serial] = p
         self._by_uid[uid] = serial
         if not order:
             self._finish(p)
             return True
-        self._send_next(p, now)
-        self._schedule(p)
+        p.cursor = 1
+        self._send(p, order[0], now)  # what _send_next picks first: nothing has failed yet
+        heapq.heappush(self._heap, (next_send if next_send < deadline else deadline, serial))
         return True
 
     def handle_reply(self, token: int, data: bytes, now: float) -> None:
@@ -174,6 +178,8 @@ class Forwarder:
         attempt.done = True
         health = self._health.get(attempt.server)
         if health is not None:
+            if health.misses >= self.down_after:
+                self._order = None  # back up: first again
             health.misses = 0
         if verdict:
             self._finish(p, data)
@@ -263,6 +269,8 @@ class Forwarder:
             health = self._health.get(attempt.server)
             if health is not None:
                 health.misses += 1
+                if health.misses == self.down_after:
+                    self._order = None  # down: last from now on
 
     def _count_overdue(self, p: _Pending, now: float) -> None:
         for token in p.tokens:
@@ -277,7 +285,7 @@ class Forwarder:
             qid, flags, question = parse_reply_question(data)
         except ParseError:
             return None
-        if qid != p.upstream_id or not flags & _QR or (flags >> 11) & 0xF != dns.opcode.QUERY:
+        if qid != p.upstream_id or not flags & _QR or (flags >> 11) & 0xF != _OPCODE_QUERY:
             return None
         rcode = flags & 0xF
         if question is None:

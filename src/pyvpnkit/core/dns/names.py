@@ -62,6 +62,10 @@ class NameTable:
     def __len__(self) -> int:
         return len(self.forward)
 
+    def keys(self) -> set[bytes]:
+        """Every name the table answers for, in lower-case wire form."""
+        return {name.to_digestable() for name in (*self.forward, *self.reverse)}
+
 
 def _to_name(text: str) -> dns.name.Name | None:
     try:
@@ -166,6 +170,7 @@ class LocalNames:
         self._vm_addresses: list[bytes] = []
         self._builtin_stale = False
         self._hosts = parse_hosts(hosts_text)
+        self._keys: set[bytes] | None = None  # of both tables; None: to be rebuilt
 
     def set_vm_addresses(self, addrs: Iterable[bytes]) -> None:
         """Note the VMs' addresses; the table is rebuilt at the next lookup, not here:
@@ -175,6 +180,21 @@ class LocalNames:
 
     def load_hosts(self, text: str) -> None:
         self._hosts = parse_hosts(text)
+        self._keys = None
+
+    def may_answer(self, key: bytes) -> bool:
+        """False when no zone or table holds the name `key` (lower-case wire form):
+        the forwarding fast path then never builds a dnspython name."""
+        self._refresh()
+        if self._keys is None:
+            self._keys = self._builtin.keys() | self._hosts.keys()
+        return key in self._keys or (bool(self.zones.keys) and self.zones.may_hold(key))
+
+    def _refresh(self) -> None:
+        if self._builtin_stale:
+            self._builtin = builtin_table(self._config, self._vm_addresses)
+            self._builtin_stale = False
+            self._keys = None
 
     @property
     def hosts_count(self) -> int:
@@ -189,9 +209,7 @@ class LocalNames:
         zoned = self.zones.lookup(qname, rdtype)
         if zoned is not None:
             return zoned
-        if self._builtin_stale:
-            self._builtin = builtin_table(self._config, self._vm_addresses)
-            self._builtin_stale = False
+        self._refresh()
         for table in (self._builtin, self._hosts):
             found = answer_from(table, qname, rdtype)
             if found is not None:

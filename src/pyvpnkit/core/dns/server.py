@@ -28,6 +28,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dns.cache import KEY_FLAGS, AnswerCache, CacheKey
 from pyvpnkit.core.dns.forwarder import Forwarder, Question, Resolved, Server
 from pyvpnkit.core.dns.hostmode import (
     UNSUPPORTED_TEXT,
@@ -51,9 +52,11 @@ _HEADER = struct.Struct("!6H")
 _QR = 0x8000
 _TC = 0x0200
 _RD = 0x0100
+_OPCODE_QUERY = int(dns.opcode.QUERY)
+_IN = int(dns.rdataclass.IN)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs more, one per query
 class DnsAnswer:
     """Send `data` to `client` (a UDP datagram, or one TCP message to which the
     caller adds the 2-byte length)."""
@@ -63,7 +66,7 @@ class DnsAnswer:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Origin:
     """Who asked, remembered while a query is upstream."""
 
@@ -73,7 +76,8 @@ class _Origin:
     qid: int
     edns: bool
     limit: int
-    dup_key: tuple[object, ...] | None
+    dup_key: tuple[Hashable, int, Question] | None
+    cache_key: CacheKey | None = None  # where the answer goes in the cache, if on
 
 
 def header_only_reply(data: bytes, rcode: int) -> bytes:
@@ -117,12 +121,14 @@ class DnsServer:
         mode: str = "forward",
         host_timeout: float = 5.0,
         host_max_inflight: int = 64,
+        cache_size: int = 0,
     ) -> None:
         """`new_id` draws upstream query ids; pass an unpredictable source in
         production (the default counter is deterministic, for tests).
         `udp_cap` bounds EDNS answers so they fit one frame (default MTU-28).
         `mode` "host" sends A/AAAA/PTR to the OS resolver (HostResolve effects),
-        at most `host_max_inflight` at once, each SERVFAIL after `host_timeout`."""
+        at most `host_max_inflight` at once, each SERVFAIL after `host_timeout`.
+        `cache_size` > 0 keeps up to that many forwarded answers (cache.py)."""
         if mode not in MODES:
             raise ValueError(f"DNS mode must be one of {MODES}, not {mode!r}")
         self.config = config
@@ -139,9 +145,10 @@ class DnsServer:
         self.host = HostLookups(
             timeout=host_timeout, max_inflight=host_max_inflight, max_waiting=max_pending
         )
+        self.cache = AnswerCache(cache_size) if cache_size > 0 else None
         self._unsupported_logged: set[int] = set()
         self.udp_cap = max(UDP_DEFAULT_LIMIT, udp_cap or config.mtu - 28)
-        self._udp_inflight: set[tuple[object, ...]] = set()
+        self._udp_inflight: set[tuple[Hashable, int, Question]] = set()
         self._effects: list[DnsAnswer | UpstreamQuery | HostResolve] = []
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -156,6 +163,7 @@ class DnsServer:
                 "duplicates",
                 "host",
                 "unsupported",
+                "cached",
             ),
             0,
         )
@@ -181,11 +189,11 @@ class DnsServer:
         if len(raw) < 12:
             self.stats["dropped"] += 1
             return
-        _, flags, qdcount, _, _, _ = _HEADER.unpack_from(raw)
+        flags = raw[2] << 8 | raw[3]
         if flags & _QR:
             self.stats["dropped"] += 1  # never answer answers (reflection loops)
             return
-        if (flags >> 11) & 0xF != dns.opcode.QUERY:
+        if (flags >> 11) & 0xF != _OPCODE_QUERY:
             self.stats["notimp"] += 1
             self._answer(client, transport, header_only_reply(raw, dns.rcode.NOTIMP))
             return
@@ -194,20 +202,36 @@ class DnsServer:
         except ParseError:
             self._query_slow(raw, client, transport, now)
             return
-        qname = dns.name.Name(fast.labels + (b"",))
-        local = self.names.lookup(qname, fast.qtype, fast.qclass)
-        if local is not None:
-            self._query_slow(raw, client, transport, now, local)  # answered with dnspython
-            return
+        qname = None
+        if self.names.may_answer(fast.key):
+            qname = dns.name.Name((*fast.labels, b""))
+            local = self.names.lookup(qname, fast.qtype, fast.qclass)
+            if local is not None:
+                self._query_slow(raw, client, transport, now, local)  # answered with dnspython
+                return
         if transport != "udp":
             limit = TCP_LIMIT
         elif fast.edns_payload is None:
             limit = UDP_DEFAULT_LIMIT
         else:
             limit = max(UDP_DEFAULT_LIMIT, min(fast.edns_payload, self.udp_cap))
-        question = (fast.key, fast.qtype, fast.qclass)
         edns = fast.edns_payload is not None
-        self._forward(raw, fast.id, edns, limit, qname, question, client, transport, now)
+        cache_key: CacheKey | None = None
+        if self.cache is not None:
+            cache_key = (
+                fast.key, fast.qtype, fast.qclass, flags & KEY_FLAGS, edns, fast.dnssec_ok
+            )
+            hit = self.cache.get(cache_key, now, raw[:2], fast.name)
+            if hit is not None:
+                self.stats["cached"] += 1
+                self._send(client, transport, hit, limit, self._our_payload(edns))
+                return
+        if qname is None and self.mode == "host":
+            qname = dns.name.Name((*fast.labels, b""))
+        question = (fast.key, fast.qtype, fast.qclass)
+        self._forward(
+            raw, fast.id, edns, limit, qname, question, client, transport, now, cache_key
+        )
 
     def _query_slow(
         self,
@@ -246,22 +270,25 @@ class DnsServer:
         qid: int,
         edns: bool,
         limit: int,
-        qname: dns.name.Name,
+        qname: dns.name.Name | None,
         question: Question,
         client: Hashable,
         transport: str,
         now: float,
+        cache_key: CacheKey | None = None,
     ) -> None:
-        """Send upstream (or, in host mode, to the OS resolver) a query not ours."""
-        dup_key: tuple[object, ...] | None = None
+        """Send upstream (or, in host mode, to the OS resolver) a query not ours.
+        `qname` (dnspython's) is needed in host mode only."""
+        dup_key: tuple[Hashable, int, Question] | None = None
         if transport == "udp":
             # A stub retransmitting the same query must not start a second chase.
-            dup_key = (client, qid, *question)
+            dup_key = (client, qid, question)
             if dup_key in self._udp_inflight:
                 self.stats["duplicates"] += 1
                 return
-        origin = _Origin(client, transport, raw, qid, edns, limit, dup_key)
-        if self.mode == "host" and question[2] == dns.rdataclass.IN:
+        origin = _Origin(client, transport, raw, qid, edns, limit, dup_key, cache_key)
+        if self.mode == "host" and question[2] == _IN:
+            assert qname is not None
             if self._ask_host(origin, qname, question[1], now):
                 return
         if not self.forwarder.submit(raw, question, origin, transport, now):
@@ -270,15 +297,15 @@ class DnsServer:
         if dup_key is not None:
             self._udp_inflight.add(dup_key)
         self.stats["forwarded"] += 1
-        self._pump()
+        self._pump(now)
 
     def handle_upstream_reply(self, token: int, data: bytes, now: float) -> None:
         self.forwarder.handle_reply(token, bytes(data), now)
-        self._pump()
+        self._pump(now)
 
     def handle_upstream_error(self, token: int, now: float) -> None:
         self.forwarder.handle_error(token, now)
-        self._pump()
+        self._pump(now)
 
     def handle_host_answer(
         self, token: int, addresses: list[str] | None, error: str | None, now: float
@@ -286,21 +313,27 @@ class DnsServer:
         """Result of a HostResolve: address texts (for PTR: host names), or
         `addresses` None and `error` one of hostmode.NXDOMAIN/NODATA/SERVFAIL."""
         self.host.handle_answer(token, addresses, error, now)
-        self._pump()
+        self._pump(now)
 
     def next_deadline(self) -> float | None:
-        deadlines = (self.forwarder.next_deadline(), self.host.next_deadline())
-        ours = [d for d in deadlines if d is not None]
-        return min(ours) if ours else None
+        when = self.forwarder.next_deadline()
+        if self.mode != "host":
+            return when  # no host lookups outside host mode
+        host = self.host.next_deadline()
+        if host is not None and (when is None or host < when):
+            return host
+        return when
 
     def handle_timer(self, now: float) -> None:
         self.forwarder.handle_timer(now)
         self.host.handle_timer(now)
-        self._pump()
+        self._pump(now)
 
     def drain(self) -> list[DnsAnswer | UpstreamQuery | HostResolve]:
-        out = list(self._effects)
-        self._effects.clear()
+        out = self._effects
+        if not out:
+            return []  # the common case: the stack asks several times per drain
+        self._effects = []
         return out
 
     # -- internals -------------------------------------------------------------------
@@ -352,7 +385,7 @@ class DnsServer:
         if origin.dup_key is not None:
             self._udp_inflight.add(origin.dup_key)
         self.stats["host"] += 1
-        self._pump()
+        self._pump(now)
         return True
 
     def _unsupported(self, origin: _Origin, rdtype: int) -> None:
@@ -403,12 +436,14 @@ class DnsServer:
             self._our_payload(origin.edns),
         )
 
-    def _pump(self) -> None:
+    def _pump(self, now: float) -> None:
         for item in self.forwarder.drain():
             if isinstance(item, UpstreamQuery):
                 self._effects.append(item)
                 continue
-            self._resolved(item)
+            self._resolved(item, now)
+        if self.mode != "host":
+            return  # no host lookups outside host mode
         for host_item in self.host.drain():
             if isinstance(host_item, HostResolve):
                 self._effects.append(host_item)
@@ -425,17 +460,23 @@ class DnsServer:
             return
         self._respond(origin, item.rcode, list(item.rrsets))
 
-    def _resolved(self, item: Resolved) -> None:
+    def _resolved(self, item: Resolved, now: float) -> None:
         origin = item.context
         assert isinstance(origin, _Origin)
         if origin.dup_key is not None:
             self._udp_inflight.discard(origin.dup_key)
-        if item.reply is None:
+        reply = item.reply
+        if reply is None:
             self._servfail(origin)
             return
-        wire = struct.pack("!H", origin.qid) + item.reply[2:]
-        payload = self._our_payload(origin.edns)
-        self._send(origin.client, origin.transport, wire, origin.limit, payload)
+        if origin.cache_key is not None and self.cache is not None:
+            self.cache.put(origin.cache_key, reply, now)
+        wire = origin.qid.to_bytes(2, "big") + reply[2:]
+        if len(wire) > origin.limit:
+            self._send(origin.client, origin.transport, wire, origin.limit,
+                       self._our_payload(origin.edns))
+        else:
+            self._effects.append(DnsAnswer(origin.client, origin.transport, wire))
 
     def _send(
         self,

@@ -136,6 +136,7 @@ class Zones:
 
     def __init__(self, zones: list[Zone] | None = None) -> None:
         self._zones: list[Zone] = []
+        self.keys: set[bytes] = set()  # the zones' names, lower-case wire form
         for zone in zones or []:
             self.add(zone)
 
@@ -147,12 +148,24 @@ class Zones:
                     old.default_ip = zone.default_ip
                 return
         self._zones.append(Zone(zone.name, list(zone.records), zone.default_ip))
+        self.keys.add(zone.name.to_digestable())
 
     def to_json(self) -> list[dict[str, Any]]:
         return [z.to_json() for z in self._zones]
 
     def __len__(self) -> int:
         return len(self._zones)
+
+    def may_hold(self, key: bytes) -> bool:
+        """Whether a zone contains the name `key` (lower-case wire form) below its apex:
+        a check on bytes, so names no zone holds need no dnspython name."""
+        keys = self.keys
+        at = key[0] + 1  # the apex itself is not the zone's to answer
+        while at < len(key):
+            if key[at:] in keys:
+                return True
+            at += key[at] + 1
+        return False
 
     def lookup(
         self, qname: dns.name.Name, rdtype: int
