@@ -132,7 +132,8 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         body = inner.format(gw=gw, dns="192.168.65.1", stack="$PPID")
         if tool == "pyvpnkit6":
             body = V6_SETUP + body
-        return (f"{py} exec --mtu {mtu} --hosts /dev/null --dns-server 127.0.0.1#53 "
+        cache = " --dns-cache 1000" if tool == "pyvpnkit-dnscache" else ""
+        return (f"{py} exec --mtu {mtu} --hosts /dev/null --dns-server 127.0.0.1#53{cache} "
                 f"-- sh -c {shlex.quote(body)}")
     if tool == "pasta-user":
         # Rootless, as podman and its users run it: pasta makes the user and
@@ -201,7 +202,7 @@ def run_tool(env: NetEnv, tool: str, mtu: int, run: str, timeout: float) -> dict
 
 
 def available(tool: str) -> bool:
-    if tool in ("pyvpnkit", "pyvpnkit6", "pyvpnkit-base"):
+    if tool in ("pyvpnkit", "pyvpnkit6", "pyvpnkit-base", "pyvpnkit-dnscache"):
         return True
     if tool == "pyvpnkit-uvloop":
         return importlib.util.find_spec("uvloop") is not None
@@ -230,6 +231,7 @@ class Servers:
         env.start("host", "dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
                   "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
                   "--address=/bench.test/203.0.113.77", "--log-facility=/dev/null",
+                  "--local-ttl=300",  # a real answer's TTL (with 0 nothing could be cached)
                   stderr=subprocess.DEVNULL)
         time.sleep(0.5)
 

@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--strace", action="store_true", help="count system calls (strace -c)")
     ap.add_argument("--cprofile", metavar="FILE",
                     help="run the stack under cProfile, stats to FILE (exact call counts)")
+    ap.add_argument("--stack-args", default="",
+                    help="more pyvpnkit exec options, e.g. '--dns-cache 1000'")
     ap.add_argument("--perf", action="store_true",
                     help="perf record: the interpreter's and the kernel's share by symbol")
     args = ap.parse_args()
@@ -79,7 +81,7 @@ def main() -> None:
             "host", sys.executable,
             *(["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []),
             "-m", "pyvpnkit", "exec", "--mtu", str(args.mtu),
-            "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", "--",
+            "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", *args.stack_args.split(), "--",
             "sh", "-c", client + f"{args.seconds + 1} {args.test}",
             stdout=subprocess.PIPE,
         )
