@@ -171,16 +171,19 @@ class LocalNames:
         self._builtin_stale = False
         self._hosts = parse_hosts(hosts_text)
         self._keys: set[bytes] | None = None  # of both tables; None: to be rebuilt
+        self.version = 0  # moves whenever an answer from the tables may change
 
     def set_vm_addresses(self, addrs: Iterable[bytes]) -> None:
         """Note the VMs' addresses; the table is rebuilt at the next lookup, not here:
         the switch calls this for every address it learns, queries are rarer."""
         self._vm_addresses = list(addrs)
         self._builtin_stale = True
+        self.version += 1
 
     def load_hosts(self, text: str) -> None:
         self._hosts = parse_hosts(text)
         self._keys = None
+        self.version += 1
 
     def may_answer(self, key: bytes) -> bool:
         """False when no zone or table holds the name `key` (lower-case wire form):

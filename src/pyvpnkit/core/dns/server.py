@@ -48,6 +48,7 @@ MODES = ("forward", "host")
 
 UDP_DEFAULT_LIMIT = 512  # RFC 1035 limit without EDNS
 TCP_LIMIT = 65535
+LOCAL_MEMO_SIZE = 256  # local answers kept as wire bytes (emptied when full)
 _HEADER = struct.Struct("!6H")
 _QR = 0x8000
 _TC = 0x0200
@@ -146,6 +147,11 @@ class DnsServer:
             timeout=host_timeout, max_inflight=host_max_inflight, max_waiting=max_pending
         )
         self.cache = AnswerCache(cache_size) if cache_size > 0 else None
+        # Our own answers to the built-in names and the hosts file, as wire bytes
+        # (dnspython builds each in ~100 us; a copy with the asker's id is ~1 us),
+        # valid while self.names.version stays.
+        self._local_wire: dict[CacheKey, bytes] = {}
+        self._local_version = -1
         self._unsupported_logged: set[int] = set()
         self.udp_cap = max(UDP_DEFAULT_LIMIT, udp_cap or config.mtu - 28)
         self._udp_inflight: set[tuple[Hashable, int, Question]] = set()
@@ -202,13 +208,6 @@ class DnsServer:
         except ParseError:
             self._query_slow(raw, client, transport, now)
             return
-        qname = None
-        if self.names.may_answer(fast.key):
-            qname = dns.name.Name((*fast.labels, b""))
-            local = self.names.lookup(qname, fast.qtype, fast.qclass)
-            if local is not None:
-                self._query_slow(raw, client, transport, now, local)  # answered with dnspython
-                return
         if transport != "udp":
             limit = TCP_LIMIT
         elif fast.edns_payload is None:
@@ -216,11 +215,30 @@ class DnsServer:
         else:
             limit = max(UDP_DEFAULT_LIMIT, min(fast.edns_payload, self.udp_cap))
         edns = fast.edns_payload is not None
+        key: CacheKey = (
+            fast.key, fast.qtype, fast.qclass, flags & KEY_FLAGS, edns, fast.dnssec_ok
+        )
+        qname = None
+        if self.names.may_answer(fast.key):
+            memo = self._local_memo()
+            wire = memo.get(key) if memo is not None else None
+            if wire is not None:
+                self.stats["local"] += 1
+                out = bytearray(wire)
+                out[0:2] = raw[:2]
+                out[12 : 12 + len(fast.name)] = fast.name  # the asker's spelling
+                self._send(client, transport, bytes(out), limit, self._our_payload(edns))
+                return
+            qname = dns.name.Name((*fast.labels, b""))
+            local = self.names.lookup(qname, fast.qtype, fast.qclass)
+            if local is not None:
+                # Answered with dnspython, and kept for the next asker.
+                keep = key if memo is not None else None
+                self._query_slow(raw, client, transport, now, local, keep)
+                return
         cache_key: CacheKey | None = None
         if self.cache is not None:
-            cache_key = (
-                fast.key, fast.qtype, fast.qclass, flags & KEY_FLAGS, edns, fast.dnssec_ok
-            )
+            cache_key = key
             hit = self.cache.get(cache_key, now, raw[:2], fast.name)
             if hit is not None:
                 self.stats["cached"] += 1
@@ -240,9 +258,10 @@ class DnsServer:
         transport: str,
         now: float,
         local: list[dns.rrset.RRset] | NoSuchName | None = None,
+        memo_key: CacheKey | None = None,
     ) -> None:
         """A query outside the fast path's shape, or one we answer ourselves
-        (`local`: the answer the fast path already looked up)."""
+        (`local`: the answer the fast path already looked up; `memo_key`: keep it)."""
         try:
             if _HEADER.unpack_from(raw)[2] != 1:
                 raise ValueError("exactly one question is supported")
@@ -257,7 +276,11 @@ class DnsServer:
             local = self.names.lookup(q.name, q.rdtype, q.rdclass)
         if local is not None:
             self.stats["local"] += 1
-            self._reply_local(query, local, client, transport, limit)
+            wire = self._reply_local(query, local, client, transport, limit)
+            if memo_key is not None:
+                if len(self._local_wire) >= LOCAL_MEMO_SIZE:
+                    self._local_wire.clear()
+                self._local_wire[memo_key] = wire
             return
         question = (q.name.to_digestable(), q.rdtype, q.rdclass)
         self._forward(
@@ -355,7 +378,8 @@ class DnsServer:
         client: Hashable,
         transport: str,
         limit: int,
-    ) -> None:
+    ) -> bytes:
+        """Answer from the zones or tables; returns the whole reply (before truncation)."""
         response = dns.message.make_response(
             query, recursion_available=True, our_payload=self.udp_cap
         )
@@ -367,6 +391,17 @@ class DnsServer:
         # Render in full (dnspython would stop at the client's size); _send truncates.
         wire = response.to_wire(max_size=TCP_LIMIT)
         self._send(client, transport, wire, limit, self._our_payload(query.edns >= 0))
+        return wire
+
+    def _local_memo(self) -> dict[CacheKey, bytes] | None:
+        """The kept local answers, emptied when the tables changed; None while zones
+        exist (theirs may hold other names and records than the question's)."""
+        if self.names.zones.keys:
+            return None
+        if self._local_version != self.names.version:
+            self._local_wire.clear()
+            self._local_version = self.names.version
+        return self._local_wire
 
     def _ask_host(
         self, origin: _Origin, qname: dns.name.Name, rdtype: int, now: float
