@@ -89,8 +89,12 @@ def _udp_loop(sock: socket.socket, make: object, secs: float) -> float:
     return n / secs
 
 
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def udp_rr(gw: str, secs: float) -> float:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(gw), socket.SOCK_DGRAM)
     s.connect((gw, UDP_PORT))
     return _udp_loop(s, lambda n: struct.pack("!H", n & 0xFFFF) + b"x", secs)
 
@@ -103,7 +107,7 @@ def dns_query(qid: int) -> bytes:
 
 def dns_rate(server: str, secs: float) -> float:
     """Sequential A queries, one at a time; queries per second."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(server), socket.SOCK_DGRAM)
     s.connect((server, 53))
     return _udp_loop(s, dns_query, secs)
 

@@ -14,8 +14,8 @@ peer's command line.
         [--baseline-src DIR]
     python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
 
-Tools: pyvpnkit; pyvpnkit6 (the same over IPv6: up and down to [::1] via the
-IPv6 alias); pyvpnkit-uvloop (the same under uvloop, if installed);
+Tools: pyvpnkit; pyvpnkit6 (the same over IPv6: every test to [::1] via the
+IPv6 alias, DNS to the stack's IPv6 address); pyvpnkit-uvloop (the same under uvloop, if installed);
 pyvpnkit-base (the code in --baseline-src, for before/after); slirp4netns;
 pasta-user (rootless, as podman runs it: `pasta --config-net -- CMD` as an
 unprivileged user); pasta (as root, attached to a namespace we made: slow
@@ -64,9 +64,9 @@ def rootless_user() -> User:
 ECHO_SERVER = r"""
 import socket, sys, threading
 conn_port, rr_port, udp_port = (int(a) for a in sys.argv[1:4])
-def listener(port):
-    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port)); srv.listen(1024)
+def listener(port, family=socket.AF_INET):
+    srv = socket.socket(family); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1" if family == socket.AF_INET else "::1", port)); srv.listen(1024)
     return srv
 def one_shot(srv):  # connection rate: echo one byte, close
     while True:
@@ -85,28 +85,29 @@ def rr(srv):
     while True:
         c, _ = srv.accept()
         threading.Thread(target=echo, args=(c,), daemon=True).start()
-def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", udp_port))
+def udp(family, addr):
+    u = socket.socket(family, socket.SOCK_DGRAM); u.bind((addr, udp_port))
     while True:
         d, a = u.recvfrom(65536); u.sendto(d, a)
-threading.Thread(target=one_shot, args=(listener(conn_port),), daemon=True).start()
-threading.Thread(target=rr, args=(listener(rr_port),), daemon=True).start()
-threading.Thread(target=udp, daemon=True).start()
+for fam, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    threading.Thread(target=one_shot, args=(listener(conn_port, fam),), daemon=True).start()
+    threading.Thread(target=rr, args=(listener(rr_port, fam),), daemon=True).start()
+    threading.Thread(target=udp, args=(fam, addr), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
 """
 
 
-# pyvpnkit6: the same stack over IPv6, iperf3 to [::1] through the IPv6 host alias (the
-# only servers on [::1]). The VM's IPv6 is set by hand, idempotently, as
-# tests/integration/test_ipv6_nat.py does.
+# pyvpnkit6: the same stack over IPv6, every test to the servers' [::1] twins through
+# the IPv6 host alias, DNS to the stack's IPv6 address. The VM's IPv6 is set by
+# hand, idempotently, as tests/integration/test_ipv6_nat.py does.
 V6_ALIAS = "fd42:7076:6b69::2"
+V6_DNS = "fd42:7076:6b69::1"
 V6_SETUP = (
     "ip -6 addr replace fd42:7076:6b69::3/64 dev eth0 nodad; "
     f"for a in fd42:7076:6b69::1 {V6_ALIAS}; do "
     "ip -6 neigh replace $a lladdr f6:16:36:bc:f9:c6 dev eth0 nud permanent; done; "
 )
-V6_TESTS = ("up", "down")
 
 
 def client(gw: str, dns: str, stack: str, secs: int, tests: str) -> str:
@@ -129,7 +130,8 @@ def wrap(tool: str, mtu: int, run: str) -> str:
             py = f"PYTHONPATH={BASELINE_SRC} {py}"
         # The command runs as the stack's direct child: $PPID is the stack.
         gw = V6_ALIAS if tool == "pyvpnkit6" else "192.168.65.2"
-        body = inner.format(gw=gw, dns="192.168.65.1", stack="$PPID")
+        dns = V6_DNS if tool == "pyvpnkit6" else "192.168.65.1"
+        body = inner.format(gw=gw, dns=dns, stack="$PPID")
         if tool == "pyvpnkit6":
             body = V6_SETUP + body
         cache = " --dns-cache 1000" if tool == "pyvpnkit-dnscache" else ""
@@ -229,7 +231,7 @@ class Servers:
         proc.stdout.readline()
         # Static answers, no upstream: the same local server for every stack.
         env.start("host", "dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
-                  "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+                  "--listen-address=127.0.0.1,::1", "--bind-interfaces", "--user=root",
                   "--address=/bench.test/203.0.113.77", "--log-facility=/dev/null",
                   "--local-ttl=300",  # a real answer's TTL (with 0 nothing could be cached)
                   stderr=subprocess.DEVNULL)
@@ -278,8 +280,6 @@ def main() -> None:
                 order = tools[rep % len(tools):] + tools[: rep % len(tools)]
                 for tool in order:
                     tests = args.tests
-                    if tool == "pyvpnkit6":
-                        tests = ",".join(t for t in tests.split(",") if t in V6_TESTS)
                     run = client("$GW", "$DNS", "$STACK", args.seconds, tests)
                     r = run_tool(env, tool, mtu, run, n_tests * (args.seconds + 30) + 30)
                     runs.setdefault((tool, mtu), []).append(r)
