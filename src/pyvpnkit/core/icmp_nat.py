@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import IcmpClose, IcmpEchoSend
 from pyvpnkit.core.family import IpPacket, gateway_for, hop_limit, ip_header, quote
+from pyvpnkit.core.outbox import Outbox
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.udp_nat import NatBase, NatFlow
 from pyvpnkit.wire import icmp as icmpw
@@ -43,8 +44,10 @@ class IcmpNat(NatBase):
         idle_timeout: float = 60.0,
         max_flows: int = 1024,
         mtu: int | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        super().__init__(config, idle_timeout, max_flows, config.mtu if mtu is None else mtu)
+        mtu = config.mtu if mtu is None else mtu
+        super().__init__(config, idle_timeout, max_flows, mtu, outbox)
         self._by_key: dict[tuple[bytes, int, bytes], _EchoFlow] = {}
 
     def flow_of(self, vm_ip: bytes, ident: int, dst: bytes) -> int | None:
@@ -90,7 +93,7 @@ class IcmpNat(NatBase):
         requests.move_to_end(msg.seq)
         if len(requests) > _REQUESTS_PER_FLOW:
             requests.popitem(last=False)
-        self._effects.append(
+        self._box.effects.append(
             IcmpEchoSend(flow.flow_id, host, msg.ident, msg.seq, payload.tobytes(), ttl - 1)
         )
 
@@ -148,7 +151,7 @@ class IcmpNat(NatBase):
         assert isinstance(flow, _EchoFlow)
         del self._flows[flow.flow_id]
         del self._by_key[(flow.vm_ip, flow.ident, flow.dst)]
-        self._effects.append(IcmpClose(flow.flow_id))
+        self._box.effects.append(IcmpClose(flow.flow_id))
 
 
 __all__ = ["MAX_ECHO_PAYLOAD", "IcmpClose", "IcmpEchoSend", "IcmpNat"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pyvpnkit.core.effects import Effect
 from pyvpnkit.core.icmp_errors import time_exceeded
+from pyvpnkit.core.outbox import Outbox
 from pyvpnkit.wire.checksum import internet_checksum
 from pyvpnkit.wire.ipv4 import FLAG_DF, FLAG_MF, OFFSET_MASK, IPv4Packet
 
@@ -57,6 +58,7 @@ class FragmentReassembly:
         max_bytes: int = 4 * 1024 * 1024,
         timeout: float = 30.0,
         send_time_exceeded: bool = True,
+        outbox: Outbox | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.timeout = timeout
@@ -64,7 +66,7 @@ class FragmentReassembly:
         self.stats: Counter[str] = Counter()
         self._pending: dict[_Key, _Pending] = {}  # insertion order == deadline order
         self._used = 0
-        self._out: list[bytes] = []
+        self._box = outbox if outbox is not None else Outbox()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -208,12 +210,11 @@ class FragmentReassembly:
                 # "Fragment reassembly time exceeded" only when fragment zero arrived.
                 err = self._timeout_error(key, entry.quote)
                 if err is not None:
-                    self._out.append(err)
+                    self._box.packets.append(err)
 
     def drain(self) -> tuple[list[bytes], list[Effect]]:
         """ICMP reassembly-timeout errors for VMs (no effects)."""
-        out, self._out = self._out, []
-        return out, []
+        return self._box.take()
 
 
 class Reassembler(FragmentReassembly):

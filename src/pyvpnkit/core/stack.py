@@ -26,6 +26,7 @@ from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
+from pyvpnkit.core.outbox import Outbox
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
@@ -150,11 +151,16 @@ class Stack:
             gso=tcp_gso,
             max_pending_connects=max_pending_connects,
         )
-        self.udp = UdpNat(config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows)
+        # The UDP and ICMP NATs, the forwarder and the reassembler put what they make
+        # here: a drain takes it in one swap.
+        self._box = box = Outbox()
+        self.udp = UdpNat(
+            config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows, outbox=box
+        )
         self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
-        self.udp_forward = UdpForwarder(config)
-        self.icmp = IcmpNat(config)
-        self.frag = Reassembler()
+        self.udp_forward = UdpForwarder(config, outbox=box)
+        self.icmp = IcmpNat(config, outbox=box)
+        self.frag = Reassembler(outbox=box)
         self.last_error = ""
         self._frames: list[tuple[int, bytes]] = []
         self._effects: list[Effect] = []
@@ -443,8 +449,9 @@ class Stack:
         """Frames for links and effects for the runtime, produced since the last drain."""
         self._now = now
         self._dns_answers(self.dns.drain())
-        for machine in (self.udp, self.udp_forward, self.icmp, self.frag):
-            packets, effects = machine.drain()
+        box = self._box
+        if box.packets or box.effects:
+            packets, effects = box.take()
             for p in packets:
                 self._route(p)
             self._effects.extend(effects)

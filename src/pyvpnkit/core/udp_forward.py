@@ -17,6 +17,7 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.ipfrag import fragment_ipv4
+from pyvpnkit.core.outbox import Outbox
 from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
 from pyvpnkit.wire.udp import UdpDatagram, build_udp
 
@@ -46,6 +47,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         idle_timeout: float = 60.0,
         max_flows: int = 4096,
         port_range: tuple[int, int] = (PORT_FIRST, PORT_LAST),
+        outbox: Outbox | None = None,
     ) -> None:
         first, last = port_range
         if not 0 < first <= last <= 0xFFFF:
@@ -61,8 +63,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         self._flows: OrderedDict[int, _Flow] = OrderedDict()  # by gateway port, LRU first
         self._by_client: dict[tuple[int, Client], _Flow] = {}
         self._ip_ident = 0
-        self._out: list[bytes] = []
-        self._effects: list[Effect] = []
+        self._box = outbox if outbox is not None else Outbox()
 
     # -- listeners -----------------------------------------------------------
 
@@ -110,9 +111,9 @@ class UdpForwarder(IdleFlows[_Flow]):
         ) + udp
         self.stats["to_vm"] += 1
         if len(packet) <= self.config.mtu:
-            self._out.append(packet)
+            self._box.packets.append(packet)
         else:
-            self._out.extend(fragment_ipv4(packet, self.config.mtu))
+            self._box.packets.extend(fragment_ipv4(packet, self.config.mtu))
 
     def _new_flow(
         self, listener_id: int, client: Client, target: tuple[bytes, int], now: float
@@ -146,7 +147,7 @@ class UdpForwarder(IdleFlows[_Flow]):
             return
         self._touch_flow(flow.gw_port, flow, now)
         self.stats["to_host"] += 1
-        self._effects.append(
+        self._box.effects.append(
             UdpForwardReply(flow.listener_id, flow.client, dgram.payload.tobytes())
         )
 
@@ -154,9 +155,7 @@ class UdpForwarder(IdleFlows[_Flow]):
 
     def drain(self) -> tuple[list[bytes], list[Effect]]:
         """IPv4 packets for VMs and UdpForwardReply effects, since the last drain."""
-        out, eff = self._out, self._effects
-        self._out, self._effects = [], []
-        return out, eff
+        return self._box.take()
 
     def _drop(self, flow: _Flow) -> None:
         del self._flows[flow.gw_port]

@@ -24,6 +24,7 @@ from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
 from pyvpnkit.core.family import IpPacket, fragment, gateway_for, hop_limit, ip_header, quote
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
+from pyvpnkit.core.outbox import Outbox
 from pyvpnkit.core.routes import HOST_LOOPBACK, HOST_LOOPBACK6, is_routable, route
 from pyvpnkit.wire.ipv4 import PROTO_UDP
 from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp, build_udp
@@ -51,7 +52,10 @@ class _UdpFlow(NatFlow):
 class NatBase(IdleFlows[NatFlow]):
     """Flow table with idle expiry and LRU eviction, shared by the UDP and ICMP NATs."""
 
-    def __init__(self, config: NetConfig, idle_timeout: float, max_flows: int, mtu: int) -> None:
+    def __init__(
+        self, config: NetConfig, idle_timeout: float, max_flows: int, mtu: int,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.config = config
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
@@ -60,15 +64,13 @@ class NatBase(IdleFlows[NatFlow]):
         self._flows: OrderedDict[int, NatFlow] = OrderedDict()  # least recently used first
         self._next_id = 1
         self._ip_ident = 0
-        self._out: list[bytes] = []
-        self._effects: list[Effect] = []
+        self._box = outbox if outbox is not None else Outbox()
         self._addr_cache: dict[str, bytes | None] = {}
 
     def drain(self) -> tuple[list[bytes], list[Effect]]:
-        """IP packets for VMs and effects for the runtime, since the last drain."""
-        out, eff = self._out, self._effects
-        self._out, self._effects = [], []
-        return out, eff
+        """IP packets for VMs and effects for the runtime, since the last drain
+        (of the whole outbox, when it is shared)."""
+        return self._box.take()
 
     @property
     def ipv6_flows(self) -> int:
@@ -153,13 +155,13 @@ class NatBase(IdleFlows[NatFlow]):
             self.stats["error_not_sent"] += 1
         else:
             self.stats[f"icmp_{kind}"] += 1
-            self._out.append(err)
+            self._box.packets.append(err)
 
     def _send(self, packet: bytes) -> None:
         if len(packet) <= self.mtu:
-            self._out.append(packet)
+            self._box.packets.append(packet)
         else:
-            self._out.extend(fragment(packet, self.mtu, self._next_ip_ident()))
+            self._box.packets.extend(fragment(packet, self.mtu, self._next_ip_ident()))
 
 
 class UdpNat(NatBase):
@@ -170,8 +172,10 @@ class UdpNat(NatBase):
         idle_timeout: float = 60.0,
         max_flows: int = 4096,
         mtu: int | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        super().__init__(config, idle_timeout, max_flows, config.mtu if mtu is None else mtu)
+        mtu = config.mtu if mtu is None else mtu
+        super().__init__(config, idle_timeout, max_flows, mtu, outbox)
         self._by_endpoint: dict[tuple[bytes, int], _UdpFlow] = {}
         self._routes: dict[bytes, tuple[str | None, str | None, bytes | None]] = {}
 
@@ -210,7 +214,7 @@ class UdpNat(NatBase):
             flow = _UdpFlow(self._allocate_id(), pkt.src, now, dgram.src_port)
             self._flows[flow.flow_id] = flow
             self._by_endpoint[key] = flow
-            self._effects.append(UdpOpen(flow.flow_id, key))
+            self._box.effects.append(UdpOpen(flow.flow_id, key))
         else:
             flow.last = now
             self._flows.move_to_end(flow.flow_id)
@@ -221,7 +225,7 @@ class UdpNat(NatBase):
         elif len(originals) >= _ORIGINALS_PER_FLOW:
             originals.popitem(last=False)
         originals[dst_key] = original
-        self._effects.append(
+        self._box.effects.append(
             UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), ttl - 1)
         )
 
@@ -258,9 +262,9 @@ class UdpNat(NatBase):
             udp = build_udp(src, vm_ip, src_port, flow.vm_port, payload)
             packet = ip_header(src, vm_ip, PROTO_UDP, len(udp)) + udp
         if len(packet) <= self.mtu:
-            self._out.append(packet)
+            self._box.packets.append(packet)
         else:
-            self._out.extend(fragment(packet, self.mtu, self._next_ip_ident()))
+            self._box.packets.extend(fragment(packet, self.mtu, self._next_ip_ident()))
 
     def host_error(
         self,
@@ -299,7 +303,7 @@ class UdpNat(NatBase):
         assert isinstance(flow, _UdpFlow)
         del self._flows[flow.flow_id]
         del self._by_endpoint[(flow.vm_ip, flow.vm_port)]
-        self._effects.append(UdpClose(flow.flow_id))
+        self._box.effects.append(UdpClose(flow.flow_id))
 
 
 __all__ = [
