@@ -76,6 +76,19 @@ def test_builtin_names_nodata_and_nxdomain(netenv: NetEnv, dns_port: int) -> Non
     assert outs[7].strip() == "fd42:7076:6b69::2"
 
 
+def test_a_repeated_builtin_question_gets_the_kept_answer(netenv: NetEnv, dns_port: int) -> None:
+    """The second asker is served the kept wire answer: its own spelling and id, to dig."""
+    script = "; echo =====; ".join([
+        f"{DIG} +noall +answer host.docker.internal",
+        f"{DIG} +noall +answer HOST.Docker.Internal",
+        f"{DIG} +tcp +noall +answer Host.Docker.Internal",
+    ])
+    outs = [o.split() for o in sections(vm(netenv, dns_port, script))]
+    assert outs[0][:1] == ["host.docker.internal."] and outs[0][-1] == "192.168.65.2"
+    assert outs[1][:1] == ["HOST.Docker.Internal."] and outs[1][-1] == "192.168.65.2"
+    assert outs[2][:1] == ["Host.Docker.Internal."] and outs[2][-1] == "192.168.65.2"
+
+
 def test_large_answer_truncated_over_udp_complete_over_tcp(netenv: NetEnv, dns_port: int) -> None:
     script = (f"{DIG} +notcp +ignore +noedns big.example.test TXT; echo =====; "
               f"{DIG} +tcp +short big.example.test TXT | wc -l")
