@@ -48,7 +48,7 @@ from pyvpnkit.wire.icmp import build_icmp, parse_icmp
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Packet, ipv4_header, parse_ipv4
 from pyvpnkit.wire.ipv6 import NH_ICMPV6, IPv6Packet
 from pyvpnkit.wire.tcp import parse_tcp
-from pyvpnkit.wire.udp import build_ipv4_udp, build_udp, parse_udp
+from pyvpnkit.wire.udp import build_ipv4_udp, parse_udp
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 DHCP_SERVER_PORT = 67
@@ -381,12 +381,11 @@ class Stack:
         if reply is None:
             return
         cfg = self.config
-        udp = build_udp(
+        packet = build_ipv4_udp(
             cfg.gateway_ip, reply.dst_ip, DHCP_SERVER_PORT, DHCP_CLIENT_PORT, reply.payload
         )
-        ip = ipv4_header(cfg.gateway_ip, reply.dst_ip, PROTO_UDP, len(udp), dont_fragment=False)
         self._frames.append(
-            (link, build_ethernet(reply.dst_mac, cfg.gateway_mac, ETHERTYPE_IPV4, ip + udp))
+            (link, build_ethernet(reply.dst_mac, cfg.gateway_mac, ETHERTYPE_IPV4, packet))
         )
 
     def _local_service(self, ip: bytes, port: int) -> LocalService | None:

@@ -18,8 +18,8 @@ from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.ipfrag import fragment_ipv4
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.wire.ipv4 import PROTO_UDP, IPv4Packet, ipv4_header
-from pyvpnkit.wire.udp import UdpDatagram, build_udp
+from pyvpnkit.wire.ipv4 import IPv4Packet
+from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp
 
 PORT_FIRST = 61000
 PORT_LAST = 65535
@@ -104,11 +104,10 @@ class UdpForwarder(IdleFlows[_Flow]):
         else:
             self._touch_flow(flow.gw_port, flow, now)
         gw = self.config.gateway_ip
-        udp = build_udp(gw, flow.vm_ip, flow.gw_port, flow.vm_port, payload)
         self._ip_ident = (self._ip_ident + 1) & 0xFFFF
-        packet = ipv4_header(
-            gw, flow.vm_ip, PROTO_UDP, len(udp), ident=self._ip_ident, dont_fragment=False
-        ) + udp
+        packet = build_ipv4_udp(
+            gw, flow.vm_ip, flow.gw_port, flow.vm_port, payload, ident=self._ip_ident
+        )
         self.stats["to_vm"] += 1
         if len(packet) <= self.config.mtu:
             self._box.packets.append(packet)
