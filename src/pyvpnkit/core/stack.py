@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pyvpnkit.core.arp import ArpResponder
+from pyvpnkit.core.conditions import Conditions
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.dhcp import DhcpServer
 from pyvpnkit.core.dns import DnsAnswer, DnsServer
@@ -72,6 +73,11 @@ class Vm:
     link: int
     mac: bytes
     eth_header: bytes  # prebuilt: VM MAC, gateway MAC, IPv4
+    # IPv4 traffic, read by the metrics at scrape time
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
 
 
 class _DnsOverTcp(LocalService):
@@ -165,8 +171,9 @@ class Stack:
         self._frames: list[tuple[int, bytes]] = []
         self._effects: list[Effect] = []
         self.v6 = Ipv6Switch(self, config.ipv6, self._rng.random) if config.ipv6 else None
+        self.conditions = Conditions(config, self._rng)  # rules between the VMs and the rest
         self._timed: tuple[_Timed, ...] = (
-            self.udp, self.icmp, self.dns, self.frag, self.udp_forward,
+            self.udp, self.icmp, self.dns, self.frag, self.udp_forward, self.conditions,
         ) + ((self.v6,) if self.v6 is not None else ())
 
     # -- links and VMs -------------------------------------------------------
@@ -215,7 +222,7 @@ class Stack:
         self._learn(link, mac, ip)
         return self.vms.get(ip)
 
-    def _learn(self, link: int, mac: bytes, ip: bytes) -> bool:
+    def _learn(self, link: int, mac: bytes, ip: bytes, size: int = 0) -> bool:
         """Note that ``ip`` lives behind ``mac`` on ``link``; False for a spoofed source.
 
         An address leased to another MAC, or in use by another VM, cannot be
@@ -226,6 +233,9 @@ class Stack:
             if vm.mac != mac:
                 return False
             if vm.link == link:
+                if size:
+                    vm.packets_in += 1
+                    vm.bytes_in += size
                 return True
         elif ip in (self.config.gateway_ip, self.config.host_ip, self.config.dns_ip):
             return False
@@ -253,6 +263,14 @@ class Stack:
         """
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += len(frame)
+        cond = self.conditions
+        if cond.busy and not cond.outbound(link, frame, now, checksum_partial):
+            return
+        self._admit(link, frame, now, checksum_partial)
+
+    def _admit(
+        self, link: int, frame: bytes | memoryview, now: float, checksum_partial: bool
+    ) -> None:
         self._check = self._verify and not checksum_partial
         try:
             self._receive(link, frame, now)
@@ -329,7 +347,9 @@ class Stack:
 
     def _ipv4(self, link: int, src_mac: bytes, pkt: IPv4Packet, now: float) -> None:
         cfg = self.config
-        if pkt.src != b"\x00\x00\x00\x00" and not self._learn(link, src_mac, pkt.src):
+        if pkt.src != b"\x00\x00\x00\x00" and not self._learn(
+            link, src_mac, pkt.src, len(pkt.header) + len(pkt.payload)
+        ):
             self.stats["drop_spoofed_source"] += 1
             return
         if pkt.is_fragment:
@@ -418,6 +438,8 @@ class Stack:
             if vm is None:
                 self.stats["drop_no_route"] += 1
                 return
+        vm.packets_out += 1
+        vm.bytes_out += len(packet)
         if len(packet) > self.config.mtu:
             for part in fragment_ipv4(packet, self.config.mtu):
                 self._frames.append((vm.link, vm.eth_header + part))
@@ -429,6 +451,8 @@ class Stack:
             if not isinstance(eff, DnsAnswer):
                 self._effects.append(eff)
                 continue
+            if self.conditions.wants_names:
+                self.conditions.dns_answer(eff.data)
             client: Hashable = eff.client
             if eff.transport == "tcp":
                 assert isinstance(client, tuple)
@@ -447,6 +471,10 @@ class Stack:
     def drain(self, now: float) -> tuple[list[tuple[int, bytes]], list[Effect]]:
         """Frames for links and effects for the runtime, produced since the last drain."""
         self._now = now
+        cond = self.conditions
+        if cond.busy:
+            for link, frame, partial in cond.due_out():
+                self._admit(link, frame, now, partial)
         self._dns_answers(self.dns.drain())
         box = self._box
         if box.packets or box.effects:
@@ -469,6 +497,8 @@ class Stack:
             self.v6.drain()
         frames, eff = self._frames, self._effects
         self._frames, self._effects = [], []
+        if cond.busy:
+            frames = cond.inbound(frames, now)
         self.stats["frames_out"] += len(frames)
         return frames, eff
 
