@@ -104,5 +104,19 @@ class ApiClient:
         result: dict[str, str] = self._call("GET", "/leases")
         return result
 
+    def conditions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/conditions")
+        return result
+
+    def add_condition(self, rule: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/conditions", rule)
+        return result
+
+    def remove_condition(self, rule_id: int) -> None:
+        self._call("DELETE", f"/conditions/{rule_id}")
+
+    def clear_conditions(self) -> None:
+        self._call("DELETE", "/conditions")
+
 
 __all__ = ["ApiClient", "ApiError"]

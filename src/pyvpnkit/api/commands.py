@@ -14,7 +14,7 @@ from pyvpnkit.api.client import ApiClient, ApiError
 log = logging.getLogger("pyvpnkit")
 
 API_ENV = "PYVPNKIT_API"
-CLIENT_COMMANDS = ("expose", "unexpose", "forwards", "stats", "leases")
+CLIENT_COMMANDS = ("expose", "unexpose", "forwards", "stats", "leases", "conditions")
 
 
 def _publish(text: str) -> tuple[str, str, str]:
@@ -30,6 +30,27 @@ def _api_url(text: str) -> str:
     if not text.startswith(("unix://", "tcp://")):
         raise argparse.ArgumentTypeError(f"bad API address {text!r}: use unix:///PATH or tcp://HOST:PORT")
     return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _metrics_listen(text: str) -> str:
+    """[HOST:]PORT as tcp://HOST:PORT; a bare port listens on 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: expected [HOST:]PORT")
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def add_service_options(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +73,15 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         help="forward a host port to the first VM (repeatable); HOST_IP defaults to 127.0.0.1, "
         "not Docker's 0.0.0.0, so nothing is exposed beyond this machine unless asked",
     )
+    c = parser.add_argument_group("network conditions and metrics")
+    c.add_argument("--conditions", metavar="FILE",
+                   help="rules as a JSON list (see `pyvpnkit conditions`); reloaded on change")
+    c.add_argument("--conditions-queue-bytes", type=_positive_int, default=16 * 1024 * 1024,
+                   metavar="N", help="bytes the delay queue may hold; beyond, frames are "
+                   "dropped and counted (default %(default)s)")
+    c.add_argument("--metrics-listen", type=_metrics_listen, metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                   "(HOST defaults to 127.0.0.1)")
 
 
 def _add_api_option(p: argparse.ArgumentParser) -> None:
@@ -89,6 +119,107 @@ def add_subcommands(subparsers: Any) -> None:
 
     p = subparsers.add_parser("leases", help="print the VM addresses and MACs as JSON")
     _add_api_option(p)
+    _add_conditions_parser(subparsers)
+
+
+def _unit(units: dict[str, float], default: str, what: str) -> Any:
+    """A parser of NUMBER[UNIT] into the API's unit (``units`` maps suffix -> factor)."""
+
+    def parse(text: str) -> float:
+        low = text.strip().lower()
+        for suffix in sorted(units, key=len, reverse=True):
+            if suffix and low.endswith(suffix):
+                number, factor = low[: -len(suffix)], units[suffix]
+                break
+        else:
+            number, factor = low, units[default]
+        try:
+            value = float(number) * factor
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: negative")
+        return value
+
+    return parse
+
+
+_MS = _unit({"ms": 1.0, "s": 1000.0, "us": 0.001}, "ms", "duration")
+_FRACTION = _unit({"%": 0.01, "": 1.0}, "", "fraction")
+_KBIT = _unit({"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}, "kbit", "rate")
+
+
+def _add_conditions_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "conditions", help="network conditions and egress rules: add, list, remove, clear")
+    sub = p.add_subparsers(dest="conditions_action", required=True, metavar="ACTION",
+                           help="add, list, remove or clear")
+    add = sub.add_parser("add", help="append a rule (the first matching rule wins)")
+    _add_api_option(add)
+    add.add_argument("--vm", help="the VM's address or MAC (default: every VM)")
+    add.add_argument("--to", help="destination CIDR, address or DNS name")
+    add.add_argument("--port", type=int, help="destination port")
+    add.add_argument("--proto", choices=["tcp", "udp", "icmp", "any"], default="any")
+    act = add.add_mutually_exclusive_group()
+    act.add_argument("--allow", dest="action", action="store_const", const="allow")
+    act.add_argument("--reject", dest="action", action="store_const", const="reject",
+                     help="refuse at once (RST, ICMP unreachable)")
+    act.add_argument("--drop", dest="action", action="store_const", const="drop",
+                     help="silence, both ways: a partition")
+    add.add_argument("--delay", type=_MS, help="added delay, e.g. 100ms or 1s")
+    add.add_argument("--jitter", type=_MS, help="random +/- on the delay, e.g. 10ms")
+    add.add_argument("--loss", type=_FRACTION, help="fraction of frames lost, e.g. 5%% or 0.05")
+    add.add_argument("--duplicate", type=_FRACTION, help="fraction of frames sent twice")
+    add.add_argument("--rate", type=_KBIT, help="rate limit per direction, e.g. 1mbit, 800kbit")
+    add.add_argument("--direction", choices=["both", "out", "in"],
+                     help="impair frames from the VM (out), to it (in) or both (default)")
+    ls = sub.add_parser("list", help="print the rules and their counters")
+    _add_api_option(ls)
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    rm = sub.add_parser("remove", help="remove a rule by id")
+    _add_api_option(rm)
+    rm.add_argument("id", type=int)
+    clear = sub.add_parser("clear", help="remove every rule")
+    _add_api_option(clear)
+
+
+def _rule_of(args: argparse.Namespace) -> dict[str, Any]:
+    rule: dict[str, Any] = {}
+    for flag, key in (("vm", "vm"), ("to", "to"), ("port", "port"), ("delay", "delay_ms"),
+                      ("jitter", "jitter_ms"), ("loss", "loss"), ("duplicate", "duplicate"),
+                      ("rate", "rate_kbit"), ("direction", "direction")):
+        value = getattr(args, flag)
+        if value is not None:
+            rule[key] = value
+    if args.proto != "any":
+        rule["proto"] = args.proto
+    if args.action is not None:
+        rule["action"] = args.action
+    return rule
+
+
+def _describe(rule: dict[str, Any]) -> str:
+    keys = ("vm", "to", "port", "proto", "delay_ms", "jitter_ms", "loss", "duplicate",
+            "rate_kbit", "direction")
+    fields = " ".join(f"{k}={rule[k]}" for k in keys if k in rule and rule[k] != "any")
+    stats = rule.get("stats", {})
+    counts = " ".join(f"{k}={v}" for k, v in stats.items() if v)
+    return f"{rule['id']:>3} {rule['action']:<7} {fields}" + (f"  [{counts}]" if counts else "")
+
+
+def _conditions(client: ApiClient, args: argparse.Namespace) -> None:
+    action = args.conditions_action
+    if action == "add":
+        print(_describe(client.add_condition(_rule_of(args))))
+    elif action == "remove":
+        client.remove_condition(args.id)
+    elif action == "clear":
+        client.clear_conditions()
+    elif args.json:
+        print(json.dumps(client.conditions(), indent=2))
+    else:
+        for rule in client.conditions():
+            print(_describe(rule))
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -113,6 +244,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
             else:
                 for f in items:
                     print(f"{f['protocol']:<5} {f['local']:<24} -> {f['remote']}")
+        elif args.command == "conditions":
+            _conditions(client, args)
         elif args.command == "stats":
             print(json.dumps(client.stats(), indent=2, sort_keys=True))
         else:

@@ -4,8 +4,10 @@ Routes: POST /services/forwarder/expose {"local","remote","protocol"},
 POST /services/forwarder/unexpose {"local","protocol"}, GET
 /services/forwarder/all, GET /stats, GET /leases (also /services/dhcp/leases),
 GET /cam (VM MAC -> link), POST /services/dns/add {"Name","Records","DefaultIP"},
-GET /services/dns/all, and vpnkit's GET and POST
-/http_proxy.json (the HTTP proxy's configuration). Bad requests get a 4xx with
+GET /services/dns/all, vpnkit's GET and POST
+/http_proxy.json (the HTTP proxy's configuration), the network conditions
+(GET/POST/PUT/DELETE /conditions, DELETE /conditions/ID) and GET /metrics
+(Prometheus). Bad requests get a 4xx with
 a one-line text reason; no request can stop the service. There is no
 authentication: the unix socket is created mode 0600 (owner only) and a TCP
 listener should stay on loopback.
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pyvpnkit.core.dns.zones import ZoneError, zone_from_dict
 from pyvpnkit.core.ippool import key_mac
@@ -68,6 +71,7 @@ COUNTER = web.AppKey("counter", FrameCounter)
 StatsFn = Callable[[], dict[str, Any]]
 EXTRA_STATS: web.AppKey[StatsFn] = web.AppKey("extra_stats")
 HTTP_PROXY = web.AppKey("http_proxy", ProxyLike)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -203,6 +207,7 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             name: dict(getattr(m, "stats", {})) for name, m in machines.items()
         },
         "vms": {socket.inet_ntoa(ip): vm.mac.hex(":") for ip, vm in stack.vms.items()},
+        "conditions": stack.conditions.to_json(),
         "vms6": {
             str(ipaddress.IPv6Address(ip)): mac.hex(":") for ip, mac in v6.neighbors.items()
         } if v6 is not None else {},
@@ -236,6 +241,52 @@ async def post_http_proxy(request: web.Request) -> web.Response:
     return web.json_response(proxy.config_json())
 
 
+async def conditions_list(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STACK].conditions.to_json())
+
+
+async def conditions_add(request: web.Request) -> web.Response:
+    """One rule, appended; the reply is the rule with its ``id``. 400 names the bad field."""
+    from pyvpnkit.core.conditions import ConditionError
+
+    try:
+        rule = request.app[STACK].conditions.add(await _json_object(request))
+    except ConditionError as exc:
+        return _text(400, f"bad rule: {exc}")
+    return web.json_response(rule.to_json())
+
+
+async def conditions_replace(request: web.Request) -> web.Response:
+    """PUT: the whole list at once (a JSON list of rules); all of it or nothing."""
+    from pyvpnkit.core.conditions import ConditionError
+
+    try:
+        body = json.loads(await request.read())
+        request.app[STACK].conditions.replace(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = "bad rule" if isinstance(exc, ConditionError) else "malformed JSON body"
+        return _text(400, f"{kind}: {exc}")
+    return web.json_response(request.app[STACK].conditions.to_json())
+
+
+async def conditions_clear(request: web.Request) -> web.Response:
+    request.app[STACK].conditions.replace([])
+    return web.json_response([])
+
+
+async def conditions_remove(request: web.Request) -> web.Response:
+    text = request.match_info["id"]
+    if not text.isdigit() or not request.app[STACK].conditions.remove(int(text)):
+        return _text(404, f"no rule {text}")
+    return web.Response(status=200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The registry api/metrics.py builds, in the Prometheus text format."""
+    return web.Response(body=generate_latest(request.app[METRICS]),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -258,6 +309,7 @@ def make_app(
     counter: FrameCounter | None = None,
     extra_stats: Callable[[], dict[str, Any]] | None = None,
     http_proxy: ProxyLike | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
     app[FORWARDER] = forwarder
@@ -275,10 +327,26 @@ def make_app(
     app.router.add_get("/cam", cam)
     app.router.add_post("/services/dns/add", dns_add)
     app.router.add_get("/services/dns/all", dns_all)
+    app.router.add_get("/conditions", conditions_list)
+    app.router.add_post("/conditions", conditions_add)
+    app.router.add_put("/conditions", conditions_replace)
+    app.router.add_delete("/conditions", conditions_clear)
+    app.router.add_delete("/conditions/{id}", conditions_remove)
+    if metrics_registry is not None:
+        app[METRICS] = metrics_registry
+        app.router.add_get("/metrics", metrics)
     if http_proxy is not None:
         app[HTTP_PROXY] = http_proxy
         app.router.add_get("/http_proxy.json", get_http_proxy)
         app.router.add_post("/http_proxy.json", post_http_proxy)
+    return app
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    """--metrics-listen: only GET /metrics, for a Prometheus scraper."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+    app[METRICS] = registry
+    app.router.add_get("/metrics", metrics)
     return app
 
 

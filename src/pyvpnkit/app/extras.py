@@ -17,6 +17,7 @@ from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.http_proxy import HttpProxy
+from pyvpnkit.runtime.limits import DescriptorBudget
 
 if TYPE_CHECKING:  # aiohttp costs most of a second to import: only when an API is asked for
     from pyvpnkit.api.server import ApiServer
@@ -33,13 +34,15 @@ class ServiceExtras:
     forwarder: Forwarder
     engine: Engine
     api: ApiServer | None = None
+    metrics: ApiServer | None = None  # --metrics-listen
     taps: list[FrameTap] = field(default_factory=list)
     error: str | None = None
 
     async def aclose(self) -> None:
-        if self.api is not None:
-            api, self.api = self.api, None
-            await api.close()
+        for server in (self.api, self.metrics):
+            if server is not None:
+                await server.close()
+        self.api = self.metrics = None
         self.forwarder.close()
         for tap in self.taps:
             if tap in self.engine.frame_taps:
@@ -55,6 +58,7 @@ async def start_service_extras(
     stop: Callable[[], None],
     extra_stats: Callable[[], dict[str, Any]] | None = None,
     http_proxy: HttpProxy | None = None,
+    budget: DescriptorBudget | None = None,
 ) -> ServiceExtras:
     """Start the forwarder, apply --publish and serve --api; on failure log, ``stop()``."""
     extras = ServiceExtras(Forwarder(engine, stack, host_tcp), engine)
@@ -62,6 +66,21 @@ async def start_service_extras(
     try:
         for local, remote, protocol in options.publish:
             extras.forwarder.expose(local, remote, protocol)
+        registry = None
+        if options.api or options.metrics_listen:
+            from pyvpnkit.api.metrics import MetricSources, make_registry
+
+            registry = make_registry(MetricSources(stack, budget, host_tcp, extras.forwarder))
+        listen = options.metrics_listen
+        if listen and registry is not None:
+            from pyvpnkit.api.server import metrics_app, start_api
+
+            try:
+                extras.metrics = await start_api(listen, metrics_app(registry))
+            except OSError as exc:
+                where = listen.removeprefix("tcp://")
+                raise ForwardError(f"cannot serve --metrics-listen {where}: "
+                                   f"{exc.strerror or exc}") from None
         url = options.api
         if url:
             from pyvpnkit.api.server import FrameCounter, make_app, start_api
@@ -70,7 +89,7 @@ async def start_service_extras(
             engine.frame_taps.append(counter.tap)
             extras.taps.append(counter.tap)
             app = make_app(extras.forwarder, stack, counter=counter, extra_stats=extra_stats,
-                           http_proxy=http_proxy)
+                           http_proxy=http_proxy, metrics_registry=registry)
             try:
                 extras.api = await start_api(url, app)
             except OSError as exc:

@@ -58,6 +58,10 @@ class Options:
     pcap_listen: tuple[str, ...] = ()
     publish: tuple[tuple[str, str, str], ...] = ()  # (local, remote, protocol)
     api: str | None = None
+    # network conditions (--conditions, reloaded when it changes) and Prometheus metrics
+    conditions: str | None = None
+    conditions_queue_bytes: int = 16 * 1024 * 1024
+    metrics_listen: str | None = None  # tcp://HOST:PORT
     # process
     runas: str | None = None
     pid_file: str | None = None

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
 from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
+from pyvpnkit.core.conditions import ConditionError
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
@@ -23,6 +24,7 @@ from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.links.tap import TapLink
 from pyvpnkit.links.tapdev import open_tap, tap_error
 from pyvpnkit.runtime import sysns
+from pyvpnkit.runtime.conditions_file import ConditionsWatcher, load_conditions
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.executor import Executor
@@ -121,6 +123,16 @@ class Service:
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
         self.proxy_watch: ConfigWatcher | None = None
+        self.stack.conditions.queue_limit = opts.conditions_queue_bytes
+        self.conditions_watch: ConditionsWatcher | None = None
+        if opts.conditions:
+            try:
+                load_conditions(opts.conditions, self.stack.conditions)
+            except OSError as exc:
+                raise UserError(f"--conditions {opts.conditions}: {exc.strerror}",
+                                SETUP_FAILED) from None
+            except ConditionError as exc:
+                raise UserError(f"--conditions {opts.conditions}: {exc}") from None
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
         self._stop: asyncio.Event | None = None
@@ -182,6 +194,9 @@ class Service:
             self.proxy_watch = ConfigWatcher(options.http, lambda text: proxy_config(options, text),
                                              self.http_proxy.set_config)
             self.proxy_watch.start(loop)
+        if options.conditions:
+            self.conditions_watch = ConditionsWatcher(options.conditions, self.stack.conditions)
+            self.conditions_watch.start(loop)
         if self.dns_mode == "host":
             executors.append(HostResolver(loop, self.stack.dns, engine.wake))
         for executor in executors:
@@ -269,6 +284,8 @@ class Service:
             self.engine.close()
         if self.proxy_watch is not None:
             self.proxy_watch.close()
+        if self.conditions_watch is not None:
+            self.conditions_watch.close()
         if self.pcap is not None:
             self.pcap.close()
         for listener in getattr(self, "pcap_listeners", ()):
@@ -387,7 +404,7 @@ class Service:
         assert self.engine is not None
         return await start_service_extras(
             self.engine, self.stack, self.tcp, self.options, self.stop, self.extra_stats,
-            self.http_proxy,
+            self.http_proxy, self.budget,
         )
 
     def stop(self) -> None:

@@ -41,6 +41,7 @@ from pyvpnkit.core.family import (
     gateway_for,
     ip_header,
 )
+from pyvpnkit.core.histogram import Histogram
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
@@ -173,6 +174,7 @@ class TcpNat:
         self._dirty: set[int] = set()
         self.closed_log: list[str] = []  # a summary line per finished flow, for the runtime
         self.flow_log = True  # the runtime turns it off when nobody reads closed_log
+        self.connect_latency = Histogram()  # SYN to host connect, for the metrics
         self.stats = {"opened": 0, "refused": 0, "rst_sent": 0, "evicted_pending": 0,
                       "proxied": 0, "unreachable_sent": 0}
 
@@ -309,6 +311,7 @@ class TcpNat:
     def host_connected(self, flow_id: int, now: float) -> None:
         flow = self.by_id.get(flow_id)
         if flow is not None and flow.conn is None:
+            self.connect_latency.observe(now - flow.started)
             self._connect_ended(flow)
             self._accept(flow, now)
 

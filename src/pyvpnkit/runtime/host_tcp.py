@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,7 @@ class HostTcp:
         # the next loop iteration (defaults to wake, which defers).
         self.settle = settle or wake
         self.connect_timeout = connect_timeout
+        self.connect_errors: Counter[str] = Counter()  # by errno name, for the metrics
         self.budget = budget or DescriptorBudget(1 << 30, loop.time)
         self.conns: dict[int, _HostConn] = {}
 
@@ -254,7 +256,9 @@ class HostTcp:
     def _connect_failed(self, conn: _HostConn, err: int) -> None:
         if conn.connected or self.conns.get(conn.fid) is not conn:
             return
-        log.debug("flow %d: connect failed: %s", conn.fid, errno.errorcode.get(err, err))
+        name = errno.errorcode.get(err, str(err))
+        log.debug("flow %d: connect failed: %s", conn.fid, name)
+        self.connect_errors[name] += 1
         self._forget(conn)
         kind = _UNREACHABLE.get(err)
         self.nat.host_connect_failed(conn.fid, self.loop.time(), kind)

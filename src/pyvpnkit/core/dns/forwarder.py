@@ -21,6 +21,7 @@ import dns.opcode
 import dns.rcode
 
 from pyvpnkit.core.effects import UpstreamQuery
+from pyvpnkit.core.histogram import Histogram
 from pyvpnkit.wire.dnsquestion import parse_reply_question
 from pyvpnkit.wire.errors import ParseError
 
@@ -113,6 +114,7 @@ class Forwarder:
         self._serials = itertools.count(1)
         self._tokens = itertools.count(1)
         self._out: list[UpstreamQuery | Resolved] = []
+        self.latency = Histogram()  # upstream answers, for the metrics
 
     # -- configuration and introspection -------------------------------------------
 
@@ -176,6 +178,7 @@ class Forwarder:
         if verdict is None:
             return  # not a reply to this query (spoofed, stale or garbage)
         attempt.done = True
+        self.latency.observe(now - attempt.sent_at)
         health = self._health.get(attempt.server)
         if health is not None:
             if health.misses >= self.down_after:
