@@ -193,7 +193,8 @@ def test_prometheus_scrapes_the_vm_bytes(lab: Lab) -> None:
     (lab.dir / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
-        f"  - {{job_name: pyvpnkit, static_configs: [{{targets: ['127.0.0.1:{METRICS_PORT}']}}]}}\n")
+        "  - job_name: pyvpnkit\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{METRICS_PORT}']}}]\n")
     prom = lab.env.start(
         "host", "prometheus", f"--config.file={lab.dir / 'prometheus.yml'}",
         f"--storage.tsdb.path={lab.dir / 'tsdb'}", "--web.listen-address=127.0.0.1:19090",

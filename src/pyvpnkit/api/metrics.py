@@ -27,6 +27,7 @@ from pyvpnkit.core.histogram import Histogram
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.runtime.forwarder import Forwarder
 from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.http_proxy import HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget
 
 
@@ -38,6 +39,7 @@ class MetricSources:
     budget: DescriptorBudget | None = None
     host_tcp: HostTcp | None = None
     forwarder: Forwarder | None = None
+    http_proxy: HttpProxy | None = None
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
@@ -113,6 +115,14 @@ class StackCollector(Collector):
             forwarded.add_metric(["tcp"], fs.get("tcp_accepted", 0))
             forwarded.add_metric(["udp"], fs.get("udp_in", 0))
         yield forwarded
+        proxied = CounterMetricFamily(
+            "pyvpnkit_http_proxy_outcomes",
+            "HTTP proxy: upstream connections by route (proxy, direct), local answers by status",
+            labels=["outcome"])
+        if src.http_proxy is not None:
+            for outcome, count in sorted(src.http_proxy.outcomes.items()):
+                proxied.add_metric([outcome], count)
+        yield proxied
         rules = {name: CounterMetricFamily(f"pyvpnkit_rule_{name}", doc, labels=["rule"])
                  for name, doc in (("matches", "Frames a conditions rule matched"),
                                    ("drops", "Frames a rule dropped (drop, loss, full queue)"),

@@ -70,7 +70,8 @@ async def start_service_extras(
         if options.api or options.metrics_listen:
             from pyvpnkit.api.metrics import MetricSources, make_registry
 
-            registry = make_registry(MetricSources(stack, budget, host_tcp, extras.forwarder))
+            registry = make_registry(
+                MetricSources(stack, budget, host_tcp, extras.forwarder, http_proxy))
         listen = options.metrics_listen
         if listen and registry is not None:
             from pyvpnkit.api.server import metrics_app, start_api

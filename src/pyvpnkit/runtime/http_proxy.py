@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,7 @@ class HttpProxy:
         self.wake = wake
         self.settle = settle
         self.connect_timeout = connect_timeout
+        self.outcomes: Counter[str] = Counter()  # proxied requests, for the metrics
         self.flows: dict[int, _Flow] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.config = config
@@ -266,6 +268,10 @@ class HttpProxy:
             log.warning("proxied flow %d to %s:%d: %s",
                         flow.fid, machine.dst_ip, machine.dst_port, line)
         machine.notes.clear()
+        if machine.outcomes:
+            for outcome in machine.outcomes:
+                self.outcomes[outcome] += 1
+            machine.outcomes.clear()
         if len(machine.routes) != flow.routes:
             flow.routes = len(machine.routes)
             nat_flow = self.nat.by_id.get(flow.fid)

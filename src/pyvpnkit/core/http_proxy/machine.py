@@ -81,6 +81,7 @@ class ProxyFlow:
         self.dst_port = dst_port
         self.effects: list[Effect] = []
         self.routes: list[str] = []  # where requests went ("proxy HOST:PORT", "direct ...")
+        self.outcomes: list[str] = []  # "proxy", "direct", "local_502"...: the runtime counts them
         self.notes: list[str] = []  # lines worth logging (refused CONNECTs, bad requests)
         self.credit = 0  # VM bytes passed on since the runtime last took them
         self.closed = False
@@ -395,7 +396,9 @@ class ProxyFlow:
         self._route = route
         self._up = None
         self._connected = self._blocked = self._up_eof = False
-        via = f"{'direct' if route[2] else 'proxy'} {authority(route[0], route[1])}"
+        kind = "direct" if route[2] else "proxy"
+        self.outcomes.append(kind)
+        via = f"{kind} {authority(route[0], route[1])}"
         if via not in self.routes:
             self.routes.append(via)
         self.effects.append(Connect(self._conn, *route))
@@ -549,6 +552,7 @@ class ProxyFlow:
         self._local_response(status, text, close=False)
 
     def _local_response(self, status: int, text: str, close: bool) -> None:
+        self.outcomes.append(f"local_{status}")
         response, body = framing.local_answer(status, text, close)
         vm = self._vm
         try:
