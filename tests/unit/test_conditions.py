@@ -212,3 +212,21 @@ def test_clearing_rules_empties_the_hook() -> None:
     fire(stack, 0.01)
     assert len(sends(stack, 0.01)) == 1
     assert not stack.conditions.busy
+
+
+def test_ipv6_reject_answers_with_an_ipv6_rst() -> None:
+    from pyvpnkit.wire import ipv6
+
+    cfg = NetConfig()
+    cond = Conditions(cfg)
+    cond.add({"action": "reject", "to": "2001:db8::/32", "proto": "tcp"})
+    src, dst = bytes.fromhex("fd427076" "6b690000" "00000000" "00000003"), bytes.fromhex(
+        "20010db8" + "00" * 11 + "02")
+    seg = tcp.build_tcp(src, dst, 5000, 443, 7, 0, tcp.SYN, 65535)
+    frame = ethernet.build_ethernet(cfg.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV6,
+                                    ipv6.build_ipv6(src, dst, 6, seg))
+    assert cond.outbound(1, frame, 0.0, False) is False
+    (link, reply), = cond.inbound([], 0.0)
+    pkt = ipv6.parse_ipv6(ethernet.parse_ethernet(reply).payload)
+    rst = tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst)
+    assert (link, pkt.src, pkt.dst, rst.ack) == (1, dst, src, 8) and rst.flags & tcp.RST

@@ -103,6 +103,7 @@ def test_routes_cli_and_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[st
             assert 'pyvpnkit_rule_matches_total{rule="' in metrics
             assert "process_resident_memory_bytes" in metrics
             assert 'pyvpnkit_flows_active{proto="udp"} 1.0' in metrics
+            assert 'pyvpnkit_flows_opened_total{proto="udp"} 1.0' in metrics
         finally:
             await server.close()
 

@@ -88,6 +88,8 @@ class StackCollector(Collector):
         opened = CounterMetricFamily("pyvpnkit_flows_opened", "NAT flows opened",
                                      labels=["proto"])
         opened.add_metric(["tcp"], stack.tcp.stats.get("opened", 0))
+        opened.add_metric(["udp"], stack.udp.opened)
+        opened.add_metric(["icmp"], stack.icmp.opened)
         yield opened
         yield _histogram("pyvpnkit_host_connect_seconds",
                          "From a VM's SYN to the host connect's success",

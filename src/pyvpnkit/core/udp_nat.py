@@ -84,6 +84,11 @@ class NatBase(IdleFlows[NatFlow]):
 
     # -- helpers for subclasses ------------------------------------------------
 
+    @property
+    def opened(self) -> int:
+        """Flows made so far: ids count up from 1 and are never reused."""
+        return self._next_id - 1
+
     def _allocate_id(self) -> int:
         self._make_room()
         flow_id = self._next_id
