@@ -40,6 +40,8 @@ EXPECTED = {
     ],
     "--api unix:///tmp/pvk.sock": ["\n200\n", "udp   127.0.0.1:5353", '"frames_in"'],
     "pyvpnkit-gvproxy -listen": ['"local": "127.0.0.1:2222"', '"Name": "apps.internal."'],
+    "pyvpnkit conditions add": ["3 packets transmitted", "reject", "matches="],
+    "--metrics-listen 9100": ['pyvpnkit_frames_total{direction="in"}'],
 }
 SERVERS = {
     "curl http://host.docker.internal:8080/": [
