@@ -110,7 +110,7 @@ class Rule:
 
 def _number(body: dict[str, Any], name: str, low: float, high: float | None) -> float:
     value = body.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConditionError(f'"{name}" must be a number')
     if value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
