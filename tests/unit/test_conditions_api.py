@@ -10,11 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from pyvpnkit import cli
 from pyvpnkit.api.client import ApiClient, ApiError
 from pyvpnkit.api.commands import dispatch
-from pyvpnkit.api.metrics import MetricSources, make_registry, render
+from pyvpnkit.api.metrics import MetricSources, make_registry
 from pyvpnkit.api.server import make_app, start_api
 from pyvpnkit.core.config import NetConfig, ip4
 from pyvpnkit.core.effects import UdpSend
@@ -116,7 +117,7 @@ def test_promtool_accepts_the_metrics() -> None:
     stack.conditions.add({"delay_ms": 5, "port": 443})
     traffic(stack)
     stack.tcp.connect_latency.observe(0.003)
-    text = render(make_registry(MetricSources(stack)))
+    text = generate_latest(make_registry(MetricSources(stack)))
     done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                           timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pyvpnkit.api.client import ApiClient, ApiError
+from pyvpnkit.core.conditions import DEFAULT_QUEUE_BYTES
 
 log = logging.getLogger("pyvpnkit")
 
@@ -76,7 +78,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     c = parser.add_argument_group("network conditions and metrics")
     c.add_argument("--conditions", metavar="FILE",
                    help="rules as a JSON list (see `pyvpnkit conditions`); reloaded on change")
-    c.add_argument("--conditions-queue-bytes", type=_positive_int, default=16 * 1024 * 1024,
+    c.add_argument("--conditions-queue-bytes", type=_positive_int, default=DEFAULT_QUEUE_BYTES,
                    metavar="N", help="bytes the delay queue may hold; beyond, frames are "
                    "dropped and counted (default %(default)s)")
     c.add_argument("--metrics-listen", type=_metrics_listen, metavar="[HOST:]PORT",
@@ -122,7 +124,7 @@ def add_subcommands(subparsers: Any) -> None:
     _add_conditions_parser(subparsers)
 
 
-def _unit(units: dict[str, float], default: str, what: str) -> Any:
+def _unit(units: dict[str, float], default: str, what: str) -> Callable[[str], float]:
     """A parser of NUMBER[UNIT] into the API's unit (``units`` maps suffix -> factor)."""
 
     def parse(text: str) -> float:

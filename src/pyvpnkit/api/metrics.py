@@ -12,7 +12,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -162,8 +162,4 @@ def make_registry(sources: MetricSources) -> CollectorRegistry:
     return registry
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
-
-
-__all__ = ["MetricSources", "StackCollector", "make_registry", "render"]
+__all__ = ["MetricSources", "StackCollector", "make_registry"]

@@ -10,6 +10,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
+from pyvpnkit.core.conditions import DEFAULT_QUEUE_BYTES
 from pyvpnkit.core.http_proxy.config import (
     ConfigError,
     HostList,
@@ -60,7 +61,7 @@ class Options:
     api: str | None = None
     # network conditions (--conditions, reloaded when it changes) and Prometheus metrics
     conditions: str | None = None
-    conditions_queue_bytes: int = 16 * 1024 * 1024
+    conditions_queue_bytes: int = DEFAULT_QUEUE_BYTES
     metrics_listen: str | None = None  # tcp://HOST:PORT
     # process
     runas: str | None = None

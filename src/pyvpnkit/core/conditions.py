@@ -26,10 +26,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import dns.exception
-import dns.message
-import dns.rdatatype
-
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.tcp_nat import rst_for
@@ -282,6 +278,12 @@ class Conditions:
 
     def dns_answer(self, data: bytes) -> None:
         """Remember the A/AAAA addresses of an answer under every name of its chain."""
+        # Imported here: only a rule naming a name needs dnspython's parser, and the
+        # command line (which imports this module for its defaults) starts faster without.
+        import dns.exception
+        import dns.message
+        import dns.rdatatype
+
         try:
             msg = dns.message.from_wire(data)
         except (dns.exception.DNSException, ValueError):
