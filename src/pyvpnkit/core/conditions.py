@@ -207,14 +207,11 @@ class Conditions:
     is over; frames in (stack to VM) from :meth:`inbound` on the drain after.
     """
 
-    def __init__(
-        self, config: NetConfig, rng: random.Random | None = None,
-        queue_bytes: int = DEFAULT_QUEUE_BYTES,
-    ) -> None:
+    def __init__(self, config: NetConfig, rng: random.Random | None = None) -> None:
         self.rules: list[Rule] = []
         self._next_id = 1
         self._rng = rng or random.Random()
-        self.queue_limit = queue_bytes
+        self.queue_limit = DEFAULT_QUEUE_BYTES  # --conditions-queue-bytes
         self.queued_bytes = 0
         self.busy = False  # rules exist or frames wait: the stack calls us
         self.wants_names = False  # a rule names a DNS name: the stack feeds us answers
@@ -230,7 +227,6 @@ class Conditions:
             own += [config.ipv6.gateway_ip, config.ipv6.dns_ip,
                     ipaddress.IPv6Address("fe80::1").packed]
         self._own = frozenset(own)
-        self.replaced = 0  # rule list generations, for /stats readers
 
     # -- the rule list -------------------------------------------------------
 
@@ -253,7 +249,6 @@ class Conditions:
                 raise ConditionError(f"rule {i + 1}: {exc}") from None
         self._next_id += len(rules)
         self.rules = rules
-        self.replaced += 1
         self._changed()
         return rules
 
