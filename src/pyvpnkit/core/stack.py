@@ -27,7 +27,7 @@ from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.core.routes import route
+from pyvpnkit.core.routes import HOST_LOOPBACKS, route
 from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
@@ -402,7 +402,8 @@ class Stack:
         if ip == cfg.gateway_ip and port == EXPLICIT_PROXY_PORT:
             # slirp4netns's gateway is the host's loopback: its 3128 is the host's.
             return "explicit" if ip != cfg.host_ip else None
-        if ip == cfg.host_ip or route(cfg, ip)[0] is None:
+        host = route(cfg, ip)[0]
+        if host is None or host in HOST_LOOPBACKS:  # the host alias, either family: never
             return None
         return self.http_proxy.transparent_mode(port)
 
