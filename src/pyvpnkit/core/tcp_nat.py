@@ -213,6 +213,8 @@ class TcpNat:
             self._register(flow)
             self._accept(flow, now)
             return
+        # A --forwards redirect (or gvproxy's gateway API) goes to the unix socket the
+        # user named, never to a host address: core/routes has nothing to judge.
         path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
         host = "" if path is not None else route(cfg, pkt.dst)[0]
         mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
