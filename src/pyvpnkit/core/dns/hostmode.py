@@ -179,10 +179,6 @@ class HostLookups:
     def pending_count(self) -> int:
         return len(self._lookups)
 
-    @property
-    def inflight_count(self) -> int:
-        return self._inflight
-
     def submit(
         self, name: str, rdtype: int, qname: dns.name.Name, context: object, now: float
     ) -> bool:
