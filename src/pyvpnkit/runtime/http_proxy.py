@@ -131,7 +131,7 @@ class HttpProxy:
     def set_config(self, config: ProxyConfig) -> None:
         """New flows use it; flows already open keep the one they started with."""
         self.config = config
-        self.stack.http_proxy = config
+        self.stack.set_http_proxy(config)
 
     def config_json(self) -> dict[str, Any]:
         return self.config.to_json()
@@ -267,9 +267,7 @@ class HttpProxy:
         machine.notes.clear()
         if len(machine.routes) != flow.routes:
             flow.routes = len(machine.routes)
-            nat_flow = self.nat.by_id.get(flow.fid)
-            if nat_flow is not None:
-                nat_flow.via = ", ".join(machine.routes)
+            self.nat.host_route(flow.fid, ", ".join(machine.routes))
 
     # -- upstream connections ------------------------------------------------
 
