@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvpnkit.core.config import NetConfig, ip4
-from pyvpnkit.core.effects import TcpOpen
+from pyvpnkit.core.effects import ProxyOpen, TcpOpen
 from pyvpnkit.core.http_proxy.config import ProxyConfig, parse_upstream
 from pyvpnkit.core.http_proxy.effects import Connect
 from pyvpnkit.core.routes import named_address, route
@@ -85,20 +85,26 @@ def test_named_address_takes_what_inet_aton_takes(text: str, expected: str | Non
 # -- the proxy and the NAT agree ---------------------------------------------------
 
 
+def syn(cfg: NetConfig, dst: bytes, port: int) -> bytes:
+    """A VM's SYN to ``dst``:``port``, over IPv4 or IPv6 by the address's length."""
+    if len(dst) == 4:
+        seg = tcp.build_tcp(VM4, dst, 40000, port, 1, 0, tcp.SYN, 65535)
+        return ethernet.build_ethernet(cfg.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV4,
+                                       ipv4.build_ipv4(VM4, dst, ipv4.PROTO_TCP, seg))
+    seg = tcp.build_tcp(VM6, dst, 40000, port, 1, 0, tcp.SYN, 65535)
+    return ethernet.build_ethernet(cfg.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV6,
+                                   ipv6.build_ipv6(VM6, dst, ipv6.NH_TCP, seg))
+
+
+def opened(stack: Stack, dst: bytes, port: int) -> list[object]:
+    stack.receive(1, syn(stack.config, dst, port), 0.0)
+    return [e for e in stack.drain(0.0)[1] if isinstance(e, TcpOpen | ProxyOpen)]
+
+
 def nat_decision(cfg: NetConfig, dst: bytes) -> str | None:
     """Where the TCP NAT sends a VM's SYN to ``dst``:8001 (None: refused or dropped)."""
-    stack = Stack(cfg, rng=random.Random(1))
-    if len(dst) == 4:
-        seg = tcp.build_tcp(VM4, dst, 40000, 8001, 1, 0, tcp.SYN, 65535)
-        frame = ethernet.build_ethernet(cfg.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV4,
-                                        ipv4.build_ipv4(VM4, dst, ipv4.PROTO_TCP, seg))
-    else:
-        seg = tcp.build_tcp(VM6, dst, 40000, 8001, 1, 0, tcp.SYN, 65535)
-        frame = ethernet.build_ethernet(cfg.gateway_mac, VM_MAC, ethernet.ETHERTYPE_IPV6,
-                                        ipv6.build_ipv6(VM6, dst, ipv6.NH_TCP, seg))
-    stack.receive(1, frame, 0.0)
-    opens = [e for e in stack.drain(0.0)[1] if isinstance(e, TcpOpen)]
-    return opens[0].host if opens else None
+    opens = opened(Stack(cfg, rng=random.Random(1)), dst, 8001)
+    return opens[0].host if opens and isinstance(opens[0], TcpOpen) else None
 
 
 def proxy_decision(loop: asyncio.AbstractEventLoop, cfg: NetConfig, text: str) -> str | None:
@@ -181,3 +187,20 @@ def test_the_nat_decision_sees_both_families() -> None:
                        ("::ffff:203.0.113.2", "::ffff:203.0.113.2"),
                        ("192.168.65.2", "127.0.0.1"), ("fd42:7076:6b69::2", "::1")):
         assert nat_decision(cfg, ipaddress.ip_address(text).packed) == host
+
+
+@pytest.mark.parametrize("loopback", [True, False])
+def test_transparent_proxying_takes_neither_the_alias_nor_the_loopback(loopback: bool) -> None:
+    """Port 80 with an upstream: outside addresses go to the proxy (which connects to
+    dst_ip, as the NAT would); the alias and the loopback, in any family, never do."""
+    stack = Stack(NetConfig(host_loopback=loopback), rng=random.Random(1))
+    stack.set_http_proxy(ProxyConfig(http=UP))
+    for text in ("203.0.113.2", "2001:db8::2", "::ffff:203.0.113.2"):
+        (eff,) = opened(stack, ipaddress.ip_address(text).packed, 80)
+        assert isinstance(eff, ProxyOpen) and eff.mode == "http", text
+    for text in ("127.0.0.1", "::ffff:127.0.0.1", "::1", "64:ff9b::7f00:1"):
+        assert opened(stack, ipaddress.ip_address(text).packed, 80) == [], text
+    for text in ("192.168.65.2", "::ffff:192.168.65.2", "fd42:7076:6b69::2"):
+        effects = opened(stack, ipaddress.ip_address(text).packed, 80)
+        assert not any(isinstance(e, ProxyOpen) for e in effects), text
+        assert bool(effects) == loopback, text  # the NAT's own mapping, or refused
