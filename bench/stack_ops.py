@@ -45,7 +45,7 @@ class Bench:
         self.cfg = NetConfig()
         # As under exec (a TAP with offloads only): the link fills in TCP checksums.
         self.stack = Stack(self.cfg, rng=random.Random(1), tcp_checksums=False)
-        self.stack.tcp.flow_log = False  # as at the default --log-level warning
+        self.stack.log_flows(False)  # as at the default --log-level warning
         self.now = 1000.0
         self.spent = 0
         self.sport = 30000

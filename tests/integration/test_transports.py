@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pyvpnkit.runtime.engine import mac_for_uuid
+from pyvpnkit.core.ippool import mac_for_uuid
 from pyvpnkit.wire.framing import QEMU, U16LE
 from tests.integration import vmclient
 from tests.integration.helpers.tcp_server import pattern

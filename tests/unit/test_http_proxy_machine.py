@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.http_proxy.config import HostList, ProxyConfig, parse_upstream
 from pyvpnkit.core.http_proxy.effects import (
     CloseUpstream,
@@ -30,7 +31,7 @@ class Peer:
     """Performs the machine's effects on plain buffers."""
 
     def __init__(self, mode: str, config: ProxyConfig, port: int = 80) -> None:
-        self.m = ProxyFlow(config, mode, WORLD, port)
+        self.m = ProxyFlow(config, NetConfig(), mode, WORLD, port)
         self.vm = bytearray()
         self.sent: dict[int, bytearray] = defaultdict(bytearray)
         self.connects: list[Connect] = []

@@ -40,7 +40,7 @@ def test_gateway_3128_is_always_the_explicit_proxy() -> None:
 def test_transparent_ports_of_outside_addresses_only() -> None:
     stack = Stack(CFG, rng=random.Random(1))
     up = parse_upstream("127.0.0.1:8888")
-    stack.http_proxy = ProxyConfig(http=up, https=up, https_ports=frozenset({443, 8443}))
+    stack.set_http_proxy(ProxyConfig(http=up, https=up, https_ports=frozenset({443, 8443})))
     for port, mode in ((80, "http"), (443, "https"), (8443, "https")):
         eff = opened(stack, "203.0.113.2", port)
         assert isinstance(eff, ProxyOpen) and eff.mode == mode
@@ -53,7 +53,7 @@ def test_the_flow_log_names_the_upstream() -> None:
     eff = opened(stack, "192.168.65.1", 3128)
     assert isinstance(eff, ProxyOpen)
     stack.tcp.host_connected(eff.flow_id, 0.0)
-    stack.tcp.by_id[eff.flow_id].via = "proxy 127.0.0.1:8888"
+    stack.tcp.host_route(eff.flow_id, "proxy 127.0.0.1:8888")
     stack.tcp.host_reset(eff.flow_id, 0.1)
     stack.drain(0.1)
     (line,) = stack.tcp.closed_log
@@ -83,3 +83,14 @@ def test_a_proxied_flows_host_effects_are_addressed_to_the_proxy() -> None:
     (closed,) = stack.drain(0.1)[1]
     assert type(closed) is ProxyClose and closed.flow_id == eff.flow_id and closed.reset
     assert ProxyClose in HttpProxy.effects and ProxyClose not in HostTcp.effects
+
+
+def test_stats_count_port_forwards_as_the_nat_marks_them() -> None:
+    """api/server asks the NAT (forwarded_count) instead of guessing from ports."""
+    from pyvpnkit.api.server import stats_of
+
+    stack = Stack(CFG, rng=random.Random(1))
+    stack.tcp.open_to_vm(VM_IP, 22, 0.0)
+    assert isinstance(opened(stack, "203.0.113.2", 40000), TcpOpen)  # outbound, high port
+    counts = stats_of(stack)["connections"]
+    assert (counts["tcp_forwarded_in"], counts["tcp_outbound"]) == (1, 1)

@@ -80,3 +80,59 @@ def test_no_import_circle() -> None:
     for m in sorted(graph):
         visit(m, [])
     assert circles == []
+
+
+# -- one door into the core ----------------------------------------------------------
+# The runtime and the API change the core only through its methods (host events in,
+# drained frames and effects out): they never assign an attribute of a core object.
+# Without types at hand, an assignment counts when its name is an attribute some
+# core class holds and no class of the assigning module does (``self.x = ...`` is
+# always the object's own).
+
+
+def _attributes(tree: ast.AST) -> set[str]:
+    """Names the classes of a module hold: what their methods assign on self, and fields."""
+    names: set[str] = set()
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for node in ast.walk(cls):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                    and isinstance(node.value, ast.Name) and node.value.id == "self":
+                names.add(node.attr)
+    return names
+
+
+def _assigned_attributes(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, target) of every attribute assignment not on ``self`` itself."""
+    return [
+        (node.lineno, ast.unparse(node))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+    ]  # fmt: skip
+
+
+def test_runtime_and_api_assign_no_attribute_of_a_core_object() -> None:
+    core: set[str] = set()
+    for path in (PACKAGE / "core").rglob("*.py"):
+        core |= _attributes(ast.parse(path.read_text()))
+    offences = []
+    for layer in ("runtime", "api"):
+        for path in sorted((PACKAGE / layer).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            own = _attributes(tree)
+            offences += [
+                f"{path.relative_to(PACKAGE)}:{line}: {target}"
+                for line, target in _assigned_attributes(tree)
+                if target.rsplit(".", 1)[1] in core - own
+            ]  # fmt: skip
+    assert offences == []
+
+
+def test_the_door_check_sees_an_assignment_into_the_core() -> None:
+    """The check above would have caught what the runtime once did."""
+    tree = ast.parse("def f(stack):\n    stack.tcp.flow_log = False\n")
+    core = _attributes(ast.parse((PACKAGE / "core" / "tcp_nat.py").read_text()))
+    assert [t for _, t in _assigned_attributes(tree) if t.rsplit(".", 1)[1] in core] == [
+        "stack.tcp.flow_log"]

@@ -64,7 +64,10 @@ def test_ipv6_route_policy(dst: str, expected: tuple[object, ...]) -> None:
 
 def test_no_host_loopback_and_no_ipv6() -> None:
     assert route(NetConfig(host_loopback=False), ALIAS6) == (None, "admin_prohibited", ALIAS6)
-    assert route(NetConfig(ipv6=None), WORLD6) == (None, None, None)
+    # Without IPv6 the stack drops the VMs' IPv6 frames itself; the policy still
+    # answers for the HTTP proxy, which connects on the host's behalf.
+    assert route(NetConfig(ipv6=None), WORLD6) == ("2001:db8::2", None, None)
+    assert route(NetConfig(ipv6=None), ALIAS6) == ("fd42:7076:6b69::2", None, None)
 
 
 # -- TCP --------------------------------------------------------------------------

@@ -172,10 +172,7 @@ def stats_of(stack: Stack, counter: FrameCounter | None = None) -> dict[str, Any
             if k.startswith(("drop_", "frag_dropped", "frag_no_memory")):
                 drops[f"{name}_{k.removeprefix('drop_')}"] = v
     tcp = stack.tcp
-    gw = stack.config.gateway_ip
-    layout = stack.config.ipv6
-    gateways = (gw, layout.gateway_ip) if layout is not None else (gw,)
-    forwarded = sum(1 for key in tcp.flows if key[2] in gateways and key[3] >= 32768)
+    forwarded = tcp.forwarded_count()
     return {
         "frames_in": s.get("frames_in", 0),
         "bytes_in": s.get("bytes_in", 0),

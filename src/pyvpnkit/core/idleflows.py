@@ -12,11 +12,11 @@ from collections import Counter, OrderedDict
 from typing import Any, Generic, Protocol, TypeVar
 
 
-class _Timed(Protocol):
+class _LastUsed(Protocol):
     last: float
 
 
-F = TypeVar("F", bound=_Timed)
+F = TypeVar("F", bound=_LastUsed)
 
 
 class IdleFlows(ABC, Generic[F]):

@@ -17,6 +17,7 @@ O(log n) without materialising the range, so a /8 costs as little as a /24.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import ipaddress
 from collections.abc import Iterable
@@ -24,6 +25,12 @@ from typing import NewType
 
 LeaseKey = NewType("LeaseKey", str)  # "mac:aa:bb:cc:dd:ee:ff" or "cid:HEX"
 _MAC = "mac:"
+
+
+def mac_for_uuid(uuid: str) -> bytes:
+    """A stable, locally administered unicast MAC for a vpnkit VIF UUID."""
+    digest = hashlib.sha256(uuid.encode()).digest()
+    return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
 
 
 def mac_key(mac: bytes) -> LeaseKey:

@@ -6,18 +6,34 @@ host's own services or flood its LAN (this-network, loopback, multicast,
 broadcast, unowned addresses of our own subnet) never leave, nor do the
 configured blocked prefixes (gvproxy's 169.254.0.0/16, cloud metadata).
 IPv6 follows the same policy: the alias (::2 of the prefix) is the host's
-[::1]; loopback, link-local, multicast, unspecified, IPv4-mapped and unowned
-addresses of our prefix never leave.
+[::1]; loopback, link-local, multicast, unspecified and unowned addresses of
+our prefix never leave, nor does the reserved ::/8 (SIIT's ::ffff:0:0:0/96
+among it).
+
+An IPv6 address that carries an IPv4 one is judged as that IPv4 address: the
+host's kernel sends IPv4-mapped (::ffff:a.b.c.d) and, through a sit tunnel,
+IPv4-compatible (::a.b.c.d) addresses to the IPv4 address itself, so
+[::ffff:127.0.0.1] is the host's loopback. Allowed, they go to the IPv4
+verdict's address in mapped form (the flow keeps its family). NAT64's
+64:ff9b::/96 may leave only when the IPv4 address it carries may.
+
+Whoever connects for a VM asks here, the NATs and the HTTP proxy alike
+(``host_address``, ``named_address``), so there is one answer per address.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
 from pyvpnkit.core.config import NetConfig
 
 HOST_LOOPBACK = "127.0.0.1"
 HOST_LOOPBACK6 = "::1"
+HOST_LOOPBACKS: Final = frozenset({HOST_LOOPBACK, HOST_LOOPBACK6, "::ffff:" + HOST_LOOPBACK})
+_MAPPED: Final = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+_COMPAT: Final = bytes(12)  # ::/96
+_NAT64: Final = bytes.fromhex("0064ff9b") + bytes(8)  # 64:ff9b::/96
 
 
 def is_routable(config: NetConfig, dst: bytes) -> bool:
@@ -27,6 +43,8 @@ def is_routable(config: NetConfig, dst: bytes) -> bool:
     broadcast address would reach the host's own services or flood its LAN.
     """
     if len(dst) == 16:
+        if dst[:12] in (_MAPPED, _COMPAT, _NAT64):
+            return is_routable(config, dst[12:])
         return _routable6(dst)
     first = dst[0]
     if first == 0 or first == 127 or first >= 224:
@@ -61,25 +79,93 @@ def _blocked(prefixes: tuple[ipaddress.IPv4Network, ...], dst: bytes) -> bool:
 
 
 def _routable6(dst: bytes) -> bool:
+    """For an address that carries no IPv4 one (those are judged as IPv4 first)."""
     addr = ipaddress.IPv6Address(dst)
     return not (
-        addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified
-        or addr.ipv4_mapped is not None or addr.is_site_local
+        dst[0] == 0  # ::/8, reserved: loopback, unspecified, SIIT's ::ffff:0:0:0/96
+        or addr.is_link_local or addr.is_multicast or addr.is_site_local
     )
 
 
+def host_address(config: NetConfig, dst: bytes) -> str | None:
+    """The host address a connection for a VM to ``dst`` uses, or None if refused."""
+    return route(config, dst)[0]
+
+
+def named_address(text: str) -> bytes | None:
+    """The address ``text`` names without a resolver's help, or None for a real name.
+
+    Every spelling a host's resolver (or an upstream proxy using it) takes as
+    an address: IPv6 in any case, with or without a zone id; IPv4 in
+    inet_aton's forms (127.1, 2130706433, 0x7f.0.0.1, 0177.0.0.1); and
+    localhost names, which are the loopback whatever DNS says (RFC 6761).
+    """
+    text = text.strip("[]")
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text.split("%", 1)[0]).packed
+        except ValueError:
+            return None
+    name = text.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return bytes((127, 0, 0, 1))
+    return _inet_aton(text)
+
+
+def _inet_aton(text: str) -> bytes | None:
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = []
+    for part in parts:
+        try:
+            if part[:2].lower() == "0x":
+                values.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part[0] == "0":
+                values.append(int(part[1:], 8))
+            else:
+                values.append(int(part, 10) if part.isdigit() else -1)
+        except ValueError:
+            return None
+    *head, last = values
+    if any(not 0 <= v <= 255 for v in head) or not 0 <= last < 1 << (8 * (5 - len(values))):
+        return None
+    return bytes(head) + last.to_bytes(5 - len(values), "big")
+
+
 def _route6(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes | None]:
+    head = dst[:12]
+    if head == _MAPPED or head == _COMPAT:
+        return _carried(config, dst, route(config, dst[12:]))
+    if head == _NAT64:
+        carried = route(config, dst[12:])
+        if carried[0] == str(ipaddress.IPv4Address(dst[12:])):
+            return str(ipaddress.IPv6Address(dst)), None, None
+        return _carried(config, dst, (None, carried[1], carried[2]))
     layout = config.ipv6
-    if layout is None:
-        return None, None, None
-    if dst == layout.host_ip:
+    if layout is not None and dst == layout.host_ip:
         if config.host_loopback:
             return HOST_LOOPBACK6, None, None
         return None, "admin_prohibited", dst
     if not _routable6(dst):
         return None, None, None
-    if dst == layout.gateway_ip:
-        return None, "port_unreachable", dst
-    if layout.in_subnet(dst):
-        return None, "host_unreachable", layout.gateway_ip
+    if layout is not None:
+        if dst == layout.gateway_ip:
+            return None, "port_unreachable", dst
+        if layout.in_subnet(dst):
+            return None, "host_unreachable", layout.gateway_ip
     return str(ipaddress.IPv6Address(dst)), None, None
+
+
+def _carried(
+    config: NetConfig, dst: bytes, verdict: tuple[str | None, str | None, bytes | None]
+) -> tuple[str | None, str | None, bytes | None]:
+    """The IPv4 verdict for the address ``dst`` carries, spoken in IPv6."""
+    host, kind, source = verdict
+    if host is not None:
+        return "::ffff:" + host, None, None
+    if kind is None:
+        return None, None, None
+    if source != dst[12:] and config.ipv6 is not None:  # the gateway answered for the subnet
+        return None, kind, config.ipv6.gateway_ip
+    return None, kind, dst

@@ -26,9 +26,9 @@ from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
-from pyvpnkit.core.ippool import AddressPool, key_mac
+from pyvpnkit.core.ippool import AddressPool, key_mac, mac_for_uuid, mac_key
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.core.routes import route
+from pyvpnkit.core.routes import HOST_LOOPBACKS, route
 from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
@@ -94,9 +94,7 @@ class _DnsOverTcp(LocalService):
 
     def eof(self, flow_id: int, now: float) -> None:
         self._decoders.pop(flow_id, None)
-        flow = self._stack.tcp.by_id.get(flow_id)
-        if flow is not None and flow.conn is not None:
-            flow.conn.shutdown(now)
+        self._stack.tcp.local_shutdown(flow_id, now)
 
 
 class Stack:
@@ -175,6 +173,40 @@ class Stack:
         self._timed: tuple[_Timed, ...] = (
             self.udp, self.icmp, self.dns, self.frag, self.udp_forward, self.conditions,
         ) + ((self.v6,) if self.v6 is not None else ())
+
+    # -- settings and questions from the runtime ----------------------------
+
+    def log_flows(self, enabled: bool) -> None:
+        """Whether closed TCP flows leave a line in ``tcp.closed_log`` (off: nobody logs it)."""
+        self.tcp.flow_log = enabled
+
+    def set_http_proxy(self, config: ProxyConfig) -> None:
+        """The proxy configuration new VM connections are sorted by (transparent ports)."""
+        self.http_proxy = config
+
+    def vif_lease(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
+        """A vpnkit VIF's MAC (configured, or derived from its UUID) and address.
+
+        The address is the preferred one if free (else PoolError), or the MAC's lease.
+        """
+        mac = self.config.uuid_macs.get(uuid) or mac_for_uuid(uuid)
+        return mac, self.pool.allocate(mac_key(mac), preferred_ip, strict=preferred_ip is not None)
+
+    # -- what the IPv6 side uses (stack6.Switch) ---------------------------------
+
+    def emit(self, link: int, frame: bytes) -> None:
+        """A frame for ``link``, out with the next drain."""
+        self._frames.append((link, frame))
+
+    @property
+    def check_checksums(self) -> bool:
+        """Whether the frame being handled gets its checksums verified."""
+        return self._check
+
+    @property
+    def drained_at(self) -> float:
+        """The time of the last drain: what timer-made output is stamped with."""
+        return self._now
 
     # -- links and VMs -------------------------------------------------------
 
@@ -309,7 +341,7 @@ class Stack:
         else:
             self.stats["drop_ethertype"] += 1
 
-    def _ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
+    def ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None:
         """An IPv6 packet (reassembled) that is not for the stack's own services: the NATs."""
         if pkt.is_fragment:
             self.stats["drop_ipv6_fragment"] += 1
@@ -422,7 +454,8 @@ class Stack:
         if ip == cfg.gateway_ip and port == EXPLICIT_PROXY_PORT:
             # slirp4netns's gateway is the host's loopback: its 3128 is the host's.
             return "explicit" if ip != cfg.host_ip else None
-        if ip == cfg.host_ip or route(cfg, ip)[0] is None:
+        host = route(cfg, ip)[0]
+        if host is None or host in HOST_LOOPBACKS:  # the host alias, either family: never
             return None
         return self.http_proxy.transparent_mode(port)
 

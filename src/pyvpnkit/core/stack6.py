@@ -7,7 +7,7 @@ else in the prefix or link-local is learned into the NDP neighbor table, which
 is the routing table for packets to VMs. Packets for the stack's services
 (NDP and MLD, DHCPv6 on 547, echo to the gateway, fe80::1 and the alias, DNS on
 the gateway's :53 over UDP) are answered here; everything else is the data
-plane's (``Stack._ipv6_transport``). Multicast frames were already flooded to
+plane's (``Stack.ipv6_transport``). Multicast frames were already flooded to
 the other links by the Ethernet switch; here they only feed our services.
 """
 
@@ -57,14 +57,19 @@ class Switch(Protocol):
     stats: Counter[str]
     macs: dict[bytes, int]
     dns: DnsServer
-    _frames: list[tuple[int, bytes]]
-    _check: bool
-    _now: float  # of the last drain
 
     @property
     def vms(self) -> Mapping[bytes, object]: ...
 
-    def _ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None: ...
+    @property
+    def check_checksums(self) -> bool: ...
+
+    @property
+    def drained_at(self) -> float: ...
+
+    def emit(self, link: int, frame: bytes) -> None: ...
+
+    def ipv6_transport(self, link: int, src_mac: bytes, pkt: IPv6Packet, now: float) -> None: ...
 
 
 class Ipv6Switch:
@@ -147,7 +152,7 @@ class Ipv6Switch:
         elif dst != pkt.src and self.neighbors.lookup(dst) is not None:
             self.route(pkt.header.tobytes() + pkt.payload.tobytes())  # VM to VM via us
         else:
-            self._stack._ipv6_transport(link, src_mac, pkt, now)
+            self._stack.ipv6_transport(link, src_mac, pkt, now)
 
     def _icmpv6(self, src_mac: bytes, pkt: IPv6Packet, now: float) -> bool:
         """NDP, MLD and echo to our addresses; True when handled here."""
@@ -173,13 +178,13 @@ class Ipv6Switch:
         dst = pkt.dst
         if dst not in self._dhcp_dst:
             return False
-        dgram = parse_udp(pkt.payload, pkt.src, dst, self._stack._check)
+        dgram = parse_udp(pkt.payload, pkt.src, dst, self._stack.check_checksums)
         if dgram.dst_port == SERVER_PORT:
             reply = self.dhcp.handle(src_mac, pkt.src, dgram.payload, now)
             if reply is not None:
                 udp = build_udp(reply.src_ip, reply.dst_ip, SERVER_PORT, CLIENT_PORT, reply.payload)
                 packet = build_ipv6(reply.src_ip, reply.dst_ip, NH_UDP, udp)
-                self._stack._frames.append((link, reply.dst_mac + self._eth_src + packet))
+                self._stack.emit(link, reply.dst_mac + self._eth_src + packet)
             return True
         if dgram.dst_port == DNS_PORT and dst == self.layout.dns_ip:
             if not self._stack.config.serve_dns:
@@ -214,11 +219,11 @@ class Ipv6Switch:
             self._solicit(dst)
             return
         # Over the MTU goes out as is, as IPv4's DF packets: TCP's GSO super-segments.
-        stack._frames.append((link, mac + self._eth_src + packet))
+        stack.emit(link, mac + self._eth_src + packet)
 
     def _solicit(self, dst: bytes) -> None:
         """Ask the link who holds ``dst`` (a VM that never spoke): its NA teaches us the MAC."""
-        now = self._stack._now
+        now = self._stack.drained_at
         if now - self._solicited.get(dst, -SOLICIT_INTERVAL) < SOLICIT_INTERVAL:
             return
         if not (self.layout.in_subnet(dst) or is_link_local(dst)):
@@ -237,7 +242,7 @@ class Ipv6Switch:
     def _flood(self, dst_mac: bytes, packet: bytes) -> None:
         frame = dst_mac + self._eth_src + packet
         for link in set(self._stack.macs.values()):
-            self._stack._frames.append((link, frame))
+            self._stack.emit(link, frame)
 
     def _send_ndp(self) -> None:
         for send in self.ndp.drain():
@@ -248,7 +253,7 @@ class Ipv6Switch:
             if link is None:
                 self._stack.stats["drop_no_route"] += 1
             else:
-                self._stack._frames.append((link, send.dst_mac + self._eth_src + send.packet))
+                self._stack.emit(link, send.dst_mac + self._eth_src + send.packet)
 
     def drain(self) -> None:
         """Move what the timers produced (RAs, reassembly errors) into the stack's frames."""

@@ -111,6 +111,7 @@ class Flow:
     deadline: float | None = None
     side: HostSide = HOST_SOCKET  # whom its host-side effects address (a socket, the proxy)
     via: str = ""  # where the HTTP proxy sent it, for the flow log
+    forwarded: bool = False  # a port forward's connection into the VM (open_to_vm)
 
 
 def rst_for(pkt: IpPacket, seg: TcpSegment) -> bytes:
@@ -215,6 +216,8 @@ class TcpNat:
             self._register(flow)
             self._accept(flow, now)
             return
+        # A --forwards redirect (or gvproxy's gateway API) goes to the unix socket the
+        # user named, never to a host address: core/routes has nothing to judge.
         path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
         host = "" if path is not None else route(cfg, pkt.dst)[0]
         mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
@@ -283,7 +286,8 @@ class TcpNat:
         """
         gw = gateway_for(self.config, vm_ip)
         port = self._free_gateway_port(vm_ip, vm_port)
-        flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now)
+        flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now,
+                    forwarded=True)
         self._next_id += 1
         flow.conn = TcpConnection(
             local_ip=gw,
@@ -405,6 +409,22 @@ class TcpNat:
     def local_send(self, flow_id: int, data: bytes, now: float) -> None:
         """A local service answers on its stream."""
         self.host_data(flow_id, data, now)
+
+    def local_shutdown(self, flow_id: int, now: float) -> None:
+        """A local service has answered everything: FIN after what it sent."""
+        flow = self.by_id.get(flow_id)
+        if flow is not None and flow.conn is not None:
+            flow.conn.shutdown(now)
+
+    def host_route(self, flow_id: int, via: str) -> None:
+        """Where the host side took the flow (the HTTP proxy's upstreams), for the flow log."""
+        flow = self.by_id.get(flow_id)
+        if flow is not None:
+            flow.via = via
+
+    def forwarded_count(self) -> int:
+        """Open connections of port forwards into the VMs."""
+        return sum(1 for flow in self.flows.values() if flow.forwarded)
 
     def forget_vm(self, vm_ip: bytes, now: float) -> None:
         """The VM left the switch: close the host side of all its flows, forget them."""

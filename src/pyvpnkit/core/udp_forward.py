@@ -6,6 +6,8 @@ The ports come from 61000-65535, above the range TCP forwards use
 (32768-60999), so the two never collide. Flows are only a mapping (the host
 socket belongs to the listener), so expiry needs no effect: idle flows and
 the least recently used ones beyond ``max_flows`` are simply forgotten.
+Datagrams only go into a VM (core/forwards.vm_target names it) and back to
+the host client that sent them, so core/routes has nothing to judge here.
 """
 
 from __future__ import annotations

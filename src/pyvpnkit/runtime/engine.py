@@ -14,13 +14,12 @@ throttled log line, and the rest of the batch goes on.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
 
 from pyvpnkit.core.effects import Effect
-from pyvpnkit.core.ippool import PoolError, mac_key
+from pyvpnkit.core.ippool import PoolError
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link, VifError
 from pyvpnkit.runtime.executor import Executor
@@ -31,18 +30,12 @@ log = logging.getLogger("pyvpnkit")
 MAX_ROUNDS = 8  # drain/effect rounds in one flush before yielding to the loop
 
 
-def mac_for_uuid(uuid: str) -> bytes:
-    """A stable, locally administered unicast MAC for a vpnkit VIF UUID."""
-    digest = hashlib.sha256(uuid.encode()).digest()
-    return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
-
-
 class Engine:
     """The FrameSink every link reports to; routes the stack's effects to their executors."""
 
     def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.stack = stack
-        stack.tcp.flow_log = log.isEnabledFor(logging.INFO)  # closed_log lines are logged at INFO
+        stack.log_flows(log.isEnabledFor(logging.INFO))  # closed_log lines are logged at INFO
         self.loop = loop or asyncio.get_running_loop()
         self.links: dict[int, Link] = {}
         self._ids: dict[int, int] = {}  # id(link) -> link number
@@ -119,14 +112,10 @@ class Engine:
         self.wake()
 
     def vif_request(self, uuid: str, preferred_ip: bytes | None) -> tuple[bytes, bytes]:
-        mac = self.stack.config.uuid_macs.get(uuid) or mac_for_uuid(uuid)
         try:
-            ip = self.stack.pool.allocate(
-                mac_key(mac), preferred_ip, strict=preferred_ip is not None
-            )
+            return self.stack.vif_lease(uuid, preferred_ip)
         except PoolError as exc:
             raise VifError(str(exc)) from exc
-        return mac, ip
 
     # -- driving the stack ---------------------------------------------------
 

@@ -45,7 +45,7 @@ from pyvpnkit.core.http_proxy.effects import (
     ShutdownUpstream,
     ToVm,
 )
-from pyvpnkit.core.routes import route
+from pyvpnkit.core.routes import host_address, named_address
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.tcp_nat import READ_CHUNK
 from pyvpnkit.runtime.dns_upstream import HostsFileWatcher
@@ -58,7 +58,6 @@ log = logging.getLogger("pyvpnkit.http_proxy")
 CONNECT_TIMEOUT = 10.0  # an unreachable upstream gets its 502 within this
 WATCH_INTERVAL = 1.0  # seconds between checks of the --http file
 LOWAT_WAIT = 0.002  # a body's bytes wait at most this long for more (see _wake_at)
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class _Refused(Exception):
@@ -134,7 +133,7 @@ class HttpProxy:
     def set_config(self, config: ProxyConfig) -> None:
         """New flows use it; flows already open keep the one they started with."""
         self.config = config
-        self.stack.http_proxy = config
+        self.stack.set_http_proxy(config)
 
     def config_json(self) -> dict[str, Any]:
         return self.config.to_json()
@@ -185,7 +184,7 @@ class HttpProxy:
         from pyvpnkit.core.http_proxy.machine import ProxyFlow  # h11: on first use only
 
         now = self.loop.time()
-        machine = ProxyFlow(self.config, eff.mode, eff.dst, eff.port, now)
+        machine = ProxyFlow(self.config, self.stack.config, eff.mode, eff.dst, eff.port, now)
         flow = _Flow(eff.flow_id, machine)
         self.flows[eff.flow_id] = flow
         self.nat.host_connected(eff.flow_id, now)
@@ -274,9 +273,7 @@ class HttpProxy:
             machine.outcomes.clear()
         if len(machine.routes) != flow.routes:
             flow.routes = len(machine.routes)
-            nat_flow = self.nat.by_id.get(flow.fid)
-            if nat_flow is not None:
-                nat_flow.via = ", ".join(machine.routes)
+            self.nat.host_route(flow.fid, ", ".join(machine.routes))
 
     # -- upstream connections ------------------------------------------------
 
@@ -349,42 +346,39 @@ class HttpProxy:
 
     async def _resolve(self, host: str, port: int, direct: bool) -> str:
         """An address for ``host``: built-in names and the hosts file first, then the
-        host's resolver; a direct connection must pass the NAT's routing policy."""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = self._local_name(host) or await self._host_lookup(host, port)
+        host's resolver. A direct connection goes to the first address the NATs'
+        policy (core/routes) lets a VM reach, as the NAT would map it; an upstream
+        proxy is the user's own configuration, the host's view, so it is not judged
+        (a local cntlm or tinyproxy on 127.0.0.1 is the usual setup)."""
+        literal = named_address(host)
+        candidates = [literal] if literal is not None else \
+            self._local_name(host) or await self._host_lookup(host, port)
         if not direct:
-            return str(address)
-        if address.version == 4:
-            target, _error, _source = route(self.stack.config, address.packed)
-            if target is None:
-                raise _Refused(f"{address} is not reachable from the VMs")
-            return target
-        if address.is_loopback or address.is_link_local or address.is_multicast \
-                or address.is_unspecified:
-            raise _Refused(f"{address} is not reachable from the VMs")
-        return str(address)
+            return str(ipaddress.ip_address(candidates[0]))
+        for dst in candidates:
+            target = host_address(self.stack.config, dst)
+            if target is not None:
+                return target
+        raise _Refused(f"{host} is not reachable from the VMs")
 
-    def _local_name(self, host: str) -> ipaddress.IPv4Address | None:
+    def _local_name(self, host: str) -> list[bytes]:
         try:
             name = dns.name.from_text(host)
         except (dns.exception.DNSException, UnicodeError):
-            return None
+            return []
         found = self.stack.dns.names.lookup(name, dns.rdatatype.A, dns.rdataclass.IN)
         if isinstance(found, NoSuchName):  # a DNS zone's NXDOMAIN: the VMs' view, ours too
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        for rrset in found or ():
-            for rdata in rrset:
-                return ipaddress.IPv4Address(rdata.address)
-        return None
+        return [ipaddress.IPv4Address(rdata.address).packed
+                for rrset in found or () for rdata in rrset]
 
-    async def _host_lookup(self, host: str, port: int) -> Address:
+    async def _host_lookup(self, host: str, port: int) -> list[bytes]:
+        """Every address of ``host``, IPv4 first (as the resolver orders them within)."""
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         infos.sort(key=lambda info: info[0] != socket.AF_INET)
         if not infos:
             raise OSError(f"{host}: no address")
-        return ipaddress.ip_address(infos[0][4][0])
+        return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).packed for info in infos]
 
     def close(self) -> None:
         for task in list(self._tasks):

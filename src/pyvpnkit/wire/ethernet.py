@@ -34,10 +34,6 @@ def parse_ethernet(buf: bytes | bytearray | memoryview) -> EthernetFrame:
     return EthernetFrame(dst, src, ethertype, memoryview(buf)[ETH_HEADER_LEN:])
 
 
-def ethernet_header(dst: bytes, src: bytes, ethertype: int) -> bytes:
-    return _HDR.pack(dst, src, ethertype)
-
-
 def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return _HDR.pack(dst, src, ethertype) + payload
 

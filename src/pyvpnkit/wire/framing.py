@@ -47,10 +47,6 @@ class Framing:
     header: struct.Struct
     limit: int  # the default (and, for u16, the only possible) maximum frame length
 
-    @property
-    def header_len(self) -> int:
-        return self.header.size
-
     def max_frame(self, mtu: int) -> int:
         """The acceptance limit for a link: the format's limit or MTU-sized frames."""
         return min(max(mtu + MIN_FRAME_LEN, self.limit), self.header_limit)

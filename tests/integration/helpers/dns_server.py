@@ -26,6 +26,10 @@ ZONE: dict[tuple[str, str], list[str]] = {
     ("example.test.", "MX"): ["10 mail.example.test."],
     ("example.test.", "TXT"): ['"hello from the test zone"'],
     ("_http._tcp.example.test.", "SRV"): ["0 5 80 www.example.test."],
+    # Names for the host's loopback (issue 27: the proxy must refuse them).
+    ("loopback.example.test.", "A"): ["127.0.0.1"],
+    ("mapped.example.test.", "AAAA"): ["::ffff:127.0.0.1"],
+    ("alias.example.test.", "AAAA"): ["::ffff:192.168.65.2"],
     ("big.example.test.", "TXT"): [f'"{i:03d} ' + "x" * 60 + '"' for i in range(20)],
 }
 

@@ -11,6 +11,10 @@ for good, issue #509).
 
 getaddrinfo hides CNAMEs and TTLs: answers are flattened to address records
 owned by the query name, with a fixed `HOST_TTL`.
+
+Whatever addresses it gives a VM (127.0.0.1 for localhost,
+::ffff:127.0.0.1 from a hosts file), the VM's connection to them goes
+through the NATs and core/routes like any other: answering is not reaching.
 """
 
 from __future__ import annotations
@@ -174,10 +178,6 @@ class HostLookups:
     @property
     def pending_count(self) -> int:
         return len(self._lookups)
-
-    @property
-    def inflight_count(self) -> int:
-        return self._inflight
 
     def submit(
         self, name: str, rdtype: int, qname: dns.name.Name, context: object, now: float

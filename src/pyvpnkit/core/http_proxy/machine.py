@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import h11
 
+from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.http_proxy import framing
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.http_proxy.effects import (
@@ -52,6 +53,7 @@ from pyvpnkit.core.http_proxy.routing import (
     authority,
     plan_request,
     proxy_auth,
+    unreachable,
     upstream_request,
 )
 from pyvpnkit.wire.errors import ParseError
@@ -73,9 +75,11 @@ class ProxyFlow:
     """A VM connection handed to the proxy; the runtime feeds it and performs its effects."""
 
     def __init__(
-        self, config: ProxyConfig, mode: str, dst_ip: str, dst_port: int, now: float = 0.0
+        self, config: ProxyConfig, net: NetConfig, mode: str, dst_ip: str, dst_port: int,
+        now: float = 0.0,
     ) -> None:
         self.config = config
+        self.net = net  # whose routing policy judges what an upstream is asked for
         self.mode = mode
         self.dst_ip = dst_ip
         self.dst_port = dst_port
@@ -281,8 +285,13 @@ class ProxyFlow:
         self._go("connecting")
         if cfg.https is None or cfg.excluded(name, self.dst_ip):
             self._open((self.dst_ip, self.dst_port, True))
-        else:
-            self._open((cfg.https.host, cfg.https.port, False))
+            return
+        reason = unreachable(self.net, name)
+        if reason is not None:
+            self.notes.append(f"{reason}: reset")
+            self._reset()
+            return
+        self._open((cfg.https.host, cfg.https.port, False))
 
     def _send_tls_connect(self) -> None:
         target = authority(self._sni or self.dst_ip, self.dst_port)
@@ -361,8 +370,10 @@ class ProxyFlow:
         return self._up
 
     def _request(self, req: h11.Request) -> None:
-        plan = plan_request(self.config, self.mode, self.dst_ip, self.dst_port, req)
+        plan = plan_request(self.config, self.net, self.mode, self.dst_ip, self.dst_port, req)
         if isinstance(plan, Refuse):
+            if plan.status == 502:  # a destination our policy refuses: worth a log line
+                self.notes.append(plan.text)
             self._refuse(plan.status, plan.text)
         elif isinstance(plan, ConnectDirect):
             self._direct_connect = True

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 import h11
 
+from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.http_proxy.config import ProxyConfig, Upstream
+from pyvpnkit.core.routes import host_address, named_address
 
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization"}
 _HOST = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")  # RFC 3986 host[:port] characters
@@ -51,20 +53,41 @@ Plan = Forward | ConnectDirect | Refuse
 
 
 def plan_request(
-    cfg: ProxyConfig, mode: str, dst_ip: str, dst_port: int, req: h11.Request
+    cfg: ProxyConfig, net: NetConfig, mode: str, dst_ip: str, dst_port: int, req: h11.Request
 ) -> Plan:
-    """What to do with a request from the VM on a flow of ``mode`` to ``dst_ip:dst_port``."""
+    """What to do with a request from the VM on a flow of ``mode`` to ``dst_ip:dst_port``.
+
+    A direct connection is judged by the runtime once the name is resolved;
+    one to an upstream is judged here, by the target's address when it names
+    one (any spelling, see routes.named_address): an upstream on the host
+    would otherwise reach the host's loopback for the VM.
+    """
     if mode == "http":
-        return _transparent(cfg, dst_ip, dst_port, req)
+        return _transparent(cfg, net, dst_ip, dst_port, req)
     if req.method == b"CONNECT":
-        return _connect(cfg, req)
+        return _connect(cfg, net, req)
     if req.target.lower().startswith(b"http://"):
-        return _absolute(cfg, req)
+        return _absolute(cfg, net, req)
     return Refuse(400, "this is an HTTP proxy: send absolute-form requests "
                   "(GET http://host/path) or CONNECT host:port")
 
 
-def _transparent(cfg: ProxyConfig, dst_ip: str, dst_port: int, req: h11.Request) -> Plan:
+def unreachable(net: NetConfig, host: str | None) -> str | None:
+    """Why an upstream must not be asked for ``host``: an address the VMs may not reach."""
+    dst = None if host is None else named_address(host)
+    if dst is None or host_address(net, dst) is not None:
+        return None
+    return f"{host} is not reachable from the VMs"
+
+
+def _refused(net: NetConfig, host: str | None) -> Refuse | None:
+    reason = unreachable(net, host)
+    return None if reason is None else Refuse(502, f"pyvpnkit: {reason}")
+
+
+def _transparent(
+    cfg: ProxyConfig, net: NetConfig, dst_ip: str, dst_port: int, req: h11.Request
+) -> Plan:
     host_header = header(req, b"host")
     name = None
     if host_header is not None:
@@ -76,6 +99,9 @@ def _transparent(cfg: ProxyConfig, dst_ip: str, dst_port: int, req: h11.Request)
         return Refuse(403, cfg.forbidden_message(name or dst_ip))
     if cfg.http is None or cfg.excluded(name, dst_ip):
         return Forward(req, (dst_ip, dst_port, True), req.target, None)
+    refused = _refused(net, name)
+    if refused is not None:
+        return refused
     host = host_header or authority(dst_ip, dst_port)
     target = req.target
     if target.startswith(b"/"):
@@ -83,7 +109,7 @@ def _transparent(cfg: ProxyConfig, dst_ip: str, dst_port: int, req: h11.Request)
     return Forward(req, (cfg.http.host, cfg.http.port, False), target, cfg.http)
 
 
-def _absolute(cfg: ProxyConfig, req: h11.Request) -> Plan:
+def _absolute(cfg: ProxyConfig, net: NetConfig, req: h11.Request) -> Plan:
     url = req.target.decode("latin-1")
     try:
         parts = urlsplit(url)
@@ -96,7 +122,8 @@ def _absolute(cfg: ProxyConfig, req: h11.Request) -> Plan:
     if not cfg.allowed(host):
         return Refuse(403, cfg.forbidden_message(host))
     if cfg.http is not None and not cfg.excluded(host):
-        return Forward(req, (cfg.http.host, cfg.http.port, False), req.target, cfg.http)
+        return _refused(net, host) or Forward(
+            req, (cfg.http.host, cfg.http.port, False), req.target, cfg.http)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = [(k, v) for k, v in req.headers.raw_items() if k.lower() != b"host"]
     req = h11.Request(method=req.method, target=path,
@@ -104,7 +131,7 @@ def _absolute(cfg: ProxyConfig, req: h11.Request) -> Plan:
     return Forward(req, (host, port, True), req.target, None)
 
 
-def _connect(cfg: ProxyConfig, req: h11.Request) -> Plan:
+def _connect(cfg: ProxyConfig, net: NetConfig, req: h11.Request) -> Plan:
     target = req.target.decode("latin-1")
     where = split_authority(target, None)
     if where is None:
@@ -112,7 +139,8 @@ def _connect(cfg: ProxyConfig, req: h11.Request) -> Plan:
     if not cfg.allowed(where[0]):
         return Refuse(403, cfg.forbidden_message(where[0]))
     if cfg.https is not None and not cfg.excluded(where[0]):
-        return Forward(req, (cfg.https.host, cfg.https.port, False), req.target, cfg.https)
+        return _refused(net, where[0]) or Forward(
+            req, (cfg.https.host, cfg.https.port, False), req.target, cfg.https)
     return ConnectDirect((where[0], where[1], True))
 
 
