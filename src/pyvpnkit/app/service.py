@@ -12,7 +12,9 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
 from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
@@ -20,9 +22,7 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
-from pyvpnkit.links.tap import TapLink
-from pyvpnkit.links.tapdev import open_tap, tap_error
-from pyvpnkit.runtime import sysns
+from pyvpnkit.runtime.capabilities import capabilities, require_namespaces, require_tap
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.executor import Executor
@@ -32,10 +32,12 @@ from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
-from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
+
+if TYPE_CHECKING:  # Linux-only modules are imported where they are used (macOS has none)
+    from pyvpnkit.runtime.netns import Attached, IfaceSetup
 
 log = logging.getLogger("pyvpnkit")
 
@@ -143,6 +145,8 @@ class Service:
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, resolv_conf: str | None = None) -> IfaceSetup:
+        from pyvpnkit.runtime.netns import IfaceSetup
+
         cfg, opts = self.config, self.options
         return IfaceSetup(
             ifname=opts.ifname,
@@ -159,7 +163,10 @@ class Service:
     # -- assembly ------------------------------------------------------------
 
     def _start(self) -> Engine:
-        sysns.tune_malloc()
+        if sys.platform.startswith("linux"):
+            from pyvpnkit.runtime import sysns
+
+            sysns.tune_malloc()
         loop = asyncio.get_running_loop()
         self._contain_callback_errors(loop)
         self.budget = DescriptorBudget.from_limit(raise_nofile_limit(), loop.time)
@@ -223,6 +230,7 @@ class Service:
         assert self.engine is not None
         links = self.engine.links.values()
         return {
+            "platform": capabilities().as_dict(),
             "limits": {
                 "descriptors": self.budget.describe(),
                 "errors_contained": {**self.engine.stats, "callback": self.callback_errors},
@@ -252,6 +260,8 @@ class Service:
 
     def _attach_tap(self, attached: Attached, name: str) -> None:
         """Serve a namespace's TAP; its interface has the first address: reserve it."""
+        from pyvpnkit.links.tap import TapLink
+
         assert self.engine is not None
         link = TapLink(attached.tap_fd, self.engine, self.config.mtu, name=name, vnet_hdr=True)
         ip = self.stack.pool.allocate(mac_key(attached.mac), self.config.lowest_ip)
@@ -283,6 +293,9 @@ class Service:
         which `ip netns exec` shows as /etc/resolv.conf, unless one is there
         already; we remove ours at exit. A namespace given by path is left alone.
         """
+        require_namespaces("--netns")
+        from pyvpnkit.runtime.netns import attach
+
         try:
             attached = attach(name, self.iface_setup())
         except SetupError as exc:
@@ -308,6 +321,9 @@ class Service:
 
     def open_existing_tap(self, name: str) -> int:
         """run --tap: serve a TAP that exists; never create one (that would serve nothing)."""
+        require_tap("--tap")
+        from pyvpnkit.links.tapdev import open_tap, tap_error
+
         try:
             socket.if_nametoindex(name)
         except OSError:
@@ -372,6 +388,8 @@ class Service:
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _pid, status = os.waitpid(attached.pid, 0)
+        from pyvpnkit.runtime.netns import stop_leftovers
+
         if attached.netns_ino and stop_leftovers(
             attached.netns_ino, signal.SIGKILL if self._killed else signal.SIGTERM
         ):
@@ -438,6 +456,8 @@ class Service:
         if attached is not None:
             self._attach_tap(attached, f"netns:{self.options.netns}")
         if tap_fd is not None:
+            from pyvpnkit.links.tap import TapLink
+
             TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.options.tap}", vnet_hdr=True)
         from pyvpnkit.links import start_listener
 
