@@ -13,12 +13,16 @@ from pyvpnkit.runtime.capabilities import capabilities
 FOREIGN = Path(__file__).resolve().parents[1] / "foreign"
 
 
-def _pyvpnkit(*args: str, foreign: bool) -> subprocess.CompletedProcess[str]:
+def _python(*args: str, foreign: bool) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if foreign:
         env["PYTHONPATH"] = str(FOREIGN)
-    return subprocess.run([sys.executable, "-m", "pyvpnkit", *args], env=env,
+    return subprocess.run([sys.executable, *args], env=env,
                           capture_output=True, text=True, timeout=60)
+
+
+def _pyvpnkit(*args: str, foreign: bool) -> subprocess.CompletedProcess[str]:
+    return _python("-m", "pyvpnkit", *args, foreign=foreign)
 
 
 def test_probed_once() -> None:
@@ -58,3 +62,14 @@ def test_namespace_features_say_what_is_missing_in_one_line() -> None:
     for args, why in cases.items():
         out = _pyvpnkit(args[0], "--dns-server", "127.0.0.1#9", *args[1:], foreign=True)
         assert (out.returncode, out.stderr) == (125, f"pyvpnkit: {why}{instead}"), args
+
+
+def test_host_connections_probe_as_tcp_keepalive_says_on_both_hosts() -> None:
+    """TCP_KEEPIDLE on Linux; macOS's TCP_KEEPALIVE where it is missing (the stand-in
+    gives that name Linux's number, so the kernel confirms the value)."""
+    code = ("import socket; from pyvpnkit.runtime.host_tcp import keepalive_options; "
+            "s = socket.socket(); [s.setsockopt(*o) for o in keepalive_options((600, 30, 5))]; "
+            "print(*(s.getsockopt(socket.IPPROTO_TCP, o) for o in (4, 5, 6)))")
+    for foreign in (False, True):
+        out = _python("-c", code, foreign=foreign)
+        assert out.stdout == "600 30 5\n", (foreign, out.stderr)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
-from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
+from pyvpnkit.app.options import DEFAULTS, Options, load_proxy_config, proxy_config
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
@@ -80,6 +80,12 @@ def _remove_when_we_exit(path: str) -> None:
         finally:
             os._exit(0)
     os.close(read_end)  # write_end stays open, not inherited, until we exit
+
+
+def _log_capabilities() -> None:
+    missing = capabilities().missing()
+    if missing:
+        log.info("this host lacks: %s (see pyvpnkit --version)", ", ".join(missing))
 
 
 class Service:
@@ -173,8 +179,10 @@ class Service:
         log.info("host sockets for flows: at most %d", self.budget.capacity)
         engine = Engine(self.stack, loop)
         # The host executors: the engine routes each effect to one of them by type.
+        keepalive = self.options.tcp_keepalive
         self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
-                           settle=engine.settle, budget=self.budget)
+                           settle=engine.settle, budget=self.budget,
+                           keepalive=None if keepalive == DEFAULTS.tcp_keepalive else keepalive)
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
@@ -492,6 +500,7 @@ class Service:
                 await on_started()
             log.info("pyvpnkit running")
             self._announce_ready()
+            asyncio.get_running_loop().call_soon(_log_capabilities)  # probed once, once serving
             await stop.wait()
         for listener in listeners:
             listener.close()

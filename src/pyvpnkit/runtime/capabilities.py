@@ -47,6 +47,15 @@ class Capabilities:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def missing(self) -> list[str]:
+        """The Linux features this host lacks, for one log line at start."""
+        flags = {"TAP devices": self.tap, "network namespaces": self.namespaces,
+                 "IP_RECVERR": self.ip_recverr, "ping sockets": self.icmp == "ping",
+                 "SO_PEEK_OFF": self.so_peek_off, "vnet_hdr": self.vnet_hdr,
+                 "Landlock": self.landlock.startswith("ABI"), "seccomp": self.seccomp,
+                 "inotify": self.inotify}
+        return [name for name, present in flags.items() if not present]
+
     def lines(self) -> list[str]:
         """--version's report: one line per feature."""
         def yes(flag: bool) -> str:
