@@ -110,24 +110,33 @@ def _seccomp() -> bool:
 
 
 @functools.cache
+def has_tap() -> bool:
+    return LINUX and os.path.exists("/dev/net/tun")
+
+
+@functools.cache
+def has_namespaces() -> bool:
+    return LINUX and os.path.exists("/proc/self/ns/net") and _libc_has("setns", "unshare")
+
+
+@functools.cache
 def capabilities() -> Capabilities:
     """The host's capabilities, probed on the first call (a few sockets, no files written)."""
     from pyvpnkit.runtime.errqueue import IP_RECVERR
     from pyvpnkit.runtime.host_icmp import choose_mode
 
-    tap = LINUX and os.path.exists("/dev/net/tun")
     selector = selectors.DefaultSelector.__name__.removesuffix("Selector").lower()
     keepalive = next((n for n in ("TCP_KEEPIDLE", "TCP_KEEPALIVE") if hasattr(socket, n)), "none")
     return Capabilities(
         system=f"{sys.platform} {platform.release()} {platform.machine()}",
         python=platform.python_version(),
         selector=selector,
-        tap=tap,
-        namespaces=LINUX and os.path.exists("/proc/self/ns/net") and _libc_has("setns", "unshare"),
+        tap=has_tap(),
+        namespaces=has_namespaces(),
         ip_recverr=LINUX and _sockopt_works(socket.SOCK_DGRAM, socket.IPPROTO_IP, IP_RECVERR, 1),
         icmp=choose_mode() or "none",
         so_peek_off=LINUX and _sockopt_works(socket.SOCK_STREAM, socket.SOL_SOCKET, SO_PEEK_OFF, 0),
-        vnet_hdr=tap,
+        vnet_hdr=has_tap(),
         landlock=_landlock() if LINUX else "no (Linux only)",
         seccomp=LINUX and _seccomp(),
         inotify=LINUX and _libc_has("inotify_init1", "inotify_add_watch"),
@@ -141,13 +150,13 @@ _INSTEAD = "use run --listen-qemu, --listen-vfkit or --listen-vpnkit"
 
 def require_namespaces(what: str) -> None:
     """Stop ``what`` with one line where network namespaces are missing (macOS)."""
-    if not capabilities().namespaces:
+    if not has_namespaces():
         raise UserError(f"{what} needs Linux network namespaces; {_INSTEAD}", SETUP_FAILED)
 
 
 def require_tap(what: str) -> None:
     """Stop ``what`` with one line where TAP devices are missing (macOS)."""
-    if not capabilities().tap:
+    if not has_tap():
         raise UserError(f"{what} needs a Linux TAP device (/dev/net/tun); {_INSTEAD}",
                         SETUP_FAILED)
 

@@ -45,8 +45,9 @@ ICMP_FILTER = 1
 MAX_READS_PER_WAKEUP = 256
 
 Mode = Literal["ping", "raw", "dgram"]
-# Only Linux's ping sockets map replies to the socket by identifier.
-LINUX_PING_SOCKETS = sys.platform.startswith("linux")
+# Only Linux's ping sockets map replies to the socket by identifier (and only
+# Linux has ICMP_FILTER).
+LINUX = sys.platform.startswith("linux")
 
 def ping_group_range(path: str = PING_GROUP_RANGE) -> tuple[int, int] | None:
     """The (low, high) gids allowed to open ping sockets, or None if unreadable."""
@@ -69,7 +70,7 @@ def _try_socket(kind: int) -> bool:
 def choose_mode(prefer: Literal["auto", "ping", "raw"] = "auto") -> Mode | None:
     """Ping sockets when the sysctl allows us, else a raw socket when permitted."""
     if prefer in ("auto", "ping") and _try_socket(socket.SOCK_DGRAM):
-        return "ping" if LINUX_PING_SOCKETS else "dgram"
+        return "ping" if LINUX else "dgram"
     if prefer in ("auto", "raw") and _try_socket(socket.SOCK_RAW):
         return "raw"
     return None
@@ -266,7 +267,7 @@ class HostIcmp:
             return None
         try:
             sock.setblocking(False)
-            if not v6 and LINUX_PING_SOCKETS:
+            if not v6 and LINUX:
                 wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
                 wanted |= 1 << icmpw.TIME_EXCEEDED
                 # ICMP_FILTER (Linux) blocks the types whose bit is set; a host
