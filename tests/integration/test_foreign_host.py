@@ -6,7 +6,9 @@ process only (no epoll, no Linux socket options or flags, no /proc, /sys or
 as a Mac's Python lacks them. The tests below then run unchanged: QEMU stream
 and vfkit unixgram (and the other transports a Mac has), DHCP, DNS, TCP and
 UDP out, ping, a published port, the API, the gvproxy drop-in with its API and
-the vpnkit drop-in with a vmnet client. Each test file's stack processes take
+the vpnkit drop-in with a vmnet client; and a real QEMU guest (unix stream,
+TCP socket and unix dgram as vfkit's, and on gvproxy's defaults) getting
+its lease and downloading byte-exact. Each test file's stack processes take
 their interpreter from netenv.stack_python(), which adds the stand-in when
 PYVPNKIT_TEST_FOREIGN_HOST=1; clients and servers keep the real host's Python.
 """
@@ -20,7 +22,8 @@ import sys
 
 from tests.integration.netenv import REPO
 
-FILES = ("test_transports.py", "test_gvproxy.py", "test_vpnkit_cli.py")
+FILES = ("test_transports.py", "test_qemu.py", "test_gvproxy.py", "test_gvproxy_qemu.py",
+         "test_vpnkit_cli.py")
 
 
 def test_vm_transport_tests_pass_on_the_foreign_host() -> None:
