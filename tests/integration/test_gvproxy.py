@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netenv import HELPERS, NetEnv, sh, stack_python, wait_for
+from tests.integration.netenv import FOREIGN_RUN, HELPERS, NetEnv, sh, stack_python, wait_for
 
 SSHD = "/usr/sbin/sshd"
 GUEST = "192.168.127.2"
@@ -236,6 +236,7 @@ def test_api_routes_and_the_gateway_forwarder_api_in_the_guest(gv: Setup) -> Non
     assert GUEST_MAC in json.loads(gv.api("GET", "/cam"))
     stats = json.loads(gv.api("GET", "/stats"))
     assert stats["BytesReceived"] > 0 and stats["BytesSent"] > 0
+    assert stats["platform"]["selector"] == ("poll" if FOREIGN_RUN else "epoll")  # the stand-in's
     inside = gv.in_vm("curl", "-sS", "--max-time", "10",
                       "http://192.168.127.1/services/forwarder/all")
     assert {"local": f"127.0.0.1:{SSH_PORT}", "remote": f"{GUEST}:22",
