@@ -115,10 +115,9 @@ class _ForeignSocket(socket.socket):
         if fileno is None:
             if type != -1 and type & _SOCK_FLAGS:
                 raise OSError(errno.EINVAL, "Invalid argument")
-            kind = type & ~_SOCK_FLAGS if type != -1 else type
-            if family == socket.AF_UNIX and kind == socket.SOCK_SEQPACKET:
+            if family == socket.AF_UNIX and type == socket.SOCK_SEQPACKET:
                 raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
-            if kind == socket.SOCK_DGRAM and proto in _ICMP:  # Linux's ping sockets
+            if type == socket.SOCK_DGRAM and proto in _ICMP:  # Linux's ping sockets
                 raise OSError(errno.EACCES, "Permission denied")
         super().__init__(family, type, proto, fileno)
 
