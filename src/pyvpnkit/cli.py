@@ -354,13 +354,24 @@ EPILOG = """exit status: the command's (exec), 128+N if it was killed by signal 
 file, socket), 126 when the command cannot be executed, 127 when it is not found"""
 
 
+class _Version(argparse.Action):
+    """--version: the version, then what this host offers (probed only when asked)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        from pyvpnkit.runtime.capabilities import capabilities
+
+        print("\n".join([f"pyvpnkit {__version__}", *capabilities().lines()]))
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyvpnkit",
         description="User-mode network stack giving VMs and network namespaces the host's network.",
         epilog=EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"pyvpnkit {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version and this host's capabilities, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser(
@@ -459,6 +470,9 @@ def _binfmt_misc_handlers() -> bool:
 
 def run_exec(args: argparse.Namespace, cmd: list[str]) -> int:
     from pyvpnkit.app.service import Service
+    from pyvpnkit.runtime.capabilities import require_namespaces
+
+    require_namespaces("exec")
     from pyvpnkit.runtime import netns
 
     config = build_config(args)

@@ -21,6 +21,19 @@ WORLD_IP6 = "2001:db8::2"
 HOST_WORLD_IP6 = "2001:db8::1"
 REPO = Path(__file__).resolve().parents[2]
 HELPERS = Path(__file__).resolve().parent / "helpers"
+FOREIGN = REPO / "tests" / "foreign"  # the foreign-host stand-in (its sitecustomize.py)
+# Set by test_foreign_host.py for the tests it re-runs: the stack then runs as on a Mac.
+FOREIGN_RUN = os.environ.get("PYVPNKIT_TEST_FOREIGN_HOST") == "1"
+
+
+def stack_python() -> list[str]:
+    """The interpreter command for pyvpnkit itself (never for clients or servers).
+
+    Under the foreign-host stand-in only the stack's Python loses Linux's features.
+    """
+    if FOREIGN_RUN:
+        return ["env", f"PYTHONPATH={FOREIGN}", sys.executable]
+    return [sys.executable]
 
 
 def sh(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -111,11 +124,11 @@ class NetEnv:
 
     def pyvpnkit(self, *args: str) -> list[str]:
         """Command line running pyvpnkit in the host namespace."""
-        return self.cmd("host", sys.executable, "-m", "pyvpnkit", *args)
+        return self.cmd("host", *stack_python(), "-m", "pyvpnkit", *args)
 
     def start_pyvpnkit(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
         """pyvpnkit in the background in the host namespace (stopped at close())."""
-        return self.start("host", sys.executable, "-m", "pyvpnkit", *args, **kw)
+        return self.start("host", *stack_python(), "-m", "pyvpnkit", *args, **kw)
 
     def start_helper(
         self, which: str, script: str, *args: str

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netenv import HELPERS, NetEnv, sh, wait_for
+from tests.integration.netenv import FOREIGN_RUN, HELPERS, NetEnv, sh, stack_python, wait_for
 
 SSHD = "/usr/sbin/sshd"
 GUEST = "192.168.127.2"
@@ -122,7 +122,7 @@ def gv() -> Iterator[Setup]:
         notes = Notifications(str(d / "notify.sock"))
         with (d / "gvproxy.log").open("wb") as log:
             gvproxy = env.start(
-                "host", sys.executable, "-m", "pyvpnkit.gvproxy.cli", "-debug",
+                "host", *stack_python(), "-m", "pyvpnkit.gvproxy.cli", "-debug",
                 "-listen", f"unix://{d}/api.sock", "-listen-qemu", f"unix://{d}/qemu.sock",
                 "-services", f"unix://{d}/svc.sock",
                 "--ssh-port", str(SSH_PORT), "-notification", f"unix://{d}/notify.sock",
@@ -236,6 +236,7 @@ def test_api_routes_and_the_gateway_forwarder_api_in_the_guest(gv: Setup) -> Non
     assert GUEST_MAC in json.loads(gv.api("GET", "/cam"))
     stats = json.loads(gv.api("GET", "/stats"))
     assert stats["BytesReceived"] > 0 and stats["BytesSent"] > 0
+    assert stats["platform"]["selector"] == ("poll" if FOREIGN_RUN else "epoll")  # the stand-in's
     inside = gv.in_vm("curl", "-sS", "--max-time", "10",
                       "http://192.168.127.1/services/forwarder/all")
     assert {"local": f"127.0.0.1:{SSH_PORT}", "remote": f"{GUEST}:22",
@@ -279,7 +280,7 @@ def test_unservable_vm_socket_is_a_hypervisor_error_and_exit_1(netenv: NetEnv) -
     try:
         notes = Notifications(str(d / "notify.sock"))
         out = netenv.run_in(
-            "host", sys.executable, "-m", "pyvpnkit.gvproxy.cli", "-ssh-port", "-1",
+            "host", *stack_python(), "-m", "pyvpnkit.gvproxy.cli", "-ssh-port", "-1",
             "-listen-qemu", f"unix://{d}/missing-dir/qemu.sock", "-hosts", "/dev/null",
             "-dns-server", "127.0.0.1#9", "-notification", f"unix://{d}/notify.sock",
             check=False, timeout=30,

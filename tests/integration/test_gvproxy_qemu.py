@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netenv import NetEnv, sh, wait_for
+from tests.integration.netenv import NetEnv, sh, stack_python, wait_for
 from tests.integration.test_gvproxy import GUEST, GUEST_MAC, Notifications
 from tests.integration.test_qemu import (
     BOOT,
@@ -99,7 +99,7 @@ def test_qemu_guest_on_gvproxy_defaults(netenv: NetEnv, image: BootImage) -> Non
         log = d / "gvproxy.log"
         with log.open("wb") as f:
             gv = netenv.start(
-                "host", sys.executable, "-m", "pyvpnkit.gvproxy.cli", "-listen-qemu", listen,
+                "host", *stack_python(), "-m", "pyvpnkit.gvproxy.cli", "-listen-qemu", listen,
                 "-listen", f"unix://{d}/api.sock", "-notification", f"unix://{d}/notify.sock",
                 "-dns-server", f"127.0.0.1#{dns_port}", "-hosts", "/dev/null", stderr=f,
             )  # fmt: skip

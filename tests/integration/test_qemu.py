@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netenv import NetEnv, exec_args, wait_for
+from tests.integration.netenv import NetEnv, exec_args, stack_python, wait_for
 from tests.integration.qemu_image import ImageError, boot_kernel, build_initramfs, find_kernel
 
 pytestmark = pytest.mark.qemu
@@ -152,7 +152,7 @@ def test_qemu_guest_dhcp_and_download(netenv: NetEnv, boot_image: BootImage, bac
         log = Path(d) / "pyvpnkit.log"
         with log.open("wb") as f:
             pvk = netenv.start(
-                "host", sys.executable, "-m", "pyvpnkit", "run", *exec_args(),
+                "host", *stack_python(), "-m", "pyvpnkit", "run", *exec_args(),
                 "--log-level", "info", *listen, stderr=f,
             )  # fmt: skip
         ready = wait_for(

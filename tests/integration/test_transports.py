@@ -22,13 +22,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.message
+import dns.rdatatype
 import pytest
 
+from pyvpnkit.api.client import ApiClient
 from pyvpnkit.core.ippool import mac_for_uuid
 from pyvpnkit.wire.framing import QEMU, U16LE
 from tests.integration import vmclient
 from tests.integration.helpers.tcp_server import pattern
-from tests.integration.netenv import NetEnv, exec_args, wait_for
+from tests.integration.netenv import (
+    FOREIGN_RUN,
+    WORLD_IP,
+    NetEnv,
+    exec_args,
+    stack_python,
+    wait_for,
+)
 from tests.integration.vmclient import Guest, LinkClosed, VifRefused
 
 SIZE = 100_000
@@ -84,21 +94,23 @@ def _start_switch(env: NetEnv, extra: tuple[str, ...] = ()) -> Switch:
     with log.open("wb") as f:
         proc = env.start(
             "host",
-            sys.executable,
+            *stack_python(),
             "-m",
             "pyvpnkit",
             "run",
             *exec_args(),
             "--log-level",
             "info",
+            "--api",
+            f"unix://{d}/api.sock",
             "--listen-qemu",
             f"unix://{d}/qemu.sock",
             "--listen-qemu",
             f"tcp://127.0.0.1:{QEMU_TCP_PORT}",
             "--listen-vpnkit",
             f"unix://{d}/vpnkit.sock",
-            "--listen-bess",
-            f"unixpacket://{d}/bess.sock",
+            # macOS has no AF_UNIX SOCK_SEQPACKET, so no bess.
+            *(() if FOREIGN_RUN else ("--listen-bess", f"unixpacket://{d}/bess.sock")),
             "--listen-vfkit",
             f"unixgram://{d}/vfkit.sock",
             *extra,
@@ -137,6 +149,8 @@ def _check_lease(lease: vmclient.Lease) -> None:
 @pytest.mark.parametrize("kind", ["qemu", "qemu-tcp", "vpnkit", "bess", "vfkit"])
 def test_transport_dhcp_arp_and_tcp(switch: Switch, kind: str) -> None:
     """The guest runs in the host namespace: tcp://127.0.0.1 is only reachable there."""
+    if kind == "bess" and FOREIGN_RUN:
+        pytest.skip("macOS has no AF_UNIX SOCK_SEQPACKET")
     extra: list[str] = []
     if kind == "vpnkit":
         extra = ["--uuid", UUID_A]
@@ -173,7 +187,7 @@ def test_stdio_transport(netenv: NetEnv) -> None:
     _p, port = netenv.start_helper("host", "tcp_server.py", "127.0.0.1", "0")
     proc = netenv.start(
         "host",
-        sys.executable,
+        *stack_python(),
         "-m",
         "pyvpnkit",
         "run",
@@ -198,6 +212,52 @@ def test_stdio_transport(netenv: NetEnv) -> None:
     # The parent going away (stdin EOF) ends the service, as gvproxy does.
     proc.stdin.close()
     assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_dns_udp_ping_forwarding_and_api_over_qemu(switch: Switch) -> None:
+    """What a Mac's VM uses beyond DHCP and TCP: DNS, UDP and ping out, a published port,
+    the API (its /stats reports the host's capabilities, the foreign host's under the stand-in)."""
+    _p, echo_port = switch.env.start_helper("world", "udp_echo.py", WORLD_IP)
+    guest = switch.guest(name="services")
+    try:
+        lease = guest.dhcp()
+        gw_mac = guest.gateway()
+        query = dns.message.make_query("host.docker.internal", "A")
+        guest.send_udp(gw_mac, GATEWAY, 40053, 53, query.to_wire())
+        answer = dns.message.from_wire(guest.recv_udp(40053)[3])
+        assert [r.to_text() for r in answer.find_rrset(
+            answer.answer, answer.question[0].name, 1, dns.rdatatype.A)] == ["192.168.65.2"]
+        world = socket.inet_aton(WORLD_IP)
+        guest.send_udp(gw_mac, world, 40001, int(echo_port), b"to the world")
+        assert guest.recv_udp(40001)[1:] == (world, int(echo_port), b"to the world")
+        assert guest.ping(world, gw_mac, b"ping the world") == gw_mac
+        assert hashlib.sha256(switch.fetch(guest)).hexdigest() == _expected_sha()
+
+        api = ApiClient(f"unix://{switch.dir}/api.sock")
+        local = "127.0.0.1:47002"
+        body = {"local": local, "remote": f"{socket.inet_ntoa(lease.ip)}:5353", "protocol": "udp"}
+        assert api.request("POST", "/services/forwarder/expose", body)[0] == 200
+        client = switch.env.start(
+            "host", sys.executable, "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.settimeout(10); s.sendto(b'published', ('127.0.0.1', 47002)); print(s.recv(99))",
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        _mac, src, sport, data = guest.recv_udp(5353, timeout=10)
+        assert data == b"published"
+        guest.send_udp(gw_mac, src, 5353, sport, b"published back")
+        out, _ = client.communicate(timeout=10)
+        assert out.strip() == b"b'published back'"
+
+        status, data = api.request("GET", "/stats")
+        platform = json.loads(data)["platform"]
+        assert status == 200 and platform["selector"] == ("poll" if FOREIGN_RUN else "epoll")
+        if FOREIGN_RUN:  # the stand-in took effect in the stack's Python
+            assert not platform["namespaces"] and not platform["ip_recverr"], platform
+            assert platform["tcp_keepalive_idle"] == "TCP_KEEPALIVE", platform
+    finally:
+        guest.close()
+    assert switch.alive() is None, switch.alive()
 
 
 # -- several VMs on one switch --------------------------------------------------------

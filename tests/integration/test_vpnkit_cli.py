@@ -18,7 +18,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import pytest
 
 from tests.integration import vmclient
 from tests.integration.helpers.tcp_server import pattern
-from tests.integration.netenv import WORLD_IP, NetEnv, wait_for
+from tests.integration.netenv import WORLD_IP, NetEnv, stack_python, wait_for
 from tests.integration.vmclient import Guest
 
 SIZE = 200_000
@@ -75,7 +74,7 @@ def start_vpnkit(env: NetEnv, d: str, *flags: str) -> Vpnkit:
     log = Path(d, "vpnkit.log")
     with log.open("wb") as f:
         proc = env.start(
-            "host", sys.executable, "-m", "pyvpnkit.vpnkit_cli",
+            "host", *stack_python(), "-m", "pyvpnkit.vpnkit_cli",
             "--ethernet", f"{d}/vpnkit-ethernet.sock", "--mtu", "1500", *flags,
             "--dns", f"{d}/dns", "--hosts", "/dev/null", "--debug",
             stderr=f,
@@ -165,7 +164,7 @@ def test_host_ip_zero_refuses_the_host_alias(netenv: NetEnv, tmpdir_short: str) 
 
 def test_usage_error_from_the_command(tmpdir_short: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pyvpnkit.vpnkit_cli", "--ethernet", f"{tmpdir_short}/e.sock",
+        [*stack_python(), "-m", "pyvpnkit.vpnkit_cli", "--ethernet", f"{tmpdir_short}/e.sock",
          "--http", f"{tmpdir_short}/http.json"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -12,18 +12,18 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
-from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
+from pyvpnkit.app.options import DEFAULTS, Options, load_proxy_config, proxy_config
 from pyvpnkit.core.conditions import ConditionError
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
-from pyvpnkit.links.tap import TapLink
-from pyvpnkit.links.tapdev import open_tap, tap_error
-from pyvpnkit.runtime import sysns
+from pyvpnkit.runtime.capabilities import capabilities, require_namespaces, require_tap
 from pyvpnkit.runtime.conditions_file import ConditionsWatcher, load_conditions
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
@@ -34,10 +34,12 @@ from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
 from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
-from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach, stop_leftovers
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
 from pyvpnkit.runtime.resolvconf import parse_resolv_conf
+
+if TYPE_CHECKING:  # Linux-only modules are imported where they are used (macOS has none)
+    from pyvpnkit.runtime.netns import Attached, IfaceSetup
 
 log = logging.getLogger("pyvpnkit")
 
@@ -80,6 +82,12 @@ def _remove_when_we_exit(path: str) -> None:
         finally:
             os._exit(0)
     os.close(read_end)  # write_end stays open, not inherited, until we exit
+
+
+def _log_capabilities() -> None:
+    missing = capabilities().missing()
+    if missing:
+        log.info("this host lacks: %s (see pyvpnkit --version)", ", ".join(missing))
 
 
 class Service:
@@ -155,6 +163,8 @@ class Service:
         return text + (f"search {' '.join(search)}\n" if search else "")
 
     def iface_setup(self, resolv_conf: str | None = None) -> IfaceSetup:
+        from pyvpnkit.runtime.netns import IfaceSetup
+
         cfg, opts = self.config, self.options
         return IfaceSetup(
             ifname=opts.ifname,
@@ -171,15 +181,20 @@ class Service:
     # -- assembly ------------------------------------------------------------
 
     def _start(self) -> Engine:
-        sysns.tune_malloc()
+        if sys.platform.startswith("linux"):
+            from pyvpnkit.runtime import sysns
+
+            sysns.tune_malloc()
         loop = asyncio.get_running_loop()
         self._contain_callback_errors(loop)
         self.budget = DescriptorBudget.from_limit(raise_nofile_limit(), loop.time)
         log.info("host sockets for flows: at most %d", self.budget.capacity)
         engine = Engine(self.stack, loop)
         # The host executors: the engine routes each effect to one of them by type.
+        keepalive = self.options.tcp_keepalive
         self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
-                           settle=engine.settle, budget=self.budget)
+                           settle=engine.settle, budget=self.budget,
+                           keepalive=None if keepalive == DEFAULTS.tcp_keepalive else keepalive)
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
@@ -238,6 +253,7 @@ class Service:
         assert self.engine is not None
         links = self.engine.links.values()
         return {
+            "platform": capabilities().as_dict(),
             "limits": {
                 "descriptors": self.budget.describe(),
                 "errors_contained": {**self.engine.stats, "callback": self.callback_errors},
@@ -267,6 +283,8 @@ class Service:
 
     def _attach_tap(self, attached: Attached, name: str) -> None:
         """Serve a namespace's TAP; its interface has the first address: reserve it."""
+        from pyvpnkit.links.tap import TapLink
+
         assert self.engine is not None
         link = TapLink(attached.tap_fd, self.engine, self.config.mtu, name=name, vnet_hdr=True)
         ip = self.stack.pool.allocate(mac_key(attached.mac), self.config.lowest_ip)
@@ -300,6 +318,9 @@ class Service:
         which `ip netns exec` shows as /etc/resolv.conf, unless one is there
         already; we remove ours at exit. A namespace given by path is left alone.
         """
+        require_namespaces("--netns")
+        from pyvpnkit.runtime.netns import attach
+
         try:
             attached = attach(name, self.iface_setup())
         except SetupError as exc:
@@ -325,6 +346,9 @@ class Service:
 
     def open_existing_tap(self, name: str) -> int:
         """run --tap: serve a TAP that exists; never create one (that would serve nothing)."""
+        require_tap("--tap")
+        from pyvpnkit.links.tapdev import open_tap, tap_error
+
         try:
             socket.if_nametoindex(name)
         except OSError:
@@ -389,6 +413,8 @@ class Service:
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _pid, status = os.waitpid(attached.pid, 0)
+        from pyvpnkit.runtime.netns import stop_leftovers
+
         if attached.netns_ino and stop_leftovers(
             attached.netns_ino, signal.SIGKILL if self._killed else signal.SIGTERM
         ):
@@ -455,6 +481,8 @@ class Service:
         if attached is not None:
             self._attach_tap(attached, f"netns:{self.options.netns}")
         if tap_fd is not None:
+            from pyvpnkit.links.tap import TapLink
+
             TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.options.tap}", vnet_hdr=True)
         from pyvpnkit.links import start_listener
 
@@ -489,6 +517,7 @@ class Service:
                 await on_started()
             log.info("pyvpnkit running")
             self._announce_ready()
+            asyncio.get_running_loop().call_soon(_log_capabilities)  # probed once, once serving
             await stop.wait()
         for listener in listeners:
             listener.close()

@@ -33,6 +33,7 @@ from pyvpnkit.gvproxy.front import Front, detach_socket, http_error
 from pyvpnkit.gvproxy.notify import HYPERVISOR_ERROR, READY, Notifier
 from pyvpnkit.gvproxy.sshfwd import SshSocketForward
 from pyvpnkit.links.stream import StreamLink
+from pyvpnkit.runtime.capabilities import capabilities
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.wire.framing import QEMU, U16LE
 
@@ -149,7 +150,8 @@ class Gvproxy:
 
         def gvproxy_stats() -> dict[str, Any]:
             stats = service.stack.stats
-            return {"BytesSent": counter.bytes_out, "BytesReceived": stats.get("bytes_in", 0)}
+            return {"BytesSent": counter.bytes_out, "BytesReceived": stats.get("bytes_in", 0),
+                    "platform": capabilities().as_dict()}
 
         app = api.make_app(forwarder, service.stack, counter=counter, extra_stats=gvproxy_stats)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 
 from pyvpnkit.links.url import ListenAddress
 
@@ -22,6 +23,8 @@ LISTEN_BACKLOG = 64
 # Room for bursts on datagram sockets (gvproxy uses the same sizes for vfkit).
 DGRAM_SNDBUF = 1 * 1024 * 1024
 DGRAM_RCVBUF = 4 * 1024 * 1024
+# sun_path's size, the terminating NUL included: Linux's is 108, macOS's and the BSDs' 104.
+UNIX_PATH_MAX = 108 if sys.platform.startswith("linux") else 104
 
 
 class BoundUnixPath:
@@ -73,6 +76,9 @@ def bind_unix(addr: ListenAddress, sock_type: int) -> tuple[socket.socket, Bound
     assert addr.path is not None
     path = addr.path
     if not addr.is_abstract:
+        if len(os.fsencode(path)) >= UNIX_PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG,
+                          f"unix socket path longer than {UNIX_PATH_MAX - 1} bytes", path)
         remove_stale_unix(path, sock_type)
     sock = socket.socket(socket.AF_UNIX, sock_type)
     try:

@@ -4,6 +4,10 @@ With IP_RECVERR set, the kernel queues every ICMP error (and some local
 errors) that concerns a socket, with the original datagram, its destination
 and the address of the router that reported it. That is what lets the NATs
 tell a VM's traceroute about each hop without a raw socket.
+
+Elsewhere (macOS) the numbers below mean other options and flags, so nothing
+here touches a socket off Linux: no errors are queued, and the NATs learn only
+what a failed send or receive says (ECONNREFUSED, EHOSTUNREACH...).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -19,6 +24,7 @@ from pyvpnkit.core.icmp_errors import kind_from_icmp, kind_from_icmp6
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+LINUX = sys.platform.startswith("linux")
 
 SO_EE_ORIGIN_NONE = 0
 SO_EE_ORIGIN_LOCAL = 1
@@ -90,6 +96,8 @@ def parse_extended_err(
 def read_errqueue(sock: socket.socket, limit: int = 64) -> list[ExtendedError]:
     """Dequeue up to ``limit`` queued errors without blocking."""
     out: list[ExtendedError] = []
+    if not LINUX:
+        return out
     for _ in range(limit):
         try:
             data, ancdata, _flags, addr = sock.recvmsg(65536, _ANC_SIZE, MSG_ERRQUEUE)
@@ -110,6 +118,9 @@ _RECVERR_CMSGS = ((socket.SOL_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVER
 
 
 def enable_recverr(sock: socket.socket) -> bool:
+    """Queue the socket's ICMP errors; False where the host cannot (not Linux)."""
+    if not LINUX:
+        return False
     try:
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)

@@ -5,7 +5,10 @@ the groups in ``net.ipv4.ping_group_range``. The kernel replaces the echo
 identifier with the socket's own, so there is one socket per flow and replies
 are mapped by socket; IP_RECVERR delivers TTL-exceeded and unreachable errors.
 Fallback when that sysctl excludes us but we hold CAP_NET_RAW: one raw socket
-with identifiers we allocate per flow. Otherwise echo requests are dropped
+with identifiers we allocate per flow. macOS and the BSDs let any user open
+SOCK_DGRAM/IPPROTO_ICMP sockets, but these behave as raw ones (every ICMP
+message, the IPv4 header included, the identifier left as sent): there they are
+used the raw way ("dgram" mode). Otherwise echo requests are dropped
 after one warning naming the sysctl. IPv6 echo uses the same two kinds of
 socket with IPPROTO_ICMPV6 (the same sysctl governs both families); the
 kernel computes ICMPv6 checksums on both.
@@ -14,10 +17,12 @@ kernel computes ICMPv6 checksums on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import struct
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +44,10 @@ SOL_RAW = 255
 ICMP_FILTER = 1
 MAX_READS_PER_WAKEUP = 256
 
-Mode = Literal["ping", "raw"]
+Mode = Literal["ping", "raw", "dgram"]
+# Only Linux's ping sockets map replies to the socket by identifier (and only
+# Linux has ICMP_FILTER).
+LINUX = sys.platform.startswith("linux")
 
 def ping_group_range(path: str = PING_GROUP_RANGE) -> tuple[int, int] | None:
     """The (low, high) gids allowed to open ping sockets, or None if unreadable."""
@@ -62,7 +70,7 @@ def _try_socket(kind: int) -> bool:
 def choose_mode(prefer: Literal["auto", "ping", "raw"] = "auto") -> Mode | None:
     """Ping sockets when the sysctl allows us, else a raw socket when permitted."""
     if prefer in ("auto", "ping") and _try_socket(socket.SOCK_DGRAM):
-        return "ping"
+        return "ping" if LINUX else "dgram"
     if prefer in ("auto", "raw") and _try_socket(socket.SOCK_RAW):
         return "raw"
     return None
@@ -104,10 +112,11 @@ class HostIcmp:
         self.budget = budget or DescriptorBudget(1 << 30, self._clock)
         self.mode: Mode | None = choose_mode(mode)
         if self.mode == "raw" and mode == "auto":
+            rng = ping_group_range()
             log.info(
                 "ping sockets not allowed (net.ipv4.ping_group_range %s excludes gid %d): "
                 "using a raw ICMP socket",
-                ping_group_range(),
+                f"{rng[0]} {rng[1]}" if rng else "unreadable",
                 os.getegid(),
             )
         self.stats: Counter[str] = Counter()
@@ -140,7 +149,7 @@ class HostIcmp:
     def _on_echo(self, eff: IcmpEchoSend) -> None:
         if self.mode == "ping":
             self._ping_send(eff)
-        elif self.mode == "raw":
+        elif self.mode is not None:
             self._raw_send(eff)
         else:
             self._warn_disabled()
@@ -251,17 +260,20 @@ class HostIcmp:
         what = "ICMPv6" if v6 else "ICMP"
         family, proto = _family(v6)
         try:
-            sock = socket.socket(family, socket.SOCK_RAW, proto)
+            kind = socket.SOCK_DGRAM if self.mode == "dgram" else socket.SOCK_RAW
+            sock = socket.socket(family, kind, proto)
         except OSError as exc:
             log.warning("cannot open a raw %s socket: %s", what, exc)
             return None
         try:
             sock.setblocking(False)
-            if not v6:
+            if not v6 and LINUX:
                 wanted = (1 << icmpw.ECHO_REPLY) | (1 << icmpw.DEST_UNREACHABLE)
                 wanted |= 1 << icmpw.TIME_EXCEEDED
-                # ICMP_FILTER blocks the types whose bit is set.
-                sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
+                # ICMP_FILTER (Linux) blocks the types whose bit is set; a host
+                # without it wakes us for other types too, which parsing drops.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
             ttl = get_ttl(sock)
             self._loop.add_reader(sock.fileno(), self._raw6_readable if v6 else self._raw_readable)
         except OSError as exc:

@@ -31,6 +31,8 @@ from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 log = logging.getLogger("pyvpnkit.tcp")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# The idle time before keepalive probes: TCP_KEEPIDLE on Linux, TCP_KEEPALIVE on macOS.
+_KEEPIDLE: int | None = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
 # A connect that fails so reaches the VM as the ICMP error that fails its own connect
 # with the same errno; any other failure is an RST (ECONNREFUSED in the VM).
 _UNREACHABLE = {errno.ENETUNREACH: "net_unreachable", errno.EHOSTUNREACH: "host_unreachable"}
@@ -50,6 +52,20 @@ class _HostConn:
     timeout: asyncio.TimerHandle | None = None
 
 
+def keepalive_options(keepalive: tuple[float, float, int] | None) -> list[tuple[int, int, int]]:
+    """setsockopt triples that make host connections probe as --tcp-keepalive says.
+
+    None (the OS's defaults, which --tcp-keepalive's default matches) costs no call
+    per connection. TCP_KEEPINTVL and TCP_KEEPCNT have these names on Linux and macOS.
+    """
+    if keepalive is None or _KEEPIDLE is None:
+        return []
+    idle, interval, count = keepalive
+    return [(socket.IPPROTO_TCP, _KEEPIDLE, max(1, int(idle))),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval))),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)]
+
+
 class HostTcp:
     """Executes the TCP NAT's effects on host sockets and reports what the kernel did."""
 
@@ -61,6 +77,7 @@ class HostTcp:
         connect_timeout: float = 30.0,
         settle: Callable[[], None] | None = None,
         budget: DescriptorBudget | None = None,
+        keepalive: tuple[float, float, int] | None = None,
     ) -> None:
         self.loop = loop
         self.nat = nat
@@ -72,6 +89,7 @@ class HostTcp:
         self.connect_errors: Counter[str] = Counter()  # by errno name, for the metrics
         self.budget = budget or DescriptorBudget(1 << 30, loop.time)
         self.conns: dict[int, _HostConn] = {}
+        self._keepalive = keepalive_options(keepalive)
 
     # -- effects -------------------------------------------------------------
 
@@ -125,8 +143,7 @@ class HostTcp:
             self.connect_timeout, self._connect_failed, conn, errno.ETIMEDOUT
         )
 
-    @staticmethod
-    def _socket_for(eff: TcpOpen) -> tuple[socket.socket, str | tuple[str, int]]:
+    def _socket_for(self, eff: TcpOpen) -> tuple[socket.socket, str | tuple[str, int]]:
         if eff.unix_path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
@@ -137,6 +154,8 @@ class HostTcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A remote peer that vanishes is noticed and reset towards the VM.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for level, option, value in self._keepalive:
+                sock.setsockopt(level, option, value)
             sock.setblocking(False)
         except OSError:
             sock.close()

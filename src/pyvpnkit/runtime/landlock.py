@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
 
 from pyvpnkit.runtime.sysns import libc
 
@@ -49,11 +50,15 @@ def _syscall(number: int, *args: object) -> int:
 
 def abi() -> tuple[int, str]:
     """(ABI version, "") where Landlock works, else (0, why not)."""
+    if not sys.platform.startswith("linux"):
+        return 0, "Linux only"
     numbers = SYSCALLS.get(os.uname().machine)
     if numbers is None:
         return 0, f"not supported by pyvpnkit on {os.uname().machine}"
     try:
         return _syscall(numbers[0], None, ctypes.c_size_t(0), CREATE_RULESET_VERSION), ""
+    except AttributeError:  # a C library without syscall()
+        return 0, "no syscall() in the C library"
     except OSError as exc:
         if exc.errno == errno.ENOSYS:
             return 0, "not built into this kernel"

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import resource
+import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -24,6 +25,8 @@ log = logging.getLogger("pyvpnkit")
 # connections, VM links and listeners, port-forward accepts, pcap, /proc reads.
 RESERVE = 64
 WARN_INTERVAL = 10.0  # seconds between two "out of descriptors" warnings
+# macOS refuses a soft limit above OPEN_MAX when the hard one is unlimited (setrlimit(2)).
+OPEN_MAX = 10240
 
 # Errors meaning "no descriptor or buffer for a new socket right now".
 EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -55,14 +58,16 @@ def _nr_open() -> int:
         with open("/proc/sys/fs/nr_open") as f:
             return int(f.read())
     except (OSError, ValueError):
-        return 1 << 20
+        return 1 << 20 if sys.platform.startswith("linux") else OPEN_MAX
 
 
 def open_descriptors() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 16
+    for fds in ("/proc/self/fd", "/dev/fd"):  # /dev/fd: macOS and the BSDs
+        try:
+            return len(os.listdir(fds))
+        except OSError:
+            pass
+    return 16
 
 
 class Throttle:
