@@ -339,6 +339,7 @@ def service_options(args: argparse.Namespace) -> Options:
         pcap_snaplen=args.pcap_snaplen,
         pcap_listen=tuple(args.pcap_listen),
         publish=tuple(args.publish),
+        forward_source=not args.no_forward_source,
         api=args.api,
         runas=args.runas,
         pid_file=args.pid_file,

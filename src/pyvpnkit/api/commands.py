@@ -52,6 +52,12 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         help="forward a host port to the first VM (repeatable); HOST_IP defaults to 127.0.0.1, "
         "not Docker's 0.0.0.0, so nothing is exposed beyond this machine unless asked",
     )
+    g.add_argument(
+        "--no-forward-source",
+        action="store_true",
+        help="connections forwarded into a VM come from the gateway, not from the client's "
+        "own address (a loopback client shows as the host alias) as by default",
+    )
 
 
 def _add_api_option(p: argparse.ArgumentParser) -> None:

@@ -57,7 +57,8 @@ async def start_service_extras(
     http_proxy: HttpProxy | None = None,
 ) -> ServiceExtras:
     """Start the forwarder, apply --publish and serve --api; on failure log, ``stop()``."""
-    extras = ServiceExtras(Forwarder(engine, stack, host_tcp), engine)
+    forwarder = Forwarder(engine, stack, host_tcp, forward_source=options.forward_source)
+    extras = ServiceExtras(forwarder, engine)
     engine.add_executor(extras.forwarder)
     try:
         for local, remote, protocol in options.publish:

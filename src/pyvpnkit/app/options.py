@@ -57,6 +57,7 @@ class Options:
     pcap_snaplen: int = 65535
     pcap_listen: tuple[str, ...] = ()
     publish: tuple[tuple[str, str, str], ...] = ()  # (local, remote, protocol)
+    forward_source: bool = True  # forwarded flows show the client's address (--no-forward-source)
     api: str | None = None
     # process
     runas: str | None = None

@@ -158,7 +158,7 @@ class Stack:
             config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows, outbox=box
         )
         self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
-        self.udp_forward = UdpForwarder(config, outbox=box)
+        self.udp_forward = UdpForwarder(config, outbox=box, nat_peer=self.udp.has_sent)
         self.icmp = IcmpNat(config, outbox=box)
         self.frag = Reassembler(outbox=box)
         self.last_error = ""
@@ -351,7 +351,8 @@ class Stack:
                 self._dhcp(link, dgram.payload, now)
             elif dst == cfg.dns_ip and dgram.dst_port == DNS_PORT and cfg.serve_dns:
                 self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
-            elif dst == cfg.gateway_ip and self.udp_forward.owns(dgram.dst_port):
+            elif self.udp_forward and self.udp_forward.owns(
+                    pkt.src, dgram.src_port, dst, dgram.dst_port):
                 self.udp_forward.handle(pkt, dgram, now)
             elif dst == cfg.gateway_ip and dst != cfg.host_ip:
                 self._unreachable(pkt, icmpw.PORT_UNREACHABLE)

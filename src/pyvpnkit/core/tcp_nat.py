@@ -27,6 +27,7 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
     HOST_SOCKET,
     HTTP_PROXY,
+    Client,
     Effect,
     HostSide,
     ProxyOpen,
@@ -41,6 +42,7 @@ from pyvpnkit.core.family import (
     gateway_for,
     ip_header,
 )
+from pyvpnkit.core.forwards import forward_source
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
 from pyvpnkit.core.tcp import (
@@ -273,18 +275,28 @@ class TcpNat:
             opts["gso_size"] -= extra
         return opts
 
-    def open_to_vm(self, vm_ip: bytes, vm_port: int, now: float) -> int:
+    def open_to_vm(
+        self, vm_ip: bytes, vm_port: int, now: float, client: Client | None = None
+    ) -> int:
         """Active open into a VM for a port forward; the host socket is already connected.
 
-        The VM sees the connection coming from the gateway address and a fresh
-        port. Returns the flow id the runtime uses for the accepted socket.
+        The VM sees the connection coming from ``client`` (the host peer) as
+        ``forward_source`` maps it, with the client's port unless that
+        four-tuple is taken (a flow of the VM's own to that address and port,
+        or another client shown by the same address); without a client, or
+        when the gateway stands in, from the gateway and a fresh port.
+        Returns the flow id the runtime uses for the accepted socket.
         """
         gw = gateway_for(self.config, vm_ip)
-        port = self._free_gateway_port(vm_ip, vm_port)
-        flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now)
+        src = gw if client is None else forward_source(self.config, vm_ip, client[0])
+        if src != gw and client is not None and (vm_ip, vm_port, src, client[1]) not in self.flows:
+            port = client[1]
+        else:
+            port = self._free_port(vm_ip, vm_port, src)
+        flow = Flow(self._next_id, (vm_ip, vm_port, src, port), None, started=now)
         self._next_id += 1
         flow.conn = TcpConnection(
-            local_ip=gw,
+            local_ip=src,
             local_port=port,
             remote_ip=vm_ip,
             remote_port=vm_port,
@@ -296,11 +308,10 @@ class TcpNat:
         self._dirty.add(flow.flow_id)
         return flow.flow_id
 
-    def _free_gateway_port(self, vm_ip: bytes, vm_port: int) -> int:
-        gw = gateway_for(self.config, vm_ip)
+    def _free_port(self, vm_ip: bytes, vm_port: int, src: bytes) -> int:
         for _ in range(64):
             self._next_port = 32768 + (self._next_port - 32768 + 1) % 28232
-            if (vm_ip, vm_port, gw, self._next_port) not in self.flows:
+            if (vm_ip, vm_port, src, self._next_port) not in self.flows:
                 return self._next_port
         raise RuntimeError("no free gateway port for a forwarded connection")
 

@@ -25,7 +25,7 @@ from pyvpnkit.core.family import IpPacket, fragment, gateway_for, hop_limit, ip_
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.core.routes import HOST_LOOPBACK, HOST_LOOPBACK6, is_routable, route
+from pyvpnkit.core.routes import HOST_LOOPBACK, host_view, is_routable, route
 from pyvpnkit.wire.ipv4 import PROTO_UDP
 from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp, build_udp
 
@@ -126,21 +126,7 @@ class NatBase(IdleFlows[NatFlow]):
         return view
 
     def _view_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes | None:
-        cfg = self.config
-        if isinstance(addr, ipaddress.IPv4Address):
-            if str(addr) == HOST_LOOPBACK:
-                return cfg.host_ip if cfg.host_loopback else None
-            if addr.is_loopback or addr.is_unspecified or cfg.in_subnet(addr.packed):
-                return None
-            return addr.packed
-        v6 = cfg.ipv6
-        if v6 is None:
-            return None
-        if str(addr) == HOST_LOOPBACK6:
-            return v6.host_ip if cfg.host_loopback else None
-        if not is_routable(cfg, addr.packed) or v6.in_subnet(addr.packed):
-            return None
-        return addr.packed
+        return host_view(self.config, addr)
 
     def _error_source(self, origin_ip: str | None, fallback: bytes) -> bytes:
         if origin_ip:
@@ -182,6 +168,12 @@ class UdpNat(NatBase):
     def flow_of(self, vm_ip: bytes, vm_port: int) -> int | None:
         flow = self._by_endpoint.get((vm_ip, vm_port))
         return None if flow is None else flow.flow_id
+
+    def has_sent(self, vm_ip: bytes, vm_port: int, dst: bytes, dst_port: int) -> bool:
+        """True if the VM's socket vm_ip:vm_port sent to dst:dst_port lately (among
+        the destinations its flow remembers): the NAT's half of a four-tuple."""
+        flow = self._by_endpoint.get((vm_ip, vm_port))
+        return flow is not None and (dst, dst_port) in flow.originals
 
     def handle(self, pkt: IpPacket, dgram: UdpDatagram, now: float) -> None:
         """A (reassembled) datagram from a VM to an address outside the stack."""
