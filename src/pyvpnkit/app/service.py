@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
 from pyvpnkit.app.options import Options, load_proxy_config, proxy_config
+from pyvpnkit.app.vpnkit_files import load_vpnkit_files
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
@@ -120,6 +121,7 @@ class Service:
             max_pending_connects=opts.max_pending_connects,
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
+        self.vpnkit_files = load_vpnkit_files(self.stack, opts)  # --gateway-forwards, --dhcp-path
         self.proxy_watch: ConfigWatcher | None = None
         self.engine: Engine | None = None
         self.extras: ServiceExtras | None = None
@@ -182,6 +184,8 @@ class Service:
             self.proxy_watch = ConfigWatcher(options.http, lambda text: proxy_config(options, text),
                                              self.http_proxy.set_config)
             self.proxy_watch.start(loop)
+        for polled in self.vpnkit_files:
+            polled.start(loop)
         if self.dns_mode == "host":
             executors.append(HostResolver(loop, self.stack.dns, engine.wake))
         for executor in executors:
@@ -269,6 +273,8 @@ class Service:
             self.engine.close()
         if self.proxy_watch is not None:
             self.proxy_watch.close()
+        for polled in self.vpnkit_files:
+            polled.close()
         if self.pcap is not None:
             self.pcap.close()
         for listener in getattr(self, "pcap_listeners", ()):

@@ -21,6 +21,7 @@ from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.family import quote
+from pyvpnkit.core.gateway_forwards import GatewayForwards
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
@@ -140,11 +141,13 @@ class Stack:
         )
         self._dns_tcp = _DnsOverTcp(self)
         self.http_proxy = ProxyConfig()  # the runtime swaps in the configured one
+        self.gateway_forwards = GatewayForwards()  # vpnkit's; the runtime fills it
         self.tcp = TcpNat(
             config,
             iss=lambda: self._rng.getrandbits(32),
             local_service=self._local_service,
             proxy_mode=self._proxy_mode,
+            gateway_forward=self._gateway_forward_tcp,
             checksum=tcp_checksums,
             redirects=tcp_redirects,
             keepalive=tcp_keepalive,
@@ -349,6 +352,9 @@ class Stack:
             dgram = parse_udp(pkt.payload, pkt.src, dst, self._check)
             if dgram.dst_port == DHCP_SERVER_PORT and dst in (cfg.gateway_ip, LIMITED_BROADCAST):
                 self._dhcp(link, dgram.payload, now)
+            elif dst == cfg.gateway_ip and self.gateway_forwards and (
+                    forward := self.gateway_forwards.lookup("udp", dgram.dst_port)):
+                self.udp.handle(pkt, dgram, now, forward)
             elif dst == cfg.dns_ip and dgram.dst_port == DNS_PORT and cfg.serve_dns:
                 self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
             elif self.udp_forward and self.udp_forward.owns(
@@ -395,6 +401,12 @@ class Stack:
         return self._dns_tcp if ours and port == DNS_PORT and cfg.serve_dns else None
 
     # -- frames out ----------------------------------------------------------
+
+    def _gateway_forward_tcp(self, ip: bytes, port: int) -> tuple[str, int] | None:
+        """Where a VM connection to ip:port goes under vpnkit's gateway forwards, if anywhere."""
+        if ip != self.config.gateway_ip or not self.gateway_forwards:
+            return None
+        return self.gateway_forwards.lookup("tcp", port)
 
     def _proxy_mode(self, ip: bytes, port: int) -> str | None:
         """Which VM connections the HTTP proxy serves: the gateway's proxy port, and

@@ -132,6 +132,7 @@ class TcpNat:
         iss: Callable[[], int],
         local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
         proxy_mode: Callable[[bytes, int], str | None] = lambda ip, port: None,
+        gateway_forward: Callable[[bytes, int], tuple[str, int] | None] = lambda ip, port: None,
         rcv_buffer: int = 2 << 20,
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
@@ -148,6 +149,7 @@ class TcpNat:
         self._iss = iss
         self._local_service = local_service
         self._proxy_mode = proxy_mode
+        self._gateway_forward = gateway_forward
         # Options every connection gets, whichever side opens it. Links that
         # segment for us (TSO) take packets up to the IPv4 maximum. Paused host
         # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
@@ -208,16 +210,21 @@ class TcpNat:
         cfg = self.config
         flow = Flow(self._next_id, key, seg, started=now)
         self._next_id += 1
-        local = self._local_service(pkt.dst, seg.dst_port)
+        port = seg.dst_port
+        forward = self._gateway_forward(pkt.dst, port)  # vpnkit's gateway forwards go first
+        local = None if forward is not None else self._local_service(pkt.dst, port)
         if local is not None:
             flow.local = local
             flow.host_open = False
             self._register(flow)
             self._accept(flow, now)
             return
-        path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
+        path = next((r.path for r in self.redirects if r.matches(pkt.dst, port)), None)
         host = "" if path is not None else route(cfg, pkt.dst)[0]
-        mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
+        mode = None if path is not None else self._proxy_mode(pkt.dst, port)
+        if forward is not None:
+            host, port = forward
+            mode = None
         if mode is not None:
             # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
             flow.side = HTTP_PROXY
@@ -239,7 +246,7 @@ class TcpNat:
         self._connecting.setdefault(pkt.src, {})[flow.flow_id] = flow
         flow.connecting = True
         self.stats["opened"] += 1
-        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port, path))
+        self._effects.append(TcpOpen(flow.flow_id, host, port, path))
 
     def _register(self, flow: Flow) -> None:
         self.flows[flow.key] = flow

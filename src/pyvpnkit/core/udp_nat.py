@@ -47,6 +47,8 @@ class _UdpFlow(NatFlow):
     vm_port: int = 0
     # (dst as the VM saw it, dst port) -> IP header + UDP header it last sent
     originals: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
+    # gateway forwards it used: (host ip, port) -> (gateway, port) its answers come from
+    intercepts: dict[tuple[str, int], tuple[bytes, int]] | None = None
 
 
 class NatBase(IdleFlows[NatFlow]):
@@ -175,13 +177,19 @@ class UdpNat(NatBase):
         flow = self._by_endpoint.get((vm_ip, vm_port))
         return flow is not None and (dst, dst_port) in flow.originals
 
-    def handle(self, pkt: IpPacket, dgram: UdpDatagram, now: float) -> None:
-        """A (reassembled) datagram from a VM to an address outside the stack."""
+    def handle(
+        self, pkt: IpPacket, dgram: UdpDatagram, now: float,
+        forward: tuple[str, int] | None = None,
+    ) -> None:
+        """A (reassembled) datagram from a VM to an address outside the stack, or with
+        ``forward`` to a gateway port that vpnkit's gateway forwards send to that host
+        address (its answers then come from the gateway port)."""
         if pkt.is_fragment or dgram.src_port == 0 or dgram.dst_port == 0:
             self.stats["drop_invalid"] += 1
             return
         dst = pkt.dst
-        routed = self._routes.get(dst)
+        dst_port = dgram.dst_port
+        routed = self._routes.get(dst) if forward is None else (forward[0], None, None)
         if routed is None:
             routed = route(self.config, dst)  # a pure function of the address: cached
             if len(self._routes) >= _ADDR_CACHE:
@@ -217,8 +225,13 @@ class UdpNat(NatBase):
         elif len(originals) >= _ORIGINALS_PER_FLOW:
             originals.popitem(last=False)
         originals[dst_key] = original
+        if forward is not None:
+            dst_port = forward[1]
+            if flow.intercepts is None:
+                flow.intercepts = {}
+            flow.intercepts[forward] = (dst, dgram.dst_port)
         self._box.effects.append(
-            UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), ttl - 1)
+            UdpSend(flow.flow_id, host, dst_port, dgram.payload.tobytes(), ttl - 1)
         )
 
     def host_datagram(
@@ -234,9 +247,13 @@ class UdpNat(NatBase):
         if not isinstance(flow, _UdpFlow):
             self.stats["drop_unknown_flow"] += 1
             return
-        src = self._addr_cache.get(src_ip, b"")
-        if src == b"":
-            src = self._vm_view(src_ip)
+        src: bytes | None
+        if flow.intercepts is not None and (src_ip, src_port) in flow.intercepts:
+            src, src_port = flow.intercepts[(src_ip, src_port)]
+        else:
+            src = self._addr_cache.get(src_ip, b"")
+            if src == b"":
+                src = self._vm_view(src_ip)
         vm_ip = flow.vm_ip
         v4 = len(vm_ip) == 4
         if (

@@ -72,9 +72,12 @@ class Forwarder:
     """Exposes host ports into the stack's VMs; the API and --publish drive it."""
 
     def __init__(
-        self, engine: Engine, stack: Stack, host_tcp: HostTcp, forward_source: bool = True
+        self, engine: Engine, stack: Stack, host_tcp: HostTcp, forward_source: bool = True,
+        backlog: int | None = None, allowed_binds: tuple[str, ...] = (),
     ) -> None:
         self.forward_source = forward_source  # the default of each expose (--no-forward-source)
+        self.backlog = backlog or socket.SOMAXCONN  # --listen-backlog
+        self.allowed_binds = allowed_binds  # --allowed-bind-addresses; (): any
         self.engine = engine
         self.stack = stack
         self.host_tcp = host_tcp  # accepted clients are handed to it whole
@@ -157,6 +160,9 @@ class Forwarder:
 
     def _listen_inet(self, lst: _Listener) -> None:
         host, port = split_host_port(lst.local, "local")
+        if self.allowed_binds and host not in self.allowed_binds:
+            raise ForwardError(f"listen {lst.protocol} {lst.local}: {host} is not among "
+                               f"--allowed-bind-addresses {','.join(self.allowed_binds)}", 403)
         kind = socket.SOCK_STREAM if lst.protocol == "tcp" else socket.SOCK_DGRAM
         sock = self._bind(host, port, kind, lst.protocol, lst.local)
         port = sock.getsockname()[1]
@@ -184,7 +190,7 @@ class Forwarder:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
             if kind == socket.SOCK_STREAM:
-                sock.listen(socket.SOMAXCONN)
+                sock.listen(self.backlog)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
