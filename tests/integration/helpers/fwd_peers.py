@@ -13,7 +13,8 @@
 Control commands (one line each, one reply line): "tcp-out IP PORT" connects from the VM's
 port 8080 to IP:PORT and returns the first line; "tcp-out-again" sends one more line on
 it and returns the echo; "udp-out IP PORT" sends from the VM's port 8081 to IP:PORT and
-returns the answer's source and text.
+returns the answer's source and text; "tcp-ask IP PORT" and "udp-ask IP PORT" send "ping"
+there and return the answer (or the error's name).
 """
 
 from __future__ import annotations
@@ -96,9 +97,25 @@ def vm(control: str) -> None:
                 udp.sendto(b"out", (args[0], int(args[1])))
                 got_answer.wait(10)
                 reply = " ".join(answers[-1]) if answers else "none"
+            elif cmd in ("tcp-ask", "udp-ask"):
+                reply = _ask(cmd == "tcp-ask", args[0], int(args[1]))
             else:
                 reply = f"bad command {cmd}"
             f.write(reply + "\n")
+
+
+def _ask(tcp: bool, host: str, port: int) -> str:
+    try:
+        if tcp:
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.sendall(b"ping\n")
+                return s.makefile().readline().strip()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"ping", (host, port))
+            return s.recv(100).decode().strip()
+    except OSError as exc:
+        return type(exc).__name__
 
 
 def echo(host: str, port: int) -> None:
