@@ -14,7 +14,8 @@ from pyvpnkit.core.gateway_forwards import GatewayForward, GatewayForwards, pars
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.wire.dnsquestion import parse_query
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet, parse_ethernet
-from pyvpnkit.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
+from pyvpnkit.wire.icmp import ECHO_REPLY, ECHO_REQUEST, build_icmp, parse_icmp
+from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
 from pyvpnkit.wire.tcp import SYN, build_tcp
 from pyvpnkit.wire.udp import build_udp, parse_udp
 
@@ -110,3 +111,28 @@ def test_dns_zones_pick_the_servers() -> None:
     assert first_server("corp.example") == ("10.0.0.2", 53)
     assert first_server("notcorp.example") == ("10.0.0.1", 53)
     assert first_server("example") == ("10.0.0.1", 53)
+
+
+# -- gvproxy's NAT table and gateway virtual IPs ----------------------------------
+
+VIP = ip4("192.168.65.200")
+
+
+def test_nat_table_sends_flows_to_a_virtual_ip_on_to_the_host_address() -> None:
+    stack = Stack(NetConfig(ipv6=None, nat=((VIP, "10.9.8.7"),), virtual_ips=(VIP,)))
+    syn = build_tcp(VM, VIP, 40000, 22, 1000, 0, SYN, 65535)
+    _frames, effects = from_vm(stack, build_ipv4(VM, VIP, PROTO_TCP, syn))
+    assert [e for e in effects if isinstance(e, TcpOpen)] == [TcpOpen(1, "10.9.8.7", 22, None)]
+    _frames, effects = from_vm(stack, build_ipv4(VM, VIP, PROTO_UDP,
+                                                 build_udp(VM, VIP, 4000, 53, b"q")))
+    sent = effects[-1]
+    assert isinstance(sent, UdpSend) and (sent.dst_ip, sent.dst_port) == ("10.9.8.7", 53)
+    stack.udp.host_datagram(sent.flow_id, "10.9.8.7", 53, b"a", 2.0)
+    ((_link, frame),), _ = stack.drain(2.0)
+    pkt = parse_ipv4(parse_ethernet(frame).payload)
+    assert (pkt.src, parse_udp(pkt.payload, pkt.src, pkt.dst).src_port) == (VIP, 53)
+    assert stack.pool.owner(VIP) is None and VIP not in stack.pool.leases().values()
+    ping = build_icmp(ECHO_REQUEST, 0, b"\x00\x01\x00\x01", b"hi")
+    ((_link, frame),), _ = from_vm(stack, build_ipv4(VM, VIP, PROTO_ICMP, ping))
+    pkt = parse_ipv4(parse_ethernet(frame).payload)
+    assert pkt.src == VIP and parse_icmp(pkt.payload).type == ECHO_REPLY

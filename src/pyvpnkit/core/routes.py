@@ -58,6 +58,11 @@ def host_view(
     return addr.packed
 
 
+def nat_target(config: NetConfig, dst: bytes) -> str | None:
+    """The host address gvproxy's NAT table maps a virtual IP to, if any."""
+    return next((host for vip, host in config.nat if vip == dst), None)
+
+
 def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes | None]:
     """Where a VM packet to ``dst`` goes: (host address, None, None) to forward,
     (None, error kind, ICMP source) to refuse, or (None, None, None) to drop."""
@@ -67,6 +72,10 @@ def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes 
         if config.host_loopback:
             return HOST_LOOPBACK, None, None
         return None, "admin_prohibited", dst
+    if config.nat:
+        host = nat_target(config, dst)
+        if host is not None:
+            return host, None, None
     if not is_routable(config, dst):
         return None, None, None
     if config.blocked and _blocked(config.blocked, dst):

@@ -28,7 +28,7 @@ from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.core.routes import route
+from pyvpnkit.core.routes import nat_target, route
 from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
@@ -129,7 +129,8 @@ class Stack:
         self.pool = AddressPool(
             config.lowest_ip,
             config.highest_ip,
-            reserved=(config.gateway_ip, config.host_ip, config.dns_ip),
+            reserved=(config.gateway_ip, config.host_ip, config.dns_ip, *config.virtual_ips,
+                      *(vip for vip, _host in config.nat)),
         )
         self.vms: dict[bytes, Vm] = {}
         self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
@@ -355,6 +356,8 @@ class Stack:
             elif dst == cfg.gateway_ip and self.gateway_forwards and (
                     forward := self.gateway_forwards.lookup("udp", dgram.dst_port)):
                 self.udp.handle(pkt, dgram, now, forward)
+            elif cfg.nat and (host := nat_target(cfg, dst)) is not None:
+                self.udp.handle(pkt, dgram, now, (host, dgram.dst_port))  # answers from dst
             elif dst == cfg.dns_ip and dgram.dst_port == DNS_PORT and cfg.serve_dns:
                 self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
             elif self.udp_forward and self.udp_forward.owns(
@@ -370,7 +373,7 @@ class Stack:
             msg = parse_icmp(pkt.payload, self._check)
             if msg.type != icmpw.ECHO_REQUEST:
                 self.stats["drop_icmp_type"] += 1
-            elif dst in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip):
+            elif dst in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip) or dst in cfg.virtual_ips:
                 reply = build_icmp(icmpw.ECHO_REPLY, 0, msg.rest, msg.payload)
                 self._route(ipv4_header(dst, pkt.src, PROTO_ICMP, len(reply)) + reply)
             else:

@@ -47,7 +47,7 @@ class _UdpFlow(NatFlow):
     vm_port: int = 0
     # (dst as the VM saw it, dst port) -> IP header + UDP header it last sent
     originals: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
-    # gateway forwards it used: (host ip, port) -> (gateway, port) its answers come from
+    # rewritten destinations it used: (host ip, port) -> (address, port) the VM sent to
     intercepts: dict[tuple[str, int], tuple[bytes, int]] | None = None
 
 
@@ -181,9 +181,9 @@ class UdpNat(NatBase):
         self, pkt: IpPacket, dgram: UdpDatagram, now: float,
         forward: tuple[str, int] | None = None,
     ) -> None:
-        """A (reassembled) datagram from a VM to an address outside the stack, or with
-        ``forward`` to a gateway port that vpnkit's gateway forwards send to that host
-        address (its answers then come from the gateway port)."""
+        """A (reassembled) datagram from a VM to an address outside the stack. With
+        ``forward`` (host address, port) its destination was rewritten (vpnkit's gateway
+        forwards, gvproxy's NAT table): answers from there come from where the VM sent."""
         if pkt.is_fragment or dgram.src_port == 0 or dgram.dst_port == 0:
             self.stats["drop_invalid"] += 1
             return
