@@ -27,6 +27,7 @@ from pyvpnkit.api.server import FrameCounter, make_app, start_api
 from pyvpnkit.app.extras import start_service_extras
 from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig, ip4
+from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link
 from pyvpnkit.runtime.engine import Engine
@@ -38,6 +39,7 @@ from pyvpnkit.runtime.forwarder import (
     split_host_port,
 )
 from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.port_expiry import PortExpiry
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet, parse_ethernet
 from pyvpnkit.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
 from pyvpnkit.wire.tcp import ACK, RST, SYN, build_tcp, parse_tcp
@@ -576,3 +578,52 @@ def test_cli_publish_option_is_validated(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         cli.make_parser().parse_args(["run", "--api", "http://x", "--tap", "t"])
     assert dispatch(argparse.Namespace(command="exec")) is None
+
+
+@run
+async def test_allowed_bind_addresses_and_backlog(env: Env, client: TestClient) -> None:
+    fwd = Forwarder(env.engine, env.stack, env.host_tcp, backlog=3,
+                    allowed_binds=("127.0.0.1",))
+    try:
+        with pytest.raises(ForwardError, match="not among --allowed-bind-addresses 127.0.0.1"):
+            fwd.expose("0.0.0.0:0", ":80")
+        info = fwd.expose("127.0.0.1:0", ":80")
+        assert fwd.backlog == 3 and info["local"].startswith("127.0.0.1:")
+    finally:
+        fwd.close()
+
+
+class ClosingVm(FakeVm):
+    """A VM link that reports its close to the engine, as real links do."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine.link_closed(self)
+
+
+def test_port_max_idle_time_closes_quiet_vm_links() -> None:
+    async def main() -> None:
+        env = Env()
+        quiet, busy = ClosingVm(env.engine), ClosingVm(env.engine)
+        quiet.mac = VM_MAC
+        env.engine.link_opened(quiet)
+        env.engine.link_opened(busy)
+        env.stack.pool.allocate(mac_key(VM_MAC), VM)
+        expiry = PortExpiry(env.engine, 0.5)  # swept every 0.25 s
+        try:
+            for _ in range(30):  # 1.5 s: the busy link sends, the quiet one does not
+                env.engine.frame_received(busy, b"\xff" * 6 + VM_MAC + b"\x08\x06" + bytes(28))
+                await asyncio.sleep(0.05)
+            assert quiet.closed and not busy.closed and env.engine.link_id(busy) is not None
+            assert env.stack.pool.owner(VM) is None  # its VIF's lease ended
+        finally:
+            expiry.close()
+            env.engine.close()
+
+    asyncio.run(main())
