@@ -53,7 +53,7 @@ def servers(echo_server: str, stop: str) -> str:
     """The servers inside the namespace, bound to all its addresses, until `stop` exists."""
     echo = f"{sys.executable} -c {shlex.quote(echo_server)} 5202 5203 5204 any"
     return (f"iperf3 -s -p 5201 >/dev/null 2>&1 & A=$!; {echo} >/dev/null 2>&1 & B=$!; "
-            f"while [ ! -e {stop} ]; do sleep 0.2; done; kill $A $B")
+            f"while [ ! -e {stop} ]; do sleep 0.2; done; kill $A $B 2>/dev/null")
 
 
 def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = None) -> str:
