@@ -106,7 +106,3 @@ class GatewayForwards:
     def lookup(self, protocol: str, port: int) -> tuple[str, int] | None:
         """Where gateway:port goes on the host, or None."""
         return self._table.get((protocol, port))
-
-    @property
-    def entries(self) -> tuple[GatewayForward, ...]:
-        return self._static + self._dynamic

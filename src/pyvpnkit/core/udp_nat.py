@@ -121,14 +121,11 @@ class NatBase(IdleFlows[NatFlow]):
         except ValueError:
             view = None
         else:
-            view = self._view_of(addr)
+            view = host_view(self.config, addr)
         if len(self._addr_cache) >= _ADDR_CACHE:
             self._addr_cache.clear()
         self._addr_cache[host_addr] = view
         return view
-
-    def _view_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes | None:
-        return host_view(self.config, addr)
 
     def _error_source(self, origin_ip: str | None, fallback: bytes) -> bytes:
         if origin_ip:
@@ -229,6 +226,8 @@ class UdpNat(NatBase):
             dst_port = forward[1]
             if flow.intercepts is None:
                 flow.intercepts = {}
+            elif len(flow.intercepts) >= _ORIGINALS_PER_FLOW and forward not in flow.intercepts:
+                del flow.intercepts[next(iter(flow.intercepts))]  # bounded as originals are
             flow.intercepts[forward] = (dst, dgram.dst_port)
         self._box.effects.append(
             UdpSend(flow.flow_id, host, dst_port, dgram.payload.tobytes(), ttl - 1)
