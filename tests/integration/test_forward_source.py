@@ -76,8 +76,9 @@ def tcp_clients(netenv: NetEnv, which: str, dst: str, port: int, lport: int,
     return out
 
 
-def udp_ask(netenv: NetEnv, which: str, dst: str, lport: int, src: str = "0.0.0.0") -> str:
-    res = netenv.run_in(which, sys.executable, "-c", UDP_ASK, dst, "18081", str(lport), src,
+def udp_ask(netenv: NetEnv, which: str, dst: str, lport: int, src: str = "0.0.0.0",
+            port: int = 18081) -> str:
+    res = netenv.run_in(which, sys.executable, "-c", UDP_ASK, dst, str(port), str(lport), src,
                         check=False, timeout=15)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
@@ -115,6 +116,9 @@ def test_clients_keep_their_address(netenv: NetEnv, tmp_path: Path) -> None:
     assert udp_ask(netenv, "world", HOST_WORLD_IP, 41010, WORLD_IP_2) == \
         f"peer={WORLD_IP_2}:41010"
     assert udp_ask(netenv, "world", HOST_WORLD_IP6, 41011).startswith(f"peer={GATEWAY}:")
+    ApiClient(api).expose("[::]:18091", "[fd42:7076:6b69::3]:8081", "udp")
+    assert udp_ask(netenv, "world", HOST_WORLD_IP6, 41012, port=18091) == \
+        f"peer=[{WORLD_IP6}]:41012"
 
     # Loopback clients are the host alias; 127.0.0.1 and ::1 on one port do not collide.
     (lo,) = tcp_clients(netenv, "host", "127.0.0.1", 18080, 41020, "127.0.0.1")

@@ -306,3 +306,23 @@ def test_stack_keeps_forwards_and_the_nat_apart() -> None:
     _frames, effects = stack.drain(3.0)
     assert effects[0] == UdpForwardReply(7, WORLD, b"to forward")
     assert type(effects[1]).__name__ == "UdpSend" and effects[1].payload == b"to nat"
+
+
+def test_ipv6_vm_and_client() -> None:
+    """A forward into a VM's IPv6 address: IPv6 packets from the client's IPv6 address."""
+    from pyvpnkit.wire.ipv6 import parse_ipv6
+
+    cfg = NetConfig()
+    assert cfg.ipv6 is not None
+    vm6 = cfg.ipv6.lowest_ip
+    fwd = UdpForwarder(cfg)
+    fwd.add(1, vm6, 53, keep_source=True)
+    fwd.host_datagram(1, ("2001:db8::9", 4000), b"q", 0.0)
+    fwd.host_datagram(1, ("203.0.113.9", 4000), b"r", 0.0)  # an IPv4 client: the gateway
+    (p1, p2), _ = fwd.drain()
+    pkt1, pkt2 = parse_ipv6(p1), parse_ipv6(p2)
+    d1 = parse_udp(pkt1.payload, pkt1.src, pkt1.dst)
+    assert (pkt1.src, d1.src_port, pkt1.dst, d1.dst_port) == (
+        bytes.fromhex("20010db8000000000000000000000009"), 4000, vm6, 53)
+    assert pkt2.src == cfg.ipv6.gateway_ip and bytes(d1.payload) == b"q"
+    assert fwd.owns(vm6, 53, pkt1.src, 4000)

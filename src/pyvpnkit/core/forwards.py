@@ -132,7 +132,7 @@ def vm_target(config: NetConfig, remote: str) -> tuple[bytes | None, int]:
     addr = ipaddress.ip_address(host)
     v6 = config.ipv6
     if addr.version == 6 and v6 is not None:
-        # A VM's IPv6 address in our prefix (not the stack's own): TCP forwards only.
+        # A VM's IPv6 address in our prefix (not the stack's own).
         if not v6.in_subnet(addr.packed) or addr.packed in (v6.gateway_ip, v6.host_ip) \
                 or addr == v6.subnet.network_address:
             raise ForwardError(f"bad remote {remote!r}: not a VM address in {v6.subnet}")

@@ -304,7 +304,12 @@ class Stack:
         if proto == PROTO_TCP:
             self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, pkt.dst, self._check), now)
         elif proto == PROTO_UDP:
-            self.udp.handle(pkt, parse_udp(pkt.payload, pkt.src, pkt.dst, self._check), now)
+            dgram = parse_udp(pkt.payload, pkt.src, pkt.dst, self._check)
+            if self.udp_forward and self.udp_forward.owns(
+                    pkt.src, dgram.src_port, pkt.dst, dgram.dst_port):
+                self.udp_forward.handle(pkt, dgram, now)
+            else:
+                self.udp.handle(pkt, dgram, now)
         elif proto == NH_ICMPV6:
             msg = icmp6.parse_icmpv6(pkt.payload, pkt.src, pkt.dst, self._check)
             if msg.type == icmp6.ECHO_REQUEST:

@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
+from pyvpnkit.core.family import IpPacket, fragment, gateway_for, ip_header
 from pyvpnkit.core.forwards import forward_source
 from pyvpnkit.core.idleflows import IdleFlows
-from pyvpnkit.core.ipfrag import fragment_ipv4
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.wire.ipv4 import IPv4Packet
-from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp
+from pyvpnkit.wire.ipv4 import PROTO_UDP
+from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp, build_udp
 
 PORT_FIRST = 61000
 PORT_LAST = 65535
 MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
+MAX_UDP6_PAYLOAD = 65527  # 65535 - UDP header: the IPv6 payload length excludes its header
 
 # (vm ip, vm port, source ip, source port): the flow as the VM's datagrams name it
 FlowKey = tuple[bytes, int, bytes, int]
@@ -81,11 +82,11 @@ class UdpForwarder(IdleFlows[_Flow]):
     def add(
         self, listener_id: int, vm_ip: bytes, vm_port: int, keep_source: bool = False
     ) -> None:
-        """Forward listener ``listener_id`` to (vm_ip, vm_port); re-adding retargets it.
-
-        With ``keep_source`` the VM sees each client's address (``forward_source``).
+        """Forward listener ``listener_id`` to (vm_ip, vm_port), an IPv4 or IPv6 VM address;
+        re-adding retargets it. With ``keep_source`` the VM sees each client's address
+        (``forward_source``).
         """
-        if len(vm_ip) != 4 or not 0 < vm_port <= 0xFFFF:
+        if len(vm_ip) not in (4, 16) or not 0 < vm_port <= 0xFFFF:
             raise ValueError(f"bad VM endpoint {vm_ip!r}:{vm_port}")
         target = (vm_ip, vm_port, keep_source)
         old = self.listeners.get(listener_id)
@@ -111,7 +112,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         if target is None:
             self.stats["drop_unknown_listener"] += 1
             return
-        if len(payload) > MAX_UDP_PAYLOAD:
+        if len(payload) > (MAX_UDP_PAYLOAD if len(target[0]) == 4 else MAX_UDP6_PAYLOAD):
             self.stats["drop_too_big"] += 1
             return
         flow = self._by_client.get((listener_id, client))
@@ -120,20 +121,24 @@ class UdpForwarder(IdleFlows[_Flow]):
         else:
             self._touch_flow(flow.key, flow, now)
         vm_ip, vm_port, src, src_port = flow.key
-        self._ip_ident = (self._ip_ident + 1) & 0xFFFF
-        packet = build_ipv4_udp(src, vm_ip, src_port, vm_port, payload, ident=self._ip_ident)
+        self._ip_ident = ident = (self._ip_ident + 1) & 0xFFFF
+        if len(vm_ip) == 4:
+            packet = build_ipv4_udp(src, vm_ip, src_port, vm_port, payload, ident=ident)
+        else:
+            udp = build_udp(src, vm_ip, src_port, vm_port, payload)
+            packet = ip_header(src, vm_ip, PROTO_UDP, len(udp)) + udp
         self.stats["to_vm"] += 1
         if len(packet) <= self.config.mtu:
             self._box.packets.append(packet)
         else:
-            self._box.packets.extend(fragment_ipv4(packet, self.config.mtu))
+            self._box.packets.extend(fragment(packet, self.config.mtu, ident))
 
     def _new_flow(
         self, listener_id: int, client: Client, target: tuple[bytes, int, bool], now: float
     ) -> _Flow:
         self._make_room()
         vm_ip, vm_port, keep_source = target
-        gw = self.config.gateway_ip
+        gw = gateway_for(self.config, vm_ip)
         src = forward_source(self.config, vm_ip, client[0]) if keep_source else gw
         key = (vm_ip, vm_port, src, client[1])
         if src == gw or key in self._flows or self._nat_peer(*key):
@@ -165,7 +170,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         """True if a VM datagram from vm_ip:vm_port to dst_ip:dst_port answers a forward."""
         return (vm_ip, vm_port, dst_ip, dst_port) in self._flows
 
-    def handle(self, pkt: IPv4Packet, dgram: UdpDatagram, now: float) -> None:
+    def handle(self, pkt: IpPacket, dgram: UdpDatagram, now: float) -> None:
         """A VM datagram to the source of a flow: relay it to the host client."""
         key = (pkt.src, dgram.src_port, pkt.dst, dgram.dst_port)
         flow = self._flows.get(key)
@@ -189,4 +194,4 @@ class UdpForwarder(IdleFlows[_Flow]):
         del self._by_client[(flow.listener_id, flow.client)]
 
 
-__all__ = ["MAX_UDP_PAYLOAD", "PORT_FIRST", "PORT_LAST", "UdpForwardReply", "UdpForwarder"]
+__all__ = ["MAX_UDP6_PAYLOAD", "MAX_UDP_PAYLOAD", "PORT_FIRST", "PORT_LAST", "UdpForwardReply", "UdpForwarder"]

@@ -100,8 +100,6 @@ class Forwarder:
         """
         protocol = protocol_of(protocol)
         remote_ip, remote_port = vm_target(self.stack.config, remote)
-        if remote_ip is not None and len(remote_ip) == 16 and protocol == "udp":
-            raise ForwardError(f"bad remote {remote!r}: no UDP forwards to IPv6 VM addresses yet")
         local = self._normalize_local(local, protocol)
         if (local, protocol) in self._by_key:
             raise ForwardError(f"{local}/{protocol} is already exposed", 409)

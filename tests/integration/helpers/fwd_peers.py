@@ -52,8 +52,9 @@ def vm(control: str) -> None:
     lst.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     lst.bind(("::", 8080))
     lst.listen(64)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", 8081))
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    udp.bind(("::", 8081))
     answers: list[tuple[str, str]] = []
     got_answer = threading.Event()
 
@@ -94,7 +95,7 @@ def vm(control: str) -> None:
                 reply = out.recv(100).decode().strip()
             elif cmd == "udp-out":
                 got_answer.clear()
-                udp.sendto(b"out", (args[0], int(args[1])))
+                udp.sendto(b"out", ("::ffff:" + args[0], int(args[1])))
                 got_answer.wait(10)
                 reply = " ".join(answers[-1]) if answers else "none"
             elif cmd in ("tcp-ask", "udp-ask"):
