@@ -194,4 +194,5 @@ class UdpForwarder(IdleFlows[_Flow]):
         del self._by_client[(flow.listener_id, flow.client)]
 
 
-__all__ = ["MAX_UDP6_PAYLOAD", "MAX_UDP_PAYLOAD", "PORT_FIRST", "PORT_LAST", "UdpForwardReply", "UdpForwarder"]
+__all__ = ["MAX_UDP6_PAYLOAD", "MAX_UDP_PAYLOAD", "PORT_FIRST", "PORT_LAST", "UdpForwardReply",
+           "UdpForwarder"]
