@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 
-IPERF_PORT, CONN_PORT, RR_PORT, UDP_PORT = 5201, 5202, 5203, 5204
+# BENCH_PORT_OFFSET: the servers' ports as published on the host (compare.py's published rows)
+_OFF = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+IPERF_PORT, CONN_PORT, RR_PORT, UDP_PORT = (5201 + _OFF, 5202 + _OFF, 5203 + _OFF, 5204 + _OFF)
 DNS_NAME = os.environ.get("BENCH_DNS_NAME", "bench.test")  # another name: see README
 ALL = ("up", "down", "conn", "tcp_rr", "udp_rr", "dns")
 
@@ -81,6 +83,8 @@ def _udp_loop(sock: socket.socket, make: object, secs: float) -> float:
             try:
                 reply = sock.recv(4096)
             except TimeoutError:
+                if time.monotonic() >= end:
+                    return n / secs  # a stack that answers nothing gives 0, not a hang
                 sock.send(msg)
                 continue
             if reply[:2] == msg[:2]:
@@ -136,7 +140,7 @@ def main() -> None:
                 before = cpu_seconds(stack) if stack else 0.0
                 rate = fn(dns if test == "dns" else gw, secs)
                 out[name] = rate
-                if stack:  # less noisy than the rate on a busy machine
+                if stack and rate:  # less noisy than the rate on a busy machine
                     cpu = cpu_seconds(stack) - before
                     out[f"cpu us/{op}"] = 1e6 * cpu / (rate * secs)
         except Exception as exc:  # one failed test must not lose the others

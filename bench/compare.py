@@ -7,10 +7,12 @@ servers, dnsmasq on port 53 with its resolv.conf pointing there), clients
 (bench/clients.py) in the namespace each tool creates. Each figure is the
 median of --reps runs, the tools alternating (rotated order every round).
 Prints the table and the ratios pyvpnkit/peer. bench/README.md has each
-peer's command line.
+peer's command line. The pub_* tests (bench/published.py) run the servers
+behind the stack and the clients on the host, through published ports.
 
     python3 bench/compare.py [--seconds 3] [--reps 3] [--mtu 65520 --mtu 1500]
-        [--tools pyvpnkit,slirp4netns,pasta-user] [--tests up,down,conn,tcp_rr,udp_rr,dns]
+        [--tools pyvpnkit,slirp4netns,pasta-user]
+        [--tests up,down,conn,tcp_rr,udp_rr,dns,pub_in,pub_out,pub_conn,pub_udp_rr]
         [--baseline-src DIR]
     python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
 
@@ -43,6 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import published  # noqa: E402
+
 from tests.integration.netenv import WORLD_IP, NetEnv  # noqa: E402
 from tests.integration.rootless import User, slirp4netns_binary  # noqa: E402
 
@@ -64,9 +68,12 @@ def rootless_user() -> User:
 ECHO_SERVER = r"""
 import socket, sys, threading
 conn_port, rr_port, udp_port = (int(a) for a in sys.argv[1:4])
-def listener(port, family=socket.AF_INET):
+ADDRS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+if sys.argv[4:] == ["any"]:  # inside a VM, behind published ports
+    ADDRS = ((socket.AF_INET, "0.0.0.0"),)
+def listener(port, family, addr):
     srv = socket.socket(family); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1" if family == socket.AF_INET else "::1", port)); srv.listen(1024)
+    srv.bind((addr, port)); srv.listen(1024)
     return srv
 def one_shot(srv):  # connection rate: echo one byte, close
     while True:
@@ -89,9 +96,9 @@ def udp(family, addr):
     u = socket.socket(family, socket.SOCK_DGRAM); u.bind((addr, udp_port))
     while True:
         d, a = u.recvfrom(65536); u.sendto(d, a)
-for fam, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-    threading.Thread(target=one_shot, args=(listener(conn_port, fam),), daemon=True).start()
-    threading.Thread(target=rr, args=(listener(rr_port, fam),), daemon=True).start()
+for fam, addr in ADDRS:
+    threading.Thread(target=one_shot, args=(listener(conn_port, fam, addr),), daemon=True).start()
+    threading.Thread(target=rr, args=(listener(rr_port, fam, addr),), daemon=True).start()
     threading.Thread(target=udp, args=(fam, addr), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
@@ -180,11 +187,19 @@ def wrap(tool: str, mtu: int, run: str) -> str:
     raise ValueError(tool)
 
 
-def run_tool(env: NetEnv, tool: str, mtu: int, run: str, timeout: float) -> dict[str, float]:
-    """Run the clients behind `tool`; whatever happens, no daemonized peer is left behind."""
+def run_tool(
+    env: NetEnv, tool: str, mtu: int, run: str, timeout: float, publish: bool = False
+) -> dict[str, float]:
+    """Run the clients behind `tool` (with `publish`, on the host through published ports to
+    servers behind it); whatever happens, no daemonized peer is left behind."""
     before = set(Path("/tmp").glob("pvk-pt-*.pid"))
+    if publish:
+        command = published.wrap(tool, mtu, run, ECHO_SERVER,
+                                 lambda *a: rootless_user().cmd(*a))
+    else:
+        command = wrap(tool, mtu, run)
     try:
-        out = env.run_in("host", "sh", "-c", wrap(tool, mtu, run), check=False, timeout=timeout)
+        out = env.run_in("host", "sh", "-c", command, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"  {tool} mtu {mtu}: timed out", file=sys.stderr)
         return {}
@@ -199,7 +214,8 @@ def run_tool(env: NetEnv, tool: str, mtu: int, run: str, timeout: float) -> dict
         print(f"  {tool} mtu {mtu}: {out.stderr.strip()[-300:]}", file=sys.stderr)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
-            return {k: float(v) for k, v in json.loads(line).items()}
+            prefix = "pub " if publish else ""
+            return {prefix + k: float(v) for k, v in json.loads(line).items()}
     return {}
 
 
@@ -263,7 +279,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mtu", type=int, action="append")
     ap.add_argument("--tools", default="pyvpnkit,pyvpnkit6,slirp4netns,pasta-user")
-    ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns")
+    ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns,"
+                    + ",".join(published.TESTS))
     ap.add_argument("--baseline-src", default="", help="src dir run as the pyvpnkit-base tool")
     args = ap.parse_args()
     BASELINE_SRC = args.baseline_src
@@ -274,14 +291,21 @@ def main() -> None:
     try:
         servers = Servers(env)
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-        n_tests = len(args.tests.split(","))
+        asked = args.tests.split(",")
+        outbound = ",".join(t for t in asked if t not in published.TESTS)
+        pub = ",".join(published.TESTS[t] for t in asked if t in published.TESTS)
+        limit = len(asked) * (args.seconds + 30) + 30
         for mtu in mtus:
             for rep in range(args.reps):
                 order = tools[rep % len(tools):] + tools[: rep % len(tools)]
                 for tool in order:
-                    tests = args.tests
-                    run = client("$GW", "$DNS", "$STACK", args.seconds, tests)
-                    r = run_tool(env, tool, mtu, run, n_tests * (args.seconds + 30) + 30)
+                    r: dict[str, float] = {}
+                    if outbound:
+                        run = client("$GW", "$DNS", "$STACK", args.seconds, outbound)
+                        r = run_tool(env, tool, mtu, run, limit)
+                    if pub and tool in published.AVAILABLE:
+                        run = client("$GW", "-", "$STACK", args.seconds, pub)
+                        r.update(run_tool(env, tool, mtu, run, limit, publish=True))
                     runs.setdefault((tool, mtu), []).append(r)
                     print(f"  round {rep + 1} {tool} mtu {mtu}: "
                           + "  ".join(f"{k} {fmt(v)}" for k, v in r.items()), flush=True)

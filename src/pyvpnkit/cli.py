@@ -21,6 +21,7 @@ from pyvpnkit.core.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
 from pyvpnkit.proxy_options import add_proxy_options, proxy_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
+from pyvpnkit.vpnkit_options import add_vpnkit_options, vpnkit_overrides
 
 log = logging.getLogger("pyvpnkit")
 
@@ -318,6 +319,7 @@ def service_options(args: argparse.Namespace) -> Options:
     """The parsed command line as a Service's Options; a bad --forwards file is a UserError."""
     return Options(
         **proxy_overrides(args),
+        **vpnkit_overrides(args),
         dns_servers=tuple(args.dns_server),
         hosts=args.hosts,
         dns_mode=args.dns_mode,
@@ -339,6 +341,7 @@ def service_options(args: argparse.Namespace) -> Options:
         pcap_snaplen=args.pcap_snaplen,
         pcap_listen=tuple(args.pcap_listen),
         publish=tuple(args.publish),
+        forward_source=not args.no_forward_source,
         api=args.api,
         conditions=args.conditions,
         conditions_queue_bytes=args.conditions_queue_bytes,
@@ -379,6 +382,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_network_options(ex)
     add_proxy_options(ex)
+    add_vpnkit_options(ex)
     add_iface_options(ex)
     add_service_options(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
@@ -386,6 +390,7 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="long-running service", epilog=EPILOG)
     add_network_options(run)
     add_proxy_options(run)
+    add_vpnkit_options(run)
     add_iface_options(run)
     add_service_options(run)
     run.add_argument("--netns", metavar="NAME|PATH",

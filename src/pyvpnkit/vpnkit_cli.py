@@ -26,9 +26,10 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from pyvpnkit import __version__, cli
-from pyvpnkit.app.options import load_proxy_config
+from pyvpnkit.app.options import Options, load_proxy_config
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.errors import UserError
+from pyvpnkit.vpnkit_options import add_vpnkit_options, vpnkit_overrides
 
 PROG = "pyvpnkit-vpnkit"
 EXIT_USAGE = 124
@@ -41,13 +42,6 @@ UNSUPPORTED = {
     "--port-forwards": "vpnkit's vsock port forwarding is not supported",
     "--introspection": "vpnkit's 9P introspection filesystem is not supported",
     "--diagnostics": "vpnkit's diagnostics archive is not supported",
-    "--dhcp-path": "a DHCP JSON configuration file is not supported",
-    "--tcpv4-forwards": "gateway forwards are not supported",
-    "--udpv4-forwards": "gateway forwards are not supported",
-    "--gateway-forwards": "gateway forwards are not supported",
-    "--allowed-bind-addresses": "not supported: there is no vpnkit port API to bind with",
-    "--listen-backlog": "not supported",
-    "--port-max-idle-time": "not supported: switch ports do not expire",
     "--max-connections": "not supported (deprecated in vpnkit)",
     "--gc-compact-interval": "not supported: an OCaml heap setting",
 }
@@ -150,6 +144,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("--pcap-snaplen", type=_int, default=128, metavar="N",
         help="bytes kept of each captured frame (default 128)")
     add("--debug", action="store_true", help="verbose logging to stderr (also: VPNKIT_DEBUG set)")
+    add_vpnkit_options(p, port_max_idle_time=300.0)
     for flag in UNSUPPORTED:
         add(flag, action=_Refuse, help=argparse.SUPPRESS)
     return p
@@ -181,11 +176,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_dns_file(path: str) -> tuple[list[str], list[str]]:
-    """vpnkit's --dns file: (["IP#PORT", ...], [search domain, ...]).
+DnsZones = tuple[tuple[tuple[str, int], tuple[str, ...]], ...]
 
+
+def parse_dns_file(path: str) -> tuple[list[str], list[str], DnsZones]:
+    """vpnkit's --dns file: (["IP#PORT", ...], [search domain, ...], zones).
+
+    A 'zone DOMAIN...' line gives the nameserver before it those domains: their
+    names go only to it (and other servers with a matching zone), as in vpnkit.
     'timeout', 'order' and 'assume-offline-after' tune vpnkit's own forwarder
-    and are ignored; 'zone' (a server only for some domains) cannot be honoured.
+    and are ignored.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -196,6 +196,7 @@ def parse_dns_file(path: str) -> tuple[list[str], list[str]]:
         raise UsageError(f"--dns {path}: not text: {exc}") from None
     servers: list[str] = []
     search: list[str] = []
+    zones: dict[tuple[str, int], tuple[str, ...]] = {}
     for number, raw in enumerate(lines, 1):
         keyword, _, value = raw.strip().partition(" ")
         value = value.strip()
@@ -204,8 +205,12 @@ def parse_dns_file(path: str) -> tuple[list[str], list[str]]:
         elif keyword == "search":
             search = value.split()
         elif keyword == "zone":
-            raise UsageError(f"--dns {path}: line {number}: per-server zones are not supported")
-    return servers, search
+            if not servers or not value:
+                raise UsageError(f"--dns {path}: line {number}: a zone line names domains "
+                                 "for the nameserver line before it")
+            host, _, port = servers[-1].rpartition("#")
+            zones[(host, int(port))] = zones.get((host, int(port)), ()) + tuple(value.split())
+    return servers, search, tuple(zones.items())
 
 
 def _nameserver(value: str, where: str) -> str:
@@ -222,7 +227,9 @@ def _nameserver(value: str, where: str) -> str:
     return f"{host}#{int(port)}"
 
 
-def run_options(args: argparse.Namespace) -> argparse.Namespace:
+def run_options(
+    args: argparse.Namespace, dns: tuple[list[str], list[str], DnsZones] | None
+) -> argparse.Namespace:
     """The `pyvpnkit run` options that do what these vpnkit flags do."""
     ips = (args.gateway_ip, args.lowest_ip, args.highest_ip)
     # As vpnkit's DHCP server: the smallest network holding the gateway and the pool.
@@ -242,10 +249,10 @@ def run_options(args: argparse.Namespace) -> argparse.Namespace:
     else:
         options["host-ip"] = args.host_ip
     run += [f"--{name}={value}" for name, value in options.items() if value is not None]
-    if args.dns is None:
+    if dns is None:
         run.append("--dns-mode=host")  # vpnkit's default resolver is the host's own
     else:
-        servers, search = parse_dns_file(args.dns)
+        servers, search, _zones = dns
         run += [f"--dns-server={server}" for server in servers]
         run += [f"--search={domain}" for domain in search]
     run += [f"--pcap-listen={path}" for path in args.pcap]
@@ -254,34 +261,38 @@ def run_options(args: argparse.Namespace) -> argparse.Namespace:
     return cli.make_parser().parse_args(["run", *run])
 
 
-def configure(argv: Sequence[str] | None) -> tuple[NetConfig, argparse.Namespace]:
-    """The network and the `pyvpnkit run` options for a vpnkit command line."""
+def configure(argv: Sequence[str] | None) -> tuple[NetConfig, argparse.Namespace, Options]:
+    """The network, the `pyvpnkit run` options and the Service's Options for a vpnkit
+    command line (the flags `run` shares with vpnkit set Options fields directly)."""
     args = parse_args(argv)
-    options = run_options(args)
+    dns = parse_dns_file(args.dns) if args.dns is not None else None
+    run = run_options(args, dns)
     try:
-        load_proxy_config(cli.service_options(options))  # --forwards and --http, checked now
-        config = cli.build_config(options)
+        options = dataclasses.replace(cli.service_options(run), **vpnkit_overrides(args),
+                                      dns_zones=dns[2] if dns else ())
+        load_proxy_config(options)  # --forwards and --http, checked now
+        config = cli.build_config(run)
     except UserError as exc:
         raise UsageError(str(exc)) from None
     if args.server_macaddr is not None:
         config = dataclasses.replace(config, gateway_mac=args.server_macaddr)
-    return config, options
+    return config, run, options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config, options = configure(argv)
+        config, run, options = configure(argv)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(
-        level=getattr(logging, options.log_level.upper()),
+        level=getattr(logging, run.log_level.upper()),
         format="%(asctime)s pyvpnkit-vpnkit %(levelname)s %(name)s: %(message)s",
     )
     from pyvpnkit.app.service import Service
 
     try:
-        service = Service(config, cli.service_options(options))
+        service = Service(config, options)
         return asyncio.run(service.run_forever(None, None))
     except UserError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from pyvpnkit.api.server import FrameCounter, make_app, start_api
 from pyvpnkit.app.extras import start_service_extras
 from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig, ip4
+from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link
 from pyvpnkit.runtime.engine import Engine
@@ -38,6 +39,7 @@ from pyvpnkit.runtime.forwarder import (
     split_host_port,
 )
 from pyvpnkit.runtime.host_tcp import HostTcp
+from pyvpnkit.runtime.port_expiry import PortExpiry
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet, parse_ethernet
 from pyvpnkit.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
 from pyvpnkit.wire.tcp import ACK, RST, SYN, build_tcp, parse_tcp
@@ -45,6 +47,7 @@ from pyvpnkit.wire.udp import build_udp, parse_udp
 
 CFG = NetConfig()
 GW = CFG.gateway_ip
+ALIAS = CFG.host_ip  # where a loopback client appears to the VM
 VM = ip4("192.168.65.3")
 VM_MAC = bytes.fromhex("020000000003")
 
@@ -173,9 +176,12 @@ def test_bind_errors_use_docker_wording() -> None:
 # -- forwarding through the stack ---------------------------------------------
 
 
-async def expose(client: TestClient, local: str, remote: str, protocol: str = "tcp") -> Any:
+async def expose(
+    client: TestClient, local: str, remote: str, protocol: str = "tcp", **extra: Any
+) -> Any:
     resp = await client.post(
-        "/services/forwarder/expose", json={"local": local, "remote": remote, "protocol": protocol}
+        "/services/forwarder/expose",
+        json={"local": local, "remote": remote, "protocol": protocol, **extra},
     )
     assert resp.status == 200, await resp.text()
     return await resp.json()
@@ -204,10 +210,11 @@ async def test_tcp_forward_opens_a_connection_into_the_vm(env: Env, client: Test
         await loop.sock_connect(sock, ("127.0.0.1", port))
         await wait_until(lambda: syn_to_vm(env, 80))
         ((pkt, seg),) = syn_to_vm(env, 80)
-        assert (pkt.src, pkt.dst) == (GW, VM) and 32768 <= seg.src_port <= 60999
+        # A loopback client appears as the host alias, with its own port.
+        assert (pkt.src, pkt.dst) == (ALIAS, VM) and seg.src_port == sock.getsockname()[1]
         # The VM refuses: the host client sees the connection reset.
-        rst = build_tcp(VM, GW, 80, seg.src_port, 0, seg.seq + 1, RST | ACK, 0)
-        env.from_vm(build_ipv4(VM, GW, PROTO_TCP, rst))
+        rst = build_tcp(VM, ALIAS, 80, seg.src_port, 0, seg.seq + 1, RST | ACK, 0)
+        env.from_vm(build_ipv4(VM, ALIAS, PROTO_TCP, rst))
         with pytest.raises(ConnectionResetError):
             data = await asyncio.wait_for(loop.sock_recv(sock, 10), 3)
             assert data == b""  # an orderly close would also be wrong: we want a reset
@@ -217,6 +224,26 @@ async def test_tcp_forward_opens_a_connection_into_the_vm(env: Env, client: Test
     stats = await (await client.get("/stats")).json()
     assert stats["connections"]["tcp_refused"] == 0
     assert stats["frames_in"] >= 2 and stats["vms"] == {"192.168.65.3": VM_MAC.hex(":")}
+
+
+@run
+async def test_forward_source_off_comes_from_the_gateway(env: Env, client: TestClient) -> None:
+    env.announce_vm()
+    resp = await client.post("/services/forwarder/expose", json={
+        "local": "127.0.0.1:0", "remote": ":81", "forward_source": "no"})
+    assert resp.status == 400 and "forward_source" in await resp.text()
+    info = await expose(client, "127.0.0.1:0", ":81", forward_source=False)
+    assert info["forward_source"] is False
+    listed = await (await client.get("/services/forwarder/all")).json()
+    assert listed == [info]
+    _h, port = split_host_port(info["local"], "local")
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await wait_until(lambda: syn_to_vm(env, 81))
+        ((pkt, seg),) = syn_to_vm(env, 81)
+        assert pkt.src == GW and 32768 <= seg.src_port <= 60999
 
 
 @run
@@ -272,9 +299,10 @@ async def test_udp_forward_round_trip(env: Env, client: TestClient) -> None:
 
         await wait_until(datagrams)
         ((pkt, dgram),) = datagrams()
-        assert (pkt.src, bytes(dgram.payload)) == (GW, b"question")
-        answer = build_udp(VM, GW, 5353, dgram.src_port, b"answer")
-        env.from_vm(build_ipv4(VM, GW, PROTO_UDP, answer))
+        assert (pkt.src, dgram.src_port) == (ALIAS, sock.getsockname()[1])
+        assert bytes(dgram.payload) == b"question"
+        answer = build_udp(VM, ALIAS, 5353, dgram.src_port, b"answer")
+        env.from_vm(build_ipv4(VM, ALIAS, PROTO_UDP, answer))
         data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 100), 3)
         assert (data, addr) == (b"answer", ("127.0.0.1", port))
     resp = await client.post("/services/forwarder/unexpose",
@@ -407,14 +435,15 @@ def test_internal_errors_are_500_and_not_fatal() -> None:
     class Broken:
         calls = 0
 
-        def expose(self, local: str, remote: str, protocol: str = "tcp") -> dict[str, str]:
+        def expose(self, local: str, remote: str, protocol: str = "tcp",
+                   forward_source: bool | None = None) -> dict[str, str | bool]:
             self.calls += 1
             raise RuntimeError("boom")
 
         def unexpose(self, local: str, protocol: str = "tcp") -> None:
             raise ForwardError("nope", 404)
 
-        def list(self) -> list[dict[str, str]]:
+        def list(self) -> list[dict[str, str | bool]]:
             return [{"local": "a", "remote": "b", "protocol": "tcp"}]
 
     async def main() -> None:
@@ -549,3 +578,52 @@ def test_cli_publish_option_is_validated(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         cli.make_parser().parse_args(["run", "--api", "http://x", "--tap", "t"])
     assert dispatch(argparse.Namespace(command="exec")) is None
+
+
+@run
+async def test_allowed_bind_addresses_and_backlog(env: Env, client: TestClient) -> None:
+    fwd = Forwarder(env.engine, env.stack, env.host_tcp, backlog=3,
+                    allowed_binds=("127.0.0.1",))
+    try:
+        with pytest.raises(ForwardError, match="not among --allowed-bind-addresses 127.0.0.1"):
+            fwd.expose("0.0.0.0:0", ":80")
+        info = fwd.expose("127.0.0.1:0", ":80")
+        assert fwd.backlog == 3 and info["local"].startswith("127.0.0.1:")
+    finally:
+        fwd.close()
+
+
+class ClosingVm(FakeVm):
+    """A VM link that reports its close to the engine, as real links do."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine.link_closed(self)
+
+
+def test_port_max_idle_time_closes_quiet_vm_links() -> None:
+    async def main() -> None:
+        env = Env()
+        quiet, busy = ClosingVm(env.engine), ClosingVm(env.engine)
+        quiet.mac = VM_MAC
+        env.engine.link_opened(quiet)
+        env.engine.link_opened(busy)
+        env.stack.pool.allocate(mac_key(VM_MAC), VM)
+        expiry = PortExpiry(env.engine, 0.5)  # swept every 0.25 s
+        try:
+            for _ in range(30):  # 1.5 s: the busy link sends, the quiet one does not
+                env.engine.frame_received(busy, b"\xff" * 6 + VM_MAC + b"\x08\x06" + bytes(28))
+                await asyncio.sleep(0.05)
+            assert quiet.closed and not busy.closed and env.engine.link_id(busy) is not None
+            assert env.stack.pool.owner(VM) is None  # its VIF's lease ended
+        finally:
+            expiry.close()
+            env.engine.close()
+
+    asyncio.run(main())

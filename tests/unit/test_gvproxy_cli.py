@@ -142,8 +142,8 @@ stack:
         ("stack:\n  subnet: 10.0.0.0/30\n", [], "too small"),
         ("stack:\n  gatewayIP: 10.1.1.1\n", [], r"IP \(10.1.1.1\) not in subnet"),
         ("stack:\n  hostIP: 192.168.127.1\n", [], "need to be distinct"),
-        ("stack:\n  nat: {192.168.127.254: 10.0.0.1}\n", [], "one entry, an alias to 127.0.0.1"),
-        ("stack:\n  gatewayVirtualIPs: [192.168.127.9]\n", [], "supports only the NAT alias"),
+        ("stack:\n  nat: {192.168.127.1: 10.0.0.1}\n", [], "is the gateway's"),
+        ("stack:\n  nat: {192.168.127.9: nowhere}\n", [], "stack.nat 192.168.127.9"),
         ("stack:\n  dns: [{name: z., records: [{name: a, ip: x}]}]\n", [], r"stack.dns\[0\]"),
         ("stack:\n  gatewayMacAddress: nope\n", [], "is not a MAC address"),
         ("stack:\n  dhcpStaticLeases: {192.168.127.2: zz}\n", [], "is not a MAC"),
@@ -217,3 +217,16 @@ def test_link_local_refused_unless_ec2_metadata_access() -> None:
     allowed = settings(parse("-ssh-port", "-1", "-ec2-metadata-access"))
     config, _options = run_options(allowed)
     assert route(config, ip4("169.254.169.254")) == ("169.254.169.254", None, None)
+
+
+def test_nat_table_and_gateway_virtual_ips(tmp_path: Path) -> None:
+    path = tmp_path / "gv.yaml"
+    path.write_text("stack:\n  nat:\n    192.168.127.254: 127.0.0.1\n"
+                    "    192.168.127.253: 10.0.0.5\n"
+                    "  gatewayVirtualIPs: [192.168.127.254, 192.168.127.253]\n")
+    s = settings(parse("-config", str(path)))
+    assert str(s.host_ip) == "192.168.127.254"
+    assert {str(k): str(v) for k, v in s.nat.items()} == {"192.168.127.253": "10.0.0.5"}
+    config, _options = run_options(s)
+    assert config.nat == ((ip4("192.168.127.253"), "10.0.0.5"),)
+    assert config.virtual_ips == (ip4("192.168.127.254"), ip4("192.168.127.253"))

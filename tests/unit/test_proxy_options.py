@@ -73,13 +73,14 @@ def test_bad_flag_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_vpnkit_http_flag_maps_to_ours(tmp_path: Path) -> None:
-    from pyvpnkit import cli, vpnkit_cli
+    from pyvpnkit import vpnkit_cli
 
     path = tmp_path / "http_proxy.json"
     path.write_text('{"http": "proxy:3128"}')
-    _config, options = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock", "--http", str(path)])
+    _config, _run, options = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock",
+                                                   "--http", str(path)])
     assert options.http == str(path)
-    assert load_proxy_config(cli.service_options(options)).http is not None
+    assert load_proxy_config(options).http is not None
     path.write_text('{"http": "proxy"}')
     with pytest.raises(vpnkit_cli.UsageError, match=r"--http .*: http: 'proxy' is not host:port"):
         vpnkit_cli.configure(["--ethernet", "/tmp/e.sock", "--http", str(path)])

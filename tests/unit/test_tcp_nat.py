@@ -375,6 +375,57 @@ def test_port_forward_opens_into_the_vm_from_the_gateway() -> None:
     assert w.nat.by_id[fid2].key[3] == w.nat.by_id[fid].key[3] + 1
 
 
+def forward_source(w: World, fid: int) -> tuple[bytes, int]:
+    """Where the SYN of forward ``fid`` comes from, as the VM sees it."""
+    (syn,) = [p for p in w.nat.drain(w.now)[0]]
+    ip = parse_ipv4(syn)
+    assert w.nat.by_id[fid].key[2:] == (ip.src, int.from_bytes(syn[20:22], "big"))
+    return w.nat.by_id[fid].key[2], w.nat.by_id[fid].key[3]
+
+
+def test_port_forward_shows_the_client_and_its_answers_reach_it() -> None:
+    w = World()
+    fid = w.nat.open_to_vm(VM, 8080, w.now, ("203.0.113.9", 40001))
+    w.host.socks[fid] = HostSocket(TcpOpen(fid, "client", 0), connected=True)
+    packets, _ = w.nat.drain(w.now)
+    ip = parse_ipv4(packets[0])
+    assert (ip.src, w.nat.by_id[fid].key[3]) == (ip4("203.0.113.9"), 40001)
+    vm = w.accept(packets[0])
+    vm.conn.send(b"hello client", w.now)
+    w.run()
+    assert w.host.socks[fid].received == b"hello client"
+
+
+@pytest.mark.parametrize("client, shown", [
+    (("127.0.0.1", 5000), (CFG.host_ip, 5000)),  # loopback: the host alias
+    (("::1", 5000), (CFG.host_ip, 5000)),
+    (("::ffff:203.0.113.9", 5000), (ip4("203.0.113.9"), 5000)),  # a mapped IPv4 client
+    (("2001:db8::9", 5000), (CFG.gateway_ip, None)),  # another family: the gateway
+    (("192.168.65.7", 5000), (CFG.gateway_ip, None)),  # inside the VM network: the gateway
+])
+def test_port_forward_source_by_client(client: tuple[str, int], shown: tuple) -> None:
+    w = World()
+    src, port = forward_source(w, w.nat.open_to_vm(VM, 8080, w.now, client))
+    assert src == shown[0] and (port == shown[1] if shown[1] else 32768 <= port <= 60999)
+
+
+def test_port_forward_collisions_keep_the_address_and_change_the_port() -> None:
+    """A VM flow of its own to the client's address and port, and a second client
+    shown by the same address and port: neither is taken over."""
+    w = World()
+    vm = w.connect(dst=ip4("203.0.113.9"), port=40001, sport=8080)  # VM 8080 -> client:40001
+    mine = w.only_flow()
+    fid = w.nat.open_to_vm(VM, 8080, w.now, ("203.0.113.9", 40001))
+    src, port = forward_source(w, fid)
+    assert src == ip4("203.0.113.9") and port != 40001
+    assert w.nat.flows[(VM, 8080, ip4("203.0.113.9"), 40001)].flow_id == mine
+    a = w.nat.open_to_vm(VM, 8080, w.now, ("127.0.0.1", 5000))
+    b = w.nat.open_to_vm(VM, 8080, w.now, ("::1", 5000))
+    assert w.nat.by_id[a].key[2:] == (CFG.host_ip, 5000)
+    assert w.nat.by_id[b].key[2] == CFG.host_ip and w.nat.by_id[b].key[3] != 5000
+    assert vm.conn.state == "SYN_SENT"
+
+
 def test_port_forward_runs_out_of_gateway_ports() -> None:
     w = World()
     nat = w.nat

@@ -19,7 +19,8 @@ def ip(text: str) -> bytes:
 def test_rootlesskit_command_line() -> None:
     """What rootlesskit's --net=vpnkit runs: vpnkit's layout, the vmnet socket, host DNS."""
     argv = ["--ethernet", "/run/x/vpnkit-ethernet.sock", "--mtu", "1500"]
-    config, opts = vpnkit_cli.configure(argv)
+    config, opts, options = vpnkit_cli.configure(argv)
+    assert options.port_max_idle_time == 300 and options.gateway_forwards == ()
     assert opts.listen_vpnkit == ["unix:///run/x/vpnkit-ethernet.sock"]
     assert (config.mtu, config.subnet) == (1500, ipaddress.IPv4Network("192.168.65.0/24"))
     assert (config.gateway_ip, config.host_ip) == (ip("192.168.65.1"), ip("192.168.65.2"))
@@ -31,7 +32,7 @@ def test_rootlesskit_command_line() -> None:
 
 def test_host_ip_zero_disables_the_host_alias() -> None:
     argv = ["--ethernet", "e.sock", "--mtu", "65520", "--host-ip", "0.0.0.0"]
-    config, _ = vpnkit_cli.configure(argv)
+    config, _, _ = vpnkit_cli.configure(argv)
     assert not config.host_loopback and config.mtu == 65520
     assert config.host_ip == ip("192.168.65.2")  # still reserved, never handed to a VM
 
@@ -41,12 +42,15 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     dns.write_text(
         "# upstreams\nnameserver 127.0.0.1#5353\nnameserver 10.0.0.53\ntimeout 2000\n"
         "nameserver ::1\norder 1\nsearch corp.example lab.example\n"
+        "nameserver 10.0.0.54\nzone corp.example\nzone lab.example\n"
     )
+    gateway = tmp_path / "gateway.json"
+    dhcp = tmp_path / "dhcp.json"
     forwards = tmp_path / "forwards.json"
     forwards.write_text('[{"protocol":"tcp","dst_prefix":"10.9.0.0/16","dst_port":80,"path":"/s"}]')
     path = str(tmp_path / "odd name%.sock")
     monkeypatch.setenv("VPNKIT_DEBUG", "1")
-    config, opts = vpnkit_cli.configure([
+    config, opts, options = vpnkit_cli.configure([
         "--ethernet", path, "--mtu", "9000",
         "--gateway-ip", "10.1.0.1", "--host-ip", "10.1.0.2",
         "--lowest-ip", "10.1.0.10", "--highest-ip", "10.1.3.200",
@@ -55,7 +59,20 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "--host-names", "h.one,h.two", "--gateway-names", "gw.one", "--vm-names", "me.one",
         "--forwards", str(forwards), "--pcap", "/tmp/a.pcap.sock", "--pcap", "/tmp/b.pcap.sock",
         "--pcap-snaplen", "256",
+        "--gateway-forwards", str(gateway), "--dhcp-path", str(dhcp),
+        "--tcpv4-forwards", "80:127.0.0.1:8080,81:10.0.0.9:81", "--udpv4-forwards", "53:1.1.1.1:53",
+        "--listen-backlog", "7", "--port-max-idle-time", "0",
+        "--allowed-bind-addresses", "127.0.0.1,10.0.0.1",
     ])  # fmt: skip
+    assert [(f.protocol, f.external_port, f.internal_ip, f.internal_port)
+            for f in options.gateway_forwards] == [
+        ("tcp", 80, "127.0.0.1", 8080), ("tcp", 81, "10.0.0.9", 81), ("udp", 53, "1.1.1.1", 53)]
+    assert (options.gateway_forwards_file, options.dhcp_file) == (str(gateway), str(dhcp))
+    assert (options.listen_backlog, options.port_max_idle_time) == (7, 0)
+    assert options.allowed_bind_addresses == ("127.0.0.1", "10.0.0.1")
+    assert options.dns_zones == ((("10.0.0.54", 53), ("corp.example", "lab.example")),)
+    assert options.dns_servers == (("127.0.0.1", 5353), ("10.0.0.53", 53), ("::1", 53),
+                                   ("10.0.0.54", 53))
     assert parse_listen_url(opts.listen_vpnkit[0], "vpnkit").path == path
     assert config.subnet == ipaddress.IPv4Network("10.1.0.0/22")  # smallest holding all, as vpnkit
     assert (config.gateway_ip, config.host_ip) == (ip("10.1.0.1"), ip("10.1.0.2"))
@@ -64,7 +81,7 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert config.domain == "vm.example"
     assert config.search_domains == ("corp.example", "lab.example")
     assert opts.dns_mode == "forward"
-    assert opts.dns_server == [("127.0.0.1", 5353), ("10.0.0.53", 53), ("::1", 53)]
+    assert opts.dns_server[:3] == [("127.0.0.1", 5353), ("10.0.0.53", 53), ("::1", 53)]
     assert opts.hosts == "/dev/null" and opts.forwards == str(forwards)
     assert config.host_names == ("h.one", "h.two") and config.gateway_names == ("gw.one",)
     assert config.vm_names == ("me.one",)
@@ -73,7 +90,7 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_debug_flag_and_odd_paths() -> None:
-    _, opts = vpnkit_cli.configure(["--ethernet", "@e.sock", "--debug", "--hosts=-h"])
+    _, opts, _ = vpnkit_cli.configure(["--ethernet", "@e.sock", "--debug", "--hosts=-h"])
     assert parse_listen_url(opts.listen_vpnkit[0]).path == "./@e.sock"  # a file, not abstract
     assert opts.log_level == "debug" and opts.hosts == "-h"
 
@@ -88,7 +105,10 @@ def test_debug_flag_and_odd_paths() -> None:
         (["--ethernet", "e", "--http", "/nonexistent/p.json"], "--http /nonexistent/p.json: No "),
         (["--ethernet", "e", "--http-api-path", "/x.sock"], "--http-api-path: not supported"),
         (["--ethernet", "e", "--port=/x.sock"], "--port: vpnkit's 9P port-forwarding"),
-        (["--ethernet", "e", "--tcpv4-forwards", "80:1.2.3.4:80"], "gateway forwards"),
+        (["--ethernet", "e", "--tcpv4-forwards", "80:1.2.3:80"], "'80:1.2.3:80': remote"),
+        (["--ethernet", "e", "--udpv4-forwards", "80:1.2.3.4"], "expected <local port>:<remote"),
+        (["--ethernet", "e", "--listen-backlog", "0"], "'0' is not a number of 1 or more"),
+        (["--ethernet", "e", "--allowed-bind-addresses", "lo"], "--allowed-bind-addresses"),
         (["--ethernet", "hyperv-listen://vm"], "only a unix socket path is supported"),
         (["--ethernet", "fd:3"], "only a unix socket path is supported"),
         (["--ethernet", "e", "--mtu", "abc"], "argument --mtu: 'abc' is not an integer"),
@@ -120,7 +140,7 @@ def test_errors_are_one_line_and_exit_124(
     [
         ("nameserver 8.8.8.8#99999\n", "line 1: bad nameserver '8.8.8.8#99999'"),
         ("search x\nnameserver banana\n", "line 2: bad nameserver 'banana'"),
-        ("nameserver 8.8.8.8\nzone corp.example\n", "line 2: per-server zones are not supported"),
+        ("zone corp.example\nnameserver 8.8.8.8\n", "line 1: a zone line names domains"),
     ],
 )
 def test_bad_dns_files(tmp_path: Path, text: str, message: str) -> None:

@@ -84,6 +84,12 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--metrics-listen", type=_metrics_listen, metavar="[HOST:]PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics "
                    "(HOST defaults to 127.0.0.1)")
+    g.add_argument(
+        "--no-forward-source",
+        action="store_true",
+        help="connections forwarded into a VM come from the gateway, not from the client's "
+        "own address (a loopback client shows as the host alias) as by default",
+    )
 
 
 def _add_api_option(p: argparse.ArgumentParser) -> None:

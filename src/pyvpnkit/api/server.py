@@ -1,6 +1,7 @@
 """The control API: gvisor-tap-vsock's HTTP routes, so podman/lima-style clients work unchanged.
 
-Routes: POST /services/forwarder/expose {"local","remote","protocol"},
+Routes: POST /services/forwarder/expose {"local","remote","protocol"} (and
+pyvpnkit's optional "forward_source": false: the VM sees the gateway, not the client),
 POST /services/forwarder/unexpose {"local","protocol"}, GET
 /services/forwarder/all, GET /stats, GET /leases (also /services/dhcp/leases),
 GET /cam (VM MAC -> link), POST /services/dns/add {"Name","Records","DefaultIP"},
@@ -40,9 +41,11 @@ MAX_BODY = 64 * 1024
 
 
 class ForwarderLike(Protocol):
-    def expose(self, local: str, remote: str, protocol: str = "tcp") -> dict[str, str]: ...
+    def expose(
+        self, local: str, remote: str, protocol: str = "tcp", forward_source: bool | None = None
+    ) -> dict[str, str | bool]: ...
     def unexpose(self, local: str, protocol: str = "tcp") -> None: ...
-    def list(self) -> list[dict[str, str]]: ...
+    def list(self) -> list[dict[str, str | bool]]: ...
 
 
 class ProxyLike(Protocol):
@@ -101,8 +104,11 @@ def _field(body: dict[str, Any], name: str, default: str | None = None) -> str:
 async def expose(request: web.Request) -> web.Response:
     body = await _json_object(request)
     try:
+        keep = body.get("forward_source")
+        if keep is not None and not isinstance(keep, bool):
+            raise web.HTTPBadRequest(text='"forward_source" must be true or false\n')
         info = request.app[FORWARDER].expose(
-            _field(body, "local"), _field(body, "remote"), _field(body, "protocol", "tcp")
+            _field(body, "local"), _field(body, "remote"), _field(body, "protocol", "tcp"), keep
         )
     except ForwardError as exc:
         return _text(exc.status, str(exc))

@@ -1,4 +1,5 @@
-"""The --publish forwards and the --api server (with /http_proxy.json) of a running Service.
+"""The --publish forwards, the --api server (with /http_proxy.json) and --port-max-idle-time
+of a running Service.
 
 Started once the engine runs; a forward or API that cannot start stops the
 service, as `docker run -p` refuses to start on a taken port.
@@ -18,6 +19,7 @@ from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.http_proxy import HttpProxy
 from pyvpnkit.runtime.limits import DescriptorBudget
+from pyvpnkit.runtime.port_expiry import PortExpiry
 
 if TYPE_CHECKING:  # aiohttp costs most of a second to import: only when an API is asked for
     from pyvpnkit.api.server import ApiServer
@@ -37,6 +39,7 @@ class ServiceExtras:
     metrics: ApiServer | None = None  # --metrics-listen
     taps: list[FrameTap] = field(default_factory=list)
     error: str | None = None
+    expiry: PortExpiry | None = None  # --port-max-idle-time
 
     async def aclose(self) -> None:
         for server in (self.api, self.metrics):
@@ -44,6 +47,8 @@ class ServiceExtras:
                 await server.close()
         self.api = self.metrics = None
         self.forwarder.close()
+        if self.expiry is not None:
+            self.expiry.close()
         for tap in self.taps:
             if tap in self.engine.frame_taps:
                 self.engine.frame_taps.remove(tap)
@@ -61,7 +66,12 @@ async def start_service_extras(
     budget: DescriptorBudget | None = None,
 ) -> ServiceExtras:
     """Start the forwarder, apply --publish and serve --api; on failure log, ``stop()``."""
-    extras = ServiceExtras(Forwarder(engine, stack, host_tcp), engine)
+    forwarder = Forwarder(engine, stack, host_tcp, forward_source=options.forward_source,
+                          backlog=options.listen_backlog,
+                          allowed_binds=options.allowed_bind_addresses)
+    extras = ServiceExtras(forwarder, engine)
+    if options.port_max_idle_time > 0:
+        extras.expiry = PortExpiry(engine, options.port_max_idle_time)
     engine.add_executor(extras.forwarder)
     try:
         for local, remote, protocol in options.publish:

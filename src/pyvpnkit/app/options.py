@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from pyvpnkit.core.conditions import DEFAULT_QUEUE_BYTES
+from pyvpnkit.core.gateway_forwards import GatewayForward
 from pyvpnkit.core.http_proxy.config import (
     ConfigError,
     HostList,
@@ -58,6 +59,16 @@ class Options:
     pcap_snaplen: int = 65535
     pcap_listen: tuple[str, ...] = ()
     publish: tuple[tuple[str, str, str], ...] = ()  # (local, remote, protocol)
+    forward_source: bool = True  # forwarded flows show the client's address (--no-forward-source)
+    listen_backlog: int | None = None  # listen(2) backlog of forwards (None: SOMAXCONN)
+    allowed_bind_addresses: tuple[str, ...] = ()  # host addresses forwards may bind (): any
+    # vpnkit's: gateway forwards (static, and a watched JSON file), its DHCP file, and how
+    # long a quiet switch port lives (0: for ever)
+    gateway_forwards: tuple[GatewayForward, ...] = ()
+    gateway_forwards_file: str | None = None
+    dhcp_file: str | None = None
+    port_max_idle_time: float = 0.0
+    dns_zones: tuple[tuple[tuple[str, int], tuple[str, ...]], ...] = ()  # vpnkit --dns zones
     api: str | None = None
     # network conditions (--conditions, reloaded when it changes) and Prometheus metrics
     conditions: str | None = None

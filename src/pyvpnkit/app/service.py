@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
 from pyvpnkit.app.options import DEFAULTS, Options, load_proxy_config, proxy_config
+from pyvpnkit.app.vpnkit_files import load_vpnkit_files
 from pyvpnkit.core.conditions import ConditionError
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.ippool import mac_key
@@ -130,6 +131,7 @@ class Service:
             max_pending_connects=opts.max_pending_connects,
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
+        self.vpnkit_files = load_vpnkit_files(self.stack, opts)  # --gateway-forwards, --dhcp-path
         self.proxy_watch: ConfigWatcher | None = None
         self.stack.conditions.queue_limit = opts.conditions_queue_bytes
         self.conditions_watch: ConditionsWatcher | None = None
@@ -212,6 +214,8 @@ class Service:
         if options.conditions:
             self.conditions_watch = ConditionsWatcher(options.conditions, self.stack.conditions)
             self.conditions_watch.start(loop)
+        for polled in self.vpnkit_files:
+            polled.start(loop)
         if self.dns_mode == "host":
             executors.append(HostResolver(loop, self.stack.dns, engine.wake))
         for executor in executors:
@@ -304,6 +308,8 @@ class Service:
             self.proxy_watch.close()
         if self.conditions_watch is not None:
             self.conditions_watch.close()
+        for polled in self.vpnkit_files:
+            polled.close()
         if self.pcap is not None:
             self.pcap.close()
         for listener in getattr(self, "pcap_listeners", ()):

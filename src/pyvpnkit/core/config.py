@@ -38,6 +38,10 @@ class NetConfig:
     lease_time: int = 7 * 24 * 3600
     uuid_macs: dict[str, bytes] = field(default_factory=dict)  # vmnet UUID -> MAC (gvproxy)
     blocked: tuple[ipaddress.IPv4Network, ...] = ()  # never reached (gvproxy: 169.254.0.0/16)
+    # gvproxy's NAT table beyond the host alias: VM flows to a virtual IP go to a host
+    # address; and its gateway virtual IPs, which answer ping as the gateway does
+    nat: tuple[tuple[bytes, str], ...] = ()
+    virtual_ips: tuple[bytes, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
     ipv6: Ipv6Layout | None = field(default_factory=Ipv6Layout)  # None: --no-ipv6
 

@@ -13,6 +13,7 @@ this switch, and answering one would need the relay's MAC, which we lack.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -94,6 +95,25 @@ def client_key(msg: DhcpMessage) -> LeaseKey:
     return client_id_key(cid)
 
 
+def parse_dhcp_json(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """vpnkit's --dhcp-path file, ``{"searchDomains": [...], "domainName": "..."}`` (both
+    optional) -> (domainName or None, searchDomains); ValueError naming what is wrong."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object with searchDomains and domainName")
+    search = obj.get("searchDomains", [])
+    if not isinstance(search, list) or not all(isinstance(d, str) and d for d in search):
+        raise ValueError("searchDomains should be a list of domain names")
+    domain = obj.get("domainName")
+    if domain is not None and not isinstance(domain, str):
+        raise ValueError("domainName should be a string")
+    encode_domain_search(search or ["check.invalid"])  # ValueError for a bad name
+    return domain, tuple(search)
+
+
 class DhcpServer:
     def __init__(
         self,
@@ -116,20 +136,27 @@ class DhcpServer:
             OPT_RENEWAL_TIME: encode_u32(lease // 2),
             OPT_REBINDING_TIME: encode_u32(lease * 7 // 8),
         }
-        # Built once: a bad search domain in the config fails here, not per packet.
-        net: dict[int, bytes] = {
+        # Built once (set_names rebuilds them): a bad search domain fails there, not per packet.
+        self._head: dict[int, bytes] = {
             OPT_SUBNET_MASK: config.netmask,
             OPT_ROUTER: gw,
             **({OPT_DNS: config.dns_ip} if config.serve_dns else {}),
         }
-        if config.domain:
-            net[OPT_DOMAIN_NAME] = encode_str(config.domain)
-        if config.search_domains:
-            net[OPT_DOMAIN_SEARCH] = encode_domain_search(config.search_domains)
-        net[OPT_MTU] = encode_u16(config.mtu)
-        net[OPT_BROADCAST] = config.subnet.broadcast_address.packed
-        net[OPT_NTP] = encode_ips([gw])
-        self._net_opts = net
+        self._tail = {
+            OPT_MTU: encode_u16(config.mtu),
+            OPT_BROADCAST: config.subnet.broadcast_address.packed,
+            OPT_NTP: encode_ips([gw]),
+        }
+        self._net_opts: dict[int, bytes] = {}
+        self.set_names(config.domain, config.search_domains)
+
+    def set_names(self, domain: str, search: tuple[str, ...]) -> None:
+        """The domain name and search list offered (vpnkit's --dhcp-path file changes them);
+        a name that cannot be encoded raises ValueError and changes nothing."""
+        names = {OPT_DOMAIN_NAME: encode_str(domain)} if domain else {}
+        if search:
+            names[OPT_DOMAIN_SEARCH] = encode_domain_search(search)
+        self._net_opts = {**self._head, **names, **self._tail}
 
     def handle(
         self, payload: bytes | memoryview, now: float, *, key: LeaseKey | None = None

@@ -3,6 +3,13 @@
 Pure functions over text and the NetConfig, shared by the API, --publish and
 the slirp4netns drop-in; runtime/forwarder.py does the sockets. Every refusal
 is a ForwardError carrying the HTTP status the API answers with.
+
+``forward_source`` decides which address a forwarded flow carries into the
+VM: the client's own where the VM can answer it through the gateway, so
+services behind published ports see who connects (logs, rate limits, allow
+lists). The TCP NAT and the UDP forwarder keep such flows apart from the
+NAT's own by their four-tuple and pick another port when it is taken, as
+Linux's NAT does on a clash.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.family import gateway_for
+from pyvpnkit.core.routes import host_view
 
 PROTOCOLS = ("tcp", "udp", "unix")
 
@@ -51,6 +60,28 @@ def split_host_port(text: str, what: str) -> tuple[str, int]:
 
 def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def forward_source(config: NetConfig, vm_ip: bytes, client_ip: str) -> bytes:
+    """The source address a flow forwarded from ``client_ip`` carries to the VM at ``vm_ip``.
+
+    The client's own address when it is in the VM address's family and the
+    VM routes it through the gateway (not loopback, link-local, multicast or
+    inside the VM network). A client on the host's loopback is the host alias,
+    which the VM can also dial. Otherwise the gateway stands in.
+    """
+    gateway = gateway_for(config, vm_ip)
+    try:
+        addr = ipaddress.ip_address(client_ip.partition("%")[0])
+    except ValueError:
+        return gateway
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_loopback:
+        v6 = len(vm_ip) == 16
+        addr = ipaddress.ip_address("::1" if v6 else "127.0.0.1")
+    view = host_view(config, addr)
+    return view if view is not None and len(view) == len(vm_ip) else gateway
 
 
 def parse_publish(spec: str) -> tuple[str, str, str]:
@@ -101,7 +132,7 @@ def vm_target(config: NetConfig, remote: str) -> tuple[bytes | None, int]:
     addr = ipaddress.ip_address(host)
     v6 = config.ipv6
     if addr.version == 6 and v6 is not None:
-        # A VM's IPv6 address in our prefix (not the stack's own): TCP forwards only.
+        # A VM's IPv6 address in our prefix (not the stack's own).
         if not v6.in_subnet(addr.packed) or addr.packed in (v6.gateway_ip, v6.host_ip) \
                 or addr == v6.subnet.network_address:
             raise ForwardError(f"bad remote {remote!r}: not a VM address in {v6.subnet}")

@@ -52,6 +52,35 @@ def is_routable(config: NetConfig, dst: bytes) -> bool:
     return dst != config.subnet.broadcast_address.packed
 
 
+def host_view(
+    config: NetConfig, addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> bytes | None:
+    """The address the VM sees for a host-side address, or None if it has none.
+
+    127.0.0.1 (or ::1) is shown as the host alias; other host-side addresses
+    that would make no sense to the VM (loopback, link-local, ours) have none.
+    """
+    if isinstance(addr, ipaddress.IPv4Address):
+        if str(addr) == HOST_LOOPBACK:
+            return config.host_ip if config.host_loopback else None
+        if addr.is_loopback or addr.is_unspecified or config.in_subnet(addr.packed):
+            return None
+        return addr.packed
+    v6 = config.ipv6
+    if v6 is None:
+        return None
+    if str(addr) == HOST_LOOPBACK6:
+        return v6.host_ip if config.host_loopback else None
+    if not is_routable(config, addr.packed) or v6.in_subnet(addr.packed):
+        return None
+    return addr.packed
+
+
+def nat_target(config: NetConfig, dst: bytes) -> str | None:
+    """The host address gvproxy's NAT table maps a virtual IP to, if any."""
+    return next((host for vip, host in config.nat if vip == dst), None)
+
+
 def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes | None]:
     """Where a VM packet to ``dst`` goes: (host address, None, None) to forward,
     (None, error kind, ICMP source) to refuse, or (None, None, None) to drop."""
@@ -61,6 +90,10 @@ def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes 
         if config.host_loopback:
             return HOST_LOOPBACK, None, None
         return None, "admin_prohibited", dst
+    if config.nat:
+        host = nat_target(config, dst)
+        if host is not None:
+            return host, None, None
     if not is_routable(config, dst):
         return None, None, None
     if config.blocked and _blocked(config.blocked, dst):

@@ -22,13 +22,14 @@ from pyvpnkit.core.dns import DnsAnswer, DnsServer
 from pyvpnkit.core.dns.tcpframing import DnsTcpDecoder, encode_tcp_message
 from pyvpnkit.core.effects import Effect, HostResolve, UpstreamQuery
 from pyvpnkit.core.family import quote
+from pyvpnkit.core.gateway_forwards import GatewayForwards
 from pyvpnkit.core.http_proxy.config import ProxyConfig
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.icmp_nat import IcmpNat
 from pyvpnkit.core.ipfrag import Reassembler, fragment_ipv4
 from pyvpnkit.core.ippool import AddressPool, key_mac, mac_for_uuid, mac_key
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.core.routes import HOST_LOOPBACKS, route
+from pyvpnkit.core.routes import HOST_LOOPBACKS, nat_target, route
 from pyvpnkit.core.stack6 import Ipv6Switch
 from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
@@ -132,7 +133,8 @@ class Stack:
         self.pool = AddressPool(
             config.lowest_ip,
             config.highest_ip,
-            reserved=(config.gateway_ip, config.host_ip, config.dns_ip),
+            reserved=(config.gateway_ip, config.host_ip, config.dns_ip, *config.virtual_ips,
+                      *(vip for vip, _host in config.nat)),
         )
         self.vms: dict[bytes, Vm] = {}
         self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
@@ -144,11 +146,13 @@ class Stack:
         )
         self._dns_tcp = _DnsOverTcp(self)
         self.http_proxy = ProxyConfig()  # the runtime swaps in the configured one
+        self.gateway_forwards = GatewayForwards()  # vpnkit's; the runtime fills it
         self.tcp = TcpNat(
             config,
             iss=lambda: self._rng.getrandbits(32),
             local_service=self._local_service,
             proxy_mode=self._proxy_mode,
+            gateway_forward=self._gateway_forward_tcp,
             checksum=tcp_checksums,
             redirects=tcp_redirects,
             keepalive=tcp_keepalive,
@@ -162,7 +166,7 @@ class Stack:
             config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows, outbox=box
         )
         self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
-        self.udp_forward = UdpForwarder(config, outbox=box)
+        self.udp_forward = UdpForwarder(config, outbox=box, nat_peer=self.udp.has_sent)
         self.icmp = IcmpNat(config, outbox=box)
         self.frag = Reassembler(outbox=box)
         self.last_error = ""
@@ -350,7 +354,12 @@ class Stack:
         if proto == PROTO_TCP:
             self.tcp.handle(pkt, parse_tcp(pkt.payload, pkt.src, pkt.dst, self._check), now)
         elif proto == PROTO_UDP:
-            self.udp.handle(pkt, parse_udp(pkt.payload, pkt.src, pkt.dst, self._check), now)
+            dgram = parse_udp(pkt.payload, pkt.src, pkt.dst, self._check)
+            if self.udp_forward and self.udp_forward.owns(
+                    pkt.src, dgram.src_port, pkt.dst, dgram.dst_port):
+                self.udp_forward.handle(pkt, dgram, now)
+            else:
+                self.udp.handle(pkt, dgram, now)
         elif proto == NH_ICMPV6:
             msg = icmp6.parse_icmpv6(pkt.payload, pkt.src, pkt.dst, self._check)
             if msg.type == icmp6.ECHO_REQUEST:
@@ -401,9 +410,15 @@ class Stack:
             dgram = parse_udp(pkt.payload, pkt.src, dst, self._check)
             if dgram.dst_port == DHCP_SERVER_PORT and dst in (cfg.gateway_ip, LIMITED_BROADCAST):
                 self._dhcp(link, dgram.payload, now)
+            elif dst == cfg.gateway_ip and self.gateway_forwards and (
+                    forward := self.gateway_forwards.lookup("udp", dgram.dst_port)):
+                self.udp.handle(pkt, dgram, now, forward)
+            elif cfg.nat and (host := nat_target(cfg, dst)) is not None:
+                self.udp.handle(pkt, dgram, now, (host, dgram.dst_port))  # answers from dst
             elif dst == cfg.dns_ip and dgram.dst_port == DNS_PORT and cfg.serve_dns:
                 self.dns.handle_query(dgram.payload, (pkt.src, dgram.src_port), "udp", now)
-            elif dst == cfg.gateway_ip and self.udp_forward.owns(dgram.dst_port):
+            elif self.udp_forward and self.udp_forward.owns(
+                    pkt.src, dgram.src_port, dst, dgram.dst_port):
                 self.udp_forward.handle(pkt, dgram, now)
             elif dst == cfg.gateway_ip and dst != cfg.host_ip:
                 self._unreachable(pkt, icmpw.PORT_UNREACHABLE)
@@ -415,7 +430,7 @@ class Stack:
             msg = parse_icmp(pkt.payload, self._check)
             if msg.type != icmpw.ECHO_REQUEST:
                 self.stats["drop_icmp_type"] += 1
-            elif dst in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip):
+            elif dst in (cfg.gateway_ip, cfg.host_ip, cfg.dns_ip) or dst in cfg.virtual_ips:
                 reply = build_icmp(icmpw.ECHO_REPLY, 0, msg.rest, msg.payload)
                 self._route(ipv4_header(dst, pkt.src, PROTO_ICMP, len(reply)) + reply)
             else:
@@ -446,6 +461,12 @@ class Stack:
         return self._dns_tcp if ours and port == DNS_PORT and cfg.serve_dns else None
 
     # -- frames out ----------------------------------------------------------
+
+    def _gateway_forward_tcp(self, ip: bytes, port: int) -> tuple[str, int] | None:
+        """Where a VM connection to ip:port goes under vpnkit's gateway forwards, if anywhere."""
+        if ip != self.config.gateway_ip or not self.gateway_forwards:
+            return None
+        return self.gateway_forwards.lookup("tcp", port)
 
     def _proxy_mode(self, ip: bytes, port: int) -> str | None:
         """Which VM connections the HTTP proxy serves: the gateway's proxy port, and

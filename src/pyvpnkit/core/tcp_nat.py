@@ -27,6 +27,7 @@ from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
     HOST_SOCKET,
     HTTP_PROXY,
+    Client,
     Effect,
     HostSide,
     ProxyOpen,
@@ -41,6 +42,7 @@ from pyvpnkit.core.family import (
     gateway_for,
     ip_header,
 )
+from pyvpnkit.core.forwards import forward_source
 from pyvpnkit.core.histogram import Histogram
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.routes import route
@@ -132,6 +134,7 @@ class TcpNat:
         iss: Callable[[], int],
         local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
         proxy_mode: Callable[[bytes, int], str | None] = lambda ip, port: None,
+        gateway_forward: Callable[[bytes, int], tuple[str, int] | None] = lambda ip, port: None,
         rcv_buffer: int = 2 << 20,
         snd_buffer: int = 2 << 20,
         checksum: bool = True,
@@ -148,6 +151,7 @@ class TcpNat:
         self._iss = iss
         self._local_service = local_service
         self._proxy_mode = proxy_mode
+        self._gateway_forward = gateway_forward
         # Options every connection gets, whichever side opens it. Links that
         # segment for us (TSO) take packets up to the IPv4 maximum. Paused host
         # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
@@ -209,7 +213,9 @@ class TcpNat:
         cfg = self.config
         flow = Flow(self._next_id, key, seg, started=now)
         self._next_id += 1
-        local = self._local_service(pkt.dst, seg.dst_port)
+        port = seg.dst_port
+        forward = self._gateway_forward(pkt.dst, port)  # vpnkit's gateway forwards go first
+        local = None if forward is not None else self._local_service(pkt.dst, port)
         if local is not None:
             flow.local = local
             flow.host_open = False
@@ -218,9 +224,12 @@ class TcpNat:
             return
         # A --forwards redirect (or gvproxy's gateway API) goes to the unix socket the
         # user named, never to a host address: core/routes has nothing to judge.
-        path = next((r.path for r in self.redirects if r.matches(pkt.dst, seg.dst_port)), None)
+        path = next((r.path for r in self.redirects if r.matches(pkt.dst, port)), None)
         host = "" if path is not None else route(cfg, pkt.dst)[0]
-        mode = None if path is not None else self._proxy_mode(pkt.dst, seg.dst_port)
+        mode = None if path is not None else self._proxy_mode(pkt.dst, port)
+        if forward is not None:
+            host, port = forward
+            mode = None
         if mode is not None:
             # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
             flow.side = HTTP_PROXY
@@ -242,7 +251,7 @@ class TcpNat:
         self._connecting.setdefault(pkt.src, {})[flow.flow_id] = flow
         flow.connecting = True
         self.stats["opened"] += 1
-        self._effects.append(TcpOpen(flow.flow_id, host, seg.dst_port, path))
+        self._effects.append(TcpOpen(flow.flow_id, host, port, path))
 
     def _register(self, flow: Flow) -> None:
         self.flows[flow.key] = flow
@@ -278,19 +287,29 @@ class TcpNat:
             opts["gso_size"] -= extra
         return opts
 
-    def open_to_vm(self, vm_ip: bytes, vm_port: int, now: float) -> int:
+    def open_to_vm(
+        self, vm_ip: bytes, vm_port: int, now: float, client: Client | None = None
+    ) -> int:
         """Active open into a VM for a port forward; the host socket is already connected.
 
-        The VM sees the connection coming from the gateway address and a fresh
-        port. Returns the flow id the runtime uses for the accepted socket.
+        The VM sees the connection coming from ``client`` (the host peer) as
+        ``forward_source`` maps it, with the client's port unless that
+        four-tuple is taken (a flow of the VM's own to that address and port,
+        or another client shown by the same address); without a client, or
+        when the gateway stands in, from the gateway and a fresh port.
+        Returns the flow id the runtime uses for the accepted socket.
         """
         gw = gateway_for(self.config, vm_ip)
-        port = self._free_gateway_port(vm_ip, vm_port)
-        flow = Flow(self._next_id, (vm_ip, vm_port, gw, port), None, started=now,
+        src = gw if client is None else forward_source(self.config, vm_ip, client[0])
+        if src != gw and client is not None and (vm_ip, vm_port, src, client[1]) not in self.flows:
+            port = client[1]
+        else:
+            port = self._free_port(vm_ip, vm_port, src)
+        flow = Flow(self._next_id, (vm_ip, vm_port, src, port), None, started=now,
                     forwarded=True)
         self._next_id += 1
         flow.conn = TcpConnection(
-            local_ip=gw,
+            local_ip=src,
             local_port=port,
             remote_ip=vm_ip,
             remote_port=vm_port,
@@ -302,11 +321,10 @@ class TcpNat:
         self._dirty.add(flow.flow_id)
         return flow.flow_id
 
-    def _free_gateway_port(self, vm_ip: bytes, vm_port: int) -> int:
-        gw = gateway_for(self.config, vm_ip)
+    def _free_port(self, vm_ip: bytes, vm_port: int, src: bytes) -> int:
         for _ in range(64):
             self._next_port = 32768 + (self._next_port - 32768 + 1) % 28232
-            if (vm_ip, vm_port, gw, self._next_port) not in self.flows:
+            if (vm_ip, vm_port, src, self._next_port) not in self.flows:
                 return self._next_port
         raise RuntimeError("no free gateway port for a forwarded connection")
 

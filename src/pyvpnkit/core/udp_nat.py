@@ -25,7 +25,7 @@ from pyvpnkit.core.family import IpPacket, fragment, gateway_for, hop_limit, ip_
 from pyvpnkit.core.icmp_errors import build_error_kind
 from pyvpnkit.core.idleflows import IdleFlows
 from pyvpnkit.core.outbox import Outbox
-from pyvpnkit.core.routes import HOST_LOOPBACK, HOST_LOOPBACK6, is_routable, route
+from pyvpnkit.core.routes import HOST_LOOPBACK, host_view, is_routable, route
 from pyvpnkit.wire.ipv4 import PROTO_UDP
 from pyvpnkit.wire.udp import UdpDatagram, build_ipv4_udp, build_udp
 
@@ -47,6 +47,8 @@ class _UdpFlow(NatFlow):
     vm_port: int = 0
     # (dst as the VM saw it, dst port) -> IP header + UDP header it last sent
     originals: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
+    # rewritten destinations it used: (host ip, port) -> (address, port) the VM sent to
+    intercepts: dict[tuple[str, int], tuple[bytes, int]] | None = None
 
 
 class NatBase(IdleFlows[NatFlow]):
@@ -124,28 +126,11 @@ class NatBase(IdleFlows[NatFlow]):
         except ValueError:
             view = None
         else:
-            view = self._view_of(addr)
+            view = host_view(self.config, addr)
         if len(self._addr_cache) >= _ADDR_CACHE:
             self._addr_cache.clear()
         self._addr_cache[host_addr] = view
         return view
-
-    def _view_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes | None:
-        cfg = self.config
-        if isinstance(addr, ipaddress.IPv4Address):
-            if str(addr) == HOST_LOOPBACK:
-                return cfg.host_ip if cfg.host_loopback else None
-            if addr.is_loopback or addr.is_unspecified or cfg.in_subnet(addr.packed):
-                return None
-            return addr.packed
-        v6 = cfg.ipv6
-        if v6 is None:
-            return None
-        if str(addr) == HOST_LOOPBACK6:
-            return v6.host_ip if cfg.host_loopback else None
-        if not is_routable(cfg, addr.packed) or v6.in_subnet(addr.packed):
-            return None
-        return addr.packed
 
     def _error_source(self, origin_ip: str | None, fallback: bytes) -> bytes:
         if origin_ip:
@@ -188,13 +173,25 @@ class UdpNat(NatBase):
         flow = self._by_endpoint.get((vm_ip, vm_port))
         return None if flow is None else flow.flow_id
 
-    def handle(self, pkt: IpPacket, dgram: UdpDatagram, now: float) -> None:
-        """A (reassembled) datagram from a VM to an address outside the stack."""
+    def has_sent(self, vm_ip: bytes, vm_port: int, dst: bytes, dst_port: int) -> bool:
+        """True if the VM's socket vm_ip:vm_port sent to dst:dst_port lately (among
+        the destinations its flow remembers): the NAT's half of a four-tuple."""
+        flow = self._by_endpoint.get((vm_ip, vm_port))
+        return flow is not None and (dst, dst_port) in flow.originals
+
+    def handle(
+        self, pkt: IpPacket, dgram: UdpDatagram, now: float,
+        forward: tuple[str, int] | None = None,
+    ) -> None:
+        """A (reassembled) datagram from a VM to an address outside the stack. With
+        ``forward`` (host address, port) its destination was rewritten (vpnkit's gateway
+        forwards, gvproxy's NAT table): answers from there come from where the VM sent."""
         if pkt.is_fragment or dgram.src_port == 0 or dgram.dst_port == 0:
             self.stats["drop_invalid"] += 1
             return
         dst = pkt.dst
-        routed = self._routes.get(dst)
+        dst_port = dgram.dst_port
+        routed = self._routes.get(dst) if forward is None else (forward[0], None, None)
         if routed is None:
             routed = route(self.config, dst)  # a pure function of the address: cached
             if len(self._routes) >= _ADDR_CACHE:
@@ -230,8 +227,15 @@ class UdpNat(NatBase):
         elif len(originals) >= _ORIGINALS_PER_FLOW:
             originals.popitem(last=False)
         originals[dst_key] = original
+        if forward is not None:
+            dst_port = forward[1]
+            if flow.intercepts is None:
+                flow.intercepts = {}
+            elif len(flow.intercepts) >= _ORIGINALS_PER_FLOW and forward not in flow.intercepts:
+                del flow.intercepts[next(iter(flow.intercepts))]  # bounded as originals are
+            flow.intercepts[forward] = (dst, dgram.dst_port)
         self._box.effects.append(
-            UdpSend(flow.flow_id, host, dgram.dst_port, dgram.payload.tobytes(), ttl - 1)
+            UdpSend(flow.flow_id, host, dst_port, dgram.payload.tobytes(), ttl - 1)
         )
 
     def host_datagram(
@@ -247,9 +251,13 @@ class UdpNat(NatBase):
         if not isinstance(flow, _UdpFlow):
             self.stats["drop_unknown_flow"] += 1
             return
-        src = self._addr_cache.get(src_ip, b"")
-        if src == b"":
-            src = self._vm_view(src_ip)
+        src: bytes | None
+        if flow.intercepts is not None and (src_ip, src_port) in flow.intercepts:
+            src, src_port = flow.intercepts[(src_ip, src_port)]
+        else:
+            src = self._addr_cache.get(src_ip, b"")
+            if src == b"":
+                src = self._vm_view(src_ip)
         vm_ip = flow.vm_ip
         v4 = len(vm_ip) == 4
         if (

@@ -6,8 +6,9 @@ resolv.conf search domains, the -ssh-port forward to the guest's port 22 and
 the static lease of deviceIP for 5a:94:ef:e4:0c:ee. With -config those come
 from the file only, and flags override the file's other values.
 
-What pyvpnkit cannot do is refused by name: a NAT table or gateway virtual
-IPs other than one host alias reaching 127.0.0.1.
+The NAT table's entry to 127.0.0.1 (at hostIP) is the host alias; its other
+entries send VM flows to a virtual IP on to a host address (UDP answers come
+back from the virtual IP), and gatewayVirtualIPs answer ping as the gateway.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Settings:
     dns_servers: list[str] = field(default_factory=list)
     hosts: str = "/etc/hosts"
     ec2_metadata_access: bool = False  # False: 169.254.0.0/16 is refused, as in gvproxy
+    # stack.nat beyond the host alias (virtual IP -> host address), stack.gatewayVirtualIPs
+    nat: dict[ipaddress.IPv4Address, ipaddress.IPv4Address] = field(default_factory=dict)
+    virtual_ips: list[ipaddress.IPv4Address] = field(default_factory=list)
 
     @property
     def protocol(self) -> str:
@@ -276,22 +280,24 @@ def _layout(s: Settings, args: Args, stack: dict[str, Any]) -> None:
 
 
 def _host_alias(s: Settings, stack: dict[str, Any]) -> None:
-    """gvproxy's NAT table and gateway virtual IPs, as far as one host alias expresses them."""
+    """gvproxy's NAT table and gateway virtual IPs. The entry to 127.0.0.1 is the host
+    alias (hostIP's, or else the only one); the others map virtual IPs to host addresses."""
     nat = _string_map(_typed(stack, "nat", dict, "stack.") or {str(s.host_ip): "127.0.0.1"},
                       "stack.nat")
     vips = _strings(_typed(stack, "gatewayVirtualIPs", list, "stack.") or [str(s.host_ip)],
                     "stack.gatewayVirtualIPs")
-    if len(nat) != 1 or list(nat.values()) != ["127.0.0.1"]:
-        raise ConfigError(f"stack.nat {nat}: pyvpnkit supports one entry, an alias to "
-                          "127.0.0.1 (the host's loopback)")
-    alias = _ip(next(iter(nat)), "stack.nat")
-    if vips != [str(alias)]:
-        raise ConfigError(f"stack.gatewayVirtualIPs {vips}: pyvpnkit supports only the NAT "
-                          f"alias [{alias}]")
-    if alias != s.host_ip:
-        if alias not in s.subnet or alias in (s.gateway_ip, s.device_ip):
-            raise ConfigError(f"stack.nat: {alias} must be a free address of {s.subnet}")
-        s.host_ip = alias
+    table = {_ip(vip, "stack.nat"): _ip(host, f"stack.nat {vip}") for vip, host in nat.items()}
+    loopback = ipaddress.IPv4Address("127.0.0.1")
+    aliases = [vip for vip, host in table.items() if host == loopback]
+    if s.host_ip not in aliases and len(aliases) == 1:
+        s.host_ip = aliases[0]
+    for vip in table:
+        if vip in s.subnet and vip in (s.gateway_ip, s.device_ip, s.subnet.network_address,
+                                       s.subnet.broadcast_address):
+            raise ConfigError(f"stack.nat: {vip} is the gateway's, the device's or not a host "
+                              f"address of {s.subnet}")
+    s.nat = {vip: host for vip, host in table.items() if vip != s.host_ip}
+    s.virtual_ips = [_ip(v, "stack.gatewayVirtualIPs") for v in vips]
 
 
 def _from_file(s: Settings, stack: dict[str, Any], args: Args) -> None:

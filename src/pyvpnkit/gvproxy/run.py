@@ -93,8 +93,10 @@ def run_options(s: Settings) -> tuple[NetConfig, Options]:
     # gvproxy leases for one hour.
     blocked = () if s.ec2_metadata_access else (LINK_LOCAL,)
     # gvproxy offers no IPv6 on its network: neither do we here.
+    nat = tuple((vip.packed, str(host)) for vip, host in s.nat.items())
     config = dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
-                                 uuid_macs=uuid_macs, blocked=blocked, ipv6=None)
+                                 uuid_macs=uuid_macs, blocked=blocked, ipv6=None, nat=nat,
+                                 virtual_ips=tuple(v.packed for v in s.virtual_ips))
     return config, options
 
 

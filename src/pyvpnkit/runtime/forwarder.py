@@ -1,11 +1,13 @@
 """Port forwarding into VMs: host listeners (TCP, UDP, unix) whose clients reach a VM port.
 
 A TCP or unix client is accepted here and handed over whole: the stack opens
-a TCP connection into the VM from the gateway address (``open_to_vm``) and
-the host TCP executor relays bytes and half-closes as for outbound flows.
-UDP datagrams go through the sans-I/O ``UdpForwarder``; its replies come back
-as ``UdpForwardReply`` effects and leave from the listener's own socket, so
-clients see answers from the address they sent to.
+a TCP connection into the VM (``open_to_vm``) and the host TCP executor relays
+bytes and half-closes as for outbound flows. UDP datagrams go through the
+sans-I/O ``UdpForwarder``; its replies come back as ``UdpForwardReply``
+effects and leave from the listener's own socket, so clients see answers from
+the address they sent to. This module only reports each client's address
+(unless the forward has ``forward_source`` off); which source the VM sees is
+the core's decision (core/forwards.py ``forward_source``).
 
 What a forward may be (addresses, ports, protocols, which VM) is decided in
 core/forwards.py; this module does the sockets. Bind errors are reported
@@ -25,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvpnkit.core.effects import Effect, UdpForwardReply
+from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
 from pyvpnkit.core.family import addr_text
 from pyvpnkit.core.forwards import (
     ForwardError,
@@ -49,7 +51,7 @@ READS_PER_WAKEUP = 256
 _ACCEPT_BACKOFF = 0.5  # seconds without accepting after EMFILE/ENFILE
 _DUAL_STACK = {"127.0.0.1": "::1", "0.0.0.0": "::"}
 
-Forwards = list[dict[str, str]]  # the method named ``list`` shadows the builtin in the class
+Forwards = list[dict[str, str | bool]]  # the method ``list`` shadows the builtin in the class
 
 
 @dataclass(eq=False)
@@ -63,12 +65,19 @@ class _Listener:
     path_inode: tuple[int, int] | None = None  # the unix socket file we made
     udp_target: tuple[bytes, int] | None = None
     paused: bool = False
+    forward_source: bool = True  # the VM sees each client's address (core/forwards.py)
 
 
 class Forwarder:
     """Exposes host ports into the stack's VMs; the API and --publish drive it."""
 
-    def __init__(self, engine: Engine, stack: Stack, host_tcp: HostTcp) -> None:
+    def __init__(
+        self, engine: Engine, stack: Stack, host_tcp: HostTcp, forward_source: bool = True,
+        backlog: int | None = None, allowed_binds: tuple[str, ...] = (),
+    ) -> None:
+        self.forward_source = forward_source  # the default of each expose (--no-forward-source)
+        self.backlog = backlog or socket.SOMAXCONN  # --listen-backlog
+        self.allowed_binds = allowed_binds  # --allowed-bind-addresses; (): any
         self.engine = engine
         self.stack = stack
         self.host_tcp = host_tcp  # accepted clients are handed to it whole
@@ -81,16 +90,21 @@ class Forwarder:
 
     # -- public API ----------------------------------------------------------
 
-    def expose(self, local: str, remote: str, protocol: str = "tcp") -> dict[str, str]:
-        """Listen on ``local`` and forward to ``remote`` ("IP:PORT"; empty IP = first VM)."""
+    def expose(
+        self, local: str, remote: str, protocol: str = "tcp", forward_source: bool | None = None
+    ) -> dict[str, str | bool]:
+        """Listen on ``local`` and forward to ``remote`` ("IP:PORT"; empty IP = first VM).
+
+        ``forward_source`` (None: the forwarder's default): the VM sees each
+        client's address rather than the gateway's.
+        """
         protocol = protocol_of(protocol)
         remote_ip, remote_port = vm_target(self.stack.config, remote)
-        if remote_ip is not None and len(remote_ip) == 16 and protocol == "udp":
-            raise ForwardError(f"bad remote {remote!r}: no UDP forwards to IPv6 VM addresses yet")
         local = self._normalize_local(local, protocol)
         if (local, protocol) in self._by_key:
             raise ForwardError(f"{local}/{protocol} is already exposed", 409)
         lst = _Listener(self._next_id, protocol, local, remote_ip, remote_port)
+        lst.forward_source = self.forward_source if forward_source is None else forward_source
         if protocol == "unix":
             self._listen_unix(lst)
         else:
@@ -144,6 +158,9 @@ class Forwarder:
 
     def _listen_inet(self, lst: _Listener) -> None:
         host, port = split_host_port(lst.local, "local")
+        if self.allowed_binds and host not in self.allowed_binds:
+            raise ForwardError(f"listen {lst.protocol} {lst.local}: {host} is not among "
+                               f"--allowed-bind-addresses {','.join(self.allowed_binds)}", 403)
         kind = socket.SOCK_STREAM if lst.protocol == "tcp" else socket.SOCK_DGRAM
         sock = self._bind(host, port, kind, lst.protocol, lst.local)
         port = sock.getsockname()[1]
@@ -171,7 +188,7 @@ class Forwarder:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
             if kind == socket.SOCK_STREAM:
-                sock.listen(socket.SOMAXCONN)
+                sock.listen(self.backlog)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -215,7 +232,7 @@ class Forwarder:
     def _on_accept(self, lst: _Listener, sock: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
             try:
-                client, _addr = sock.accept()
+                client, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -226,10 +243,9 @@ class Forwarder:
                 else:
                     log.debug("accept on %s: %s", lst.local, exc)
                 break
-            self._to_vm(lst, client)
-
-    def _to_vm(self, lst: _Listener, client: socket.socket) -> None:
-        self.attach(client, lst.remote_ip or self.first_vm(), lst.remote_port, lst.local)
+            peer = (addr[0], addr[1]) if lst.forward_source and lst.protocol == "tcp" else None
+            self.attach(client, lst.remote_ip or self.first_vm(), lst.remote_port, lst.local,
+                        peer=peer)
 
     def connect(self, client: socket.socket, remote: str, early: bytes = b"") -> None:
         """Relay a connected host stream to ``remote`` ("IP:PORT", a VM) from the gateway.
@@ -241,11 +257,14 @@ class Forwarder:
         self.attach(client, vm_ip or self.first_vm(), port, remote, early)
 
     def attach(
-        self, client: socket.socket, vm_ip: bytes, port: int, what: str, early: bytes = b""
+        self, client: socket.socket, vm_ip: bytes, port: int, what: str, early: bytes = b"",
+        peer: Client | None = None,
     ) -> None:
+        """Relay ``client`` to vm_ip:port; the VM sees ``peer`` as the core maps it
+        (None: from the gateway)."""
         now = self.loop.time()
         try:
-            fid = self.stack.tcp.open_to_vm(vm_ip, port, now)
+            fid = self.stack.tcp.open_to_vm(vm_ip, port, now, peer)
         except RuntimeError as exc:
             log.warning("forward %s: %s", what, exc)
             client.close()
@@ -277,7 +296,7 @@ class Forwarder:
     def _retarget_udp(self, lst: _Listener) -> tuple[bytes, int]:
         target = (lst.remote_ip or self.first_vm(), lst.remote_port)
         if target != lst.udp_target:
-            self.stack.udp_forward.add(lst.lid, *target)
+            self.stack.udp_forward.add(lst.lid, *target, keep_source=lst.forward_source)
             lst.udp_target = target
         return target
 
@@ -327,10 +346,14 @@ class Forwarder:
 
     # -- helpers -------------------------------------------------------------
 
-    def _describe(self, lst: _Listener) -> dict[str, str]:
+    def _describe(self, lst: _Listener) -> dict[str, str | bool]:
         vm_ip = lst.remote_ip or self.first_vm()
         remote = join_host_port(addr_text(vm_ip), lst.remote_port)
-        return {"local": lst.local, "remote": remote, "protocol": lst.protocol}
+        info: dict[str, str | bool] = {"local": lst.local, "remote": remote,
+                                       "protocol": lst.protocol}
+        if not lst.forward_source and lst.protocol != "unix":
+            info["forward_source"] = False  # shown when off: by default gvproxy's three keys
+        return info
 
 
 def _bind_error(exc: OSError, proto: str, local: str) -> ForwardError:

@@ -22,7 +22,7 @@ import dns.rcode
 
 from pyvpnkit.core.effects import UpstreamQuery
 from pyvpnkit.core.histogram import Histogram
-from pyvpnkit.wire.dnsquestion import parse_reply_question
+from pyvpnkit.wire.dnsquestion import name_labels, parse_reply_question
 from pyvpnkit.wire.errors import ParseError
 
 Server = tuple[str, int]
@@ -101,6 +101,7 @@ class Forwarder:
         self._servers: list[Server] = []
         self._health: dict[Server, _Health] = {}
         self._order: list[Server] | None = None  # servers that are down last; None: to sort
+        self._zones: dict[Server, tuple[tuple[bytes, ...], ...]] = {}
         self.set_servers(servers)
         self._new_id = new_id or _counter_ids()
         self.resend_interval = resend_interval
@@ -123,6 +124,22 @@ class Forwarder:
         self._servers = list(dict.fromkeys(servers))
         self._health = {s: self._health.get(s, _Health()) for s in self._servers}
         self._order = None
+
+    def set_zones(self, zones: dict[Server, tuple[str, ...]]) -> None:
+        """vpnkit's per-server zones (its --dns file's ``zone`` lines): a name inside a
+        server's zones goes only to the servers whose zones hold it; other names go to
+        every server, as vpnkit's resolver chooses."""
+        self._zones = {
+            server: tuple(tuple(z.lower().rstrip(".").encode("idna").split(b".")) for z in names)
+            for server, names in zones.items() if names
+        }
+
+    def _zoned(self, order: list[Server], name: bytes) -> list[Server]:
+        labels = name_labels(name)
+        matching = [s for s in order if any(
+            len(zone) <= len(labels) and labels[len(labels) - len(zone):] == zone
+            for zone in self._zones.get(s, ()))]
+        return matching or order
 
     @property
     def servers(self) -> list[Server]:
@@ -152,6 +169,8 @@ class Forwarder:
             down = self.down_after
             order = sorted(self._servers, key=lambda s: self._health[s].misses >= down)
             self._order = order  # shared by the queries: never changed, only replaced
+        if self._zones:
+            order = self._zoned(order, question[0])
         serial = next(self._serials)
         deadline = now + self.timeout
         next_send = now + self.resend_interval
