@@ -54,6 +54,9 @@ class Link(abc.ABC):
     # True: after delivering frames the link always calls the sink's batch_done()
     # (or closes), so the sink need not schedule a flush of its own per frame.
     batches: bool = False
+    # False: the port is a device the user set up (a TAP), never closed for being
+    # quiet (vpnkit's --port-max-idle-time expires only VM connections).
+    expires: bool = True
 
     @abc.abstractmethod
     def send_frame(self, frame: bytes) -> None:

@@ -34,6 +34,7 @@ GSO_MAX = 65535 + 14 + 40  # an IPv6 payload length does not count its 40-byte h
 
 class TapLink(Link):
     batches = True  # _on_readable ends every batch with batch_done() or close()
+    expires = False
 
     def __init__(
         self, fd: int, sink: FrameSink, mtu: int, name: str = "tap", vnet_hdr: bool = False

@@ -14,7 +14,6 @@ import asyncio
 import logging
 
 from pyvpnkit.core.ippool import mac_key
-from pyvpnkit.links.tap import TapLink
 from pyvpnkit.runtime.engine import Engine
 
 log = logging.getLogger("pyvpnkit")
@@ -44,7 +43,7 @@ class PortExpiry:
             last = self._last.setdefault(n, now)
             if n in seen:
                 self._last[n] = now
-            elif now - last > self.max_idle and not isinstance(link, TapLink):
+            elif now - last > self.max_idle and link.expires:
                 log.info("link %s idle for %.0f s: closed (--port-max-idle-time)",
                          link.name, now - last)
                 if link.mac is not None:
