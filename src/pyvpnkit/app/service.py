@@ -25,7 +25,7 @@ from pyvpnkit.core.ippool import mac_key
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.runtime.capabilities import capabilities, require_namespaces, require_tap
-from pyvpnkit.runtime.conditions_file import ConditionsWatcher, load_conditions
+from pyvpnkit.runtime.conditions_file import load_conditions, watch_conditions
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.executor import Executor
@@ -33,7 +33,7 @@ from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
-from pyvpnkit.runtime.http_proxy import ConfigWatcher, HttpProxy
+from pyvpnkit.runtime.http_proxy import HttpProxy, watch_proxy_config
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
@@ -131,10 +131,9 @@ class Service:
             max_pending_connects=opts.max_pending_connects,
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
-        self.vpnkit_files = load_vpnkit_files(self.stack, opts)  # --gateway-forwards, --dhcp-path
-        self.proxy_watch: ConfigWatcher | None = None
+        # the files reloaded on change: --gateway-forwards, --dhcp-path, --http, --conditions
+        self.watched = load_vpnkit_files(self.stack, opts)
         self.stack.conditions.queue_limit = opts.conditions_queue_bytes
-        self.conditions_watch: ConditionsWatcher | None = None
         if opts.conditions:
             try:
                 load_conditions(opts.conditions, self.stack.conditions)
@@ -208,13 +207,12 @@ class Service:
         ]
         options = self.options
         if options.http is not None:  # reload --http when it changes
-            self.proxy_watch = ConfigWatcher(options.http, lambda text: proxy_config(options, text),
-                                             self.http_proxy.set_config)
-            self.proxy_watch.start(loop)
+            self.watched.append(watch_proxy_config(
+                options.http, lambda text: proxy_config(options, text), self.http_proxy.set_config
+            ))
         if options.conditions:
-            self.conditions_watch = ConditionsWatcher(options.conditions, self.stack.conditions)
-            self.conditions_watch.start(loop)
-        for polled in self.vpnkit_files:
+            self.watched.append(watch_conditions(options.conditions, self.stack.conditions))
+        for polled in self.watched:
             polled.start(loop)
         if self.dns_mode == "host":
             executors.append(HostResolver(loop, self.stack.dns, engine.wake))
@@ -304,11 +302,7 @@ class Service:
             self._hosts_timer.cancel()
         if self.engine is not None:
             self.engine.close()
-        if self.proxy_watch is not None:
-            self.proxy_watch.close()
-        if self.conditions_watch is not None:
-            self.conditions_watch.close()
-        for polled in self.vpnkit_files:
+        for polled in self.watched:
             polled.close()
         if self.pcap is not None:
             self.pcap.close()

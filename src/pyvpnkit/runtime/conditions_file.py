@@ -6,12 +6,11 @@ and logs one line (as --http does), so a half-saved file never opens the gates.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 from pyvpnkit.core.conditions import ConditionError, Conditions
-from pyvpnkit.runtime.dns_upstream import HostsFileWatcher
+from pyvpnkit.runtime.filewatch import PolledFile
 
 log = logging.getLogger("pyvpnkit")
 
@@ -21,7 +20,10 @@ WATCH_INTERVAL = 1.0
 def load_conditions(path: str, conditions: Conditions) -> None:
     """Replace the rules with the file's; OSError or ConditionError (naming the rule)."""
     with open(path, encoding="utf-8") as f:
-        text = f.read()
+        _apply(f.read(), conditions)
+
+
+def _apply(text: str, conditions: Conditions) -> None:
     try:
         rules = json.loads(text)
     except ValueError as exc:
@@ -29,33 +31,18 @@ def load_conditions(path: str, conditions: Conditions) -> None:
     conditions.replace(rules)
 
 
-class ConditionsWatcher:
-    def __init__(self, path: str, conditions: Conditions) -> None:
-        self.path = path
-        self._conditions = conditions
-        self._first = True
-        self._watcher = HostsFileWatcher(path, self._reload, min_interval=WATCH_INTERVAL)
-        self._timer: asyncio.TimerHandle | None = None
+def watch_conditions(path: str, conditions: Conditions) -> PolledFile:
+    """A poll that reloads the rules when the file changes (start-up loaded them)."""
 
-    def _reload(self, _text: str) -> None:
-        if self._first:  # start-up already loaded it
-            self._first = False
-            return
+    def reload(text: str) -> None:
         try:
-            load_conditions(self.path, self._conditions)
-        except (OSError, ConditionError) as exc:
-            log.error("--conditions %s: %s; keeping the previous rules", self.path, exc)
+            _apply(text, conditions)
+        except ConditionError as exc:  # a removed file reads as "": not JSON
+            log.error("--conditions %s: %s; keeping the previous rules", path, exc)
             return
-        log.info("--conditions %s reloaded: %d rule(s)", self.path, len(self._conditions.rules))
+        log.info("--conditions %s reloaded: %d rule(s)", path, len(conditions.rules))
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watcher.check(loop.time())
-        self._timer = loop.call_later(WATCH_INTERVAL, self.start, loop)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    return PolledFile(path, reload, WATCH_INTERVAL)
 
 
-__all__ = ["ConditionsWatcher", "load_conditions"]
+__all__ = ["load_conditions", "watch_conditions"]

@@ -48,7 +48,7 @@ from pyvpnkit.core.http_proxy.effects import (
 from pyvpnkit.core.routes import host_address, named_address
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.core.tcp_nat import READ_CHUNK
-from pyvpnkit.runtime.dns_upstream import HostsFileWatcher
+from pyvpnkit.runtime.filewatch import PolledFile
 
 if TYPE_CHECKING:
     from pyvpnkit.core.http_proxy.machine import ProxyFlow
@@ -397,37 +397,21 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class ConfigWatcher:
-    """Reloads the --http file when it changes; a bad file keeps the last good config."""
+def watch_proxy_config(
+    path: str, build: Callable[[str], ProxyConfig], apply: Callable[[ProxyConfig], None]
+) -> PolledFile:
+    """A poll that reloads the --http file when it changes; a bad file keeps the last good
+    config (start-up already read and checked it)."""
 
-    def __init__(
-        self, path: str, build: Callable[[str], ProxyConfig], apply: Callable[[ProxyConfig], None]
-    ) -> None:
-        self.path = path
-        self._build = build
-        self._apply = apply
-        self._first = True
-        self._watcher = HostsFileWatcher(path, self._load, min_interval=WATCH_INTERVAL)
-        self._timer: asyncio.TimerHandle | None = None
-
-    def _load(self, text: str) -> None:
-        if self._first:  # start-up already read and checked it
-            self._first = False
-            return
+    def reload(text: str) -> None:
         try:
-            if not text and not os.path.isfile(self.path):
+            if not text and not os.path.isfile(path):
                 raise ConfigError("cannot read the file")
-            config = self._build(text)
+            config = build(text)
         except ConfigError as exc:
-            log.error("--http %s: %s; keeping the previous configuration", self.path, exc)
+            log.error("--http %s: %s; keeping the previous configuration", path, exc)
             return
-        self._apply(config)
-        log.info("--http %s reloaded", self.path)
+        apply(config)
+        log.info("--http %s reloaded", path)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watcher.check(loop.time())
-        self._timer = loop.call_later(WATCH_INTERVAL, self.start, loop)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    return PolledFile(path, reload, WATCH_INTERVAL)
