@@ -24,6 +24,7 @@ from pyvpnkit.core.tcp import (
     PeerClosed,
     Reset,
     TcpConnection,
+    TcpSettings,
     TimedOut,
 )
 from pyvpnkit.wire.ipv4 import PROTO_TCP, ipv4_header, parse_ipv4
@@ -107,7 +108,8 @@ def run_pair(
 ) -> tuple[App, App, float]:
     now = 0.0
     common: dict[str, Any] = dict(
-        keepalive_idle=None,
+        keepalive=None,
+        delayed_ack=0.0,
         fin_wait_2_timeout=None,
         msl=1.0,
         max_retries=60,
@@ -121,10 +123,7 @@ def run_pair(
         remote_ip=B_IP,
         remote_port=2222,
         iss=rng.getrandbits(32),
-        mss=mss_a,
-        rcv_buffer=rcv_a,
-        snd_buffer=snd_a,
-        **common,
+        settings=TcpSettings(mss=mss_a, rcv_buffer=rcv_a, snd_buffer=snd_a, **common),
     )
     b: TcpConnection | None = None
     app_a, app_b = App("a", data_a), App("b", data_b)
@@ -192,11 +191,9 @@ def run_pair(
                         remote_ip=A_IP,
                         remote_port=1111,
                         iss=rng.getrandbits(32),
-                        mss=mss_b,
-                        rcv_buffer=rcv_b,
-                        snd_buffer=snd_b,
-                        **common,
-                        **opts_b,
+                        settings=TcpSettings(
+                            mss=mss_b, rcv_buffer=rcv_b, snd_buffer=snd_b, **common, **opts_b
+                        ),
                     )
                 continue
             conn = a if dst == A_IP else b
@@ -319,9 +316,7 @@ def test_arbitrary_segments_never_raise(
         remote_ip=VM,
         remote_port=4000,
         iss=0xFFFFFF00,
-        mss=1460,
-        rcv_buffer=5000,
-        snd_buffer=5000,
+        settings=TcpSettings(rcv_buffer=5000, snd_buffer=5000, delayed_ack=0.0),
     )
     options = syn_opts[5]
     if active:

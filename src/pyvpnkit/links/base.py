@@ -54,6 +54,9 @@ class Link(abc.ABC):
     # True: after delivering frames the link always calls the sink's batch_done()
     # (or closes), so the sink need not schedule a flush of its own per frame.
     batches: bool = False
+    # True: TCP may leave its checksums partial and send super-segments; the link
+    # (a TAP with a virtio-net header) has the kernel complete and cut them.
+    offloads: bool = False
 
     @abc.abstractmethod
     def send_frame(self, frame: bytes) -> None:
