@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -217,6 +218,7 @@ def _blob(n: int) -> bytes:
 
 
 # TCP_EXAMPLES=2000 for a long soak.
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(
     max_examples=int(os.environ.get("TCP_EXAMPLES", "60")),
     deadline=None,
@@ -298,6 +300,7 @@ _seg_strategy = st.tuples(
 )
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(
     syn_opts=_seg_strategy,
