@@ -18,7 +18,7 @@ class StackSettings:
     tcp: TcpSettings = field(default_factory=TcpSettings)
     redirects: tuple[Redirect, ...] = ()  # --forwards: VM connections to unix sockets
     max_pending_connects: int = MAX_PENDING_CONNECTS  # host connects in flight per VM
-    verify_checksums: bool = False  # check the VMs' checksums (links that do not)
+    verify_checksums: bool = False  # --verify-checksums: drop VM frames whose sums are wrong
     udp_idle_timeout: float = 60.0
     udp_max_flows: int = 4096
     dns_mode: str = "forward"  # or "host": A/AAAA/PTR from getaddrinfo
