@@ -9,6 +9,7 @@ turned offloads off for every VM.)
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 
 import pytest
@@ -18,12 +19,18 @@ from pyvpnkit.core.effects import Effect, TcpOpen
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.links.base import Link
 from pyvpnkit.runtime.engine import Engine
-from pyvpnkit.wire import ethernet, ipv4, tcp
+from pyvpnkit.wire import ethernet, ipv4, ipv6, tcp
 from pyvpnkit.wire.errors import ParseError
 
-CFG = NetConfig(ipv6=None)
-WORLD = ip4("203.0.113.2")
+CFG = NetConfig()
 DATA = bytes(40_000)
+# family: (world address, the two VMs' addresses, header overhead)
+FAMILIES = {
+    4: (ip4("203.0.113.2"), ip4("192.168.65.3"), ip4("192.168.65.4")),
+    6: (ipaddress.IPv6Address("2001:db8::2").packed,
+        ipaddress.IPv6Address("fd42:7076:6b69::3").packed,
+        ipaddress.IPv6Address("fd42:7076:6b69::4").packed),
+}
 
 
 class VmLink(Link):
@@ -59,40 +66,51 @@ class Connects:
         pass
 
 
-def frame(mac: bytes, src: bytes, segment: bytes) -> bytes:
-    packet = ipv4.build_ipv4(src, WORLD, ipv4.PROTO_TCP, segment)
-    return ethernet.build_ethernet(CFG.gateway_mac, mac, ethernet.ETHERTYPE_IPV4, packet)
+def frame(mac: bytes, src: bytes, dst: bytes, segment: bytes) -> bytes:
+    if len(src) == 4:
+        packet, etype = ipv4.build_ipv4(src, dst, ipv4.PROTO_TCP, segment), ethernet.ETHERTYPE_IPV4
+    else:
+        packet, etype = ipv6.build_ipv6(src, dst, ipv4.PROTO_TCP, segment), ethernet.ETHERTYPE_IPV6
+    return ethernet.build_ethernet(CFG.gateway_mac, mac, etype, packet)
 
 
 def segments(link: VmLink, check: bool) -> list[tuple[int, tcp.TcpSegment]]:
-    """(frame length, segment) for each TCP frame the link got."""
+    """(frame length, segment) for each TCP frame the link got (not NDP, not RAs)."""
     out = []
     for raw in link.frames:
-        pkt = ipv4.parse_ipv4(ethernet.parse_ethernet(raw).payload)
-        out.append((len(raw), tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst, check=check)))
+        eth = ethernet.parse_ethernet(raw)
+        pkt: ipv4.IPv4Packet | ipv6.IPv6Packet
+        if eth.ethertype == ethernet.ETHERTYPE_IPV4:
+            pkt = ipv4.parse_ipv4(eth.payload)
+        else:
+            pkt = ipv6.parse_ipv6(eth.payload)
+        if pkt.proto == ipv4.PROTO_TCP:
+            out.append((len(raw), tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst, check=check)))
     return out
 
 
-def test_offloads_follow_each_vms_link() -> None:
+@pytest.mark.parametrize("family", [4, 6])
+def test_offloads_follow_each_vms_link(family: int) -> None:
+    world, ip_tap, ip_sock = FAMILIES[family]
     loop = asyncio.new_event_loop()
     try:
         engine = Engine(Stack(CFG, rng=random.Random(1)), loop)
         host = Connects(engine.stack)
         engine.add_executor(host)
         tap, sock = VmLink("tap", offloads=True), VmLink("qemu", offloads=False)
-        vms = [(tap, bytes.fromhex("020000000001"), ip4("192.168.65.3")),
-               (sock, bytes.fromhex("020000000002"), ip4("192.168.65.4"))]
+        vms = [(tap, bytes.fromhex("020000000001"), ip_tap),
+               (sock, bytes.fromhex("020000000002"), ip_sock)]
         for link, _mac, _ip in vms:
             engine.link_opened(link)
         for link, mac, ip in vms:
             syn_opts = tcp.encode_options(tcp.TcpOptions(mss=1460))
-            syn = tcp.build_tcp(ip, WORLD, 40000, 80, 1000, 0, tcp.SYN, 64240, syn_opts)
-            engine.frame_received(link, frame(mac, ip, syn))
+            syn = tcp.build_tcp(ip, world, 40000, 80, 1000, 0, tcp.SYN, 64240, syn_opts)
+            engine.frame_received(link, frame(mac, ip, world, syn))
             engine.flush()  # the host connect
             engine.flush()  # the SYN-ACK
             ((_n, synack),) = segments(link, check=False)
-            ack = tcp.build_tcp(ip, WORLD, 40000, 80, 1001, synack.seq + 1, tcp.ACK, 64240)
-            engine.frame_received(link, frame(mac, ip, ack))
+            ack = tcp.build_tcp(ip, world, 40000, 80, 1001, synack.seq + 1, tcp.ACK, 64240)
+            engine.frame_received(link, frame(mac, ip, world, ack))
             engine.flush()
             link.frames.clear()
         for flow_id in host.opened:
