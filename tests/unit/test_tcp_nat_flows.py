@@ -75,6 +75,8 @@ def test_tcp_keepalive_option_sets_idle_interval_and_count() -> None:
     assert args.tcp_keepalive == (10.0, 2.0, 3)
     assert make_parser().parse_args(["exec", "--tcp-keepalive", "0", "--", "true"]).tcp_keepalive \
         is None
+    idle_only = make_parser().parse_args(["exec", "--tcp-keepalive", "30", "--", "true"])
+    assert idle_only.tcp_keepalive == (30.0, 75.0, 9)  # the default interval and count
     stack = Stack(make_stack().config, stack_settings(Options(tcp_keepalive=args.tcp_keepalive)))
     established(stack)
     probes = []

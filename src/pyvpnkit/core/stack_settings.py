@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pyvpnkit.core.tcp.settings import TcpSettings
 from pyvpnkit.core.tcp_nat import MAX_PENDING_CONNECTS, Redirect
+from pyvpnkit.core.udp_nat import IDLE_TIMEOUT, MAX_FLOWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +20,8 @@ class StackSettings:
     redirects: tuple[Redirect, ...] = ()  # --forwards: VM connections to unix sockets
     max_pending_connects: int = MAX_PENDING_CONNECTS  # host connects in flight per VM
     verify_checksums: bool = False  # --verify-checksums: drop VM frames whose sums are wrong
-    udp_idle_timeout: float = 60.0
-    udp_max_flows: int = 4096
+    udp_idle_timeout: float = IDLE_TIMEOUT
+    udp_max_flows: int = MAX_FLOWS
     dns_mode: str = "forward"  # or "host": A/AAAA/PTR from getaddrinfo
     dns_timeout: float = 5.0
     dns_cache: int = 0  # forwarded answers kept (0: none)
