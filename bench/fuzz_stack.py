@@ -38,6 +38,7 @@ from pyvpnkit.core.dns.forwarder import UpstreamQuery  # noqa: E402
 from pyvpnkit.core.effects import TcpOpen, TcpWrite  # noqa: E402
 from pyvpnkit.core.icmp_nat import IcmpEchoSend  # noqa: E402
 from pyvpnkit.core.stack import Stack  # noqa: E402
+from pyvpnkit.core.stack_settings import StackSettings  # noqa: E402
 from pyvpnkit.core.udp_nat import UdpSend  # noqa: E402
 from pyvpnkit.wire import arp, ethernet, icmp, ipv4, tcp, udp  # noqa: E402
 from pyvpnkit.wire.framing import QEMU, U16LE, FramingError  # noqa: E402
@@ -326,8 +327,8 @@ def still_serves(stack: Stack, now: float) -> list[str]:
 
 def fuzz(frames: int, seed: int, report: Callable[[str], None] = print) -> dict[str, object]:
     rng = random.Random(seed)
-    stack = Stack(CFG, rng=random.Random(seed), dns_upstreams=[("127.0.0.1", 53)],
-                  max_pending_connects=64)
+    stack = Stack(CFG, StackSettings(max_pending_connects=64), rng=random.Random(seed),
+                  dns_upstreams=[("127.0.0.1", 53)])
     host = FakeHost(stack, rng)
     gen = Generator(rng)
     links = {i: Transport(name, rng) for i, name in

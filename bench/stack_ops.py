@@ -26,7 +26,7 @@ if importlib.util.find_spec("pyvpnkit") is None:  # run from a checkout without 
 from pyvpnkit.core.config import NetConfig, ip4  # noqa: E402
 from pyvpnkit.core.effects import TcpCloseHost, TcpOpen, TcpShutdown, TcpWrite  # noqa: E402
 from pyvpnkit.core.stack import Stack  # noqa: E402
-from pyvpnkit.core.tcp import TcpConnection  # noqa: E402
+from pyvpnkit.core.tcp import TcpConnection, TcpSettings  # noqa: E402
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet  # noqa: E402
 from pyvpnkit.wire.ipv4 import parse_ipv4  # noqa: E402
 from pyvpnkit.wire.tcp import parse_tcp  # noqa: E402
@@ -44,7 +44,8 @@ class Bench:
     def __init__(self) -> None:
         self.cfg = NetConfig()
         # As under exec (a TAP with offloads only): the link fills in TCP checksums.
-        self.stack = Stack(self.cfg, rng=random.Random(1), tcp_checksums=False)
+        self.stack = Stack(self.cfg, rng=random.Random(1))
+        self.stack.link_opened(LINK, offloads=True)
         self.stack.log_flows(False)  # as at the default --log-level warning
         self.now = 1000.0
         self.spent = 0
@@ -98,8 +99,11 @@ class Bench:
         self.sport += 1
         return TcpConnection(
             local_ip=VM_IP, local_port=self.sport, remote_ip=HOST, remote_port=port,
-            iss=random.getrandbits(32), mss=65480, rcv_buffer=1 << 20, snd_buffer=1 << 20,
-            delayed_ack=0.04,  # as Linux: the next request carries the ACK
+            iss=random.getrandbits(32),
+            settings=TcpSettings(
+                mss=65480, rcv_buffer=1 << 20, snd_buffer=1 << 20,
+                delayed_ack=0.04,  # as Linux: the next request carries the ACK
+            ),
         )  # fmt: skip
 
     def vm_out(self, conn: TcpConnection) -> list[bytes]:

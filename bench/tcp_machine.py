@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from pyvpnkit.core.tcp import TcpConnection
+from pyvpnkit.core.tcp import TcpConnection, TcpSettings
 from pyvpnkit.wire.tcp import ACK, SYN, TcpOptions, TcpSegment, build_tcp, encode_options, parse_tcp
 
 LOCAL = bytes([192, 168, 65, 2])
@@ -55,10 +55,9 @@ def connection(checksum: bool) -> TcpConnection:
         remote_ip=VM,
         remote_port=40000,
         iss=5000,
-        mss=MSS,
-        checksum=checksum,
-        rcv_buffer=64 << 20,
-        snd_buffer=64 << 20,
+        settings=TcpSettings(
+            mss=MSS, checksum=checksum, rcv_buffer=64 << 20, snd_buffer=64 << 20, delayed_ack=0.0
+        ),
     )
     c.drain()
     c.handle_segment(vm_segment(1001, 5001), 0.0)

@@ -18,6 +18,7 @@ from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
 from pyvpnkit.core.config import NetConfig, network_layout
 from pyvpnkit.core.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
+from pyvpnkit.core.tcp.settings import KEEPALIVE
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
 from pyvpnkit.proxy_options import add_proxy_options, proxy_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
@@ -69,8 +70,9 @@ def _keepalive(text: str) -> tuple[float, float, int] | None:
         if len(parts) not in (1, 3):
             raise ValueError
         idle = float(parts[0])
-        interval = float(parts[1]) if len(parts) == 3 else 75.0
-        count = int(parts[2]) if len(parts) == 3 else 9
+        _idle, interval, count = KEEPALIVE  # IDLE alone keeps the default interval and count
+        if len(parts) == 3:
+            interval, count = float(parts[1]), int(parts[2])
         if idle < 0 or interval <= 0 or count < 1 or idle == float("inf"):
             raise ValueError
     except ValueError:

@@ -7,20 +7,14 @@ thousands of stale entries a minute (issue 14's drift of ~1.5 MB a minute).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+from bench.soak import soak
 
 
+@pytest.mark.slow
 def test_short_soak() -> None:
-    spec = importlib.util.spec_from_file_location("soak", BENCH)
-    assert spec is not None and spec.loader is not None
-    soak = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = soak
-    spec.loader.exec_module(soak)
-    res = soak.soak(40, 5, report=print)
+    res = soak(40, 5, report=print)
     traffic = res["traffic"]
     assert traffic["errors"] == 0, res
     assert traffic["short_tcp"] > 100 and traffic["stream_mb"] > 0, res

@@ -30,6 +30,7 @@ from typing import Protocol, TypeVar
 
 from pyvpnkit.core.tcp import connection as tcpc
 from pyvpnkit.core.tcp.events import Closed, DataReceived, Established, PeerClosed, Reset, TimedOut
+from pyvpnkit.core.tcp.settings import TcpSettings
 from pyvpnkit.links.url import parse_listen_url
 from pyvpnkit.wire import dhcp as dhcpw
 from pyvpnkit.wire import vmnet
@@ -509,8 +510,7 @@ class Guest:
             remote_ip=ip,
             remote_port=port,
             iss=self.rng.getrandbits(32),
-            mss=mtu - 40,
-            keepalive_idle=None,
+            settings=TcpSettings(mss=mtu - 40, keepalive=None, delayed_ack=0.0),
         )
         data = bytearray()
         deadline = time.monotonic() + timeout

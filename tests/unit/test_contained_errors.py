@@ -19,6 +19,7 @@ import pytest
 from pyvpnkit.core.config import NetConfig, ip4
 from pyvpnkit.core.effects import TcpWrite
 from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.stack_settings import StackSettings
 from pyvpnkit.links.base import Link
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.host_tcp import HostTcp
@@ -246,7 +247,7 @@ def test_a_send_error_costs_one_frame() -> None:
 
 @pytest.mark.parametrize("cap", [1, 2])
 def test_pending_connects_beyond_the_cap_evict_the_oldest(cap: int) -> None:
-    stack = Stack(CFG, rng=random.Random(1), max_pending_connects=cap)
+    stack = Stack(CFG, StackSettings(max_pending_connects=cap), rng=random.Random(1))
     sports = list(range(40001, 40002 + cap))
     for sport in sports:
         stack.receive(1, syn(sport, 9), 0.0)

@@ -498,6 +498,7 @@ REQUESTS = st.builds(
 )
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

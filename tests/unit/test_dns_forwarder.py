@@ -6,6 +6,7 @@ from __future__ import annotations
 import dns.message
 import dns.rcode
 import dns.rrset
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ def reply_for(uq: UpstreamQuery, kind: str) -> bytes:
     return r.to_wire()
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(st.lists(action, max_size=40), st.integers(1, 4))
 def test_every_query_answered_once(actions: list[tuple[str, object, object]], down: int) -> None:

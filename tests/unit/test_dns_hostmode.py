@@ -343,6 +343,7 @@ def test_forward_mode_is_unchanged() -> None:
         DnsServer(CFG, [UP], mode="stub")
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(["A", "AAAA", "PTR", "MX"]),

@@ -39,6 +39,7 @@ def spelled(name: str, flips: list[bool]) -> str:
     return "".join(c.upper() if f else c for c, f in zip(name, flips[: len(name)], strict=True))
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=150, deadline=None)
 @given(
     name=st.sampled_from(["host.docker.internal", "gateway.docker.internal", "host.internal",

@@ -552,6 +552,7 @@ def test_other_opcodes_notimp(opcode: int) -> None:
     assert msg.id == 12 and msg.rcode() == dns.rcode.NOTIMP and msg.opcode() == opcode
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600), st.sampled_from(["udp", "tcp"]))
 def test_arbitrary_bytes_never_raise(data: bytes, transport: str) -> None:
@@ -563,6 +564,7 @@ def test_arbitrary_bytes_never_raise(data: bytes, transport: str) -> None:
             assert len(effect.data) >= 12
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
 def test_arbitrary_upstream_replies_never_raise(data: bytes) -> None:
@@ -586,6 +588,7 @@ SEEDS = [
 ]
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=400, deadline=None)
 @given(
     st.sampled_from(SEEDS),

@@ -17,6 +17,7 @@ import dns.rrset
 
 from pyvpnkit.core.config import NetConfig, ip4
 from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.stack_settings import StackSettings
 from pyvpnkit.links.base import Link
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
@@ -139,8 +140,8 @@ class Vm(Link):
         self.name, self.mtu, self.mac = "vm", 1500, None
         self.udp_answers: asyncio.Queue[bytes] = asyncio.Queue()
         self.segments: asyncio.Queue[tcp.TcpSegment] = asyncio.Queue()
-        self.stack = Stack(CFG, dns_upstreams=upstreams, dns_query_id=secure_query_id,
-                           dns_timeout=timeout)
+        self.stack = Stack(CFG, StackSettings(dns_timeout=timeout), dns_upstreams=upstreams,
+                           dns_query_id=secure_query_id)
         self.stack.dns.forwarder.resend_interval = resend_interval
         self.engine = Engine(self.stack)
         self.engine.add_executor(DnsUpstream(self.engine.loop, self.stack.dns, self.engine.wake))

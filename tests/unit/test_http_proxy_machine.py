@@ -382,6 +382,7 @@ def test_bad_host_names_get_400(host: bytes) -> None:
 headers = st.binary(min_size=1, max_size=30).filter(lambda b: b"\r" not in b and b"\n" not in b)
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(["http", "explicit"]), headers, headers, st.booleans())
 def test_any_host_or_target_gives_effects_never_exceptions(
@@ -403,6 +404,7 @@ SEEDS = {
 }
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from(["http", "https", "explicit"]),
@@ -587,6 +589,7 @@ ops = st.lists(
 )
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(["http", "https", "explicit"]), ops)
 def test_any_sequence_of_events_gives_effects_never_exceptions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -198,6 +199,7 @@ def test_reassembled_header_is_valid() -> None:
     assert not ip.is_fragment and not ip.dont_fragment
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=200, deadline=None)
 @given(
     size=st.integers(min_value=1, max_value=9000),
@@ -230,6 +232,7 @@ def test_random_fragmentations_reassemble_exactly(size: int, mtu: int, data: st.
     assert len(r) == 0 and r.bytes_used == 0
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

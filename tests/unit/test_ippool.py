@@ -258,6 +258,7 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolModel = PoolMachine.TestCase
 TestPoolModel.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestPoolModel.pytestmark = [pytest.mark.slow]  # hypothesis: many more examples
 
 
 def test_lease_keys_name_a_mac_or_a_client_id() -> None:

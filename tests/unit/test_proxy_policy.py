@@ -131,6 +131,7 @@ def addresses() -> st.SearchStrategy[bytes]:
                      st.sampled_from([b"\xfe\x80" + bytes(13) + b"\1", b"\xff\x02" + bytes(14)]))
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @pytest.mark.parametrize("loopback", [True, False])
 def test_the_proxy_decides_as_the_nat_does(loopback: bool) -> None:
     loop = asyncio.new_event_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,6 +185,7 @@ def test_no_host_loopback_refuses_alias() -> None:
     assert effects == [] and len(frames) == 1
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300)
 @given(st.binary(max_size=300), st.sampled_from([0x0800, 0x0806, 0x86DD, 0x1234]))
 def test_garbage_frames_are_dropped_not_raised(payload: bytes, etype: int) -> None:

@@ -276,6 +276,7 @@ def test_dns_answer_too_big_for_ipv6_is_truncated() -> None:
     assert reply.flags & dns.flags.TC and len(pkt.header) + len(pkt.payload) <= 1280
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(
     nh=st.sampled_from([ipv6.NH_ICMPV6, ipv6.NH_UDP, ipv6.NH_TCP, ipv6.NH_FRAGMENT,

@@ -13,6 +13,7 @@ import dns.message
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.stack_settings import StackSettings
 from pyvpnkit.links.tap import TapLink
 from pyvpnkit.links.tapdev import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR
 from pyvpnkit.runtime.engine import Engine
@@ -46,7 +47,7 @@ def dns_query_frame(partial: bool) -> bytes:
 
 
 async def _exchange(frame: bytes) -> tuple[Stack, bytes | None]:
-    stack = Stack(CFG, verify_checksums=True)
+    stack = Stack(CFG, StackSettings(verify_checksums=True))
     engine = Engine(stack)
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     link = TapLink(ours.detach(), engine, CFG.mtu, vnet_hdr=True)

@@ -102,7 +102,7 @@ def test_data_after_fin_is_ignored() -> None:
 
 
 def test_fin_wait_2_times_out_without_data() -> None:
-    link = establish(fin_wait_2_timeout=60.0, keepalive_idle=None)
+    link = establish(fin_wait_2_timeout=60.0, keepalive=None)
     c, p = link.conn, link.peer
     c.shutdown(link.now)
     link.drain()
@@ -147,7 +147,7 @@ def test_abort_sends_rst() -> None:
 
 
 def test_keepalive_probes_then_times_out() -> None:
-    link = establish(keepalive_idle=10.0, keepalive_interval=2.0, keepalive_probes=3)
+    link = establish(keepalive=(10.0, 2.0, 3))
     c, p = link.conn, link.peer
     assert c.next_deadline() == pytest.approx(110.0)
     (probe,) = link.fire()
@@ -165,7 +165,7 @@ def test_keepalive_probes_then_times_out() -> None:
 
 
 def test_keepalive_off() -> None:
-    link = establish(keepalive_idle=None)
+    link = establish(keepalive=None)
     assert link.conn.next_deadline() is None
 
 

@@ -229,7 +229,7 @@ def test_rto_retransmits_with_backoff_and_resets() -> None:
 
 
 def test_retransmissions_give_up_with_rst() -> None:
-    link = establish(max_retries=4, keepalive_idle=None)
+    link = establish(max_retries=4, keepalive=None)
     link.conn.send(b"x", link.now)
     link.drain()
     for _ in range(4):
@@ -273,7 +273,7 @@ def test_partial_ack_retransmits_next_hole() -> None:
 
 
 def test_persist_probes_zero_window_until_it_opens() -> None:
-    link = establish(Peer(wscale=None), keepalive_idle=None)
+    link = establish(Peer(wscale=None), keepalive=None)
     c = link.conn
     p = link.peer
     link.feed(p.seg(ACK, window=0))
@@ -294,7 +294,7 @@ def test_persist_probes_zero_window_until_it_opens() -> None:
 
 
 def test_rto_probes_zero_window_with_data_in_flight() -> None:
-    link = establish(keepalive_idle=None, max_retries=3)
+    link = establish(keepalive=None, max_retries=3)
     c = link.conn
     p = link.peer
     c.send(b"k" * 3000, link.now)
@@ -328,7 +328,7 @@ def test_timestamps_give_rtt_samples() -> None:
 
 
 def test_fin_is_retransmitted() -> None:
-    link = establish(keepalive_idle=None)
+    link = establish(keepalive=None)
     c = link.conn
     c.send(b"end", link.now)
     c.shutdown(link.now)

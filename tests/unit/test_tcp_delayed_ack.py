@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvpnkit.core.tcp_nat import DELAYED_ACK
+from pyvpnkit.core.tcp.settings import DELAYED_ACK
 
 from .test_tcp_nat_support import Vm, World
 

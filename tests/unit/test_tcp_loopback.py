@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from pyvpnkit.core.tcp import (
     PeerClosed,
     Reset,
     TcpConnection,
+    TcpSettings,
     TimedOut,
 )
 from pyvpnkit.wire.ipv4 import PROTO_TCP, ipv4_header, parse_ipv4
@@ -107,7 +109,8 @@ def run_pair(
 ) -> tuple[App, App, float]:
     now = 0.0
     common: dict[str, Any] = dict(
-        keepalive_idle=None,
+        keepalive=None,
+        delayed_ack=0.0,
         fin_wait_2_timeout=None,
         msl=1.0,
         max_retries=60,
@@ -121,10 +124,7 @@ def run_pair(
         remote_ip=B_IP,
         remote_port=2222,
         iss=rng.getrandbits(32),
-        mss=mss_a,
-        rcv_buffer=rcv_a,
-        snd_buffer=snd_a,
-        **common,
+        settings=TcpSettings(mss=mss_a, rcv_buffer=rcv_a, snd_buffer=snd_a, **common),
     )
     b: TcpConnection | None = None
     app_a, app_b = App("a", data_a), App("b", data_b)
@@ -192,11 +192,9 @@ def run_pair(
                         remote_ip=A_IP,
                         remote_port=1111,
                         iss=rng.getrandbits(32),
-                        mss=mss_b,
-                        rcv_buffer=rcv_b,
-                        snd_buffer=snd_b,
-                        **common,
-                        **opts_b,
+                        settings=TcpSettings(
+                            mss=mss_b, rcv_buffer=rcv_b, snd_buffer=snd_b, **common, **opts_b
+                        ),
                     )
                 continue
             conn = a if dst == A_IP else b
@@ -220,6 +218,7 @@ def _blob(n: int) -> bytes:
 
 
 # TCP_EXAMPLES=2000 for a long soak.
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(
     max_examples=int(os.environ.get("TCP_EXAMPLES", "60")),
     deadline=None,
@@ -301,6 +300,7 @@ _seg_strategy = st.tuples(
 )
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300, deadline=None)
 @given(
     syn_opts=_seg_strategy,
@@ -319,9 +319,7 @@ def test_arbitrary_segments_never_raise(
         remote_ip=VM,
         remote_port=4000,
         iss=0xFFFFFF00,
-        mss=1460,
-        rcv_buffer=5000,
-        snd_buffer=5000,
+        settings=TcpSettings(rcv_buffer=5000, snd_buffer=5000, delayed_ack=0.0),
     )
     options = syn_opts[5]
     if active:

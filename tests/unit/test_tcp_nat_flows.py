@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pyvpnkit.app.options import Options, stack_settings
 from pyvpnkit.core.effects import TcpOpen
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.wire import ethernet, ipv4, tcp
@@ -74,7 +75,9 @@ def test_tcp_keepalive_option_sets_idle_interval_and_count() -> None:
     assert args.tcp_keepalive == (10.0, 2.0, 3)
     assert make_parser().parse_args(["exec", "--tcp-keepalive", "0", "--", "true"]).tcp_keepalive \
         is None
-    stack = Stack(make_stack().config, tcp_keepalive=args.tcp_keepalive)
+    idle_only = make_parser().parse_args(["exec", "--tcp-keepalive", "30", "--", "true"])
+    assert idle_only.tcp_keepalive == (30.0, 75.0, 9)  # the default interval and count
+    stack = Stack(make_stack().config, stack_settings(Options(tcp_keepalive=args.tcp_keepalive)))
     established(stack)
     probes = []
     for _ in range(4):  # a dead VM: three probes 2 s apart after 10 s idle, then a reset

@@ -10,7 +10,7 @@ be held full to exercise flow control.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pyvpnkit.core.config import NetConfig, ip4
@@ -22,7 +22,7 @@ from pyvpnkit.core.effects import (
     TcpShutdown,
     TcpWrite,
 )
-from pyvpnkit.core.tcp import DataReceived, Established, TcpConnection, TcpEvent
+from pyvpnkit.core.tcp import DataReceived, Established, TcpConnection, TcpEvent, TcpSettings
 from pyvpnkit.core.tcp_nat import TcpNat
 from pyvpnkit.wire.ipv4 import PROTO_TCP, IPv4Packet, build_ipv4, parse_ipv4
 from pyvpnkit.wire.ipv6 import IPv6Packet, parse_ipv6
@@ -32,7 +32,8 @@ CFG = NetConfig()
 VM = ip4("192.168.65.3")
 VM2 = ip4("192.168.65.4")
 REMOTE = ip4("203.0.113.5")
-VM_TCP: dict[str, Any] = dict(mss=1460, keepalive_idle=None)  # the VM's TCP: no keepalive
+VM_TCP = TcpSettings(keepalive=None, delayed_ack=0.0)  # the VM's TCP: no keepalive, ACKs at once
+SETTINGS = frozenset(f.name for f in fields(TcpSettings))
 
 
 def parse_ip(raw: bytes) -> IPv4Packet | IPv6Packet:
@@ -117,9 +118,11 @@ class World:
     """A NAT, a fake host and VM connections, passing bytes until nothing moves."""
 
     def __init__(self, **nat_kw: Any) -> None:
+        """``nat_kw``: TcpNat's keywords, or fields of the TcpSettings it gets."""
         self.now = 100.0
         self.iss = 7000
-        self.nat = TcpNat(CFG, iss=self._next_iss, **nat_kw)
+        settings = {k: nat_kw.pop(k) for k in list(nat_kw) if k in SETTINGS}
+        self.nat = TcpNat(CFG, iss=self._next_iss, settings=TcpSettings(**settings), **nat_kw)
         self.host = FakeHost(self.nat)
         self.vms: list[Vm] = []
         self.stray: list[TcpSegment] = []  # NAT packets no VM connection owns
@@ -129,11 +132,13 @@ class World:
         return self.iss
 
     def connect(
-        self, dst: bytes = REMOTE, port: int = 80, sport: int = 40000, src: bytes = VM, **kw: Any
+        self, dst: bytes = REMOTE, port: int = 80, sport: int = 40000, src: bytes = VM,
+        iss: int = 1000, **kw: Any,
     ) -> Vm:
-        opts = {**VM_TCP, "iss": 1000, **kw}
+        """A VM connection; ``kw``: TcpSettings fields for the VM's side."""
         conn = TcpConnection(
-            local_ip=src, local_port=sport, remote_ip=dst, remote_port=port, **opts
+            local_ip=src, local_port=sport, remote_ip=dst, remote_port=port, iss=iss,
+            settings=replace(VM_TCP, **kw),
         )
         conn.connect(self.now)
         return self._add(conn, (src, sport, dst, port))
@@ -146,7 +151,7 @@ class World:
         key = (ip.dst, seg.dst_port, ip.src, seg.src_port)
         conn = TcpConnection.accept(
             seg, self.now, local_ip=ip.dst, local_port=seg.dst_port, remote_ip=ip.src,
-            remote_port=seg.src_port, iss=3000, **VM_TCP,
+            remote_port=seg.src_port, iss=3000, settings=VM_TCP,
         )  # fmt: skip
         return self._add(conn, key)
 

@@ -80,6 +80,7 @@ def test_reassembly_interval_and_chunk_limits() -> None:
     assert r.add(30, b"f") and r.add(31, b"g") and r.add(32, b"h")
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 60)), max_size=40))
 def test_reassembly_matches_a_byte_model(pieces: list[tuple[int, int]]) -> None:
@@ -176,6 +177,7 @@ def test_newreno_fast_retransmit_partial_and_full_ack() -> None:
 # -- packet builder -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=300)
 @given(
     st.binary(min_size=4, max_size=4),

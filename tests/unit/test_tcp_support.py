@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyvpnkit.core.tcp import TcpConnection
+from pyvpnkit.core.tcp import TcpConnection, TcpSettings
 from pyvpnkit.wire.ipv4 import PROTO_TCP, parse_ipv4
 from pyvpnkit.wire.tcp import (
     ACK,
@@ -40,12 +40,21 @@ def parse_out(pkt: bytes, src: bytes = LOCAL, dst: bytes = VM) -> TcpSegment:
     return parse_tcp(ip.payload, ip.src, ip.dst)
 
 
+ENDPOINT = frozenset(("local_ip", "local_port", "remote_ip", "remote_port", "iss"))
+
+
 def kw(**extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = dict(
-        local_ip=LOCAL, local_port=LPORT, remote_ip=VM, remote_port=VPORT, iss=5000, mss=1460
-    )
-    base.update(extra)
-    return base
+    """A connection's arguments: ``extra`` names endpoint fields or TcpSettings fields.
+
+    These tests drive the bare machine with 4 MiB buffers (window scale 7), and a pure
+    ACK goes out at once (no delayed ACK).
+    """
+    base: dict[str, Any] = dict(local_ip=LOCAL, local_port=LPORT, remote_ip=VM, remote_port=VPORT,
+                                iss=5000)
+    settings: dict[str, Any] = dict(rcv_buffer=4 << 20, snd_buffer=4 << 20, delayed_ack=0.0)
+    for key, value in extra.items():
+        (base if key in ENDPOINT else settings)[key] = value
+    return dict(base, settings=TcpSettings(**settings))
 
 
 @dataclass

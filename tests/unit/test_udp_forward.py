@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,6 +163,7 @@ ops = st.lists(
 )
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=150, deadline=None)
 @given(ops)
 def test_flow_table_invariants(seq) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -260,6 +261,7 @@ def test_invalid_inputs_dropped() -> None:
     assert nat.drain() == ([], [])
 
 
+@pytest.mark.slow  # hypothesis: more examples than the profile
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(

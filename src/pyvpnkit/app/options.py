@@ -20,8 +20,12 @@ from pyvpnkit.core.http_proxy.config import (
     parse_config,
     with_overrides,
 )
+from pyvpnkit.core.stack_settings import StackSettings
+from pyvpnkit.core.tcp.settings import KEEPALIVE, TcpSettings
 from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import SETUP_FAILED, UserError
+
+_STACK = StackSettings()  # the stack's defaults, which Options repeats by reference
 
 
 @dataclass(frozen=True)
@@ -31,16 +35,16 @@ class Options:
     # DNS: upstream servers (none: the host's resolv.conf), hosts file, mode, timeout
     dns_servers: tuple[tuple[str, int], ...] = ()
     hosts: str = "/etc/hosts"
-    dns_mode: str = "forward"  # or "host": A/AAAA/PTR from getaddrinfo
-    dns_timeout: float = 5.0
-    dns_cache: int = 0  # forwarded answers kept (0: none)
+    dns_mode: str = _STACK.dns_mode  # or "host": A/AAAA/PTR from getaddrinfo
+    dns_timeout: float = _STACK.dns_timeout
+    dns_cache: int = _STACK.dns_cache  # forwarded answers kept (0: none)
     # the stack
     redirects: tuple[Redirect, ...] = ()  # --forwards
-    verify_checksums: bool = False
-    tcp_keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9)
-    udp_idle_timeout: float = 60.0
-    udp_max_flows: int = 4096
-    max_pending_connects: int = 1024
+    verify_checksums: bool = _STACK.verify_checksums
+    tcp_keepalive: tuple[float, float, int] | None = KEEPALIVE
+    udp_idle_timeout: float = _STACK.udp_idle_timeout
+    udp_max_flows: int = _STACK.udp_max_flows
+    max_pending_connects: int = _STACK.max_pending_connects
     connect_timeout: float = 30.0
     # the HTTP proxy: --http (vpnkit's http_proxy.json, reloaded when it changes) and the
     # flags that override its keys (--proxy-from-env is resolved into them by the CLI)
@@ -81,6 +85,21 @@ class Options:
 
 
 DEFAULTS = Options()
+
+
+def stack_settings(options: Options) -> StackSettings:
+    """The stack's share of the options, handed to it whole."""
+    return StackSettings(
+        tcp=TcpSettings(keepalive=options.tcp_keepalive),
+        redirects=options.redirects,
+        max_pending_connects=options.max_pending_connects,
+        verify_checksums=options.verify_checksums,
+        udp_idle_timeout=options.udp_idle_timeout,
+        udp_max_flows=options.udp_max_flows,
+        dns_mode=options.dns_mode,
+        dns_timeout=options.dns_timeout,
+        dns_cache=options.dns_cache,
+    )
 
 
 def _redirect(path: str, i: int, rule: object) -> Redirect:

@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pyvpnkit.app.extras import ServiceExtras, start_service_extras
-from pyvpnkit.app.options import DEFAULTS, Options, load_proxy_config, proxy_config
+from pyvpnkit.app.options import (
+    DEFAULTS,
+    Options,
+    load_proxy_config,
+    proxy_config,
+    stack_settings,
+)
 from pyvpnkit.app.vpnkit_files import load_vpnkit_files
 from pyvpnkit.core.conditions import ConditionError
 from pyvpnkit.core.config import NetConfig
@@ -113,22 +119,10 @@ class Service:
         self.hosts_path: str = opts.hosts
         self.stack = Stack(
             config,
+            stack_settings(opts),
             dns_upstreams=upstreams,
             hosts_text=_read(opts.hosts),
             dns_query_id=secure_query_id,
-            tcp_redirects=opts.redirects,
-            # TAP links hand TCP to the kernel with partial checksums and as
-            # GSO super-segments; hypervisor links need both done by us.
-            tcp_checksums=bool(opts.listeners),
-            tcp_gso=not opts.listeners,
-            verify_checksums=opts.verify_checksums,
-            tcp_keepalive=opts.tcp_keepalive,
-            udp_idle_timeout=opts.udp_idle_timeout,
-            udp_max_flows=opts.udp_max_flows,
-            dns_mode=self.dns_mode,
-            dns_timeout=opts.dns_timeout,
-            dns_cache=opts.dns_cache,
-            max_pending_connects=opts.max_pending_connects,
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
         # the files reloaded on change: --gateway-forwards, --dhcp-path, --http, --conditions

@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from pyvpnkit.core.arp import ArpResponder
 from pyvpnkit.core.conditions import Conditions
@@ -31,7 +31,8 @@ from pyvpnkit.core.ippool import AddressPool, key_mac, mac_for_uuid, mac_key
 from pyvpnkit.core.outbox import Outbox
 from pyvpnkit.core.routes import HOST_LOOPBACKS, nat_target, route
 from pyvpnkit.core.stack6 import Ipv6Switch
-from pyvpnkit.core.tcp_nat import LocalService, Redirect, TcpNat
+from pyvpnkit.core.stack_settings import StackSettings
+from pyvpnkit.core.tcp_nat import LocalService, TcpNat
 from pyvpnkit.core.udp_forward import UdpForwarder
 from pyvpnkit.core.udp_nat import UdpNat
 from pyvpnkit.wire import icmp as icmpw
@@ -67,6 +68,7 @@ class _Timed(Protocol):
 # The switch's MAC table, as a hardware switch bounds its own: a VM that sends from
 # random source MACs must not grow it (and every flood, which walks it) without end.
 MAX_MACS = 4096
+DEFAULTS: Final = StackSettings()
 
 @dataclass(slots=True)
 class Vm:
@@ -108,27 +110,18 @@ class Stack:
     def __init__(
         self,
         config: NetConfig,
+        settings: StackSettings = DEFAULTS,
         *,
         dns_upstreams: list[tuple[str, int]] | None = None,
         hosts_text: str = "",
         rng: random.Random | None = None,
-        verify_checksums: bool = False,
-        tcp_checksums: bool = True,
-        tcp_gso: bool = False,
         dns_query_id: Callable[[], int] | None = None,
-        tcp_redirects: tuple[Redirect, ...] = (),
-        tcp_keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
-        udp_idle_timeout: float = 60.0,
-        udp_max_flows: int = 4096,
-        dns_mode: str = "forward",
-        dns_timeout: float = 5.0,
-        max_pending_connects: int = 1024,
-        dns_cache: int = 0,
     ) -> None:
         self.config = config
         self._rng = rng or random.Random()
-        self._verify = verify_checksums
-        self._check = verify_checksums  # for the frame being handled
+        self._verify = settings.verify_checksums
+        self._check = settings.verify_checksums  # for the frame being handled
+        self._offload_links: set[int] = set()  # links that checksum and segment TCP for us
         self.stats: Counter[str] = Counter()
         self.pool = AddressPool(
             config.lowest_ip,
@@ -141,8 +134,8 @@ class Stack:
         self.arp = ArpResponder(config.gateway_mac, self._is_vm_address)
         self.dhcp = DhcpServer(config, self.pool)
         self.dns = DnsServer(
-            config, dns_upstreams or [], hosts_text, new_id=dns_query_id, mode=dns_mode,
-            timeout=dns_timeout, cache_size=dns_cache,
+            config, dns_upstreams or [], hosts_text, new_id=dns_query_id,
+            mode=settings.dns_mode, timeout=settings.dns_timeout, cache_size=settings.dns_cache,
         )
         self._dns_tcp = _DnsOverTcp(self)
         self.http_proxy = ProxyConfig()  # the runtime swaps in the configured one
@@ -153,17 +146,17 @@ class Stack:
             local_service=self._local_service,
             proxy_mode=self._proxy_mode,
             gateway_forward=self._gateway_forward_tcp,
-            checksum=tcp_checksums,
-            redirects=tcp_redirects,
-            keepalive=tcp_keepalive,
-            gso=tcp_gso,
-            max_pending_connects=max_pending_connects,
+            offloads=self._offloads,
+            settings=settings.tcp,
+            redirects=settings.redirects,
+            max_pending_connects=settings.max_pending_connects,
         )
         # The UDP and ICMP NATs, the forwarder and the reassembler put what they make
         # here: a drain takes it in one swap.
         self._box = box = Outbox()
         self.udp = UdpNat(
-            config, idle_timeout=udp_idle_timeout, max_flows=udp_max_flows, outbox=box
+            config, idle_timeout=settings.udp_idle_timeout, max_flows=settings.udp_max_flows,
+            outbox=box,
         )
         self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
         self.udp_forward = UdpForwarder(config, outbox=box, nat_peer=self.udp.has_sent)
@@ -214,8 +207,24 @@ class Stack:
 
     # -- links and VMs -------------------------------------------------------
 
+    def link_opened(self, link: int, offloads: bool) -> None:
+        """A new link; ``offloads``: it completes TCP checksums and cuts super-segments (TAP)."""
+        if offloads:
+            self._offload_links.add(link)
+
+    def _offloads(self, ip: bytes) -> bool:
+        """Whether the link of the VM at ``ip`` (either family) offloads TCP for us."""
+        if not self._offload_links:
+            return False
+        if len(ip) == 4:
+            vm = self.vms.get(ip)
+            return vm is not None and vm.link in self._offload_links
+        mac = self.v6.neighbors.lookup(ip) if self.v6 is not None else None
+        return mac is not None and self.macs.get(mac) in self._offload_links
+
     def link_closed(self, link: int, now: float) -> None:
         """Forget the VMs behind a link; their addresses stay bound to their MAC."""
+        self._offload_links.discard(link)
         for ip in [ip for ip, vm in self.vms.items() if vm.link == link]:
             del self.vms[ip]
             self._forget_flows(ip, now)

@@ -20,8 +20,8 @@ import heapq
 import ipaddress
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Final
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
@@ -54,8 +54,10 @@ from pyvpnkit.core.tcp import (
     Reset,
     SendSpace,
     TcpConnection,
+    TcpSettings,
     TimedOut,
 )
+from pyvpnkit.core.tcp.settings import DEFAULTS as TCP_DEFAULTS
 from pyvpnkit.wire.ipv4 import PROTO_TCP
 from pyvpnkit.wire.tcp import ACK, RST, SYN, TcpSegment, build_tcp
 
@@ -65,9 +67,8 @@ FlowKey = tuple[bytes, int, bytes, int]
 # A host read is handed to the TCP machine whole; reading pauses while the
 # send buffer has less room than this, which bounds memory per flow.
 READ_CHUNK = 256 * 1024
-# A pure ACK for the VM's in-order data waits this long for the host's answer to carry it
-# (loopback and LAN services answer well within it; RFC 1122 allows up to 500 ms).
-DELAYED_ACK = 0.002
+# Host connects in flight per VM before a new SYN evicts the oldest.
+MAX_PENDING_CONNECTS: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -135,13 +136,10 @@ class TcpNat:
         local_service: Callable[[bytes, int], LocalService | None] = lambda ip, port: None,
         proxy_mode: Callable[[bytes, int], str | None] = lambda ip, port: None,
         gateway_forward: Callable[[bytes, int], tuple[str, int] | None] = lambda ip, port: None,
-        rcv_buffer: int = 2 << 20,
-        snd_buffer: int = 2 << 20,
-        checksum: bool = True,
+        offloads: Callable[[bytes], bool] = lambda ip: False,
+        settings: TcpSettings = TCP_DEFAULTS,
         redirects: tuple[Redirect, ...] = (),
-        keepalive: tuple[float, float, int] | None = (7200.0, 75.0, 9),
-        gso: bool = False,
-        max_pending_connects: int = 1024,
+        max_pending_connects: int = MAX_PENDING_CONNECTS,
     ) -> None:
         self.config = config
         self.max_pending_connects = max_pending_connects
@@ -152,23 +150,21 @@ class TcpNat:
         self._local_service = local_service
         self._proxy_mode = proxy_mode
         self._gateway_forward = gateway_forward
-        # Options every connection gets, whichever side opens it. Links that
-        # segment for us (TSO) take packets up to the IPv4 maximum. Paused host
-        # reads resume on SendSpace once READ_CHUNK fits: it must fire by then.
-        snd_buffer = max(snd_buffer, READ_CHUNK)
-        self._conn_options: dict[str, Any] = {
-            "mss": config.mtu - IPV4_TCP_OVERHEAD,  # _options() adjusts it for IPv6
-            "rcv_buffer": rcv_buffer,
-            "snd_buffer": snd_buffer,
-            "send_space_low": max(snd_buffer // 4, READ_CHUNK),
-            "checksum": checksum,
-            # Idle seconds before the first probe, seconds between probes, probes.
-            "keepalive_idle": keepalive[0] if keepalive else None,
-            "keepalive_interval": keepalive[1] if keepalive else 75.0,
-            "keepalive_probes": keepalive[2] if keepalive else 9,
-            "gso_size": 65535 - IPV4_TCP_OVERHEAD if gso else None,  # ditto
-            "delayed_ack": DELAYED_ACK,
-        }
+        self._offloads = offloads  # VM address -> its link completes checksums, does TSO
+        # What connections get, by address length and link offloads: the MSS for the
+        # family; a link that offloads (TAP) takes packets up to the IP maximum and
+        # checksums them itself. Paused host reads resume on SendSpace once READ_CHUNK
+        # fits: it must fire by then.
+        snd_buffer = max(settings.snd_buffer, READ_CHUNK)
+        base = replace(settings, snd_buffer=snd_buffer,
+                       send_space_low=max(snd_buffer // 4, READ_CHUNK))
+        self._conn_settings: dict[tuple[int, bool], TcpSettings] = {}
+        for size, overhead in ((4, IPV4_TCP_OVERHEAD), (16, IPV6_TCP_OVERHEAD)):
+            mss = config.mtu - overhead
+            self._conn_settings[size, False] = replace(base, mss=mss)
+            self._conn_settings[size, True] = replace(
+                base, mss=mss, checksum=False, gso_size=65535 - overhead
+            )
         self.flows: dict[FlowKey, Flow] = {}
         self.by_id: dict[int, Flow] = {}
         self._next_id = 1
@@ -272,20 +268,14 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=flow.syn.src_port,
             iss=self._iss(),
-            **self._options(vm_ip),
+            settings=self._settings(vm_ip),
         )
         flow.syn = None
         self._dirty.add(flow.flow_id)
 
-    def _options(self, vm_ip: bytes) -> dict[str, Any]:
-        """Connection options for the VM address's family: IPv6 headers are 20 bytes longer."""
-        if len(vm_ip) == 4:
-            return self._conn_options
-        extra = IPV6_TCP_OVERHEAD - IPV4_TCP_OVERHEAD
-        opts = dict(self._conn_options, mss=self._conn_options["mss"] - extra)
-        if opts["gso_size"] is not None:
-            opts["gso_size"] -= extra
-        return opts
+    def _settings(self, vm_ip: bytes) -> TcpSettings:
+        """Connection settings for the VM's address family and link."""
+        return self._conn_settings[len(vm_ip), self._offloads(vm_ip)]
 
     def open_to_vm(
         self, vm_ip: bytes, vm_port: int, now: float, client: Client | None = None
@@ -314,7 +304,7 @@ class TcpNat:
             remote_ip=vm_ip,
             remote_port=vm_port,
             iss=self._iss(),
-            **self._options(vm_ip),
+            settings=self._settings(vm_ip),
         )
         flow.conn.connect(now)
         self._register(flow)

@@ -18,6 +18,7 @@ import ipaddress
 from abc import abstractmethod
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import Final
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
@@ -33,6 +34,9 @@ MAX_UDP_PAYLOAD = 65507  # 65535 - IPv4 header - UDP header
 MAX_UDP6_PAYLOAD = 65527  # 65535 - UDP header: the IPv6 payload length excludes its header
 _ORIGINALS_PER_FLOW = 16  # quoted headers kept per flow, by destination
 _ADDR_CACHE = 4096
+# A flow is forgotten after this long idle; beyond this many, the least recently used goes.
+IDLE_TIMEOUT: Final = 60.0
+MAX_FLOWS: Final = 4096
 
 
 @dataclass(slots=True)
@@ -159,8 +163,8 @@ class UdpNat(NatBase):
         self,
         config: NetConfig,
         *,
-        idle_timeout: float = 60.0,
-        max_flows: int = 4096,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_flows: int = MAX_FLOWS,
         mtu: int | None = None,
         outbox: Outbox | None = None,
     ) -> None:

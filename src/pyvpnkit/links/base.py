@@ -57,6 +57,9 @@ class Link(abc.ABC):
     # False: the port is a device the user set up (a TAP), never closed for being
     # quiet (vpnkit's --port-max-idle-time expires only VM connections).
     expires: bool = True
+    # True: TCP may leave its checksums partial and send super-segments; the link
+    # (a TAP with a virtio-net header) has the kernel complete and cut them.
+    offloads: bool = False
 
     @abc.abstractmethod
     def send_frame(self, frame: bytes) -> None:

@@ -45,7 +45,7 @@ class TapLink(Link):
         self.name = name
         self.mac = None
         self.dropped = 0
-        self.vnet_hdr = vnet_hdr
+        self.vnet_hdr = self.offloads = vnet_hdr
         self._loop = asyncio.get_running_loop()
         self._bufsize = mtu + 14 + 4
         if vnet_hdr:

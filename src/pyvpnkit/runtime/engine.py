@@ -75,6 +75,7 @@ class Engine:
         self._next_link += 1
         self.links[n] = link
         self._ids[id(link)] = n
+        self.stack.link_opened(n, link.offloads)
         if link.mac is not None and link.ip is not None:
             # The transport named the VM (vmnet): its frames go to this link from now
             # on, even if an older connection with the same UUID is still open, as

@@ -17,6 +17,7 @@ from pyvpnkit.core.tcp.events import (
     TcpEvent,
     TimedOut,
 )
+from pyvpnkit.core.tcp.settings import TcpSettings
 
 __all__ = [
     "Closed",
@@ -27,5 +28,6 @@ __all__ = [
     "SendSpace",
     "TcpConnection",
     "TcpEvent",
+    "TcpSettings",
     "TimedOut",
 ]

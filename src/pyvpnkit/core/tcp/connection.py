@@ -20,8 +20,6 @@ and only sets or clears the receiver's request flags (an ACK owed).
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvpnkit.core.tcp.congestion import NewReno
 from pyvpnkit.core.tcp.events import (
     Closed,
@@ -41,6 +39,7 @@ from pyvpnkit.core.tcp.rto import RtoEstimator
 from pyvpnkit.core.tcp.scoreboard import Scoreboard
 from pyvpnkit.core.tcp.sender import DUPLICATE, Sender
 from pyvpnkit.core.tcp.seq import MASK, unwrap
+from pyvpnkit.core.tcp.settings import DEFAULTS, TcpSettings
 from pyvpnkit.core.tcp.state import (
     CLOSE,
     CLOSED,
@@ -85,60 +84,40 @@ class TcpConnection:
         remote_ip: bytes,
         remote_port: int,
         iss: int,
-        mss: int,
-        rcv_buffer: int = 4 << 20,
-        snd_buffer: int = 4 << 20,
-        keepalive_idle: float | None = 7200.0,
-        checksum: bool = True,
-        keepalive_interval: float = 75.0,
-        keepalive_probes: int = 9,
-        msl: float = 15.0,
-        fin_wait_2_timeout: float | None = 60.0,
-        max_retries: int = 15,
-        user_timeout: float = 300.0,
-        syn_retries: int = 5,
-        min_rto: float = 0.2,
-        max_rto: float = 60.0,
-        initial_rto: float = 1.0,
-        initial_cwnd: int = 10,
-        send_space_low: int | None = None,
-        max_ooo_intervals: int = 1024,
-        sack: bool = True,
-        timestamps: bool = True,
-        window_scaling: bool = True,
-        gso_size: int | None = None,
-        delayed_ack: float = 0.0,
+        settings: TcpSettings = DEFAULTS,
     ) -> None:
+        o = settings
         self._state = CLOSED
         self._now = 0.0
-        self._pb = PacketBuilder(local_ip, remote_ip, local_port, remote_port, checksum)
-        rcv_buffer = max(int(rcv_buffer), 1)
-        snd_buffer = max(int(snd_buffer), 1)
-        self._opt = opt = Options(mss, rcv_buffer, sack, timestamps, window_scaling)
+        self._pb = PacketBuilder(local_ip, remote_ip, local_port, remote_port, o.checksum)
+        rcv_buffer = max(int(o.rcv_buffer), 1)
+        snd_buffer = max(int(o.snd_buffer), 1)
+        self._opt = opt = Options(o.mss, rcv_buffer, o.sack, o.timestamps, o.window_scaling)
         # Seconds a pure ACK for in-order data may wait for data to ride on (0: never).
-        self._delayed_ack = delayed_ack
-        self._rx = Receiver(rcv_buffer, opt.mss, max_ooo_intervals, delayed_ack > 0)
-        self._rto = RtoEstimator(initial_rto, min_rto, max_rto)
+        self._delayed_ack = o.delayed_ack
+        self._rx = Receiver(rcv_buffer, opt.mss, o.max_ooo_intervals, o.delayed_ack > 0)
+        self._rto = RtoEstimator(o.initial_rto, o.min_rto, o.max_rto)
         self._tx = Sender(
             self._pb,
             iss & MASK,
             opt.mss,
             self._rto,
             size=snd_buffer,
-            low=snd_buffer // 4 if send_space_low is None else send_space_low,
-            gso_size=gso_size,
-            max_retries=max_retries,
-            user_timeout=user_timeout,
-            syn_retries=syn_retries,
+            low=snd_buffer // 4 if o.send_space_low is None else o.send_space_low,
+            gso_size=o.gso_size,
+            max_retries=o.max_retries,
+            user_timeout=o.user_timeout,
+            syn_retries=o.syn_retries,
         )
-        self._rec = Recovery(self._tx, initial_cwnd)
+        self._rec = Recovery(self._tx, o.initial_cwnd)
+        idle, interval, probes = o.keepalive or (None, 0.0, 0)
         self._tm = Timers(
-            keepalive_idle=keepalive_idle,
-            keepalive_interval=keepalive_interval,
-            keepalive_probes=keepalive_probes,
-            msl=msl,
-            fin_wait_2_timeout=fin_wait_2_timeout,
-            max_probes=max_retries,
+            keepalive_idle=idle,
+            keepalive_interval=interval,
+            keepalive_probes=probes,
+            msl=o.msl,
+            fin_wait_2_timeout=o.fin_wait_2_timeout,
+            max_probes=o.max_retries,
         )
         self._syn_pending = False  # our SYN (or SYN-ACK) is owed on the next drain
         self._probe_pending = False  # a window or keepalive probe is owed
@@ -149,9 +128,21 @@ class TcpConnection:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def accept(cls, syn: TcpSegment, now: float, **kw: Any) -> TcpConnection:
+    def accept(
+        cls,
+        syn: TcpSegment,
+        now: float,
+        *,
+        local_ip: bytes,
+        local_port: int,
+        remote_ip: bytes,
+        remote_port: int,
+        iss: int,
+        settings: TcpSettings = DEFAULTS,
+    ) -> TcpConnection:
         """Passive open answering the peer's SYN; the SYN-ACK goes out on the next drain."""
-        conn = cls(**kw)
+        conn = cls(local_ip=local_ip, local_port=local_port, remote_ip=remote_ip,
+                   remote_port=remote_port, iss=iss, settings=settings)
         conn._now = now
         conn._tm.opened(now)
         conn._start(syn, conn._tx.iss)
