@@ -74,7 +74,7 @@ class Vm:
     eth_header: bytes  # prebuilt: VM MAC, gateway MAC, IPv4
 
 
-class _DnsOverTcp(LocalService):
+class _DnsOverTcp:
     """DNS on the gateway's TCP port 53: length-prefixed, pipelined queries."""
 
     def __init__(self, stack: Stack) -> None:
