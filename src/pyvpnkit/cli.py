@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from pyvpnkit import __version__
+from pyvpnkit import __version__, build
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
 from pyvpnkit.core.config import NetConfig, network_layout
@@ -357,7 +357,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="User-mode network stack giving VMs and network namespaces the host's network.",
         epilog=EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"pyvpnkit {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"pyvpnkit {__version__} ({build.describe()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser(

@@ -22,7 +22,7 @@ LAYERS = {
     "api": 4,
     "app": 5,
     "cli": 6, "vpnkit_cli": 6, "slirp4netns": 6, "gvproxy": 6, "proxy_options": 6,
-    "__main__": 6,
+    "__main__": 6, "build": 6,
 }  # fmt: skip
 
 
