@@ -1,10 +1,11 @@
 """Build pyvpnkit, compiling its hot modules with mypyc when that is possible.
 
-One source, two builds. `pip install .` compiles the modules listed in
-`COMPILED` (the codecs and the sans-I/O core: the per-packet work) into C
-extensions when a C compiler and the Python headers exist; the .py files are
-installed beside them, so without a compiler, with `PYVPNKIT_PURE=1`, or when
-the compile fails, the same package runs as pure Python. `pyvpnkit --version`
+One source, two builds. `pip install .` compiles what pyproject.toml's
+`[tool.pyvpnkit] compiled` lists (the codecs and the sans-I/O core: the
+per-packet work) into C extensions when a C compiler and the Python headers
+exist; the .py files are installed beside them, so without a compiler, with
+`PYVPNKIT_PURE=1`, for an editable install, or when mypyc or the compiler
+fails, the same package runs as pure Python. `pyvpnkit --version`
 says which build runs. What compiled code may not do is in ARCHITECTURE.md
 ("Compiled build"); tests/unit/test_compiled.py checks it.
 """
