@@ -79,6 +79,10 @@ def _native_classes() -> set[str]:
             marked = "allow_interpreted_subclasses" in ast.unparse(node.decorator_list)
             if not bases & NOT_NATIVE and not marked:
                 native.add(f"{module}.{node.name}")
+    for module, path in COMPILED.items():  # re-exports (core/tcp/__init__.py and friends)
+        for local, imported in _resolver(ast.parse(path.read_text())).items():
+            if imported in native:
+                native.add(f"{module}.{local}")
     return native
 
 
