@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.util import find_spec
 
-import pyvpnkit.core.stack
-import pyvpnkit.wire.ipv4
+PROBES = ("pyvpnkit.core.stack", "pyvpnkit.wire.ipv4")  # one module of each compiled package
 
 
 def compiled() -> bool:
-    """True when wire/ and core/ run as C extensions built by mypyc."""
-    modules = (pyvpnkit.core.stack, pyvpnkit.wire.ipv4)
-    return all((m.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)) for m in modules)
+    """True when wire/ and core/ load as C extensions built by mypyc."""
+    origins = [getattr(find_spec(name), "origin", None) or "" for name in PROBES]
+    return all(origin.endswith(tuple(EXTENSION_SUFFIXES)) for origin in origins)
 
 
 def describe() -> str:

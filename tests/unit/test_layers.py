@@ -15,14 +15,14 @@ PACKAGE = Path(pyvpnkit.__file__).parent
 
 # Lower number = lower layer; a module may import its own layer or any lower one.
 LAYERS = {
-    "errors": 0, "wire": 0,
+    "errors": 0, "wire": 0, "build": 0,
     "core": 1,
     "links": 2,
     "runtime": 3,
     "api": 4,
     "app": 5,
     "cli": 6, "vpnkit_cli": 6, "slirp4netns": 6, "gvproxy": 6, "proxy_options": 6,
-    "__main__": 6, "build": 6,
+    "__main__": 6,
 }  # fmt: skip
 
 
