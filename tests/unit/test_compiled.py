@@ -4,8 +4,9 @@ install runs them all compiled or all pure (ARCHITECTURE.md, "Compiled build").
 The rules are checked on the source, so the pure build's CI run catches a break
 before anyone compiles: no interpreted subclass of a compiled class (in the
 rest of the package, the tests or the benchmarks), no monkeypatching of a
-compiled module or class, no ``property(...)`` class attribute and no
-``TYPE_CHECKING``-only type in a compiled module.
+compiled module or class; in a compiled module no ``property(...)`` class
+attribute, no ``TYPE_CHECKING``-only type, and a class field typed by a builtin
+mypyc does not load itself (``memoryview``) has it imported from ``builtins``.
 """
 
 from __future__ import annotations
