@@ -18,7 +18,9 @@ behind the stack and the clients on the host, through published ports.
 
 Tools: pyvpnkit; pyvpnkit6 (the same over IPv6: every test to [::1] via the
 IPv6 alias, DNS to the stack's IPv6 address); pyvpnkit-uvloop (the same under uvloop, if installed);
-pyvpnkit-base (the code in --baseline-src, for before/after); slirp4netns;
+pyvpnkit-base (the code in --baseline-src, for before/after); pyvpnkit-pure (the
+pure-Python build installed for --pure-python, beside the compiled one this
+script's Python runs); slirp4netns;
 pasta-user (rootless, as podman runs it: `pasta --config-net -- CMD` as an
 unprivileged user); pasta (as root, attached to a namespace we made: slow
 upload, see bench/README.md); rootlesskit-* (Debian's rootlesskit
@@ -135,6 +137,8 @@ def wrap(tool: str, mtu: int, run: str) -> str:
                   "runpy.run_module(\"pyvpnkit\", run_name=\"__main__\")'")
         elif tool == "pyvpnkit-base":
             py = f"PYTHONPATH={BASELINE_SRC} {py}"
+        elif tool == "pyvpnkit-pure":
+            py = f"{PURE_PYTHON} -m pyvpnkit"
         # The command runs as the stack's direct child: $PPID is the stack.
         gw = V6_ALIAS if tool == "pyvpnkit6" else "192.168.65.2"
         dns = V6_DNS if tool == "pyvpnkit6" else "192.168.65.1"
@@ -224,6 +228,8 @@ def available(tool: str) -> bool:
         return True
     if tool == "pyvpnkit-uvloop":
         return importlib.util.find_spec("uvloop") is not None
+    if tool == "pyvpnkit-pure":
+        return os.access(PURE_PYTHON, os.X_OK)
     if tool in ROOTLESSKIT:
         peer = tool == "rootlesskit-pyvpnkit" or shutil.which("slirp4netns") is not None
         return peer and shutil.which("rootlesskit") is not None
@@ -273,7 +279,7 @@ def fmt(value: float) -> str:
 
 
 def main() -> None:
-    global BASELINE_SRC
+    global BASELINE_SRC, PURE_PYTHON
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
@@ -282,8 +288,11 @@ def main() -> None:
     ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns,"
                     + ",".join(published.TESTS))
     ap.add_argument("--baseline-src", default="", help="src dir run as the pyvpnkit-base tool")
+    ap.add_argument("--pure-python", default=PURE_PYTHON,
+                    help="python of a venv with the pure build (PYVPNKIT_PURE=1 pip install .)")
     args = ap.parse_args()
     BASELINE_SRC = args.baseline_src
+    PURE_PYTHON = args.pure_python
     mtus = args.mtu or [65520, 1500]
     tools = [t for t in args.tools.split(",") if available(t)]
     env = NetEnv()
@@ -323,7 +332,10 @@ def main() -> None:
         print("\nratios ours / peer (above 1 is better for us, except CPU/GB):")
         mine = [t for t in tools if t.startswith("pyvpnkit") and t not in ROOTLESSKIT]
         pairs = [(a, b) for a in mine for b in tools if b in PEERS]
-        pairs += [(a, "pyvpnkit") for a in mine if a != "pyvpnkit" and "pyvpnkit" in tools]
+        pairs += [(a, "pyvpnkit") for a in mine
+                  if a not in ("pyvpnkit", "pyvpnkit-pure") and "pyvpnkit" in tools]
+        if "pyvpnkit" in tools and "pyvpnkit-pure" in tools:
+            pairs.append(("pyvpnkit", "pyvpnkit-pure"))  # the compiled build's speed-up
         if all(t in tools for t in ROOTLESSKIT):
             pairs.append(ROOTLESSKIT)
         for mtu in mtus:
@@ -341,6 +353,7 @@ def main() -> None:
 
 
 BASELINE_SRC = ""
+PURE_PYTHON = "/opt/pyvpnkit-venv-pure/bin/python"  # .ci/run's pure venv
 
 if __name__ == "__main__":
     main()

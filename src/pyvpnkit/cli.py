@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from pyvpnkit import __version__
+from pyvpnkit import __version__, build
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
 from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
 from pyvpnkit.core.config import NetConfig, network_layout
@@ -365,7 +365,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
         from pyvpnkit.runtime.capabilities import capabilities
 
-        print("\n".join([f"pyvpnkit {__version__}", *capabilities().lines()]))
+        head = f"pyvpnkit {__version__} ({build.describe()})"
+        print("\n".join([head, *capabilities().lines()]))
         parser.exit()
 
 
@@ -376,7 +377,7 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action=_Version, nargs=0,
-                        help="show the version and this host's capabilities, and exit")
+                        help="show the version, the build and this host's capabilities, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser(

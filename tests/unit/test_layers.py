@@ -15,7 +15,7 @@ PACKAGE = Path(pyvpnkit.__file__).parent
 
 # Lower number = lower layer; a module may import its own layer or any lower one.
 LAYERS = {
-    "errors": 0, "wire": 0,
+    "errors": 0, "wire": 0, "build": 0,
     "core": 1,
     "links": 2,
     "runtime": 3,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pyvpnkit.core.tcp import Closed, DataReceived, SendSpace, TimedOut
@@ -26,7 +28,7 @@ def test_received_data_is_copied_out_of_mutable_buffers() -> None:
     link = establish()
     seg = link.peer.data(b"hello")
     buf = bytearray(seg.payload)
-    mutable = type(seg)(*(getattr(seg, f) for f in seg.__slots__[:-1]), memoryview(buf))
+    mutable = dataclasses.replace(seg, payload=memoryview(buf))
     link.conn.handle_segment(mutable, link.now)
     buf[:] = b"XXXXX"
     link.drain()

@@ -14,7 +14,7 @@ import pytest
 from pyvpnkit.core.config import ip4
 from pyvpnkit.core.effects import TcpOpen
 from pyvpnkit.core.tcp import Closed, DataReceived, Established, PeerClosed, Reset
-from pyvpnkit.core.tcp_nat import READ_CHUNK, LocalService, Redirect, TcpNat
+from pyvpnkit.core.tcp_nat import READ_CHUNK, Redirect, TcpNat
 from pyvpnkit.wire.ipv4 import parse_ipv4
 from pyvpnkit.wire.tcp import ACK, FIN, RST, SYN
 
@@ -321,7 +321,7 @@ def test_no_deadline_without_flows() -> None:
 # -- the gateway's own services and port forwards -------------------------------
 
 
-class Echo(LocalService):
+class Echo:
     """A service the stack terminates itself: echoes, closes when the VM does."""
 
     def __init__(self) -> None:
@@ -350,9 +350,6 @@ def test_local_service_on_the_gateway() -> None:
     vm.conn.shutdown(w.now)
     w.run()
     assert echo.eofs == [1] and vm.events[-2:] == [PeerClosed(), Closed()]
-    LocalService().eof(1, w.now)  # the default does nothing
-    with pytest.raises(NotImplementedError):
-        LocalService().received(1, b"", w.now)
 
 
 def test_port_forward_opens_into_the_vm_from_the_gateway() -> None:

@@ -15,6 +15,7 @@ a VM's link get ICMPv6 Packet Too Big instead (phase B's NAT).
 from __future__ import annotations
 
 import struct
+from typing import ClassVar
 
 from pyvpnkit.core.ipfrag import FragmentReassembly
 from pyvpnkit.wire.icmpv6 import REASSEMBLY_TIME_EXCEEDED, TIME_EXCEEDED, build_icmpv6, error_quote
@@ -24,7 +25,7 @@ _Key = tuple[bytes, bytes, int, int]
 
 
 class Ipv6Reassembler(FragmentReassembly):
-    max_datagram = IPV6_HEADER_LEN + 0xFFFF  # the payload length field is 16 bits
+    max_datagram: ClassVar[int] = IPV6_HEADER_LEN + 0xFFFF  # the payload length field is 16 bits
 
     def add(self, pkt: IPv6Packet, now: float) -> bytes | None:
         """Store one fragment; return the whole IPv6 packet once it is complete.

@@ -13,6 +13,7 @@ import struct
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pyvpnkit.core.effects import Effect
 from pyvpnkit.core.icmp_errors import time_exceeded
@@ -50,7 +51,7 @@ class FragmentReassembly:
     offsets and say how the whole datagram's header and timeout error look.
     """
 
-    max_datagram = MAX_DATAGRAM  # header + payload
+    max_datagram: ClassVar[int] = MAX_DATAGRAM  # header + payload
 
     def __init__(
         self,

@@ -83,7 +83,7 @@ class Vm:
     bytes_out: int = 0
 
 
-class _DnsOverTcp(LocalService):
+class _DnsOverTcp:
     """DNS on the gateway's TCP port 53: length-prefixed, pipelined queries."""
 
     def __init__(self, stack: Stack) -> None:

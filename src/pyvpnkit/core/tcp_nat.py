@@ -21,7 +21,7 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Protocol
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import (
@@ -85,14 +85,14 @@ class Redirect:
         )
 
 
-class LocalService:
+class LocalService(Protocol):
     """A byte-stream service the stack itself terminates (e.g. DNS over TCP)."""
 
     def received(self, flow_id: int, data: bytes, now: float) -> None:
-        raise NotImplementedError
+        """Bytes the VM sent."""
 
     def eof(self, flow_id: int, now: float) -> None:
-        """The VM finished sending; by default close our side too."""
+        """The VM finished sending."""
 
 
 @dataclass(slots=True)

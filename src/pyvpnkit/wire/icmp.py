@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from builtins import memoryview  # mypyc finds dataclass field types here
 from dataclasses import dataclass
 
 from pyvpnkit.wire.checksum import internet_checksum, verify

@@ -9,6 +9,7 @@ requires, and an option of length zero is an error (it would loop forever).
 from __future__ import annotations
 
 import struct
+from builtins import memoryview  # mypyc finds dataclass field types here
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 

@@ -12,6 +12,7 @@ length below 65536, which is every length without a jumbogram.
 from __future__ import annotations
 
 import struct
+from builtins import memoryview  # mypyc finds dataclass field types here
 from dataclasses import dataclass
 
 from pyvpnkit.wire.errors import ParseError

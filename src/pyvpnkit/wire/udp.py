@@ -8,6 +8,7 @@ reply per host datagram, so a sum costs a couple of C calls, not a call chain.
 from __future__ import annotations
 
 import struct
+from builtins import memoryview  # mypyc finds dataclass field types here
 from dataclasses import dataclass
 
 from pyvpnkit.wire.checksum import pseudo_header_sum, verify

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from builtins import object  # noqa: UP029  (mypyc finds dataclass field types here)
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 

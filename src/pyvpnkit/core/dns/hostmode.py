@@ -23,6 +23,7 @@ import heapq
 import ipaddress
 import itertools
 import socket
+from builtins import object  # noqa: UP029  (mypyc finds dataclass field types here)
 from collections import deque
 from dataclasses import dataclass
 

@@ -54,9 +54,12 @@ def retryable(request: h11.Request) -> bool:
 def announce_body(vm: h11.Connection, length: int) -> None:
     """Tell the VM side's h11 that ``length`` body bytes follow, without sending them."""
     placeholder = Placeholder(length)
-    out = vm.send_with_data_passthrough(h11.Data(data=placeholder))  # type: ignore[arg-type]
+    # h11 hands the placeholder back in a list its types say holds bytes: read it as
+    # objects, or compiled code checks the item is bytes and fails.
+    out = cast("list[object] | None", vm.send_with_data_passthrough(
+        h11.Data(data=placeholder)))  # type: ignore[arg-type]
     # The response's own Content-Length frames it, so h11 writes nothing else.
-    if out is None or len(out) != 1 or cast(object, out[0]) is not placeholder:
+    if out is None or len(out) != 1 or out[0] is not placeholder:
         raise h11.LocalProtocolError("the response to the VM is not framed by its length")
 
 

@@ -182,17 +182,49 @@ class TcpConnection:
         return self._tx.space(self._state in OPEN)
 
     # Read-only views of the parts' state (RFC 9293's names), for the owner and tests.
-    snd_una = property(lambda self: self._tx.snd_una)
-    snd_nxt = property(lambda self: self._tx.snd_nxt)
-    snd_max = property(lambda self: self._tx.snd_max)
-    snd_wnd = property(lambda self: self._tx.snd_wnd)
-    snd_wscale = property(lambda self: self._tx.snd_wscale)
-    snd_mss = property(lambda self: self._tx.snd_mss)
-    rcv_nxt = property(lambda self: self._rx.rcv_nxt)
-    rcv_adv = property(lambda self: self._rx.rcv_adv)
-    rcv_wscale = property(lambda self: self._rx.rcv_wscale)
-    sack_ok = property(lambda self: self._opt.sack_ok)
-    ts_ok = property(lambda self: self._opt.ts_ok)
+    @property
+    def snd_una(self) -> int:
+        return self._tx.snd_una
+
+    @property
+    def snd_nxt(self) -> int:
+        return self._tx.snd_nxt
+
+    @property
+    def snd_max(self) -> int:
+        return self._tx.snd_max
+
+    @property
+    def snd_wnd(self) -> int:
+        return self._tx.snd_wnd
+
+    @property
+    def snd_wscale(self) -> int:
+        return self._tx.snd_wscale
+
+    @property
+    def snd_mss(self) -> int:
+        return self._tx.snd_mss
+
+    @property
+    def rcv_nxt(self) -> int:
+        return self._rx.rcv_nxt
+
+    @property
+    def rcv_adv(self) -> int:
+        return self._rx.rcv_adv
+
+    @property
+    def rcv_wscale(self) -> int:
+        return self._rx.rcv_wscale
+
+    @property
+    def sack_ok(self) -> bool:
+        return self._opt.sack_ok
+
+    @property
+    def ts_ok(self) -> bool:
+        return self._opt.ts_ok
 
     @property
     def _cc(self) -> NewReno:
