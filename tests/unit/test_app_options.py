@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from pyvpnkit import cli, vpnkit_cli
 from pyvpnkit.app.options import Options
@@ -30,9 +29,9 @@ def test_flags_land_in_options() -> None:
 
 
 def test_drop_ins_build_options_too() -> None:
-    _config, run_args, opts = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock"])
-    assert opts == dataclasses.replace(cli.service_options(run_args), port_max_idle_time=300.0)
-    assert opts.listeners == (("vpnkit", "unix:///tmp/e.sock"),) and opts.dns_mode == "host"
+    _config, opts, _level = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock"])
+    assert opts == Options(listeners=(("vpnkit", "unix:///tmp/e.sock"),), dns_mode="host",
+                           pcap_snaplen=128, port_max_idle_time=300.0)
     slirp = parse(["--configure", "4242", "tap0"])
     assert isinstance(slirp, argparse.Namespace)
     assert slirp_run.service_options(slirp) == Options(hosts="/dev/null", ifname="tap0",
