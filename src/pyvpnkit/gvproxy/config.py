@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from pyvpnkit.core.config import MAX_MTU, MIN_MTU
 from pyvpnkit.core.dns.zones import Zone, ZoneError, zone_from_dict
 from pyvpnkit.gvproxy.flags import Args
 
@@ -218,8 +219,8 @@ def settings(args: Args, resolv_conf: str = "/etc/resolv.conf") -> Settings:
             s.interfaces[kind] = value
     _check_interfaces(s.interfaces)
     mtu = args["mtu"] or _typed(stack, "mtu", int, "stack.") or 1500
-    if not 576 <= mtu <= 65520:
-        raise ConfigError(f"mtu {mtu}: must be between 576 and 65520")
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise ConfigError(f"mtu {mtu}: must be between {MIN_MTU} and {MAX_MTU}")
     s.mtu = mtu
     _layout(s, args, stack)
     s.gateway_mac = _mac(_typed(stack, "gatewayMacAddress", str, "stack.") or GATEWAY_MAC,
