@@ -21,8 +21,8 @@ from pyvpnkit.app.options import (
     Options,
     load_redirects,
     parse_dns_server,
+    split_names,
 )
-from pyvpnkit.app.options import split_names as _names
 from pyvpnkit.core.config import MAX_MTU, MIN_MTU, NetConfig, network_layout
 from pyvpnkit.core.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
 from pyvpnkit.core.tcp.settings import KEEPALIVE
@@ -166,15 +166,15 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
                    default=DEFAULTS.dns_cache, metavar="N",
                    help="keep up to N forwarded DNS answers for their TTL (negative ones "
                    "for the SOA's); 0, the default, forwards every query")
-    d.add_argument("--host-names", type=_names, metavar="NAMES",
+    d.add_argument("--host-names", type=split_names, metavar="NAMES",
                    default=("host.docker.internal", "host.internal"),
                    help="comma-separated names of the host alias "
                    "(default host.docker.internal,host.internal)")
-    d.add_argument("--gateway-names", type=_names, metavar="NAMES",
+    d.add_argument("--gateway-names", type=split_names, metavar="NAMES",
                    default=("gateway.docker.internal", "gateway.internal"),
                    help="comma-separated names of the gateway "
                    "(default gateway.docker.internal,gateway.internal)")
-    d.add_argument("--vm-names", type=_names, default=("vm.internal",), metavar="NAMES",
+    d.add_argument("--vm-names", type=split_names, default=("vm.internal",), metavar="NAMES",
                    help="comma-separated names of the first VM (default vm.internal)")
     g.add_argument(
         "--tcp-keepalive",

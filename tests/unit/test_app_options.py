@@ -61,3 +61,18 @@ def test_ipv6_flags_land_in_the_config() -> None:
             config(*flags)
     vpnkit = vpnkit_cli.configure(["--ethernet", "/tmp/x.sock"])[0]
     assert vpnkit.ipv6 is None
+
+
+def test_shared_value_checks() -> None:
+    """The checks every front end's DNS-server and name-list flags go through."""
+    import pytest
+
+    from pyvpnkit.app.options import parse_dns_server, split_names
+
+    assert parse_dns_server("10.0.0.1") == ("10.0.0.1", 53)
+    assert parse_dns_server("::1#5353") == ("::1", 5353)
+    for text, words in (("banana", "use IP or IP#PORT"), ("10.0.0.1#x", "use IP or IP#PORT"),
+                        ("10.0.0.1#0", r"port 0 is not in 1\.\.65535")):
+        with pytest.raises(ValueError, match=words):
+            parse_dns_server(text)
+    assert split_names(" a.test, ,b.test,") == ("a.test", "b.test") and split_names("") == ()
