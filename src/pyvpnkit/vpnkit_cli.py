@@ -32,6 +32,7 @@ from pyvpnkit.app.options import (
     load_proxy_config,
     load_redirects,
     parse_dns_server,
+    parse_mac,
     split_names,
 )
 from pyvpnkit.core.config import MAX_MTU, MIN_MTU, NetConfig, network_layout
@@ -84,12 +85,11 @@ def _int(text: str) -> int:
 
 
 def _mac(text: str) -> bytes:
-    parts = text.split(":")
     try:
-        raw = bytes(int(part, 16) for part in parts if len(part) == 2)
+        raw: bytes | None = parse_mac(text)
     except ValueError:
-        raw = b""
-    if len(raw) != 6 or len(parts) != 6 or raw[0] & 1:
+        raw = None
+    if raw is None or raw[0] & 1:  # a group address cannot be the gateway's
         raise argparse.ArgumentTypeError(f"{text!r} is not a unicast MAC (aa:bb:cc:dd:ee:ff)")
     return raw
 

@@ -67,7 +67,7 @@ def test_shared_value_checks() -> None:
     """The checks every front end's DNS-server and name-list flags go through."""
     import pytest
 
-    from pyvpnkit.app.options import parse_dns_server, split_names
+    from pyvpnkit.app.options import parse_dns_server, parse_mac, split_names
 
     assert parse_dns_server("10.0.0.1") == ("10.0.0.1", 53)
     assert parse_dns_server("::1#5353") == ("::1", 5353)
@@ -76,3 +76,8 @@ def test_shared_value_checks() -> None:
         with pytest.raises(ValueError, match=words):
             parse_dns_server(text)
     assert split_names(" a.test, ,b.test,") == ("a.test", "b.test") and split_names("") == ()
+    assert parse_mac("5A:94:ef:e4:0c:dd") == bytes.fromhex("5a94efe40cdd")
+    for text in ("5a:94:ef:e4:0c", "5a:94:ef:e4:0c:dd:00", "5a:94:ef:e4:0c: d", "5a-94-ef-e4-0c-dd",
+                 "5a:94:ef:e4:0c:dg", "0x:94:ef:e4:0c:dd"):
+        with pytest.raises(ValueError, match="is not a MAC address"):
+            parse_mac(text)

@@ -29,6 +29,7 @@ from pyvpnkit.errors import SETUP_FAILED, UserError
 
 _STACK = StackSettings()  # the stack's defaults, which Options repeats by reference
 MAX_SNAPLEN = 262144  # tcpdump's maximum
+HEX = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     if not 1 <= number <= 65535:
         raise ValueError(f"port {number} is not in 1..65535")
     return host, number
+
+
+def parse_mac(text: str) -> bytes:
+    """aa:bb:cc:dd:ee:ff (either case) as 6 bytes; ValueError otherwise."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in HEX for c in p) for p in parts):
+        raise ValueError(f"{text!r} is not a MAC address")
+    return bytes.fromhex("".join(parts))
 
 
 def split_names(text: str) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from pyvpnkit.app.options import Options, parse_dns_server
+from pyvpnkit.app.options import Options, parse_dns_server, parse_mac
 from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig, network_layout
 from pyvpnkit.core.ippool import PoolError, mac_key
@@ -53,10 +53,6 @@ def pool_bounds(s: Settings) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Addre
     return low, high
 
 
-def _mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
-
-
 def service_options(s: Settings) -> Options:
     """gvproxy's listeners, DNS and capture as Options; a bad value is a ConfigError naming
     the flag that gives it."""
@@ -88,8 +84,8 @@ def network(s: Settings) -> NetConfig:
             str(s.subnet), s.gateway_ip.packed, s.host_ip.packed, low.packed, high.packed,
             mtu=s.mtu, domain="", search_domains=tuple(s.search_domains),
             host_names=(), gateway_names=(), vm_names=(),
-            gateway_mac=_mac(s.gateway_mac), lease_time=3600,
-            uuid_macs={uuid: _mac(m) for uuid, m in s.uuid_macs.items()},
+            gateway_mac=parse_mac(s.gateway_mac), lease_time=3600,
+            uuid_macs={uuid: parse_mac(m) for uuid, m in s.uuid_macs.items()},
             blocked=() if s.ec2_metadata_access else (LINK_LOCAL,), ipv6=None,
             nat=tuple((vip.packed, str(host)) for vip, host in s.nat.items()),
             virtual_ips=tuple(v.packed for v in s.virtual_ips),
@@ -115,7 +111,7 @@ class Gvproxy:
                 raise ConfigError(f"static lease {ip} for {mac}: outside the VM range {low}-{high}")
             try:
                 address = ipaddress.IPv4Address(ip).packed
-                stack.pool.allocate(mac_key(_mac(mac)), address, strict=True)
+                stack.pool.allocate(mac_key(parse_mac(mac)), address, strict=True)
             except PoolError as exc:
                 raise ConfigError(f"static lease {ip} for {mac}: {exc}") from None
         for zone in s.zones:
