@@ -15,8 +15,15 @@ from collections.abc import Callable, Sequence
 
 from pyvpnkit import __version__, build
 from pyvpnkit.api.commands import add_service_options, add_subcommands, dispatch
-from pyvpnkit.app.options import DEFAULTS, Options, load_redirects
-from pyvpnkit.core.config import NetConfig, network_layout
+from pyvpnkit.app.options import (
+    DEFAULTS,
+    MAX_SNAPLEN,
+    Options,
+    load_redirects,
+    parse_dns_server,
+    split_names,
+)
+from pyvpnkit.core.config import MAX_MTU, MIN_MTU, NetConfig, network_layout
 from pyvpnkit.core.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
 from pyvpnkit.core.tcp.settings import KEEPALIVE
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
@@ -26,10 +33,7 @@ from pyvpnkit.vpnkit_options import add_vpnkit_options, vpnkit_overrides
 
 log = logging.getLogger("pyvpnkit")
 
-MIN_MTU = 576
 IPV6_MIN_MTU = 1280  # RFC 8200; below it IPv6 is off
-MAX_MTU = 65520
-MAX_SNAPLEN = 262144  # tcpdump's maximum
 IFNAMSIZ = 16
 
 
@@ -84,15 +88,10 @@ def _keepalive(text: str) -> tuple[float, float, int] | None:
 
 
 def _dns_server(text: str) -> tuple[str, int]:
-    host, sep, port = text.partition("#")
     try:
-        ipaddress.ip_address(host)
-        number = int(port) if sep else 53
-    except ValueError:
-        raise argparse.ArgumentTypeError("use IP or IP#PORT") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"port {number} is not in 1..65535")
-    return host, number
+        return parse_dns_server(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ifname(text: str) -> str:
@@ -104,10 +103,6 @@ def _ifname(text: str) -> str:
     if text == "lo":
         raise argparse.ArgumentTypeError("lo is the namespace's loopback")
     return text
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
@@ -171,15 +166,15 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
                    default=DEFAULTS.dns_cache, metavar="N",
                    help="keep up to N forwarded DNS answers for their TTL (negative ones "
                    "for the SOA's); 0, the default, forwards every query")
-    d.add_argument("--host-names", type=_names, metavar="NAMES",
+    d.add_argument("--host-names", type=split_names, metavar="NAMES",
                    default=("host.docker.internal", "host.internal"),
                    help="comma-separated names of the host alias "
                    "(default host.docker.internal,host.internal)")
-    d.add_argument("--gateway-names", type=_names, metavar="NAMES",
+    d.add_argument("--gateway-names", type=split_names, metavar="NAMES",
                    default=("gateway.docker.internal", "gateway.internal"),
                    help="comma-separated names of the gateway "
                    "(default gateway.docker.internal,gateway.internal)")
-    d.add_argument("--vm-names", type=_names, default=("vm.internal",), metavar="NAMES",
+    d.add_argument("--vm-names", type=split_names, default=("vm.internal",), metavar="NAMES",
                    help="comma-separated names of the first VM (default vm.internal)")
     g.add_argument(
         "--tcp-keepalive",

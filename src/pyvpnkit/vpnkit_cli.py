@@ -3,9 +3,9 @@
 rootlesskit's `--net=vpnkit` runs `vpnkit --ethernet PATH --mtu N [--host-ip
 0.0.0.0]`; Docker Desktop-style setups pass more of vpnkit's flags. Each flag
 keeps vpnkit's name, default and meaning (vpnkit's src/bin/main.ml) and is
-translated into the `pyvpnkit run` options that do the same, so the ordinary
-service runs with a vmnet listener. vpnkit flags for features pyvpnkit does
-not have are refused by name rather than ignored.
+mapped straight onto the NetConfig and Options that do the same, so the
+ordinary service runs with a vmnet listener. vpnkit flags for features
+pyvpnkit does not have are refused by name rather than ignored.
 
 Exit status: 0 after SIGINT/SIGTERM, 1 when a socket (--ethernet, --pcap)
 cannot be served, 124 for a command-line error (vpnkit's own code for one).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import ipaddress
 import logging
 import os
@@ -25,9 +24,18 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from pyvpnkit import __version__, cli
-from pyvpnkit.app.options import Options, load_proxy_config
-from pyvpnkit.core.config import NetConfig
+from pyvpnkit import __version__
+from pyvpnkit.app.options import (
+    DEFAULTS,
+    MAX_SNAPLEN,
+    Options,
+    load_proxy_config,
+    load_redirects,
+    parse_dns_server,
+    parse_mac,
+    split_names,
+)
+from pyvpnkit.core.config import MAX_MTU, MIN_MTU, NetConfig, network_layout
 from pyvpnkit.errors import UserError
 from pyvpnkit.vpnkit_options import add_vpnkit_options, vpnkit_overrides
 
@@ -77,12 +85,11 @@ def _int(text: str) -> int:
 
 
 def _mac(text: str) -> bytes:
-    parts = text.split(":")
     try:
-        raw = bytes(int(part, 16) for part in parts if len(part) == 2)
+        raw: bytes | None = parse_mac(text)
     except ValueError:
-        raw = b""
-    if len(raw) != 6 or len(parts) != 6 or raw[0] & 1:
+        raw = None
+    if raw is None or raw[0] & 1:  # a group address cannot be the gateway's
         raise argparse.ArgumentTypeError(f"{text!r} is not a unicast MAC (aa:bb:cc:dd:ee:ff)")
     return raw
 
@@ -119,7 +126,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("--version", action="version", version=f"{PROG} (pyvpnkit {__version__})")
     add("--ethernet", metavar="PATH", required=True, help="unix socket to serve VMs on (vmnet)")
     add("--mtu", type=_int, default=1500, metavar="N",
-        help=f"MTU of the ethernet links, 576..{cli.MAX_MTU} (default 1500)")
+        help=f"MTU of the ethernet links, {MIN_MTU}..{MAX_MTU} (default 1500)")
     for flag, (default, meaning) in ADDRESSES.items():
         add(flag, type=_ipv4, default=_ipv4(default), metavar="IP",
             help=f"{meaning} (default {default})")
@@ -132,7 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("--hosts", metavar="FILE", default="/etc/hosts",
         help="hosts file to answer from (default /etc/hosts; reloaded on change)")
     for flag, meaning in NAMES.items():
-        add(flag, metavar="NAMES", help=f"comma-separated DNS names of {meaning}")
+        add(flag, type=split_names, metavar="NAMES", help=f"comma-separated DNS names of {meaning}")
     add("--forwards", metavar="FILE",
         help="JSON list of outbound redirects of VM TCP to unix sockets: "
         '[{"protocol":"tcp","dst_prefix":CIDR,"dst_port":N,"path":PATH}]')
@@ -160,10 +167,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UsageError(f"unexpected argument {first!r} (vpnkit takes options only)")
     if not args.ethernet or "://" in args.ethernet or args.ethernet.startswith("fd:"):
         raise UsageError(f"--ethernet {args.ethernet!r}: only a unix socket path is supported")
-    if not 576 <= args.mtu <= cli.MAX_MTU:
-        raise UsageError(f"--mtu {args.mtu}: must be between 576 and {cli.MAX_MTU}")
-    if args.pcap_snaplen < 1:
-        raise UsageError(f"--pcap-snaplen {args.pcap_snaplen}: must be at least 1")
+    if not MIN_MTU <= args.mtu <= MAX_MTU:
+        raise UsageError(f"--mtu {args.mtu}: must be between {MIN_MTU} and {MAX_MTU}")
+    if not 1 <= args.pcap_snaplen <= MAX_SNAPLEN:
+        raise UsageError(f"--pcap-snaplen {args.pcap_snaplen}: must be at least 1 "
+                         f"and at most {MAX_SNAPLEN}")
     pool = f"--lowest-ip {args.lowest_ip} .. --highest-ip {args.highest_ip}"
     if args.lowest_ip > args.highest_ip:
         raise UsageError(f"{pool}: the range is empty")
@@ -176,11 +184,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-DnsZones = tuple[tuple[tuple[str, int], tuple[str, ...]], ...]
+DnsServer = tuple[str, int]
+DnsZones = tuple[tuple[DnsServer, tuple[str, ...]], ...]
+DnsFile = tuple[list[DnsServer], list[str], DnsZones]
 
 
-def parse_dns_file(path: str) -> tuple[list[str], list[str], DnsZones]:
-    """vpnkit's --dns file: (["IP#PORT", ...], [search domain, ...], zones).
+def parse_dns_file(path: str) -> DnsFile:
+    """vpnkit's --dns file: ([(IP, PORT), ...], [search domain, ...], zones).
 
     A 'zone DOMAIN...' line gives the nameserver before it those domains: their
     names go only to it (and other servers with a matching zone), as in vpnkit.
@@ -194,9 +204,9 @@ def parse_dns_file(path: str) -> tuple[list[str], list[str], DnsZones]:
         raise UsageError(f"--dns {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"--dns {path}: not text: {exc}") from None
-    servers: list[str] = []
+    servers: list[DnsServer] = []
     search: list[str] = []
-    zones: dict[tuple[str, int], tuple[str, ...]] = {}
+    zones: dict[DnsServer, tuple[str, ...]] = {}
     for number, raw in enumerate(lines, 1):
         keyword, _, value = raw.strip().partition(" ")
         value = value.strip()
@@ -208,85 +218,77 @@ def parse_dns_file(path: str) -> tuple[list[str], list[str], DnsZones]:
             if not servers or not value:
                 raise UsageError(f"--dns {path}: line {number}: a zone line names domains "
                                  "for the nameserver line before it")
-            host, _, port = servers[-1].rpartition("#")
-            zones[(host, int(port))] = zones.get((host, int(port)), ()) + tuple(value.split())
+            zones[servers[-1]] = zones.get(servers[-1], ()) + tuple(value.split())
     return servers, search, tuple(zones.items())
 
 
-def _nameserver(value: str, where: str) -> str:
-    """IP, or IP#PORT, as IP#PORT."""
-    host, port = value, "53"
-    if "#" in value:
-        host, _, port = value.rpartition("#")
+def _nameserver(value: str, where: str) -> DnsServer:
     try:
-        ipaddress.ip_address(host)
-        if not 0 < int(port) < 65536:
-            raise ValueError(port)
+        return parse_dns_server(value)
     except ValueError:
         raise UsageError(f"{where}: bad nameserver {value!r} (use IP or IP#PORT)") from None
-    return f"{host}#{int(port)}"
 
 
-def run_options(
-    args: argparse.Namespace, dns: tuple[list[str], list[str], DnsZones] | None
-) -> argparse.Namespace:
-    """The `pyvpnkit run` options that do what these vpnkit flags do."""
+def network(args: argparse.Namespace, search: Sequence[str]) -> NetConfig:
+    """vpnkit's layout as a NetConfig: no IPv6 (vpnkit drops it; so does its drop-in)."""
     ips = (args.gateway_ip, args.lowest_ip, args.highest_ip)
     # As vpnkit's DHCP server: the smallest network holding the gateway and the pool.
     subnet = ipaddress.IPv4Network(f"{args.lowest_ip}/32")
     while not all(ip in subnet for ip in ips):
         subnet = subnet.supernet()
+    loopback = args.host_ip.packed != bytes(4)  # 0.0.0.0: no host alias, .2 stays reserved
+    given = {"domain": args.domain, "gateway_mac": args.server_macaddr,
+             "host_names": args.host_names, "gateway_names": args.gateway_names,
+             "vm_names": args.vm_names}  # fmt: skip
+    return network_layout(
+        str(subnet), args.gateway_ip.packed, args.host_ip.packed if loopback else None,
+        args.lowest_ip.packed, args.highest_ip.packed,
+        mtu=args.mtu, search_domains=tuple(search), host_loopback=loopback, ipv6=None,
+        **{name: value for name, value in given.items() if value is not None},
+    )
+
+
+def service_options(args: argparse.Namespace, dns: DnsFile | None) -> Options:
+    """The Service's Options for these vpnkit flags; a bad --forwards file is a UserError."""
     # A leading "@" is a file name to vpnkit, an abstract socket in a pyvpnkit URL.
     path = "./" + args.ethernet if args.ethernet.startswith("@") else args.ethernet
-    run = [f"--listen-vpnkit=unix://{quote(path, safe='/')}", f"--subnet={subnet}",
-           "--no-ipv6"]  # vpnkit drops IPv6; so does its drop-in
-    options = {"mtu": args.mtu, "hosts": args.hosts, "pcap-snaplen": args.pcap_snaplen}
-    for name in ("gateway-ip", "lowest-ip", "highest-ip", "domain", "host-names",
-                 "gateway-names", "vm-names", "forwards", "http"):  # fmt: skip
-        options[name] = getattr(args, name.replace("-", "_"))
-    if args.host_ip.packed == bytes(4):
-        run.append("--no-host-loopback")
-    else:
-        options["host-ip"] = args.host_ip
-    run += [f"--{name}={value}" for name, value in options.items() if value is not None]
-    if dns is None:
-        run.append("--dns-mode=host")  # vpnkit's default resolver is the host's own
-    else:
-        servers, search, _zones = dns
-        run += [f"--dns-server={server}" for server in servers]
-        run += [f"--search={domain}" for domain in search]
-    run += [f"--pcap-listen={path}" for path in args.pcap]
-    debug = args.debug or "VPNKIT_DEBUG" in os.environ
-    run.append(f"--log-level={'debug' if debug else 'warning'}")
-    return cli.make_parser().parse_args(["run", *run])
+    servers, _search, zones = dns if dns is not None else ([], [], ())
+    return Options(
+        listeners=(("vpnkit", f"unix://{quote(path, safe='/')}"),),
+        hosts=args.hosts,
+        dns_servers=tuple(servers),
+        dns_zones=zones,
+        dns_mode="host" if dns is None else DEFAULTS.dns_mode,  # vpnkit's default: the host's
+        http=args.http,
+        redirects=load_redirects(args.forwards),
+        pcap_listen=tuple(args.pcap),
+        pcap_snaplen=args.pcap_snaplen,
+        **vpnkit_overrides(args),
+    )
 
 
-def configure(argv: Sequence[str] | None) -> tuple[NetConfig, argparse.Namespace, Options]:
-    """The network, the `pyvpnkit run` options and the Service's Options for a vpnkit
-    command line (the flags `run` shares with vpnkit set Options fields directly)."""
+def configure(argv: Sequence[str] | None) -> tuple[NetConfig, Options, str]:
+    """The network, the Service's Options and the log level for a vpnkit command line."""
     args = parse_args(argv)
     dns = parse_dns_file(args.dns) if args.dns is not None else None
-    run = run_options(args, dns)
     try:
-        options = dataclasses.replace(cli.service_options(run), **vpnkit_overrides(args),
-                                      dns_zones=dns[2] if dns else ())
-        load_proxy_config(options)  # --forwards and --http, checked now
-        config = cli.build_config(run)
+        options = service_options(args, dns)
+        load_proxy_config(options)  # --http, checked now
+        config = network(args, dns[1] if dns is not None else ())
     except UserError as exc:
         raise UsageError(str(exc)) from None
-    if args.server_macaddr is not None:
-        config = dataclasses.replace(config, gateway_mac=args.server_macaddr)
-    return config, run, options
+    debug = args.debug or "VPNKIT_DEBUG" in os.environ
+    return config, options, "debug" if debug else "warning"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config, run, options = configure(argv)
+        config, options, level = configure(argv)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(
-        level=getattr(logging, run.log_level.upper()),
+        level=getattr(logging, level.upper()),
         format="%(asctime)s pyvpnkit-vpnkit %(levelname)s %(name)s: %(message)s",
     )
     from pyvpnkit.app.service import Service

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from pyvpnkit import cli, vpnkit_cli
 from pyvpnkit.app.options import Options
@@ -30,9 +29,9 @@ def test_flags_land_in_options() -> None:
 
 
 def test_drop_ins_build_options_too() -> None:
-    _config, run_args, opts = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock"])
-    assert opts == dataclasses.replace(cli.service_options(run_args), port_max_idle_time=300.0)
-    assert opts.listeners == (("vpnkit", "unix:///tmp/e.sock"),) and opts.dns_mode == "host"
+    _config, opts, _level = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock"])
+    assert opts == Options(listeners=(("vpnkit", "unix:///tmp/e.sock"),), dns_mode="host",
+                           pcap_snaplen=128, port_max_idle_time=300.0)
     slirp = parse(["--configure", "4242", "tap0"])
     assert isinstance(slirp, argparse.Namespace)
     assert slirp_run.service_options(slirp) == Options(hosts="/dev/null", ifname="tap0",
@@ -62,3 +61,23 @@ def test_ipv6_flags_land_in_the_config() -> None:
             config(*flags)
     vpnkit = vpnkit_cli.configure(["--ethernet", "/tmp/x.sock"])[0]
     assert vpnkit.ipv6 is None
+
+
+def test_shared_value_checks() -> None:
+    """The checks every front end's DNS-server and name-list flags go through."""
+    import pytest
+
+    from pyvpnkit.app.options import parse_dns_server, parse_mac, split_names
+
+    assert parse_dns_server("10.0.0.1") == ("10.0.0.1", 53)
+    assert parse_dns_server("::1#5353") == ("::1", 5353)
+    for text, words in (("banana", "use IP or IP#PORT"), ("10.0.0.1#x", "use IP or IP#PORT"),
+                        ("10.0.0.1#0", r"port 0 is not in 1\.\.65535")):
+        with pytest.raises(ValueError, match=words):
+            parse_dns_server(text)
+    assert split_names(" a.test, ,b.test,") == ("a.test", "b.test") and split_names("") == ()
+    assert parse_mac("5A:94:ef:e4:0c:dd") == bytes.fromhex("5a94efe40cdd")
+    for text in ("5a:94:ef:e4:0c", "5a:94:ef:e4:0c:dd:00", "5a:94:ef:e4:0c: d", "5a-94-ef-e4-0c-dd",
+                 "5a:94:ef:e4:0c:dg", "0x:94:ef:e4:0c:dd"):
+        with pytest.raises(ValueError, match="is not a MAC address"):
+            parse_mac(text)

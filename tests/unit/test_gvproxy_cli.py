@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import ip4
 from pyvpnkit.core.stack import Stack
 from pyvpnkit.gvproxy import cli, flags
@@ -169,6 +170,19 @@ def test_bad_config_is_one_clear_error(
     with pytest.raises(ConfigError, match=message):
         s = settings(parse("-config", str(path), *argv))
         run_options(s)
+
+
+def test_settings_land_in_options(tmp_path: Path) -> None:
+    """gvproxy's own flags map straight onto Options, no `run` command line between."""
+    qemu = f"unix://{tmp_path}/q.sock"
+    s = settings(parse("-listen-qemu", qemu, "-listen-stdio", "accept", "-pcap", "/tmp/c.pcap",
+                       "-dns-server", "127.0.0.1#5353", "-dns-server", "::1", "-hosts",
+                       "/dev/null"))
+    _config, options = run_options(s)
+    assert options == Options(listeners=(("qemu", qemu), ("stdio", "stdio")), pcap="/tmp/c.pcap",
+                              dns_servers=(("127.0.0.1", 5353), ("::1", 53)), hosts="/dev/null")
+    with pytest.raises(ConfigError, match=r"^-dns-server: port 99999 is not in 1\.\.65535$"):
+        run_options(settings(parse("-dns-server", "10.0.0.1#99999")))
 
 
 def test_bad_ssh_port_without_config() -> None:

@@ -137,3 +137,41 @@ def test_the_door_check_sees_an_assignment_into_the_core() -> None:
     core = _attributes(ast.parse((PACKAGE / "core" / "tcp_nat.py").read_text()))
     assert [t for _, t in _assigned_attributes(tree) if t.rsplit(".", 1)[1] in core] == [
         "stack.tcp.flow_log"]
+
+
+# -- front ends ------------------------------------------------------------------------
+# Each command line maps its own flags straight onto Options and NetConfig. None builds
+# another's argv and parses it with that one's parser (cli.make_parser or the like): they
+# share app/, core/ and the option groups two command lines really have in common
+# (proxy_options, vpnkit_options), never another front end's modules.
+
+FRONT_ENDS = {"cli": "cli", "__main__": "cli", "vpnkit_cli": "vpnkit_cli",
+              "slirp4netns": "slirp4netns", "gvproxy": "gvproxy"}  # fmt: skip
+
+
+def _front_end(module: str) -> str | None:
+    return FRONT_ENDS.get(module.split(".")[1] if "." in module else "")
+
+
+def _borrowed(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from one front end into another."""
+    return [
+        f"{m} -> {n}"
+        for m, deps in sorted(graph.items()) if _front_end(m) is not None
+        for n in sorted(deps) if _front_end(n) not in (None, _front_end(m))
+    ]  # fmt: skip
+
+
+def test_no_front_end_imports_another() -> None:
+    assert _borrowed(_graph()) == []
+
+
+def test_the_front_end_check_sees_a_borrowed_parser() -> None:
+    """The check above would have caught what pyvpnkit-vpnkit and gvproxy once did."""
+    graph = {
+        "pyvpnkit.gvproxy.run": {"pyvpnkit.cli", "pyvpnkit.gvproxy.config"},
+        "pyvpnkit.vpnkit_cli": {"pyvpnkit.vpnkit_options", "pyvpnkit.app.options"},
+        "pyvpnkit.slirp4netns.run": {"pyvpnkit.vpnkit_cli"},
+    }
+    assert _borrowed(graph) == ["pyvpnkit.gvproxy.run -> pyvpnkit.cli",
+                                "pyvpnkit.slirp4netns.run -> pyvpnkit.vpnkit_cli"]

@@ -77,8 +77,8 @@ def test_vpnkit_http_flag_maps_to_ours(tmp_path: Path) -> None:
 
     path = tmp_path / "http_proxy.json"
     path.write_text('{"http": "proxy:3128"}')
-    _config, _run, options = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock",
-                                                   "--http", str(path)])
+    _config, options, _level = vpnkit_cli.configure(["--ethernet", "/tmp/e.sock",
+                                                     "--http", str(path)])
     assert options.http == str(path)
     assert load_proxy_config(options).http is not None
     path.write_text('{"http": "proxy"}')

@@ -1,4 +1,5 @@
-"""pyvpnkit-vpnkit's command line: vpnkit's flags become the right `run` options, the rest fail."""
+"""pyvpnkit-vpnkit's command line: vpnkit's flags become the right NetConfig and Options, the
+rest fail."""
 
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ def ip(text: str) -> bytes:
 def test_rootlesskit_command_line() -> None:
     """What rootlesskit's --net=vpnkit runs: vpnkit's layout, the vmnet socket, host DNS."""
     argv = ["--ethernet", "/run/x/vpnkit-ethernet.sock", "--mtu", "1500"]
-    config, opts, options = vpnkit_cli.configure(argv)
+    config, options, level = vpnkit_cli.configure(argv)
     assert options.port_max_idle_time == 300 and options.gateway_forwards == ()
-    assert opts.listen_vpnkit == ["unix:///run/x/vpnkit-ethernet.sock"]
+    assert options.listeners == (("vpnkit", "unix:///run/x/vpnkit-ethernet.sock"),)
     assert (config.mtu, config.subnet) == (1500, ipaddress.IPv4Network("192.168.65.0/24"))
     assert (config.gateway_ip, config.host_ip) == (ip("192.168.65.1"), ip("192.168.65.2"))
     assert (config.lowest_ip, config.highest_ip) == (ip("192.168.65.3"), ip("192.168.65.254"))
     assert config.host_loopback and config.gateway_mac == bytes.fromhex("f61636bcf9c6")
-    assert opts.dns_mode == "host" and opts.dns_server == []  # vpnkit's default: the host resolver
-    assert opts.hosts == "/etc/hosts" and opts.pcap_listen == [] and opts.log_level == "warning"
+    assert options.dns_mode == "host" and options.dns_servers == ()  # vpnkit's: the host resolver
+    assert options.hosts == "/etc/hosts" and options.pcap_listen == () and level == "warning"
+    assert config.ipv6 is None and config.domain == "localdomain" and options.pcap_snaplen == 128
 
 
 def test_host_ip_zero_disables_the_host_alias() -> None:
@@ -50,7 +52,7 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     forwards.write_text('[{"protocol":"tcp","dst_prefix":"10.9.0.0/16","dst_port":80,"path":"/s"}]')
     path = str(tmp_path / "odd name%.sock")
     monkeypatch.setenv("VPNKIT_DEBUG", "1")
-    config, opts, options = vpnkit_cli.configure([
+    config, options, level = vpnkit_cli.configure([
         "--ethernet", path, "--mtu", "9000",
         "--gateway-ip", "10.1.0.1", "--host-ip", "10.1.0.2",
         "--lowest-ip", "10.1.0.10", "--highest-ip", "10.1.3.200",
@@ -73,26 +75,27 @@ def test_every_supported_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert options.dns_zones == ((("10.0.0.54", 53), ("corp.example", "lab.example")),)
     assert options.dns_servers == (("127.0.0.1", 5353), ("10.0.0.53", 53), ("::1", 53),
                                    ("10.0.0.54", 53))
-    assert parse_listen_url(opts.listen_vpnkit[0], "vpnkit").path == path
+    assert parse_listen_url(options.listeners[0][1], "vpnkit").path == path
     assert config.subnet == ipaddress.IPv4Network("10.1.0.0/22")  # smallest holding all, as vpnkit
     assert (config.gateway_ip, config.host_ip) == (ip("10.1.0.1"), ip("10.1.0.2"))
     assert (config.lowest_ip, config.highest_ip) == (ip("10.1.0.10"), ip("10.1.3.200"))
     assert config.gateway_mac == bytes.fromhex("021122334455") and config.mtu == 9000
     assert config.domain == "vm.example"
     assert config.search_domains == ("corp.example", "lab.example")
-    assert opts.dns_mode == "forward"
-    assert opts.dns_server[:3] == [("127.0.0.1", 5353), ("10.0.0.53", 53), ("::1", 53)]
-    assert opts.hosts == "/dev/null" and opts.forwards == str(forwards)
+    assert options.dns_mode == "forward"
+    assert options.hosts == "/dev/null"
+    assert [(str(r.dst_prefix), r.dst_port, r.path) for r in options.redirects] == [
+        ("10.9.0.0/16", 80, "/s")]
     assert config.host_names == ("h.one", "h.two") and config.gateway_names == ("gw.one",)
     assert config.vm_names == ("me.one",)
-    assert opts.pcap_listen == ["/tmp/a.pcap.sock", "/tmp/b.pcap.sock"] and opts.pcap_snaplen == 256
-    assert opts.log_level == "debug"
+    assert options.pcap_listen == ("/tmp/a.pcap.sock", "/tmp/b.pcap.sock")
+    assert options.pcap_snaplen == 256 and level == "debug"
 
 
 def test_debug_flag_and_odd_paths() -> None:
-    _, opts, _ = vpnkit_cli.configure(["--ethernet", "@e.sock", "--debug", "--hosts=-h"])
-    assert parse_listen_url(opts.listen_vpnkit[0]).path == "./@e.sock"  # a file, not abstract
-    assert opts.log_level == "debug" and opts.hosts == "-h"
+    _, options, level = vpnkit_cli.configure(["--ethernet", "@e.sock", "--debug", "--hosts=-h"])
+    assert parse_listen_url(options.listeners[0][1]).path == "./@e.sock"  # a file, not abstract
+    assert level == "debug" and options.hosts == "-h"
 
 
 @pytest.mark.parametrize(
@@ -122,6 +125,7 @@ def test_debug_flag_and_odd_paths() -> None:
             "the range is empty",
         ),
         (["--ethernet", "e", "--pcap-snaplen", "0"], "--pcap-snaplen 0: must be at least 1"),
+        (["--ethernet", "e", "--pcap-snaplen", "262145"], "and at most 262144"),
         (["--ethernet", "e", "--dns", "/nonexistent/dns"], "--dns /nonexistent/dns: No such file"),
         (["--ethernet", "e", "--forwards", "/nonexistent/f.json"], "--forwards /nonexistent"),
     ],

@@ -1,7 +1,9 @@
 """What a Service is built from: the options every command line maps onto.
 
 The CLIs parse; this module holds what they produce, so the Service never
-sees argparse.
+sees argparse. Each front end maps its own flags straight onto `Options`;
+option values several front ends take (a DNS server, a list of names) are
+checked here, once, and the network layout in `core.config.network_layout`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import SETUP_FAILED, UserError
 
 _STACK = StackSettings()  # the stack's defaults, which Options repeats by reference
+MAX_SNAPLEN = 262144  # tcpdump's maximum
+HEX = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,32 @@ def stack_settings(options: Options) -> StackSettings:
         dns_timeout=options.dns_timeout,
         dns_cache=options.dns_cache,
     )
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """IP or IP#PORT as (IP, PORT); ValueError says what is wrong, for the caller's flag."""
+    host, sep, port = text.partition("#")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port) if sep else 53
+    except ValueError:
+        raise ValueError("use IP or IP#PORT") from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} is not in 1..65535")
+    return host, number
+
+
+def parse_mac(text: str) -> bytes:
+    """aa:bb:cc:dd:ee:ff (either case) as 6 bytes; ValueError otherwise."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in HEX for c in p) for p in parts):
+        raise ValueError(f"{text!r} is not a MAC address")
+    return bytes.fromhex("".join(parts))
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of DNS names (--host-names and the like); empty entries dropped."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def _redirect(path: str, i: int, rule: object) -> Redirect:

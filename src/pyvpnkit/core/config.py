@@ -10,6 +10,8 @@ from pyvpnkit.core.ipv6_layout import Ipv6Layout
 from pyvpnkit.errors import UserError
 
 GATEWAY_MAC = bytes.fromhex("f61636bcf9c6")  # vpnkit's server MAC
+MIN_MTU = 576  # the link MTUs every front end accepts
+MAX_MTU = 65520
 
 
 def ip4(text: str) -> bytes:

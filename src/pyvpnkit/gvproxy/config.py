@@ -16,11 +16,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from pyvpnkit.app.options import parse_mac
+from pyvpnkit.core.config import MAX_MTU, MIN_MTU
 from pyvpnkit.core.dns.zones import Zone, ZoneError, zone_from_dict
 from pyvpnkit.gvproxy.flags import Args
 
@@ -29,7 +30,6 @@ log = logging.getLogger("pyvpnkit.gvproxy")
 GATEWAY_MAC = "5a:94:ef:e4:0c:dd"
 DEVICE_MAC = "5a:94:ef:e4:0c:ee"
 HYPERKIT_UUID = "c3d68012-0208-11ea-9fd7-f2189899ab08"
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 TOP_KEYS = {"listen", "log-level", "stack", "interfaces", "forwards", "pid-file", "log-file",
             "services", "ec2-metadata-access", "notification"}
@@ -161,8 +161,10 @@ def _ip(text: str, what: str) -> ipaddress.IPv4Address:
 
 
 def _mac(text: str, what: str) -> str:
-    if not _MAC.match(text.lower()):
-        raise ConfigError(f"{what}: {text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    try:
+        parse_mac(text)
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)") from None
     return text.lower()
 
 
@@ -218,8 +220,8 @@ def settings(args: Args, resolv_conf: str = "/etc/resolv.conf") -> Settings:
             s.interfaces[kind] = value
     _check_interfaces(s.interfaces)
     mtu = args["mtu"] or _typed(stack, "mtu", int, "stack.") or 1500
-    if not 576 <= mtu <= 65520:
-        raise ConfigError(f"mtu {mtu}: must be between 576 and 65520")
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise ConfigError(f"mtu {mtu}: must be between {MIN_MTU} and {MAX_MTU}")
     s.mtu = mtu
     _layout(s, args, stack)
     s.gateway_mac = _mac(_typed(stack, "gatewayMacAddress", str, "stack.") or GATEWAY_MAC,

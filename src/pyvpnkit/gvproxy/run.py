@@ -9,11 +9,8 @@ gateway's port 80 inside the network, -notification and -forward-sock.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import dataclasses
-import io
 import ipaddress
 import logging
 import os
@@ -21,10 +18,9 @@ import shutil
 import tempfile
 from typing import Any
 
-from pyvpnkit import cli
-from pyvpnkit.app.options import Options
+from pyvpnkit.app.options import Options, parse_dns_server, parse_mac
 from pyvpnkit.app.service import Service
-from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.config import NetConfig, network_layout
 from pyvpnkit.core.ippool import PoolError, mac_key
 from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import UserError
@@ -33,6 +29,7 @@ from pyvpnkit.gvproxy.front import Front, detach_socket, http_error
 from pyvpnkit.gvproxy.notify import HYPERVISOR_ERROR, READY, Notifier
 from pyvpnkit.gvproxy.sshfwd import SshSocketForward
 from pyvpnkit.links.stream import StreamLink
+from pyvpnkit.links.url import ListenURLError, parse_listen_url
 from pyvpnkit.runtime.capabilities import capabilities
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.wire.framing import QEMU, U16LE
@@ -56,48 +53,51 @@ def pool_bounds(s: Settings) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Addre
     return low, high
 
 
-def run_args(s: Settings) -> argparse.Namespace:
-    """The `pyvpnkit run` command line that gives gvproxy's network."""
+def service_options(s: Settings) -> Options:
+    """gvproxy's listeners, DNS and capture as Options; a bad value is a ConfigError naming
+    the flag that gives it."""
+    listeners = []
+    for kind, url in s.interfaces.items():
+        if kind == "stdio":  # any value turns it on, as in gvproxy
+            url = "stdio"
+        try:
+            parse_listen_url(url, kind)
+        except ListenURLError as exc:
+            raise ConfigError(f"-listen-{kind}: {exc}") from None
+        listeners.append((kind, url))
+    servers = []
+    for server in s.dns_servers:
+        try:
+            servers.append(parse_dns_server(server))
+        except ValueError as exc:
+            raise ConfigError(f"-dns-server: {exc}") from None
+    return Options(dns_servers=tuple(servers), hosts=s.hosts, listeners=tuple(listeners),
+                   pcap=s.pcap or None)
+
+
+def network(s: Settings) -> NetConfig:
+    """gvproxy's network: its layout, MACs, one-hour leases, NAT table and no IPv6 (gvproxy
+    offers none on its network); names come from its zones, not built-in ones."""
     low, high = pool_bounds(s)
-    run = [f"--subnet={s.subnet}", f"--gateway-ip={s.gateway_ip}", f"--host-ip={s.host_ip}",
-           f"--lowest-ip={low}", f"--highest-ip={high}", f"--mtu={s.mtu}", "--domain=",
-           "--host-names=", "--gateway-names=", "--vm-names=", f"--hosts={s.hosts}",
-           f"--log-level={LEVELS.get(s.log_level.lower(), 'warning')}"]
-    run += [f"--search={d}" for d in s.search_domains]
-    run += [f"--dns-server={d}" for d in s.dns_servers]
-    run += [f"--listen-{k}={url}" for k, url in s.interfaces.items() if k != "stdio"]
-    run += ["--listen-stdio"] if s.interfaces.get("stdio") else []
-    run += [f"--pcap={s.pcap}"] if s.pcap else []
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
-            return cli.make_parser().parse_args(["run", *run])
-    except SystemExit:  # a value only `run`'s own checks catch, e.g. -dns-server's syntax
-        message = err.getvalue().strip().splitlines()[-1].partition("error: ")[2]
-        raise ConfigError(message.replace("argument --", "-")) from None
-
-
-def _mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
+        return network_layout(
+            str(s.subnet), s.gateway_ip.packed, s.host_ip.packed, low.packed, high.packed,
+            mtu=s.mtu, domain="", search_domains=tuple(s.search_domains),
+            host_names=(), gateway_names=(), vm_names=(),
+            gateway_mac=parse_mac(s.gateway_mac), lease_time=3600,
+            uuid_macs={uuid: parse_mac(m) for uuid, m in s.uuid_macs.items()},
+            blocked=() if s.ec2_metadata_access else (LINK_LOCAL,), ipv6=None,
+            nat=tuple((vip.packed, str(host)) for vip, host in s.nat.items()),
+            virtual_ips=tuple(v.packed for v in s.virtual_ips),
+        )
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run_options(s: Settings) -> tuple[NetConfig, Options]:
-    """gvproxy's network and service, as `pyvpnkit run` options (the other drop-ins' way)."""
-    args = run_args(s)
-    try:
-        config = cli.build_config(args)
-        options = cli.service_options(args)
-    except UserError as exc:
-        raise ConfigError(str(exc)) from None
-    uuid_macs = {uuid: _mac(m) for uuid, m in s.uuid_macs.items()}
-    # gvproxy leases for one hour.
-    blocked = () if s.ec2_metadata_access else (LINK_LOCAL,)
-    # gvproxy offers no IPv6 on its network: neither do we here.
-    nat = tuple((vip.packed, str(host)) for vip, host in s.nat.items())
-    config = dataclasses.replace(config, gateway_mac=_mac(s.gateway_mac), lease_time=3600,
-                                 uuid_macs=uuid_macs, blocked=blocked, ipv6=None, nat=nat,
-                                 virtual_ips=tuple(v.packed for v in s.virtual_ips))
-    return config, options
+    """gvproxy's settings mapped straight onto the Service's NetConfig and Options."""
+    options = service_options(s)
+    return network(s), options
 
 
 class Gvproxy:
@@ -111,7 +111,7 @@ class Gvproxy:
                 raise ConfigError(f"static lease {ip} for {mac}: outside the VM range {low}-{high}")
             try:
                 address = ipaddress.IPv4Address(ip).packed
-                stack.pool.allocate(mac_key(_mac(mac)), address, strict=True)
+                stack.pool.allocate(mac_key(parse_mac(mac)), address, strict=True)
             except PoolError as exc:
                 raise ConfigError(f"static lease {ip} for {mac}: {exc}") from None
         for zone in s.zones:
