@@ -31,6 +31,8 @@ EXCLUDED = {
     "rootlesskit --net=vpnkit": "Debian's rootlesskit has its vpnkit driver compiled out: "
     "test_vpnkit_cli.py drives pyvpnkit-vpnkit as rootlesskit does",
     "--http-proxy proxy.corp": "needs a company proxy (tests/integration/test_http_proxy.py)",
+    "brew install": "macOS only (Homebrew)",
+    "libexec/pyvpnkit/gvproxy": "macOS podman machine set-up (test_gvproxy.py runs the drop-in)",
 }
 # What each block run here must print, and the servers it talks to (matched by a
 # string in the block).
