@@ -36,10 +36,10 @@ if importlib.util.find_spec("pyvpnkit") is None:  # run from a checkout without 
 from pyvpnkit.core.config import NetConfig, ip4  # noqa: E402
 from pyvpnkit.core.dns.forwarder import UpstreamQuery  # noqa: E402
 from pyvpnkit.core.effects import TcpOpen, TcpWrite  # noqa: E402
-from pyvpnkit.core.icmp_nat import IcmpEchoSend  # noqa: E402
-from pyvpnkit.core.stack import Stack  # noqa: E402
-from pyvpnkit.core.stack_settings import StackSettings  # noqa: E402
-from pyvpnkit.core.udp_nat import UdpSend  # noqa: E402
+from pyvpnkit.core.nat.icmp_nat import IcmpEchoSend  # noqa: E402
+from pyvpnkit.core.nat.udp_nat import UdpSend  # noqa: E402
+from pyvpnkit.core.switch.stack import Stack  # noqa: E402
+from pyvpnkit.core.switch.stack_settings import StackSettings  # noqa: E402
 from pyvpnkit.wire import arp, ethernet, icmp, ipv4, tcp, udp  # noqa: E402
 from pyvpnkit.wire.framing import QEMU, U16LE, FramingError  # noqa: E402
 

@@ -25,7 +25,7 @@ if importlib.util.find_spec("pyvpnkit") is None:  # run from a checkout without 
 
 from pyvpnkit.core.config import NetConfig, ip4  # noqa: E402
 from pyvpnkit.core.effects import TcpCloseHost, TcpOpen, TcpShutdown, TcpWrite  # noqa: E402
-from pyvpnkit.core.stack import Stack  # noqa: E402
+from pyvpnkit.core.switch.stack import Stack  # noqa: E402
 from pyvpnkit.core.tcp import TcpConnection, TcpSettings  # noqa: E402
 from pyvpnkit.wire.ethernet import ETHERTYPE_IPV4, build_ethernet  # noqa: E402
 from pyvpnkit.wire.ipv4 import parse_ipv4  # noqa: E402

@@ -1,3 +1,3 @@
-from pyvpnkit.cli import main
+from pyvpnkit.frontends.cli import main
 
 raise SystemExit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.util import find_spec
 
-PROBES = ("pyvpnkit.core.stack", "pyvpnkit.wire.ipv4")  # one module of each compiled package
+PROBES = ("pyvpnkit.core.switch.stack", "pyvpnkit.wire.ipv4")  # one module of each compiled package
 
 
 def compiled() -> bool:

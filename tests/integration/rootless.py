@@ -177,6 +177,6 @@ def slirp4netns_binary(user: User) -> str:
         return str(script)
     wrapper = user.home / "pyvpnkit-slirp4netns"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={PACKAGE_DIR} exec {sys.executable} '
-                       '-m pyvpnkit.slirp4netns "$@"\n')
+                       '-m pyvpnkit.frontends.slirp4netns "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)

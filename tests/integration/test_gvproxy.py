@@ -122,7 +122,7 @@ def gv() -> Iterator[Setup]:
         notes = Notifications(str(d / "notify.sock"))
         with (d / "gvproxy.log").open("wb") as log:
             gvproxy = env.start(
-                "host", *stack_python(), "-m", "pyvpnkit.gvproxy.cli", "-debug",
+                "host", *stack_python(), "-m", "pyvpnkit.frontends.gvproxy.cli", "-debug",
                 "-listen", f"unix://{d}/api.sock", "-listen-qemu", f"unix://{d}/qemu.sock",
                 "-services", f"unix://{d}/svc.sock",
                 "--ssh-port", str(SSH_PORT), "-notification", f"unix://{d}/notify.sock",
@@ -280,7 +280,7 @@ def test_unservable_vm_socket_is_a_hypervisor_error_and_exit_1(netenv: NetEnv) -
     try:
         notes = Notifications(str(d / "notify.sock"))
         out = netenv.run_in(
-            "host", *stack_python(), "-m", "pyvpnkit.gvproxy.cli", "-ssh-port", "-1",
+            "host", *stack_python(), "-m", "pyvpnkit.frontends.gvproxy.cli", "-ssh-port", "-1",
             "-listen-qemu", f"unix://{d}/missing-dir/qemu.sock", "-hosts", "/dev/null",
             "-dns-server", "127.0.0.1#9", "-notification", f"unix://{d}/notify.sock",
             check=False, timeout=30,

@@ -99,7 +99,8 @@ def test_qemu_guest_on_gvproxy_defaults(netenv: NetEnv, image: BootImage) -> Non
         log = d / "gvproxy.log"
         with log.open("wb") as f:
             gv = netenv.start(
-                "host", *stack_python(), "-m", "pyvpnkit.gvproxy.cli", "-listen-qemu", listen,
+                "host", *stack_python(), "-m", "pyvpnkit.frontends.gvproxy.cli",
+                "-listen-qemu", listen,
                 "-listen", f"unix://{d}/api.sock", "-notification", f"unix://{d}/notify.sock",
                 "-dns-server", f"127.0.0.1#{dns_port}", "-hosts", "/dev/null", stderr=f,
             )  # fmt: skip

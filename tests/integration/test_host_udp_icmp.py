@@ -26,9 +26,9 @@ from typing import Any, cast
 import pytest
 
 from pyvpnkit.core.config import NetConfig, ip4
-from pyvpnkit.core.icmp_nat import IcmpEchoSend, IcmpNat
-from pyvpnkit.core.ipfrag import Reassembler
-from pyvpnkit.core.udp_nat import UdpClose, UdpNat
+from pyvpnkit.core.ip.ipfrag import Reassembler
+from pyvpnkit.core.nat.icmp_nat import IcmpEchoSend, IcmpNat
+from pyvpnkit.core.nat.udp_nat import UdpClose, UdpNat
 from pyvpnkit.runtime.errqueue import (
     SO_EE_ORIGIN_ICMP,
     SO_EE_ORIGIN_LOCAL,
@@ -344,8 +344,8 @@ NETNS_SCRIPT = textwrap.dedent(
     import asyncio, json, os, subprocess, sys, time
     sys.path.insert(0, SRC)
     from pyvpnkit.core.config import NetConfig, ip4
-    from pyvpnkit.core.icmp_nat import IcmpNat
-    from pyvpnkit.core.udp_nat import UdpNat
+    from pyvpnkit.core.nat.icmp_nat import IcmpNat
+    from pyvpnkit.core.nat.udp_nat import UdpNat
     from pyvpnkit.runtime.host_icmp import HostIcmp
     from pyvpnkit.runtime.host_udp import HostUdp
     from pyvpnkit.wire.icmp import build_icmp, echo_rest, parse_icmp

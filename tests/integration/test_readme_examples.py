@@ -73,7 +73,9 @@ def env(tmp_path: Path) -> Iterator[tuple[NetEnv, str]]:
         resolv.parent.mkdir(parents=True)
         resolv.write_text("nameserver 127.0.0.1\n")
         netenv.start_helper("host", "dns_server.py", "53")
-        commands = (("pyvpnkit", "pyvpnkit"), ("pyvpnkit-gvproxy", "pyvpnkit.gvproxy.cli"))
+        commands = (
+            ("pyvpnkit", "pyvpnkit"), ("pyvpnkit-gvproxy", "pyvpnkit.frontends.gvproxy.cli")
+        )
         for name, module in commands:
             wrapper = tmp_path / name
             wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m {module} "$@"\n')

@@ -249,9 +249,9 @@ def _drop_ins(user: User) -> list[int]:
         try:
             if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == user.uid:
                 args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                # python -m pyvpnkit.slirp4netns, or python .../bin/pyvpnkit-slirp4netns
+                # python -m pyvpnkit.frontends.slirp4netns, or python .../bin/pyvpnkit-slirp4netns
                 # (not rootlesskit, whose --slirp4netns-binary names it)
-                if b"pyvpnkit.slirp4netns" in args[:3] or any(
+                if b"pyvpnkit.frontends.slirp4netns" in args[:3] or any(
                         a.endswith(b"/pyvpnkit-slirp4netns") for a in args[:2]):
                     found.append(int(entry))
         except OSError:
@@ -364,7 +364,7 @@ def _start_drop_in(netenv: NetEnv, *args: str) -> tuple[subprocess.Popen[bytes],
     exit_r, exit_w = os.pipe()
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{netenv.host}", sys.executable, "-m",
-         "pyvpnkit.slirp4netns", "-c", "-r", str(ready_w), "-e", str(exit_r), *args],
+         "pyvpnkit.frontends.slirp4netns", "-c", "-r", str(ready_w), "-e", str(exit_r), *args],
         pass_fds=(ready_w, exit_r), start_new_session=True,
     )
     os.close(ready_w)

@@ -27,7 +27,7 @@ import dns.rdatatype
 import pytest
 
 from pyvpnkit.api.client import ApiClient
-from pyvpnkit.core.ippool import mac_for_uuid
+from pyvpnkit.core.switch.ippool import mac_for_uuid
 from pyvpnkit.wire.framing import QEMU, U16LE
 from tests.integration import vmclient
 from tests.integration.helpers.tcp_server import pattern

@@ -74,7 +74,7 @@ def start_vpnkit(env: NetEnv, d: str, *flags: str) -> Vpnkit:
     log = Path(d, "vpnkit.log")
     with log.open("wb") as f:
         proc = env.start(
-            "host", *stack_python(), "-m", "pyvpnkit.vpnkit_cli",
+            "host", *stack_python(), "-m", "pyvpnkit.frontends.vpnkit",
             "--ethernet", f"{d}/vpnkit-ethernet.sock", "--mtu", "1500", *flags,
             "--dns", f"{d}/dns", "--hosts", "/dev/null", "--debug",
             stderr=f,
@@ -164,7 +164,7 @@ def test_host_ip_zero_refuses_the_host_alias(netenv: NetEnv, tmpdir_short: str) 
 
 def test_usage_error_from_the_command(tmpdir_short: str) -> None:
     out = subprocess.run(
-        [*stack_python(), "-m", "pyvpnkit.vpnkit_cli", "--ethernet", f"{tmpdir_short}/e.sock",
+        [*stack_python(), "-m", "pyvpnkit.frontends.vpnkit", "--ethernet", f"{tmpdir_short}/e.sock",
          "--http", f"{tmpdir_short}/http.json"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -99,7 +99,8 @@ def test_vpnkit_dns_zones(netenv: NetEnv, tmpdir_short: str) -> None:
     Path(tmpdir_short, "dns").write_text(
         f"nameserver 127.0.0.1#{general}\nnameserver 127.0.0.1#{corp}\nzone corp.example\n")
     sock = f"{tmpdir_short}/vpnkit-ethernet.sock"
-    proc = netenv.start("host", sys.executable, "-m", "pyvpnkit.vpnkit_cli", "--ethernet", sock,
+    proc = netenv.start("host", sys.executable, "-m", "pyvpnkit.frontends.vpnkit",
+                        "--ethernet", sock,
                         "--dns", f"{tmpdir_short}/dns", "--hosts", "/dev/null")
     assert wait_for(lambda: Path(sock).exists() or proc.poll() is not None)
     io, _hello = vmclient.connect_vpnkit(f"unix://{sock}", UUID)

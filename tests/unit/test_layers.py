@@ -21,9 +21,7 @@ LAYERS = {
     "runtime": 3,
     "api": 4,
     "app": 5,
-    "cli": 6, "vpnkit_cli": 6, "slirp4netns": 6, "gvproxy": 6, "proxy_options": 6,
-    "vpnkit_options": 6,
-    "__main__": 6,
+    "frontends": 6, "__main__": 6,
 }  # fmt: skip
 
 
@@ -134,7 +132,7 @@ def test_runtime_and_api_assign_no_attribute_of_a_core_object() -> None:
 def test_the_door_check_sees_an_assignment_into_the_core() -> None:
     """The check above would have caught what the runtime once did."""
     tree = ast.parse("def f(stack):\n    stack.tcp.flow_log = False\n")
-    core = _attributes(ast.parse((PACKAGE / "core" / "tcp_nat.py").read_text()))
+    core = _attributes(ast.parse((PACKAGE / "core" / "nat" / "tcp_nat.py").read_text()))
     assert [t for _, t in _assigned_attributes(tree) if t.rsplit(".", 1)[1] in core] == [
         "stack.tcp.flow_log"]
 
@@ -145,12 +143,17 @@ def test_the_door_check_sees_an_assignment_into_the_core() -> None:
 # share app/, core/ and the option groups two command lines really have in common
 # (proxy_options, vpnkit_options), never another front end's modules.
 
-FRONT_ENDS = {"cli": "cli", "__main__": "cli", "vpnkit_cli": "vpnkit_cli",
-              "slirp4netns": "slirp4netns", "gvproxy": "gvproxy"}  # fmt: skip
+FRONT_ENDS = {"cli", "vpnkit", "slirp4netns", "gvproxy"}
 
 
 def _front_end(module: str) -> str | None:
-    return FRONT_ENDS.get(module.split(".")[1] if "." in module else "")
+    """Which front end a module belongs to (`pyvpnkit.__main__` runs the cli), if any."""
+    if module == "pyvpnkit.__main__":
+        return "cli"
+    parts = module.split(".")
+    if len(parts) > 2 and parts[1] == "frontends" and parts[2] in FRONT_ENDS:
+        return parts[2]
+    return None
 
 
 def _borrowed(graph: dict[str, set[str]]) -> list[str]:
@@ -169,9 +172,11 @@ def test_no_front_end_imports_another() -> None:
 def test_the_front_end_check_sees_a_borrowed_parser() -> None:
     """The check above would have caught what pyvpnkit-vpnkit and gvproxy once did."""
     graph = {
-        "pyvpnkit.gvproxy.run": {"pyvpnkit.cli", "pyvpnkit.gvproxy.config"},
-        "pyvpnkit.vpnkit_cli": {"pyvpnkit.vpnkit_options", "pyvpnkit.app.options"},
-        "pyvpnkit.slirp4netns.run": {"pyvpnkit.vpnkit_cli"},
+        "pyvpnkit.frontends.gvproxy.run": {
+            "pyvpnkit.frontends.cli", "pyvpnkit.frontends.gvproxy.config"
+        },
+        "pyvpnkit.frontends.vpnkit": {"pyvpnkit.frontends.vpnkit_options", "pyvpnkit.app.options"},
+        "pyvpnkit.frontends.slirp4netns.run": {"pyvpnkit.frontends.vpnkit"},
     }
-    assert _borrowed(graph) == ["pyvpnkit.gvproxy.run -> pyvpnkit.cli",
-                                "pyvpnkit.slirp4netns.run -> pyvpnkit.vpnkit_cli"]
+    assert _borrowed(graph) == ["pyvpnkit.frontends.gvproxy.run -> pyvpnkit.frontends.cli",
+                                "pyvpnkit.frontends.slirp4netns.run -> pyvpnkit.frontends.vpnkit"]

@@ -21,11 +21,12 @@ LINUX_ONLY = {
     "pyvpnkit.links.tap",
     "pyvpnkit.runtime.landlock",
     "pyvpnkit.runtime.seccomp",
-    "pyvpnkit.slirp4netns.sandbox",
+    "pyvpnkit.frontends.slirp4netns.sandbox",
 }
 # The entry points, and the modules `run` imports lazily on its way to serving VMs.
 ROOTS = (
-    "pyvpnkit.__main__", "pyvpnkit.cli", "pyvpnkit.gvproxy.cli", "pyvpnkit.vpnkit_cli",
+    "pyvpnkit.__main__", "pyvpnkit.frontends.cli", "pyvpnkit.frontends.gvproxy.cli",
+    "pyvpnkit.frontends.vpnkit",
     "pyvpnkit.app.service", "pyvpnkit.links", "pyvpnkit.runtime.capabilities",
 )  # fmt: skip
 
@@ -80,5 +81,5 @@ def test_front_ends_import_no_linux_only_module() -> None:
 
 def test_the_walk_sees_linux_only_imports() -> None:
     """The slirp4netns drop-in is Linux's by nature: the walk must find its namespaces."""
-    paths = _paths_to_linux_only(("pyvpnkit.slirp4netns.run",))
-    assert "pyvpnkit.slirp4netns.run -> pyvpnkit.runtime.netns" in paths
+    paths = _paths_to_linux_only(("pyvpnkit.frontends.slirp4netns.run",))
+    assert "pyvpnkit.frontends.slirp4netns.run -> pyvpnkit.runtime.netns" in paths

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from pyvpnkit.api.server import stats_of
 from pyvpnkit.core.histogram import Histogram
-from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.runtime.forwarder import Forwarder
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.http_proxy import HttpProxy

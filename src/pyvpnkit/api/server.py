@@ -31,8 +31,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pyvpnkit.core.dns.zones import ZoneError, zone_from_dict
-from pyvpnkit.core.ippool import key_mac
-from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.switch.ippool import key_mac
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.runtime.forwarder import ForwardError, remove_stale_socket
 
 log = logging.getLogger("pyvpnkit.api")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyvpnkit.app.options import Options
-from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.forwarder import Forwarder, ForwardError
 from pyvpnkit.runtime.host_tcp import HostTcp

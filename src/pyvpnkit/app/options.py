@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 
 from pyvpnkit.core.conditions import DEFAULT_QUEUE_BYTES
-from pyvpnkit.core.gateway_forwards import GatewayForward
 from pyvpnkit.core.http_proxy.config import (
     ConfigError,
     HostList,
@@ -22,9 +21,10 @@ from pyvpnkit.core.http_proxy.config import (
     parse_config,
     with_overrides,
 )
-from pyvpnkit.core.stack_settings import StackSettings
+from pyvpnkit.core.nat.gateway_forwards import GatewayForward
+from pyvpnkit.core.nat.tcp_nat import Redirect
+from pyvpnkit.core.switch.stack_settings import StackSettings
 from pyvpnkit.core.tcp.settings import KEEPALIVE, TcpSettings
-from pyvpnkit.core.tcp_nat import Redirect
 from pyvpnkit.errors import SETUP_FAILED, UserError
 
 _STACK = StackSettings()  # the stack's defaults, which Options repeats by reference

@@ -27,8 +27,8 @@ from pyvpnkit.app.options import (
 from pyvpnkit.app.vpnkit_files import load_vpnkit_files
 from pyvpnkit.core.conditions import ConditionError
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.ippool import mac_key
-from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.switch.ippool import mac_key
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.runtime.capabilities import capabilities, require_namespaces, require_tap
 from pyvpnkit.runtime.conditions_file import load_conditions, watch_conditions

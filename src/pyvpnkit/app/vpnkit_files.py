@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.dhcp import parse_dhcp_json
-from pyvpnkit.core.gateway_forwards import GatewayForwards, parse_json
-from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.nat.gateway_forwards import GatewayForwards, parse_json
+from pyvpnkit.core.services.dhcp import parse_dhcp_json
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.runtime.filewatch import PolledFile
 

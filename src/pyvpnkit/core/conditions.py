@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.icmp_errors import build_error_kind
-from pyvpnkit.core.tcp_nat import rst_for
+from pyvpnkit.core.nat.icmp_errors import build_error_kind
+from pyvpnkit.core.nat.tcp_nat import rst_for
 from pyvpnkit.wire.errors import ParseError
 from pyvpnkit.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, parse_ipv4
 from pyvpnkit.wire.ipv6 import NH_ICMPV6, parse_ipv6

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyvpnkit.core.ipv6_layout import Ipv6Layout
+from pyvpnkit.core.ip.ipv6_layout import Ipv6Layout
 from pyvpnkit.errors import UserError
 
 GATEWAY_MAC = bytes.fromhex("f61636bcf9c6")  # vpnkit's server MAC

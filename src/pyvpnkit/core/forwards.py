@@ -17,8 +17,8 @@ from __future__ import annotations
 import ipaddress
 
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.core.family import gateway_for
-from pyvpnkit.core.routes import host_view
+from pyvpnkit.core.ip.family import gateway_for
+from pyvpnkit.core.nat.routes import host_view
 
 PROTOCOLS = ("tcp", "udp", "unix")
 

@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from pyvpnkit.core.effects import Effect
-from pyvpnkit.core.ippool import PoolError
-from pyvpnkit.core.stack import Stack
+from pyvpnkit.core.switch.ippool import PoolError
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.links.base import Link, VifError
 from pyvpnkit.runtime.executor import Executor
 from pyvpnkit.runtime.limits import Throttle

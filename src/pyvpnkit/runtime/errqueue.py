@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from pyvpnkit.core.icmp_errors import kind_from_icmp, kind_from_icmp6
+from pyvpnkit.core.nat.icmp_errors import kind_from_icmp, kind_from_icmp6
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -60,7 +60,7 @@ class ExtendedError:
 
     @property
     def kind(self) -> str | None:
-        """The NAT error kind (see pyvpnkit.core.icmp_errors.ERROR_KINDS), or None."""
+        """The NAT error kind (see pyvpnkit.core.nat.icmp_errors.ERROR_KINDS), or None."""
         if self.origin == SO_EE_ORIGIN_ICMP:
             return kind_from_icmp(self.type, self.code)
         if self.origin == SO_EE_ORIGIN_ICMP6:

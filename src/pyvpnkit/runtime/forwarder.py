@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
-from pyvpnkit.core.family import addr_text
 from pyvpnkit.core.forwards import (
     ForwardError,
     join_host_port,
@@ -37,10 +36,11 @@ from pyvpnkit.core.forwards import (
     split_host_port,
     vm_target,
 )
+from pyvpnkit.core.ip.family import addr_text
 from pyvpnkit.links.sockets import remove_stale_unix
 
 if TYPE_CHECKING:
-    from pyvpnkit.core.stack import Stack
+    from pyvpnkit.core.switch.stack import Stack
     from pyvpnkit.runtime.engine import Engine
     from pyvpnkit.runtime.host_tcp import HostTcp
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pyvpnkit.core.effects import Effect, IcmpClose, IcmpEchoSend
-from pyvpnkit.core.icmp_errors import kind_from_icmp, kind_from_icmp6, kind_from_send_errno
-from pyvpnkit.core.icmp_nat import EchoIdents, IcmpNat
+from pyvpnkit.core.nat.icmp_errors import kind_from_icmp, kind_from_icmp6, kind_from_send_errno
+from pyvpnkit.core.nat.icmp_nat import EchoIdents, IcmpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.wire import icmp as icmpw

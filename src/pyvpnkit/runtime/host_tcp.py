@@ -25,7 +25,7 @@ from pyvpnkit.core.effects import (
     TcpShutdown,
     TcpWrite,
 )
-from pyvpnkit.core.tcp_nat import READ_CHUNK, TcpNat
+from pyvpnkit.core.nat.tcp_nat import READ_CHUNK, TcpNat
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger("pyvpnkit.tcp")

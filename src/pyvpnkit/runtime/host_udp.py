@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
-from pyvpnkit.core.icmp_errors import kind_from_send_errno
-from pyvpnkit.core.udp_nat import UdpNat
+from pyvpnkit.core.nat.icmp_errors import kind_from_send_errno
+from pyvpnkit.core.nat.udp_nat import UdpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 

@@ -45,9 +45,9 @@ from pyvpnkit.core.http_proxy.effects import (
     ShutdownUpstream,
     ToVm,
 )
-from pyvpnkit.core.routes import host_address, named_address
-from pyvpnkit.core.stack import Stack
-from pyvpnkit.core.tcp_nat import READ_CHUNK
+from pyvpnkit.core.nat.routes import host_address, named_address
+from pyvpnkit.core.nat.tcp_nat import READ_CHUNK
+from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.runtime.filewatch import PolledFile
 
 if TYPE_CHECKING:

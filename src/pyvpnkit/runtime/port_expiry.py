@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pyvpnkit.core.ippool import mac_key
+from pyvpnkit.core.switch.ippool import mac_key
 from pyvpnkit.runtime.engine import Engine
 
 log = logging.getLogger("pyvpnkit")

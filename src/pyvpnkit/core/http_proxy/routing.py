@@ -16,7 +16,7 @@ import h11
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.http_proxy.config import ProxyConfig, Upstream
-from pyvpnkit.core.routes import host_address, named_address
+from pyvpnkit.core.nat.routes import host_address, named_address
 
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization"}
 _HOST = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")  # RFC 3986 host[:port] characters

@@ -1,0 +1,1 @@
+"""IP itself: fragment reassembly, the address families, the IPv6 layout."""

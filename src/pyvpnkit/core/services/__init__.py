@@ -1,0 +1,1 @@
+"""The gateway's own services: DHCP, DHCPv6 and NDP."""

@@ -1,0 +1,1 @@
+"""Every command line: each maps its own flags onto app.Options and runs one Service."""

@@ -1,0 +1,1 @@
+"""Hand-driven peers and fake worlds the unit tests share."""
