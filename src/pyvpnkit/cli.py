@@ -21,6 +21,7 @@ from pyvpnkit.core.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
 from pyvpnkit.proxy_options import add_proxy_options, proxy_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
+from pyvpnkit.usage import OneLineParser
 
 log = logging.getLogger("pyvpnkit")
 
@@ -352,7 +353,7 @@ file, socket), 126 when the command cannot be executed, 127 when it is not found
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pyvpnkit",
         description="User-mode network stack giving VMs and network namespaces the host's network.",
         epilog=EPILOG,

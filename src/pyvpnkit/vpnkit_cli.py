@@ -29,6 +29,7 @@ from pyvpnkit import __version__, cli
 from pyvpnkit.app.options import load_proxy_config
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.errors import UserError
+from pyvpnkit.usage import OneLineParser
 
 PROG = "pyvpnkit-vpnkit"
 EXIT_USAGE = 124
@@ -57,9 +58,9 @@ class UsageError(Exception):
     """A command-line mistake: one line to stderr, exit status 124."""
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(OneLineParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(f"{message} (see --help)")
 
 
 class _Refuse(argparse.Action):
