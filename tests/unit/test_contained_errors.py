@@ -112,13 +112,13 @@ def test_socket_exhaustion_refuses_new_flows_with_rst(monkeypatch: pytest.Monkey
         real = HostTcp._socket_for
         failures = iter([errno.EMFILE, errno.ENOBUFS, errno.ENFILE])
 
-        def flaky(eff: Any) -> Any:
+        def flaky(self: HostTcp, eff: Any) -> Any:
             code = next(failures, None)
             if code is not None:
                 raise OSError(code, "injected")
-            return real(eff)
+            return real(self, eff)
 
-        monkeypatch.setattr(HostTcp, "_socket_for", staticmethod(flaky))
+        monkeypatch.setattr(HostTcp, "_socket_for", flaky)
         for sport in (40001, 40002, 40003, 40004):  # one batch: four SYNs
             engine.frame_received(vm, syn(sport, port))
         engine.flush()

@@ -40,6 +40,7 @@ class Options:
     udp_max_flows: int = 4096
     max_pending_connects: int = 1024
     connect_timeout: float = 30.0
+    outbound: tuple[str, str] = ("", "")  # host sockets' source (IPv4, IPv6); "": any
     # the HTTP proxy: --http (vpnkit's http_proxy.json, reloaded when it changes) and the
     # flags that override its keys (--proxy-from-env is resolved into them by the CLI)
     http: str | None = None

@@ -167,12 +167,13 @@ class Service:
         engine = Engine(self.stack, loop)
         # The host executors: the engine routes each effect to one of them by type.
         self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
-                           settle=engine.settle, budget=self.budget)
+                           settle=engine.settle, budget=self.budget, outbound=self.options.outbound)
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
             # A datagram read from the host is answered in the same loop iteration.
-            HostUdp(loop, self.stack.udp, engine.settle, budget=self.budget),
+            HostUdp(loop, self.stack.udp, engine.settle, budget=self.budget,
+                    outbound=self.options.outbound),
             HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
             DnsUpstream(loop, self.stack.dns, engine.settle),
             self.http_proxy,
@@ -439,7 +440,7 @@ class Service:
             self._attach_tap(attached, f"netns:{self.options.netns}")
         if tap_fd is not None:
             TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.options.tap}", vnet_hdr=True)
-        from pyvpnkit.links import start_listener
+        from pyvpnkit.links.listeners import start_listener
 
         listeners = []
         failed = self.extras.error is not None

@@ -42,7 +42,7 @@ def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes 
     if dst == config.host_ip:
         if config.host_loopback:
             return HOST_LOOPBACK, None, None
-        return None, "admin_prohibited", dst
+        return None, config.no_host_loopback, dst
     if not is_routable(config, dst):
         return None, None, None
     if config.blocked and _blocked(config.blocked, dst):
@@ -75,7 +75,7 @@ def _route6(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, byte
     if dst == layout.host_ip:
         if config.host_loopback:
             return HOST_LOOPBACK6, None, None
-        return None, "admin_prohibited", dst
+        return None, config.no_host_loopback, dst
     if not _routable6(dst):
         return None, None, None
     if dst == layout.gateway_ip:

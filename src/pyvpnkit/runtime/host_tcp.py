@@ -26,6 +26,7 @@ from pyvpnkit.core.effects import (
 )
 from pyvpnkit.core.tcp_nat import READ_CHUNK, TcpNat
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
+from pyvpnkit.runtime.outbound import bind_source
 
 log = logging.getLogger("pyvpnkit.tcp")
 
@@ -60,8 +61,10 @@ class HostTcp:
         connect_timeout: float = 30.0,
         settle: Callable[[], None] | None = None,
         budget: DescriptorBudget | None = None,
+        outbound: tuple[str, str] = ("", ""),
     ) -> None:
         self.loop = loop
+        self.outbound = outbound  # source addresses (runtime/outbound.py)
         self.nat = nat
         self.wake = wake
         # Called at the end of a socket callback: answer now rather than on
@@ -123,8 +126,7 @@ class HostTcp:
             self.connect_timeout, self._connect_failed, conn, errno.ETIMEDOUT
         )
 
-    @staticmethod
-    def _socket_for(eff: TcpOpen) -> tuple[socket.socket, str | tuple[str, int]]:
+    def _socket_for(self, eff: TcpOpen) -> tuple[socket.socket, str | tuple[str, int]]:
         if eff.unix_path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
@@ -136,6 +138,7 @@ class HostTcp:
             # A remote peer that vanishes is noticed and reset towards the VM.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.setblocking(False)
+            bind_source(sock, self.outbound)
         except OSError:
             sock.close()
             raise
