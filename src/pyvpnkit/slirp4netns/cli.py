@@ -17,6 +17,7 @@ ctypes) and only then imports the stack (see bench/startup.py).
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import re
@@ -295,20 +296,26 @@ def layout(opts: argparse.Namespace) -> NetConfig:
 
 
 def bind_api_socket(path: str) -> socket.socket:
-    """The API socket, listening (a stale socket file is replaced); OSError otherwise.
+    """The API socket, listening; OSError otherwise.
 
-    Made as soon as the TAP exists, before the stack is imported: a launcher
-    may ask as soon as it sees the device, and its request waits in the
-    backlog until serve() answers it.
+    Made before the TAP, so a launcher may ask as soon as it sees the device:
+    its request waits in the backlog until the stack answers. A file already
+    there goes through links.sockets' stale-socket rule (imported only then:
+    start-up is what launchers wait for).
     """
     import socket
 
-    from pyvpnkit.links.sockets import remove_stale_unix
-
-    remove_stale_unix(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            from pyvpnkit.links.sockets import remove_stale_unix
+
+            remove_stale_unix(path)
+            sock.bind(path)
         sock.listen(64)
     except OSError:
         sock.close()
@@ -336,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"{PROG}: --enable-seccomp: {exc.strerror}", file=sys.stderr)
             return 1
+    try:
+        api_socket = bind_api_socket(opts.api_socket) if opts.api_socket else None
+    except OSError as exc:
+        print(f"{PROG}: API socket {opts.api_socket}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     # The TAP first, the stack's imports after: launchers (and slirp4netns's own
     # tests) use the device as soon as they have started us.
     netns, userns = namespaces(opts)
@@ -343,12 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         attached = attach(netns, iface_setup(opts), userns=userns)
     except SetupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        api_socket = bind_api_socket(opts.api_socket) if opts.api_socket else None
-    except OSError as exc:
-        print(f"{PROG}: API socket {opts.api_socket}: {exc.strerror or exc}", file=sys.stderr)
-        os.close(attached.tap_fd)
+        if api_socket is not None:
+            api_socket.close()
+            os.unlink(opts.api_socket)
         return 1
     from pyvpnkit.slirp4netns.run import run
 
