@@ -22,6 +22,7 @@ LAYERS = {
     "api": 4,
     "app": 5,
     "cli": 6, "vpnkit_cli": 6, "slirp4netns": 6, "gvproxy": 6, "proxy_options": 6,
+    "usage": 6,
     "__main__": 6,
 }  # fmt: skip
 

@@ -350,9 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # The TAP first, the stack's imports after: launchers (and slirp4netns's own
     # tests) use the device as soon as they have started us.
-    netns, userns = namespaces(opts)
+    opts.netns_path, userns = namespaces(opts)
+    opts.guest = str(host(opts.cidr, GUEST))  # the API's default, with or without -c
     try:
-        attached = attach(netns, iface_setup(opts), userns=userns)
+        attached = attach(opts.netns_path, iface_setup(opts), userns=userns)
     except SetupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         if api_socket is not None:

@@ -22,7 +22,6 @@ from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.host_icmp import choose_mode
 from pyvpnkit.runtime.netns import Attached
 from pyvpnkit.slirp4netns import PROG, api, sandbox
-from pyvpnkit.slirp4netns.cli import GUEST, host, namespaces
 
 log = logging.getLogger("pyvpnkit.slirp4netns")
 
@@ -46,7 +45,7 @@ class Slirp4netns:
         self.failed = False
         self.server: asyncio.Server | None = None
         # The target is checked through its directory: the sandbox hides its path.
-        path = namespaces(opts)[0]
+        path = opts.netns_path
         self._target_dir = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_CLOEXEC)
         self._target_name = os.path.basename(path)
         self._target = os.stat(self._target_name, dir_fd=self._target_dir)
@@ -62,8 +61,7 @@ class Slirp4netns:
         opts, service = self.opts, self.service
         if self.api_socket is not None:
             assert service.extras is not None
-            guest = str(host(opts.cidr, GUEST))  # slirp4netns's default, with or without -c
-            table = api.HostFwdApi(service.extras.forwarder, guest)
+            table = api.HostFwdApi(service.extras.forwarder, opts.guest)
             try:
                 self.server = await api.serve(table, self.api_socket)
             except (ForwardError, OSError) as exc:
