@@ -53,6 +53,9 @@ class Options:
     netns: str | None = None
     ifname: str = "eth0"  # the TAP inside a namespace
     config_net: bool = True  # address, route and resolv.conf in the namespace
+    # the namespace's guest is also known at this address before it speaks (slirp4netns's
+    # .100, which launchers configure themselves while DHCP would lease .15)
+    guest_ip: bytes = b""
     # capture, port forwarding, API
     pcap: str | None = None
     pcap_snaplen: int = 65535

@@ -259,6 +259,8 @@ class Service:
         link_id = self.engine.link_id(link)
         if link_id is not None:
             self.stack.add_vm(link_id, attached.mac, ip)
+            if self.options.guest_ip:
+                self.stack.add_vm(link_id, attached.mac, self.options.guest_ip)
             if self.stack.v6 is not None and self.options.config_net:
                 assert self.config.ipv6 is not None
                 self.stack.v6.add_vm(attached.mac, self.config.ipv6.lowest_ip)

@@ -32,7 +32,7 @@ def service_options(opts: argparse.Namespace) -> Options:
     """pyvpnkit's own option defaults, with what slirp4netns fixes."""
     # slirp4netns forwards every name; it answers none itself
     return Options(hosts="/dev/null", ifname=opts.tapname, netns=opts.target,
-                   outbound=opts.outbound)
+                   outbound=opts.outbound, guest_ip=socket.inet_aton(opts.guest))
 
 
 class Slirp4netns:
