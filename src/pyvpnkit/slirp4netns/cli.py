@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pyvpnkit.runtime.netns import IfaceSetup
 
 DEFAULT_CIDR = "10.0.2.0/24"
+DEFAULT_NETWORK = ipaddress.IPv4Network(DEFAULT_CIDR)
 DEFAULT_MTU = 1500
 MAX_MTU = 65520
 GUEST, GATEWAY, DNS = 100, 2, 3  # host numbers in the network, as slirp4netns
@@ -44,8 +45,9 @@ SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), the terminating NUL included
 # What `-v` reports, in slirp4netns's machine-readable form: scripts and podman
 # gate --outbound-addr (2) and --disable-dns (3) on this number.
 SLIRP_CONFIG_VERSION_MAX = 4
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_CIDR = re.compile(r"^(([0-9]{1,3}\.){3}[0-9]{1,3})/([0-9]{1,2})$")
+# Patterns are compiled when used: compiling costs start-up time (bench/startup.py).
+_MAC = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
+_CIDR = r"^(([0-9]{1,3}\.){3}[0-9]{1,3})/([0-9]{1,2})$"
 
 
 def _mtu(text: str) -> int:
@@ -64,7 +66,7 @@ class _Refused(Exception):
 
 def _cidr(text: str) -> ipaddress.IPv4Network:
     """slirp4netns's parse_cidr, with its messages (test scripts grep them)."""
-    match = _CIDR.match(text)
+    match = re.match(_CIDR, text)
     if match is None:
         raise _Refused(f"invalid CIDR: {text}")
     try:
@@ -88,7 +90,7 @@ def _fd(text: str) -> int:
 
 
 def _mac(text: str) -> str:
-    if not _MAC.match(text):
+    if not re.match(_MAC, text):
         raise argparse.ArgumentTypeError(f"bad MAC address {text!r}")
     return text.lower()
 
@@ -198,7 +200,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if opts.netns_type == "pid" and not (opts.target.isdigit() and int(opts.target) > 0):
         parser.error(f"bad PID {opts.target!r} (use --netns-type=path for a path)")
     try:
-        opts.cidr = _cidr(opts.cidr)
+        opts.cidr = _cidr(opts.cidr) if opts.cidr != DEFAULT_CIDR else DEFAULT_NETWORK
         if opts.api_socket and len(os.fsencode(opts.api_socket)) >= SUN_PATH_MAX:
             raise _Refused(f"the specified API socket path is too long (>= {SUN_PATH_MAX})")
         opts.outbound = outbound_addresses(opts.outbound_addr, opts.outbound_addr6)
@@ -209,6 +211,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def outbound_addresses(addr4: str | None, addr6: str | None) -> tuple[str, str]:
     """--outbound-addr/-addr6 as addresses: an address as is, an interface's first one."""
+    if not addr4 and not addr6:
+        return "", ""
     from pyvpnkit.runtime.outbound import interface_address
 
     result = []
