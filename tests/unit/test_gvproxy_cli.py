@@ -158,7 +158,7 @@ stack:
         ("{}\n", ["-notification", "tcp://x:1"], "must be unix://"),
         ("{}\n", ["-mtu", "100"], "mtu 100"),
         ("interfaces: {qemu: 5}\n", [], "-listen-qemu: '5': no scheme"),
-        ("{}\n", ["-dns-server", "nope"], "-dns-server: use IP or IP#PORT"),
+        ("{}\n", ["-dns-server", "nope"], "-dns-server 'nope': use IP or IP#PORT"),
     ],
 )
 def test_bad_config_is_one_clear_error(

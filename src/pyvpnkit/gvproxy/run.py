@@ -72,8 +72,10 @@ def run_args(s: Settings) -> argparse.Namespace:
         with contextlib.redirect_stderr(err):
             return cli.make_parser().parse_args(["run", *run])
     except SystemExit:  # a value only `run`'s own checks catch, e.g. -dns-server's syntax
-        message = err.getvalue().strip().splitlines()[-1].partition("error: ")[2]
-        raise ConfigError(message.replace("argument --", "-")) from None
+        # usage.OneLineParser's line: "pyvpnkit run: --flag 'value': why (see --help)"
+        line = err.getvalue().strip().splitlines()[-1]
+        message = line.partition(": ")[2].removesuffix(" (see --help)")
+        raise ConfigError(message.removeprefix("-")) from None
 
 
 def _mac(text: str) -> bytes:

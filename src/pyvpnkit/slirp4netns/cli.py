@@ -206,6 +206,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         opts.outbound = outbound_addresses(opts.outbound_addr, opts.outbound_addr6)
     except _Refused as exc:
         parser.exit(1, f"{exc}\n")
+    opts.guest = str(host(opts.cidr, GUEST))  # the API's default, with or without -c
+    opts.netns_path, opts.userns = namespaces(opts)
     return opts
 
 
@@ -354,10 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # The TAP first, the stack's imports after: launchers (and slirp4netns's own
     # tests) use the device as soon as they have started us.
-    opts.netns_path, userns = namespaces(opts)
-    opts.guest = str(host(opts.cidr, GUEST))  # the API's default, with or without -c
     try:
-        attached = attach(opts.netns_path, iface_setup(opts), userns=userns)
+        attached = attach(opts.netns_path, iface_setup(opts), userns=opts.userns)
     except SetupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         if api_socket is not None:
