@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,20 +46,22 @@ USAGE_ERRORS = [
     (["--lowest-ip", "192.168.65.1"], "--gateway-ip 192.168.65.1 is inside the VM pool"),
     (["--gateway-ip", "192.168.65.3"], "--gateway-ip 192.168.65.3 is inside the VM pool"),
     (["--host-ip", "192.168.65.1"], "--gateway-ip and --host-ip are both 192.168.65.1"),
-    (["--ifname", "waytoolonginterfacename"], "argument --ifname: an interface name has 1 to 15"),
-    (["--ifname", "lo"], "argument --ifname: lo is the namespace's loopback"),
-    (["--ifname", ""], "argument --ifname: an interface name has 1 to 15"),
-    (["--ifname", "a/b"], "argument --ifname: an interface name has no '/'"),
-    (["--udp-idle-timeout", "0"], "--udp-idle-timeout: must be a number of seconds above 0"),
-    (["--udp-idle-timeout", "-1"], "argument --udp-idle-timeout: must be a number of seconds"),
-    (["--udp-max-flows", "0"], "argument --udp-max-flows: --udp-max-flows must be a whole number"),
-    (["--udp-max-flows", "-3"], "argument --udp-max-flows: --udp-max-flows must be a whole number"),
-    (["--pcap-snaplen", "0"], "--pcap-snaplen: --pcap-snaplen must be a whole number from 1"),
-    (["--pcap-snaplen", "-1"], "argument --pcap-snaplen: --pcap-snaplen must be a whole number"),
-    (["--dns-server", "127.0.0.1#70000"], "argument --dns-server: port 70000 is not in 1..65535"),
-    (["--mtu", "abc"], "argument --mtu: MTU must be a whole number from 576 to 65520"),
-    (["--mtu", "575"], "argument --mtu: MTU must be a whole number from 576 to 65520"),
-    (["--tcp-keepalive", "1,2"], "argument --tcp-keepalive: use IDLE[,INTERVAL,COUNT]"),
+    (["--ifname", "waytoolonginterfacename"],
+     "--ifname 'waytoolonginterfacename': an interface name has 1 to 15"),
+    (["--ifname", "lo"], "--ifname 'lo': lo is the namespace's loopback"),
+    (["--ifname", ""], "--ifname '': an interface name has 1 to 15"),
+    (["--ifname", "a/b"], "--ifname 'a/b': an interface name has no '/'"),
+    (["--udp-idle-timeout", "0"], "--udp-idle-timeout '0': must be a number of seconds above 0"),
+    (["--udp-idle-timeout", "-1"], "--udp-idle-timeout '-1': must be a number of seconds"),
+    (["--udp-max-flows", "0"], "--udp-max-flows '0': must be a whole number"),
+    (["--udp-max-flows", "-3"], "--udp-max-flows '-3': must be a whole number"),
+    (["--pcap-snaplen", "0"], "--pcap-snaplen '0': must be a whole number from 1"),
+    (["--pcap-snaplen", "-1"], "--pcap-snaplen '-1': must be a whole number"),
+    (["--dns-server", "127.0.0.1#70000"],
+     "--dns-server '127.0.0.1#70000': port 70000 is not in 1..65535"),
+    (["--mtu", "abc"], "--mtu 'abc': MTU must be a whole number from 576 to 65520"),
+    (["--mtu", "575"], "--mtu '575': MTU must be a whole number from 576 to 65520"),
+    (["--tcp-keepalive", "1,2"], "--tcp-keepalive '1,2': use IDLE[,INTERVAL,COUNT]"),
     (["--ready-fd", "99"], "pyvpnkit: --ready-fd 99: not an open file descriptor"),
 ]
 
@@ -69,6 +72,31 @@ USAGE_ERRORS = [
 def test_bad_option_values_are_usage_errors(env: NetEnv, args: list[str], line: str) -> None:
     code, last = pyvpnkit(env, *EXEC, *args, "--", "true")
     assert code == 2 and line in last, last
+
+
+ONE_LINE = [
+    (["exec", "--ifname", "waytoolonginterfacename", "--", "true"],
+     "pyvpnkit exec: --ifname 'waytoolonginterfacename': an interface name has 1 to 15 "
+     "characters (see --help)"),
+    (["run", "--mtu", "abc", "--tap", "x"],
+     "pyvpnkit run: --mtu 'abc': MTU must be a whole number from 576 to 65520 (see --help)"),
+    (["exec", "--bogus", "--", "true"], "pyvpnkit: unrecognized arguments: --bogus (see --help)"),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), ONE_LINE, ids=[" ".join(a) for a, _ in ONE_LINE])
+def test_argparse_errors_are_one_line(args: list[str], line: str) -> None:
+    """The whole of stderr is the one line: no usage block before it (issue 21)."""
+    out = subprocess.run([sys.executable, "-m", "pyvpnkit", *args],
+                         capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stderr) == (2, line + "\n")
+
+
+def test_vpnkit_flag_errors_are_one_line() -> None:
+    out = subprocess.run([sys.executable, "-m", "pyvpnkit.frontends.vpnkit", "--mtu", "x"],
+                         capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stderr) == (
+        124, "pyvpnkit-vpnkit: --mtu: 'x' is not an integer (see --help)\n")
 
 
 def test_forwards_file_errors(env: NetEnv, tmp_path: Path) -> None:

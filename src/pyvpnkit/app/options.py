@@ -50,6 +50,7 @@ class Options:
     udp_max_flows: int = _STACK.udp_max_flows
     max_pending_connects: int = _STACK.max_pending_connects
     connect_timeout: float = 30.0
+    outbound: tuple[str, str] = ("", "")  # host sockets' source (IPv4, IPv6); "": any
     # the HTTP proxy: --http (vpnkit's http_proxy.json, reloaded when it changes) and the
     # flags that override its keys (--proxy-from-env is resolved into them by the CLI)
     http: str | None = None
@@ -62,6 +63,9 @@ class Options:
     netns: str | None = None
     ifname: str = "eth0"  # the TAP inside a namespace
     config_net: bool = True  # address, route and resolv.conf in the namespace
+    # the namespace's guest is also known at this address before it speaks (slirp4netns's
+    # .100, which launchers configure themselves while DHCP would lease .15)
+    guest_ip: bytes = b""
     # capture, port forwarding, API
     pcap: str | None = None
     pcap_snaplen: int = 65535

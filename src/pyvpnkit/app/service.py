@@ -188,13 +188,14 @@ class Service:
         # The host executors: the engine routes each effect to one of them by type.
         keepalive = self.options.tcp_keepalive
         self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
-                           settle=engine.settle, budget=self.budget,
+                           settle=engine.settle, budget=self.budget, outbound=self.options.outbound,
                            keepalive=None if keepalive == DEFAULTS.tcp_keepalive else keepalive)
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
             # A datagram read from the host is answered in the same loop iteration.
-            HostUdp(loop, self.stack.udp, engine.settle, budget=self.budget),
+            HostUdp(loop, self.stack.udp, engine.settle, budget=self.budget,
+                    outbound=self.options.outbound),
             HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
             DnsUpstream(loop, self.stack.dns, engine.settle),
             self.http_proxy,
@@ -287,6 +288,8 @@ class Service:
         link_id = self.engine.link_id(link)
         if link_id is not None:
             self.stack.add_vm(link_id, attached.mac, ip)
+            if self.options.guest_ip:
+                self.stack.add_vm(link_id, attached.mac, self.options.guest_ip)
             if self.stack.v6 is not None and self.options.config_net:
                 assert self.config.ipv6 is not None
                 self.stack.v6.add_vm(attached.mac, self.config.ipv6.lowest_ip)
@@ -478,7 +481,7 @@ class Service:
             from pyvpnkit.links.tap import TapLink
 
             TapLink(tap_fd, engine, self.config.mtu, name=f"tap:{self.options.tap}", vnet_hdr=True)
-        from pyvpnkit.links import start_listener
+        from pyvpnkit.links.listeners import start_listener
 
         listeners = []
         failed = self.extras.error is not None

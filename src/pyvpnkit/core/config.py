@@ -34,6 +34,9 @@ class NetConfig:
     domain: str = "localdomain"
     search_domains: tuple[str, ...] = ()
     host_loopback: bool = True
+    # Without it, the alias is refused with this ICMP error (icmp_errors' kinds); TCP
+    # gets it only for "net_unreachable" (slirp4netns: ENETUNREACH), else an RST.
+    no_host_loopback: str = "admin_prohibited"
     host_names: tuple[str, ...] = ("host.docker.internal", "host.internal")
     gateway_names: tuple[str, ...] = ("gateway.docker.internal", "gateway.internal")
     vm_names: tuple[str, ...] = ("vm.internal",)

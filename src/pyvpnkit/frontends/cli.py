@@ -28,6 +28,7 @@ from pyvpnkit.core.ip.ipv6_layout import DEFAULT_SUBNET, Ipv6Layout, ipv6_layout
 from pyvpnkit.core.tcp.settings import KEEPALIVE
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED, UserError
 from pyvpnkit.frontends.proxy_options import add_proxy_options, proxy_overrides
+from pyvpnkit.frontends.usage import OneLineParser
 from pyvpnkit.frontends.vpnkit_options import add_vpnkit_options, vpnkit_overrides
 from pyvpnkit.runtime.nsdiag import SetupError
 
@@ -366,7 +367,7 @@ class _Version(argparse.Action):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pyvpnkit",
         description="User-mode network stack giving VMs and network namespaces the host's network.",
         epilog=EPILOG,

@@ -37,6 +37,7 @@ from pyvpnkit.app.options import (
 )
 from pyvpnkit.core.config import MAX_MTU, MIN_MTU, NetConfig, network_layout
 from pyvpnkit.errors import UserError
+from pyvpnkit.frontends.usage import OneLineParser
 from pyvpnkit.frontends.vpnkit_options import add_vpnkit_options, vpnkit_overrides
 
 PROG = "pyvpnkit-vpnkit"
@@ -59,9 +60,9 @@ class UsageError(Exception):
     """A command-line mistake: one line to stderr, exit status 124."""
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(OneLineParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(f"{message} (see --help)")
 
 
 class _Refuse(argparse.Action):

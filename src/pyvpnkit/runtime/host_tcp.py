@@ -27,6 +27,7 @@ from pyvpnkit.core.effects import (
 )
 from pyvpnkit.core.nat.tcp_nat import READ_CHUNK, TcpNat
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
+from pyvpnkit.runtime.outbound import bind_source
 
 log = logging.getLogger("pyvpnkit.tcp")
 
@@ -78,8 +79,10 @@ class HostTcp:
         settle: Callable[[], None] | None = None,
         budget: DescriptorBudget | None = None,
         keepalive: tuple[float, float, int] | None = None,
+        outbound: tuple[str, str] = ("", ""),
     ) -> None:
         self.loop = loop
+        self.outbound = outbound  # source addresses (runtime/outbound.py)
         self.nat = nat
         self.wake = wake
         # Called at the end of a socket callback: answer now rather than on
@@ -157,6 +160,7 @@ class HostTcp:
             for level, option, value in self._keepalive:
                 sock.setsockopt(level, option, value)
             sock.setblocking(False)
+            bind_source(sock, self.outbound)
         except OSError:
             sock.close()
             raise

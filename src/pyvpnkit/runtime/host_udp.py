@@ -48,9 +48,11 @@ class HostUdp:
         *,
         clock: Callable[[], float] | None = None,
         budget: DescriptorBudget | None = None,
+        outbound: tuple[str, str] = ("", ""),
     ) -> None:
         self._loop = loop
         self._nat = nat
+        self._outbound = outbound  # source addresses (runtime/outbound.py)
         self._wake = wake
         self._clock = clock or loop.time
         self.budget = budget or DescriptorBudget(1 << 30, self._clock)
@@ -91,7 +93,7 @@ class HostUdp:
         try:
             sock.setblocking(False)
             enable_recverr(sock)
-            sock.bind(("::" if v6 else "0.0.0.0", 0))
+            sock.bind((self._outbound[v6] or ("::" if v6 else "0.0.0.0"), 0))
             ttl = get_ttl(sock)
             self._loop.add_reader(sock.fileno(), self._readable, flow_id)
         except OSError as exc:

@@ -67,11 +67,12 @@ def abi() -> tuple[int, str]:
         return 0, f"unavailable ({exc.strerror})"
 
 
-def restrict(version: int, removable_in: list[str]) -> str:
+def restrict(version: int, removable_in: list[int]) -> str:
     """Enforce on the calling thread and its future threads; returns what, for the log.
 
-    Files may still be removed directly in ``removable_in`` directories
-    (the API socket's, unlinked at exit). Requires no_new_privs.
+    Files may still be removed directly in the ``removable_in`` directories,
+    given as open (O_PATH) descriptors: the API socket's, unlinked at exit,
+    which the sandbox's empty root no longer shows by path. Requires no_new_privs.
     """
     create, add_rule, restrict_self = SYSCALLS[os.uname().machine]
     fs = EXECUTE | WRITES_V1
@@ -82,13 +83,9 @@ def restrict(version: int, removable_in: list[str]) -> str:
     attr = _RulesetAttr(fs, 0, scoped)
     ruleset = _syscall(create, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0)
     try:
-        for path in removable_in:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            try:
-                rule = _PathBeneath(REMOVE_FILE, fd)
-                _syscall(add_rule, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0)
-            finally:
-                os.close(fd)
+        for fd in removable_in:
+            rule = _PathBeneath(REMOVE_FILE, fd)
+            _syscall(add_rule, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0)
         _syscall(restrict_self, ruleset, 0)
     finally:
         os.close(ruleset)

@@ -20,11 +20,9 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED
 from pyvpnkit.links.tapdev import open_tap, tap_error
@@ -34,30 +32,66 @@ from pyvpnkit.runtime.nsdiag import SetupError, explain
 SIOCGIFHWADDR = 0x8927
 
 
-@dataclass(frozen=True)
 class IfaceSetup:
-    ifname: str = "eth0"
-    bring_up: bool = True  # False: leave the interface alone (slirp4netns without -c)
-    config_net: bool = True  # address, default route, MTU; else only bring the link up
-    address: str = "192.168.65.3"
-    prefixlen: int = 24
-    gateway: str = "192.168.65.1"
-    mtu: int = 1500
-    mac: str | None = None  # set the interface's MAC (slirp4netns --macaddress)
-    resolv_conf: str | None = None  # file to bind-mount over /etc/resolv.conf (exec only)
-    vnet_hdr: bool = True  # frames carry a virtio-net header (checksum and TSO offloads)
-    ipv6: bool = False  # False: IPv6 off on the interface (--no-ipv6)
-    ipv6_address: str = ""  # with config_net: this /64 address, default route via ipv6_gateway
-    ipv6_gateway: str = "fe80::1"
+    """How the TAP is made and configured inside the namespace.
+
+    A plain class, not a dataclass: this module is on the path to the TAP
+    that launchers wait for, and dataclasses costs more to import than the
+    TAP takes to make (see bench/startup.py).
+    """
+
+    __slots__ = ("ifname", "bring_up", "config_net", "address", "prefixlen", "gateway", "mtu",
+                 "mac", "resolv_conf", "vnet_hdr", "ipv6", "ipv6_address", "ipv6_gateway")
+
+    def __init__(
+        self,
+        ifname: str = "eth0",
+        bring_up: bool = True,  # False: leave the interface alone (slirp4netns without -c)
+        config_net: bool = True,  # address, default route, MTU; else only bring the link up
+        address: str = "192.168.65.3",
+        prefixlen: int = 24,
+        gateway: str = "192.168.65.1",
+        mtu: int = 1500,
+        mac: str | None = None,  # set the interface's MAC (slirp4netns --macaddress)
+        resolv_conf: str | None = None,  # bind-mounted over /etc/resolv.conf (exec only)
+        vnet_hdr: bool = True,  # frames carry a virtio-net header (checksum and TSO offloads)
+        ipv6: bool = False,  # False: IPv6 off on the interface (--no-ipv6)
+        ipv6_address: str = "",  # with config_net: this /64 address, default via ipv6_gateway
+        ipv6_gateway: str = "fe80::1",
+    ) -> None:
+        self.ifname = ifname
+        self.bring_up = bring_up
+        self.config_net = config_net
+        self.address = address
+        self.prefixlen = prefixlen
+        self.gateway = gateway
+        self.mtu = mtu
+        self.mac = mac
+        self.resolv_conf = resolv_conf
+        self.vnet_hdr = vnet_hdr
+        self.ipv6 = ipv6
+        self.ipv6_address = ipv6_address
+        self.ipv6_gateway = ipv6_gateway
 
 
-@dataclass
 class Attached:
-    tap_fd: int
-    mac: bytes
-    pid: int  # the child: the command for exec, an exited helper for attach
-    control: socket.socket | None = None  # exec: write one byte to let the command start
-    netns_ino: int = 0  # exec: the namespace's inode, to find what the command left running
+    """The TAP's fd and MAC, and the child that made it."""
+
+    __slots__ = ("tap_fd", "mac", "pid", "control", "netns_ino")
+
+    def __init__(
+        self,
+        tap_fd: int,
+        mac: bytes,
+        pid: int,  # the child: the command for exec, an exited helper for attach
+        control: socket.socket | None = None,  # exec: one byte lets the command start
+        netns_ino: int = 0,  # exec: the namespace's inode, to find what the command left
+    ) -> None:
+        self.tap_fd = tap_fd
+        self.mac = mac
+        self.pid = pid
+        self.control = control
+        self.netns_ino = netns_ino
 
     def release(self) -> None:
         """Let the command start (exec): the stack is ready for its frames."""
@@ -84,6 +118,8 @@ def _step(name: str) -> Iterator[None]:
 
 
 def _ip(*args: str) -> None:
+    import subprocess  # in the child, once the TAP exists
+
     with _step("ip"):
         proc = subprocess.run(["ip", *args], stdin=subprocess.DEVNULL, capture_output=True)
     if proc.returncode != 0:
@@ -178,21 +214,14 @@ def _write(path: str, text: str) -> None:
 def _new_namespaces() -> None:
     """New network + mount namespaces; without root, inside a new user namespace.
 
-    The user namespace maps the caller one to one to root (like `unshare -r`):
-    a process may write a single mapping of its own ids into its new
-    namespace, after denying setgroups(2).
+    The user namespace maps the caller one to one to root (like `unshare -r`).
     """
     if os.geteuid() == 0:
         with _step("netns"):
             sysns.unshare(sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
         return
-    uid, gid = os.geteuid(), os.getegid()
     with _step("userns"):
-        sysns.unshare(sysns.CLONE_NEWUSER | sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
-    with _step("writing the user namespace's id maps"):
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1")
-        _write("/proc/self/gid_map", f"0 {gid} 1")
+        sysns.unshare_as_root(sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
 
 
 def _exec_child(sock: socket.socket, cmd: list[str], setup: IfaceSetup, parent: int) -> None:

@@ -74,6 +74,18 @@ def load_library() -> ctypes.CDLL:
 Rule = tuple[str, str, int, list[_ArgCmp]]
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+def version() -> str:
+    """libseccomp's version, as slirp4netns -v reports it; OSError when it is missing."""
+    lib = load_library()
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    v = lib.seccomp_version().contents
+    return f"{v.major}.{v.minor}.{v.micro}"
+
+
 def _rules(machine: str) -> list[Rule]:
     """(syscall, label for the log, action, argument conditions).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 CLONE_NEWNS = 0x00020000
@@ -13,8 +12,10 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_BIND = 0x1000
 
-# One handle on the C library for every ctypes call in the package (sandbox, landlock too).
-libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# One handle on the C library for every ctypes call in the package (sandbox, landlock too):
+# the interpreter's own symbols, which include libc's. find_library("c") would run
+# ldconfig, 15 ms of a launcher's start-up.
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(ret: int, what: str) -> None:
@@ -31,14 +32,30 @@ def setns(fd: int, nstype: int) -> None:
     _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
-def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
+def unshare_as_root(flags: int) -> None:
+    """A new user namespace (plus FLAGS' namespaces) in which the caller is root.
+
+    The caller's uid and gid map one to one to 0, as `unshare -r` does: a
+    process may write a single mapping of its own ids into its new
+    namespace, after denying setgroups(2). Set-up steps are named in errors.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER | flags)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                       ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
+            f.write(text)
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
     _check(
         libc.mount(
             source.encode(),
             target.encode(),
             fstype.encode() if fstype else None,
             ctypes.c_ulong(flags),
-            None,
+            data.encode() if data else None,
         ),
         f"mount {source} on {target}",
     )

@@ -35,8 +35,8 @@ def test_drop_ins_build_options_too() -> None:
                            pcap_snaplen=128, port_max_idle_time=300.0)
     slirp = parse(["--configure", "4242", "tap0"])
     assert isinstance(slirp, argparse.Namespace)
-    assert slirp_run.service_options(slirp) == Options(hosts="/dev/null", ifname="tap0",
-                                                       netns="4242")
+    assert slirp_run.service_options(slirp) == Options(
+        hosts="/dev/null", ifname="tap0", netns="4242", guest_ip=bytes([10, 0, 2, 100]))
 
 
 def test_ipv6_flags_land_in_the_config() -> None:

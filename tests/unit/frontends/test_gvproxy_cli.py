@@ -159,7 +159,7 @@ stack:
         ("{}\n", ["-notification", "tcp://x:1"], "must be unix://"),
         ("{}\n", ["-mtu", "100"], "mtu 100"),
         ("interfaces: {qemu: 5}\n", [], "-listen-qemu: '5': no scheme"),
-        ("{}\n", ["-dns-server", "nope"], "-dns-server: use IP or IP#PORT"),
+        ("{}\n", ["-dns-server", "nope"], "-dns-server 'nope': use IP or IP#PORT"),
     ],
 )
 def test_bad_config_is_one_clear_error(
@@ -181,7 +181,7 @@ def test_settings_land_in_options(tmp_path: Path) -> None:
     _config, options = run_options(s)
     assert options == Options(listeners=(("qemu", qemu), ("stdio", "stdio")), pcap="/tmp/c.pcap",
                               dns_servers=(("127.0.0.1", 5353), ("::1", 53)), hosts="/dev/null")
-    with pytest.raises(ConfigError, match=r"^-dns-server: port 99999 is not in 1\.\.65535$"):
+    with pytest.raises(ConfigError, match=r"^-dns-server '10.0.0.1#99999': port 99999 is not in 1\.\.65535$"):
         run_options(settings(parse("-dns-server", "10.0.0.1#99999")))
 
 

@@ -69,7 +69,7 @@ def test_bad_flag_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as exit_:
         make_parser().parse_args(["run", "--http-proxy", "https://p:1"])
     assert exit_.value.code == USAGE
-    assert "argument --http-proxy: 'https://p:1': only http:// proxies" in capsys.readouterr().err
+    assert "--http-proxy: 'https://p:1': only http:// proxies" in capsys.readouterr().err
 
 
 def test_vpnkit_http_flag_maps_to_ours(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_landlock_refuses_writes_keeps_reads(tmp_path: Path) -> None:
     def body() -> dict[str, Any]:
         early = open(outside / "early", "w")  # noqa: SIM115 - opened before: keeps working
         sysns.set_no_new_privs()
-        landlock.restrict(LANDLOCK, [str(allowed)])
+        landlock.restrict(LANDLOCK, [os.open(allowed, os.O_PATH | os.O_CLOEXEC)])
         results: dict[str, Any] = {"read": (outside / "old").read_text()}
         early.write("still")
         early.close()
@@ -171,7 +171,7 @@ def test_confine_says_when_landlock_is_missing(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(landlock, "abi", lambda: (0, "disabled in this kernel"))
     got = _in_child(lambda: {"applied": sandbox.confine(True, False)})
     assert got.get("error") is None, got
-    assert got["applied"][0] == "no_new_privs"
+    assert "no_new_privs" in got["applied"]
     assert got["applied"][-1] == "no Landlock (disabled in this kernel)"
     assert not any(a.startswith(("Landlock", "seccomp")) for a in got["applied"])
 

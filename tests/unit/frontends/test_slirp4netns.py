@@ -19,7 +19,7 @@ from pyvpnkit.core.effects import TcpOpen
 from pyvpnkit.core.nat.udp_nat import UdpSend
 from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.frontends.slirp4netns import api
-from pyvpnkit.frontends.slirp4netns.cli import layout, make_parser, parse
+from pyvpnkit.frontends.slirp4netns.cli import bind_api_socket, layout, make_parser, parse
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.wire import ethernet, ipv4, tcp, udp
 
@@ -45,7 +45,8 @@ def test_help_lists_every_slirp4netns_spelling(capsys: pytest.CaptureFixture[str
         assert flag in text, flag
     assert "fd00::/64" in text
     words = " ".join(text.split())
-    assert "load a seccomp filter" in words and "with Landlock" in words
+    assert "load a seccomp filter" in words and "where the kernel has Landlock" in words
+    assert "empty read-only tmpfs with only /etc and /run" in words
 
 
 def test_rootlesskit_command_line() -> None:
@@ -56,7 +57,9 @@ def test_rootlesskit_command_line() -> None:
     cfg = layout(opts)
     assert not cfg.host_loopback and cfg.mtu == 65520
     assert cfg.gateway_ip == cfg.host_ip == ip4("10.0.2.2")
-    assert cfg.dns_ip == ip4("10.0.2.3") and cfg.lowest_ip == ip4("10.0.2.100")
+    assert cfg.dns_ip == ip4("10.0.2.3")
+    # no -c: the TAP is left to the guest, whose DHCP client gets libslirp's .15
+    assert (cfg.lowest_ip, cfg.highest_ip) == (ip4("10.0.2.15"), ip4("10.0.2.30"))
 
 
 def test_podman_command_line() -> None:
@@ -70,18 +73,85 @@ def test_podman_command_line() -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["--outbound-addr", "192.0.2.1", "1", "tap0"],
     ["--macaddress", "02:00:00:00:00:01", "1", "tap0"],  # only with -c
     ["--mtu", "70000", "1", "tap0"],
-    ["--cidr", "10.0.2.0/28", "1", "tap0"],
     ["notapid", "tap0"],
     ["--netns-type", "fd", "3", "tap0"],
+    ["1", "tap0", "extra"],
 ])
 def test_bad_command_lines_exit_1(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse(argv)
     assert exc.value.code == 1
     assert "error:" in capsys.readouterr().err
+
+
+LONG_SOCKET = "/tmp/" + "a" * 103  # 108 bytes: one more than sun_path holds with its NUL
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["-c", "--cidr", "24", "1", "tap11"], "invalid CIDR: 24"),
+    (["-c", "--cidr", "foo", "1", "tap11"], "invalid CIDR: foo"),
+    (["-c", "--cidr", "10.0.2.0", "1", "tap11"], "invalid CIDR: 10.0.2.0"),
+    (["--cidr", "10.0.2.300/24", "1"], "invalid network address: 10.0.2.300"),
+    (["-c", "--cidr", "10.0.2.100/24", "1", "tap11"],
+     "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"),
+    (["-c", "--cidr", "10.0.2.100/26", "1", "tap11"], "prefix length needs to be 1-25"),
+    (["--cidr", "10.0.0.0/0", "1"], "prefix length needs to be 1-25"),
+    (["-c", "1", "--api-socket", LONG_SOCKET, "tap11"],
+     "the specified API socket path is too long (>= 108)"),
+    (["--outbound-addr", "nosuchif0", "1"],
+     "outbound-addr has to be valid ipv4 address or interface name."),
+    (["--outbound-addr", "::1", "1"],
+     "outbound-addr has to be valid ipv4 address or interface name."),
+    (["--outbound-addr6", "127.0.0.1", "1"],
+     "outbound-addr6 has to be valid ipv6 address or interface name."),
+])
+def test_refusals_keep_slirp4netns_wording(
+        argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What slirp4netns's own test scripts grep for: its line alone, exit 1."""
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_options_may_follow_and_surround_the_positionals() -> None:
+    """getopt_long permutes: `slirp4netns -c PID --api-socket PATH tap11` is one command."""
+    opts = parse(["-c", "4242", "--api-socket", "/tmp/a.sock", "tap11", "--mtu=9000"])
+    assert (opts.target, opts.tapname, opts.api_socket, opts.mtu) == (
+        "4242", "tap11", "/tmp/a.sock", 9000)
+    assert opts.configure
+
+
+def test_cidr_places_the_guest_at_100_and_dhcp_at_15() -> None:
+    opts = parse(["-c", "--cidr", "10.0.135.128/25", "1", "tap11"])
+    assert str(opts.cidr) == "10.0.135.128/25"
+    cfg = layout(opts)
+    assert (cfg.lowest_ip, cfg.highest_ip) == (ip4("10.0.135.228"), ip4("10.0.135.228"))
+    assert (cfg.gateway_ip, cfg.dns_ip) == (ip4("10.0.135.130"), ip4("10.0.135.131"))
+    cfg = layout(parse(["--cidr", "10.0.135.128/25", "1"]))
+    assert cfg.lowest_ip == ip4("10.0.135.143")
+
+
+def test_outbound_addresses() -> None:
+    assert parse(["1"]).outbound == ("", "")
+    assert parse(["--outbound-addr=lo", "--outbound-addr6=lo", "1"]).outbound == (
+        "127.0.0.1", "::1")
+    assert parse(["--outbound-addr", "192.0.2.1", "--outbound-addr6", "2001:db8::1",
+                  "1"]).outbound == ("192.0.2.1", "2001:db8::1")
+
+
+def test_version_block(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scripts and podman read `SLIRP_CONFIG_VERSION_MAX: N` to gate features."""
+    with pytest.raises(SystemExit) as exc:
+        parse(["-v"])
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("slirp4netns version ")
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "commit", "libslirp", "SLIRP_CONFIG_VERSION_MAX", "libseccomp"]
+    assert "SLIRP_CONFIG_VERSION_MAX: 4" in lines
 
 
 def test_disable_dns() -> None:
@@ -160,7 +230,8 @@ def test_api_socket_answers_with_or_without_shutdown(tmp_path: Path) -> None:
 
     async def scenario() -> list[dict[str, Any]]:
         path = str(tmp_path / "api.sock")
-        server = await api.serve(api.HostFwdApi(FakeForwarder(), "10.0.2.100"), path)
+        sock = bind_api_socket(path)
+        server = await api.serve(api.HostFwdApi(FakeForwarder(), "10.0.2.100"), sock)
         replies = []
         for shutdown in (True, False):
             reader, writer = await asyncio.open_unix_connection(path)
@@ -218,7 +289,18 @@ def test_gateway_is_the_host_loopback_unless_disabled() -> None:
     stack.receive(1, syn(GW, 8080), 0)
     _, effects = out_packets(stack)
     assert [(e.host, e.port) for e in effects if isinstance(e, TcpOpen)] == [("127.0.0.1", 8080)]
-    stack = Stack(replace(CFG, host_loopback=False), rng=random.Random(1))
+    # --disable-host-loopback: connect() fails with ENETUNREACH, as with slirp4netns
+    stack = Stack(layout(parse(["--disable-host-loopback", "1"])), rng=random.Random(1))
+    stack.receive(1, syn(GW, 8080), 0)
+    (pkt,), effects = out_packets(stack)
+    assert effects == [] and pkt.proto == ipv4.PROTO_ICMP and pkt.src == GW
+    assert pkt.payload[:2] == bytes([3, 0])  # destination unreachable: network
+    # UDP too; vpnkit's --no-host-loopback keeps refusing (admin prohibited, RST for TCP)
+    stack.receive(1, frame(GW, ipv4.PROTO_UDP, udp.build_udp(GUEST, GW, 5001, 53, b"x")), 0)
+    (pkt,), _ = out_packets(stack)
+    assert pkt.proto == ipv4.PROTO_ICMP and pkt.payload[:2] == bytes([3, 0])
+    stack = Stack(replace(CFG, host_loopback=False, no_host_loopback="admin_prohibited"),
+                  rng=random.Random(1))
     stack.receive(1, syn(GW, 8080), 0)
     (pkt,), effects = out_packets(stack)
     assert effects == [] and tcp.parse_tcp(pkt.payload, pkt.src, pkt.dst).flags & tcp.RST

@@ -114,7 +114,7 @@ def test_debug_flag_and_odd_paths() -> None:
         (["--ethernet", "e", "--allowed-bind-addresses", "lo"], "--allowed-bind-addresses"),
         (["--ethernet", "hyperv-listen://vm"], "only a unix socket path is supported"),
         (["--ethernet", "fd:3"], "only a unix socket path is supported"),
-        (["--ethernet", "e", "--mtu", "abc"], "argument --mtu: 'abc' is not an integer"),
+        (["--ethernet", "e", "--mtu", "abc"], "--mtu: 'abc' is not an integer (see --help)"),
         (["--ethernet", "e", "--mtu", "70000"], "--mtu 70000: must be between 576 and 65520"),
         (["--ethernet", "e", "--gateway-ip", "1.2.3"], "'1.2.3' is not an IPv4 address"),
         (["--ethernet", "e", "--server-macaddr", "01:00:5e:00:00:01"], "not a unicast MAC"),

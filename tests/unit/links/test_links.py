@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pyvpnkit.links import (
+from pyvpnkit.links import sockets as link_sockets
+from pyvpnkit.links.listeners import (
     MAX_SEND_QUEUE,
     Link,
     Listener,
@@ -23,7 +24,6 @@ from pyvpnkit.links import (
     parse_listen_url,
     start_listener,
 )
-from pyvpnkit.links import sockets as link_sockets
 from pyvpnkit.links.packet import DatagramListener, PacketLink
 from pyvpnkit.links.stdio import open_stdio
 from pyvpnkit.links.stream import StreamLink
@@ -655,7 +655,7 @@ def test_stdio_over_pipes() -> None:
 
 STDIO_CHILD = """
 import asyncio, sys
-from pyvpnkit.links import start_listener
+from pyvpnkit.links.listeners import start_listener
 
 class Echo:
     def link_opened(self, link): print("noise on stdout", flush=True)

@@ -19,9 +19,9 @@ def test_defaults() -> None:
     "argv, needle",
     [
         (["run", "--tap", "t", "--connect-timeout", "0"],
-         "--connect-timeout: must be a number of seconds above 0"),
+         "--connect-timeout '0': must be a number of seconds above 0 (see --help)"),
         (["run", "--tap", "t", "--max-pending-connects", "0"],
-         "--max-pending-connects must be a whole number from 1"),
+         "--max-pending-connects '0': must be a whole number from 1"),
         (["run", "--tap", "t", "--runas", "no-such-user-pvk"], "no such user 'no-such-user-pvk'"),
         (["exec", "--runas", "nobody", "--", "true"], "--runas is for `pyvpnkit run`"),
     ],

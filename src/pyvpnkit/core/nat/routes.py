@@ -89,7 +89,7 @@ def route(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, bytes 
     if dst == config.host_ip:
         if config.host_loopback:
             return HOST_LOOPBACK, None, None
-        return None, "admin_prohibited", dst
+        return None, config.no_host_loopback, dst
     if config.nat:
         host = nat_target(config, dst)
         if host is not None:
@@ -179,7 +179,7 @@ def _route6(config: NetConfig, dst: bytes) -> tuple[str | None, str | None, byte
     if layout is not None and dst == layout.host_ip:
         if config.host_loopback:
             return HOST_LOOPBACK6, None, None
-        return None, "admin_prohibited", dst
+        return None, config.no_host_loopback, dst
     if not _routable6(dst):
         return None, None, None
     if layout is not None:

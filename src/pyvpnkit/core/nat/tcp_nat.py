@@ -221,10 +221,11 @@ class TcpNat:
         # A --forwards redirect (or gvproxy's gateway API) goes to the unix socket the
         # user named, never to a host address: core/routes has nothing to judge.
         path = next((r.path for r in self.redirects if r.matches(pkt.dst, port)), None)
-        host = "" if path is not None else route(cfg, pkt.dst)[0]
+        host, refusal, _src = ("", None, None) if path is not None else route(cfg, pkt.dst)
         mode = None if path is not None else self._proxy_mode(pkt.dst, port)
         if forward is not None:
             host, port = forward
+            refusal = None
             mode = None
         if mode is not None:
             # The HTTP proxy is this flow's host side: it accepts at once (host_connected).
@@ -235,7 +236,10 @@ class TcpNat:
             self._effects.append(ProxyOpen(flow.flow_id, dst, seg.dst_port, mode))
             return
         if host is None:
-            self._reject(pkt, seg)
+            # A network that is not there is unreachable for TCP too (slirp4netns's
+            # host loopback when disabled); other refusals answer the SYN with an RST.
+            if refusal != "net_unreachable" or not self._unreachable_syn(key, seg.seq, refusal):
+                self._reject(pkt, seg)
             return
         pending = self._connecting.get(pkt.src, {})
         if len(pending) >= self.max_pending_connects:
@@ -349,8 +353,12 @@ class TcpNat:
 
     def _unreachable(self, flow: Flow, kind: str) -> bool:
         assert flow.syn is not None
-        vm_ip, vm_port, ip, port = flow.key
-        head = struct.pack("!HHI", vm_port, port, flow.syn.seq)  # what the VM matches on
+        return self._unreachable_syn(flow.key, flow.syn.seq, kind)
+
+    def _unreachable_syn(self, key: FlowKey, seq: int, kind: str) -> bool:
+        """An ICMP error quoting the VM's SYN; False if ``kind`` has none for this family."""
+        vm_ip, vm_port, ip, port = key
+        head = struct.pack("!HHI", vm_port, port, seq)  # what the VM matches on
         original = ip_header(vm_ip, ip, PROTO_TCP, 20) + head
         err = build_error_kind(original, ip, kind)
         if err is not None:

@@ -70,7 +70,7 @@ def service_options(s: Settings) -> Options:
         try:
             servers.append(parse_dns_server(server))
         except ValueError as exc:
-            raise ConfigError(f"-dns-server: {exc}") from None
+            raise ConfigError(f"-dns-server '{server}': {exc}") from None
     return Options(dns_servers=tuple(servers), hosts=s.hosts, listeners=tuple(listeners),
                    pcap=s.pcap or None)
 

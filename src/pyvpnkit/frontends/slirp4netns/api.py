@@ -15,10 +15,10 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
+import socket
 from typing import Any, Protocol
 
-from pyvpnkit.runtime.forwarder import ForwardError, remove_stale_socket
+from pyvpnkit.runtime.forwarder import ForwardError
 
 log = logging.getLogger("pyvpnkit.frontends.slirp4netns")
 
@@ -162,11 +162,8 @@ async def _serve_one(api: HostFwdApi, reader: asyncio.StreamReader,
         writer.close()
 
 
-async def serve(api: HostFwdApi, path: str) -> asyncio.Server:
-    """Listen on the unix socket PATH (a stale socket file is replaced)."""
-    remove_stale_socket(path)
-    server = await asyncio.start_unix_server(
-        lambda r, w: _serve_one(api, r, w), path=path
-    )
-    log.info("API socket %s", os.path.abspath(path))
+async def serve(api: HostFwdApi, sock: socket.socket) -> asyncio.Server:
+    """Answer requests on the listening socket SOCK (cli.bind_api_socket)."""
+    server = await asyncio.start_unix_server(lambda r, w: _serve_one(api, r, w), sock=sock)
+    log.info("API socket %s", sock.getsockname())
     return server

@@ -1,8 +1,9 @@
-"""Running the drop-in: join the target, serve its TAP, speak slirp4netns's fds and API.
+"""Running the drop-in: serve the target's TAP, speak slirp4netns's fds and API.
 
 The stack is pyvpnkit's ordinary Service; this module only adds what
 slirp4netns's callers rely on: the ready fd (written once frames flow), the
 exit fd, the API socket, ending when the target goes away, and the sandbox.
+The TAP is already open (cli.main makes it before importing this module).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from pyvpnkit.app.options import Options
 from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.frontends.slirp4netns import PROG, api, sandbox
-from pyvpnkit.runtime import seccomp
 from pyvpnkit.runtime.forwarder import ForwardError
-from pyvpnkit.runtime.netns import Attached, IfaceSetup, attach
-from pyvpnkit.runtime.nsdiag import SetupError
+from pyvpnkit.runtime.host_icmp import choose_mode
+from pyvpnkit.runtime.netns import Attached
 
 log = logging.getLogger("pyvpnkit.frontends.slirp4netns")
 
@@ -31,48 +31,39 @@ TARGET_POLL = 1.0  # seconds between checks that a --netns-type=path namespace s
 def service_options(opts: argparse.Namespace) -> Options:
     """pyvpnkit's own option defaults, with what slirp4netns fixes."""
     # slirp4netns forwards every name; it answers none itself
-    return Options(hosts="/dev/null", ifname=opts.tapname, netns=opts.target)
-
-
-def iface_setup(opts: argparse.Namespace, config: NetConfig) -> IfaceSetup:
-    return IfaceSetup(
-        ifname=opts.tapname,
-        bring_up=opts.configure,
-        address=socket.inet_ntoa(config.lowest_ip),  # the guest, .100
-        prefixlen=config.prefixlen,
-        gateway=socket.inet_ntoa(config.gateway_ip),
-        mtu=opts.mtu,
-        mac=opts.macaddress,
-        ipv6=config.ipv6 is not None,  # by SLAAC from our RAs, as slirp4netns's guests
-    )
-
-
-def _namespaces(opts: argparse.Namespace) -> tuple[str, str | None]:
-    if opts.netns_type == "pid":
-        return f"/proc/{opts.target}/ns/net", opts.userns_path or f"/proc/{opts.target}/ns/user"
-    return opts.target, opts.userns_path
+    return Options(hosts="/dev/null", ifname=opts.tapname, netns=opts.target,
+                   outbound=opts.outbound, guest_ip=socket.inet_aton(opts.guest))
 
 
 class Slirp4netns:
-    def __init__(self, opts: argparse.Namespace, service: Service, attached: Attached) -> None:
+    def __init__(self, opts: argparse.Namespace, service: Service, attached: Attached,
+                 api_socket: socket.socket | None) -> None:
         self.opts = opts
+        self.api_socket = api_socket
         self.service = service
         self.attached = attached
         self.failed = False
         self.server: asyncio.Server | None = None
-        self._target = os.stat(_namespaces(opts)[0])
+        # The target is checked through its directory: the sandbox hides its path.
+        path = opts.netns_path
+        self._target_dir = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_CLOEXEC)
+        self._target_name = os.path.basename(path)
+        self._target = os.stat(self._target_name, dir_fd=self._target_dir)
+        self._api_dir: int | None = None  # the API socket's directory, to unlink it at exit
+        if api_socket is not None:
+            directory = os.path.dirname(opts.api_socket) or "."
+            self._api_dir = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._pidfd: int | None = None
 
     async def started(self) -> None:
         """Links are up: API socket, exit fd, target watch, sandbox, then the ready fd."""
         loop = asyncio.get_running_loop()
         opts, service = self.opts, self.service
-        if opts.api_socket:
+        if self.api_socket is not None:
             assert service.extras is not None
-            guest = socket.inet_ntoa(service.config.lowest_ip)
-            table = api.HostFwdApi(service.extras.forwarder, guest)
+            table = api.HostFwdApi(service.extras.forwarder, opts.guest)
             try:
-                self.server = await api.serve(table, opts.api_socket)
+                self.server = await api.serve(table, self.api_socket)
             except (ForwardError, OSError) as exc:
                 return self._fail(f"API socket {opts.api_socket}: {exc}")
         try:
@@ -88,7 +79,8 @@ class Slirp4netns:
                               f"target {opts.target})")
         if opts.enable_sandbox or opts.enable_seccomp:
             try:
-                applied = sandbox.confine(opts.enable_sandbox, opts.enable_seccomp, opts.api_socket)
+                applied = sandbox.confine(opts.enable_sandbox, opts.enable_seccomp, self._api_dir,
+                                          keep_raw=choose_mode() == "raw")
             except OSError as exc:
                 return self._fail(f"sandbox: {exc.strerror or exc}")
             log.info("sandbox: %s", ", ".join(applied))
@@ -117,7 +109,7 @@ class Slirp4netns:
     def _check_path(self) -> None:
         """A --netns-type=path namespace is gone once its bind mount is."""
         try:
-            st = os.stat(self.opts.target)
+            st = os.stat(self._target_name, dir_fd=self._target_dir)
             same = (st.st_dev, st.st_ino) == (self._target.st_dev, self._target.st_ino)
         except OSError:
             same = False
@@ -131,31 +123,23 @@ class Slirp4netns:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-            try:
-                os.unlink(self.opts.api_socket)
+        if self._api_dir is not None:
+            try:  # through the directory: the sandbox has hidden the path
+                os.unlink(os.path.basename(self.opts.api_socket), dir_fd=self._api_dir)
             except OSError:
                 pass
+            os.close(self._api_dir)
         if self._pidfd is not None:
             os.close(self._pidfd)
+        os.close(self._target_dir)
         return 1 if self.failed else code
 
 
-def run(opts: argparse.Namespace, config: NetConfig) -> int:
+def run(opts: argparse.Namespace, config: NetConfig, attached: Attached,
+        api_socket: socket.socket | None) -> int:
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
     )
-    if opts.enable_seccomp:
-        try:  # refuse now rather than after joining the target (slirp4netns exits 1 too)
-            seccomp.load_library()
-        except OSError as exc:
-            print(f"{PROG}: --enable-seccomp: {exc.strerror}", file=sys.stderr)
-            return 1
     service = Service(config, service_options(opts))
-    netns, userns = _namespaces(opts)
-    try:
-        attached = attach(netns, iface_setup(opts, config), userns=userns)
-    except SetupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    return asyncio.run(Slirp4netns(opts, service, attached).run())
+    return asyncio.run(Slirp4netns(opts, service, attached, api_socket).run())
