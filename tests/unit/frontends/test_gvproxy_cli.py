@@ -181,7 +181,9 @@ def test_settings_land_in_options(tmp_path: Path) -> None:
     _config, options = run_options(s)
     assert options == Options(listeners=(("qemu", qemu), ("stdio", "stdio")), pcap="/tmp/c.pcap",
                               dns_servers=(("127.0.0.1", 5353), ("::1", 53)), hosts="/dev/null")
-    with pytest.raises(ConfigError, match=r"^-dns-server '10.0.0.1#99999': port 99999 is not in 1\.\.65535$"):
+    with pytest.raises(
+        ConfigError, match=r"^-dns-server '10.0.0.1#99999': port 99999 is not in 1\.\.65535$"
+    ):
         run_options(settings(parse("-dns-server", "10.0.0.1#99999")))
 
 
