@@ -56,6 +56,16 @@ def servers(echo_server: str, stop: str) -> str:
             f"while [ ! -e {stop} ]; do sleep 0.2; done; kill $A $B 2>/dev/null")
 
 
+def publish_args() -> list[str]:
+    """pyvpnkit's -p options for the servers' ports."""
+    args: list[str] = []
+    for p in TCP_PORTS:
+        args += ["-p", f"127.0.0.1:{p + OFFSET}:{p}"]
+    for p in UDP_PORTS:
+        args += ["-p", f"127.0.0.1:{p + OFFSET}:{p}/udp"]
+    return args
+
+
 def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = None) -> str:
     """Shell command (in the host namespace): start `tool` with the servers inside and the
     ports published, run the clients (`run`, with $STACK left to fill) on the host, stop."""
@@ -64,8 +74,7 @@ def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = Non
     clients = f"BENCH_PORT_OFFSET={OFFSET} " + run.replace("$GW", "127.0.0.1")
     end = f"touch {stop}; wait; rm -f {stop}"
     if tool == "pyvpnkit":
-        publish = " ".join(f"-p 127.0.0.1:{p + OFFSET}:{p}" for p in TCP_PORTS)
-        publish += "".join(f" -p 127.0.0.1:{p + OFFSET}:{p}/udp" for p in UDP_PORTS)
+        publish = shlex.join(publish_args())
         return (f"{sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
                 f"--dns-server 127.0.0.1#53 {publish} -- sh -c {shlex.quote(inside)} & ST=$!; "
                 f"{WAIT}; {clients.replace('$STACK', '$ST')}; {end}")
