@@ -37,6 +37,7 @@ from pyvpnkit.core.forwards import (
     split_host_port,
     vm_target,
 )
+from pyvpnkit.core.tcp_nat import READ_CHUNK
 from pyvpnkit.links.sockets import remove_stale_unix
 
 if TYPE_CHECKING:
@@ -246,10 +247,16 @@ class Forwarder:
                 else:
                     log.debug("accept on %s: %s", lst.local, exc)
                 break
+            try:
+                early = _sent_already(client)
+            except OSError as exc:  # reset before we got to it: nothing to forward
+                log.debug("client on %s: %s", lst.local, exc)
+                client.close()
+                continue
             peer = (addr[0], addr[1]) if lst.forward_source and lst.protocol == "tcp" else None
             # TCP_NODELAY came from the listener (_bind): one system call fewer per client.
             accepted |= self._open(client, lst.remote_ip or self.first_vm(), lst.remote_port,
-                                   lst.local, peer=peer, nodelay_set=lst.protocol == "tcp")
+                                   lst.local, early, peer, nodelay_set=lst.protocol == "tcp")
         if accepted:
             self.engine.settle()  # the SYNs leave in this loop iteration, not the next
 
@@ -361,6 +368,16 @@ class Forwarder:
         if not lst.forward_source and lst.protocol != "unix":
             info["forward_source"] = False  # shown when off: by default gvproxy's three keys
         return info
+
+
+def _sent_already(client: socket.socket) -> bytes:
+    """What an accepted client has already sent (clients of HTTP and most protocols speak
+    first): it rides with our ACK of the VM's SYN-ACK instead of a segment of its own, and
+    the reader finds nothing to wake for. Empty when it has sent nothing (or closed)."""
+    try:
+        return client.recv(READ_CHUNK, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return b""
 
 
 def _bind_error(exc: OSError, proto: str, local: str) -> ForwardError:
