@@ -66,16 +66,19 @@ def publish_args() -> list[str]:
     return args
 
 
-def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = None) -> str:
+def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = None,
+         baseline_src: str = "") -> str:
     """Shell command (in the host namespace): start `tool` with the servers inside and the
-    ports published, run the clients (`run`, with $STACK left to fill) on the host, stop."""
+    ports published, run the clients (`run`, with $STACK left to fill) on the host, stop.
+    pyvpnkit-base is pyvpnkit from `baseline_src` (compare.py --baseline-src)."""
     stop = f"/tmp/pvk-pub-{uuid.uuid4().hex[:8]}.stop"
     inside = servers(echo_server, stop)
     clients = f"BENCH_PORT_OFFSET={OFFSET} " + run.replace("$GW", "127.0.0.1")
     end = f"touch {stop}; wait; rm -f {stop}"
-    if tool == "pyvpnkit":
+    if tool in ("pyvpnkit", "pyvpnkit-base"):
         publish = shlex.join(publish_args())
-        return (f"{sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
+        path = f"PYTHONPATH={baseline_src} " if tool == "pyvpnkit-base" else ""
+        return (f"{path}{sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
                 f"--dns-server 127.0.0.1#53 {publish} -- sh -c {shlex.quote(inside)} & ST=$!; "
                 f"{WAIT}; {clients.replace('$STACK', '$ST')}; {end}")
     if tool == "slirp4netns":
@@ -104,4 +107,4 @@ def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = Non
     raise ValueError(f"{tool}: no published-port run")
 
 
-AVAILABLE = ("pyvpnkit", "slirp4netns", "pasta-user")
+AVAILABLE = ("pyvpnkit", "pyvpnkit-base", "slirp4netns", "pasta-user")
