@@ -199,7 +199,7 @@ def run_tool(
     before = set(Path("/tmp").glob("pvk-pt-*.pid"))
     if publish:
         command = published.wrap(tool, mtu, run, ECHO_SERVER,
-                                 lambda *a: rootless_user().cmd(*a))
+                                 lambda *a: rootless_user().cmd(*a), BASELINE_SRC)
     else:
         command = wrap(tool, mtu, run)
     try:

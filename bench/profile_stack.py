@@ -5,7 +5,9 @@
     python3 bench/profile_stack.py TEST --perf     # interpreter vs kernel, by symbol
 
 TEST is one of clients.py's tests (conn, tcp_rr, udp_rr, dns, up, down). The
-stack runs in a test-made namespace like in compare.py; py-spy (pip install
+stack runs in a test-made namespace like in compare.py; with --published the
+servers run behind it and the client on the host through published ports, as
+compare.py's pub_* rows (TEST conn, udp_rr, up or down); py-spy (pip install
 py-spy) samples it while the client runs. Prints the functions with the most
 samples on top of the stack (self) and anywhere on it (inclusive). With
 --strace, `strace -c` counts the stack's system calls instead (it slows the
@@ -29,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from compare import CLIENTS, Servers  # noqa: E402
+import published  # noqa: E402
+from compare import CLIENTS, ECHO_SERVER, Servers  # noqa: E402
 
 from tests.integration.netenv import NetEnv  # noqa: E402
 
@@ -70,21 +73,38 @@ def main() -> None:
                     help="more pyvpnkit exec options, e.g. '--dns-cache 1000'")
     ap.add_argument("--perf", action="store_true",
                     help="perf record: the interpreter's and the kernel's share by symbol")
+    ap.add_argument("--published", action="store_true",
+                    help="servers behind the stack, the client on the host via published ports")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     env = NetEnv()
     servers = None
+    stop = Path(tempfile.gettempdir()) / f"pvk-prof-{os.getpid()}.stop"
     try:
-        servers = Servers(env)
         client = f"sleep 1; {sys.executable} {CLIENTS} 192.168.65.2 192.168.65.1 0 "
+        if args.published:  # the client on the host, started by a shell beside the stack
+            inside = ["--", "sh", "-c", published.servers(ECHO_SERVER, str(stop))]
+            publish = published.publish_args()
+        else:
+            servers = Servers(env)
+            inside = ["--", "sh", "-c", client + f"{args.seconds + 1} {args.test}"]
+            publish = []
         stack = env.start(
             "host", sys.executable,
             *(["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []),
             "-m", "pyvpnkit", "exec", "--mtu", str(args.mtu),
-            "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", *args.stack_args.split(), "--",
-            "sh", "-c", client + f"{args.seconds + 1} {args.test}",
+            "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", *args.stack_args.split(),
+            *publish, *inside,
             stdout=subprocess.PIPE,
         )
+        if args.published:
+            env.run_in("host", "sh", "-c", published.WAIT)
+            host_client = env.start(
+                "host", "sh", "-c", f"sleep 1; export BENCH_PORT_OFFSET={published.OFFSET}; "
+                + client.replace("192.168.65.2", "127.0.0.1") +
+                f"{args.seconds + 1} {args.test}; touch {stop}", stdout=subprocess.PIPE)
+            assert host_client.stdout is not None
+            stack.stdout = host_client.stdout  # what each mode prints is the client's figures
         time.sleep(1.5)  # the stack is up and the client about to start
         if args.strace:
             trace = subprocess.run(
@@ -127,6 +147,7 @@ def main() -> None:
             summarize(raw, args.top)
     finally:
         env.close()
+        stop.unlink(missing_ok=True)
         if servers is not None:
             servers.close()
 

@@ -56,17 +56,29 @@ def servers(echo_server: str, stop: str) -> str:
             f"while [ ! -e {stop} ]; do sleep 0.2; done; kill $A $B 2>/dev/null")
 
 
-def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = None) -> str:
+def publish_args() -> list[str]:
+    """pyvpnkit's -p options for the servers' ports."""
+    args: list[str] = []
+    for p in TCP_PORTS:
+        args += ["-p", f"127.0.0.1:{p + OFFSET}:{p}"]
+    for p in UDP_PORTS:
+        args += ["-p", f"127.0.0.1:{p + OFFSET}:{p}/udp"]
+    return args
+
+
+def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = None,
+         baseline_src: str = "") -> str:
     """Shell command (in the host namespace): start `tool` with the servers inside and the
-    ports published, run the clients (`run`, with $STACK left to fill) on the host, stop."""
+    ports published, run the clients (`run`, with $STACK left to fill) on the host, stop.
+    pyvpnkit-base is pyvpnkit from `baseline_src` (compare.py --baseline-src)."""
     stop = f"/tmp/pvk-pub-{uuid.uuid4().hex[:8]}.stop"
     inside = servers(echo_server, stop)
     clients = f"BENCH_PORT_OFFSET={OFFSET} " + run.replace("$GW", "127.0.0.1")
     end = f"touch {stop}; wait; rm -f {stop}"
-    if tool == "pyvpnkit":
-        publish = " ".join(f"-p 127.0.0.1:{p + OFFSET}:{p}" for p in TCP_PORTS)
-        publish += "".join(f" -p 127.0.0.1:{p + OFFSET}:{p}/udp" for p in UDP_PORTS)
-        return (f"{sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
+    if tool in ("pyvpnkit", "pyvpnkit-base"):
+        publish = shlex.join(publish_args())
+        path = f"PYTHONPATH={baseline_src} " if tool == "pyvpnkit-base" else ""
+        return (f"{path}{sys.executable} -m pyvpnkit exec --mtu {mtu} --hosts /dev/null "
                 f"--dns-server 127.0.0.1#53 {publish} -- sh -c {shlex.quote(inside)} & ST=$!; "
                 f"{WAIT}; {clients.replace('$STACK', '$ST')}; {end}")
     if tool == "slirp4netns":
@@ -95,4 +107,4 @@ def wrap(tool: str, mtu: int, run: str, echo_server: str, user_cmd: object = Non
     raise ValueError(f"{tool}: no published-port run")
 
 
-AVAILABLE = ("pyvpnkit", "slirp4netns", "pasta-user")
+AVAILABLE = ("pyvpnkit", "pyvpnkit-base", "slirp4netns", "pasta-user")

@@ -37,6 +37,7 @@ from pyvpnkit.core.forwards import (
     vm_target,
 )
 from pyvpnkit.core.ip.family import addr_text
+from pyvpnkit.core.nat.tcp_nat import READ_CHUNK
 from pyvpnkit.links.sockets import remove_stale_unix
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ class Forwarder:
         try:
             if kind == socket.SOCK_STREAM:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Accepted sockets inherit it (Linux, the BSDs, macOS), as host_tcp wants.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
@@ -230,6 +233,7 @@ class Forwarder:
     # -- TCP and unix clients ------------------------------------------------
 
     def _on_accept(self, lst: _Listener, sock: socket.socket) -> None:
+        accepted = False
         for _ in range(ACCEPTS_PER_WAKEUP):
             try:
                 client, addr = sock.accept()
@@ -243,9 +247,18 @@ class Forwarder:
                 else:
                     log.debug("accept on %s: %s", lst.local, exc)
                 break
+            try:
+                early = _sent_already(client)
+            except OSError as exc:  # reset before we got to it: nothing to forward
+                log.debug("client on %s: %s", lst.local, exc)
+                client.close()
+                continue
             peer = (addr[0], addr[1]) if lst.forward_source and lst.protocol == "tcp" else None
-            self.attach(client, lst.remote_ip or self.first_vm(), lst.remote_port, lst.local,
-                        peer=peer)
+            # TCP_NODELAY came from the listener (_bind): one system call fewer per client.
+            accepted |= self._open(client, lst.remote_ip or self.first_vm(), lst.remote_port,
+                                   lst.local, early, peer, nodelay_set=lst.protocol == "tcp")
+        if accepted:
+            self.engine.settle()  # the SYNs leave in this loop iteration, not the next
 
     def connect(self, client: socket.socket, remote: str, early: bytes = b"") -> None:
         """Relay a connected host stream to ``remote`` ("IP:PORT", a VM) from the gateway.
@@ -254,14 +267,15 @@ class Forwarder:
         client already sent. ForwardError for a remote that is not a VM address.
         """
         vm_ip, port = vm_target(self.stack.config, remote)
-        self.attach(client, vm_ip or self.first_vm(), port, remote, early)
+        if self._open(client, vm_ip or self.first_vm(), port, remote, early):
+            self.engine.wake()
 
-    def attach(
+    def _open(
         self, client: socket.socket, vm_ip: bytes, port: int, what: str, early: bytes = b"",
-        peer: Client | None = None,
-    ) -> None:
+        peer: Client | None = None, nodelay_set: bool = False,
+    ) -> bool:
         """Relay ``client`` to vm_ip:port; the VM sees ``peer`` as the core maps it
-        (None: from the gateway)."""
+        (None: from the gateway). False if no connection could be opened."""
         now = self.loop.time()
         try:
             fid = self.stack.tcp.open_to_vm(vm_ip, port, now, peer)
@@ -269,12 +283,12 @@ class Forwarder:
             log.warning("forward %s: %s", what, exc)
             client.close()
             self.stats["tcp_no_port"] += 1
-            return
+            return False
         self.stats["tcp_accepted"] += 1
-        self.host_tcp.adopt(fid, client)
+        self.host_tcp.adopt(fid, client, nodelay_set)
         if early:
             self.stack.tcp.host_data(fid, early, now)
-        self.engine.wake()
+        return True
 
     def _pause(self, lst: _Listener) -> None:
         if lst.paused:
@@ -318,7 +332,7 @@ class Forwarder:
             fwd.host_datagram(lst.lid, (addr[0], addr[1]), bytes(buf[:n]), now)
         if got:
             self.stats["udp_in"] += got
-            self.engine.wake()
+            self.engine.settle()  # to the VM in this loop iteration, not the next
 
     # -- the executor of UdpForwardReply (replies leave from the listener's socket)
 
@@ -354,6 +368,16 @@ class Forwarder:
         if not lst.forward_source and lst.protocol != "unix":
             info["forward_source"] = False  # shown when off: by default gvproxy's three keys
         return info
+
+
+def _sent_already(client: socket.socket) -> bytes:
+    """What an accepted client has already sent (clients of HTTP and most protocols speak
+    first): it rides with our ACK of the VM's SYN-ACK instead of a segment of its own, and
+    the reader finds nothing to wake for. Empty when it has sent nothing (or closed)."""
+    try:
+        return client.recv(READ_CHUNK, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return b""
 
 
 def _bind_error(exc: OSError, proto: str, local: str) -> ForwardError:

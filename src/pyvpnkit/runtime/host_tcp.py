@@ -239,10 +239,11 @@ class HostTcp:
             conn.paused = False
             self._start_reading(conn)
 
-    def adopt(self, flow_id: int, sock: socket.socket) -> None:
-        """Take over an already connected host socket (a port forward's accepted client)."""
+    def adopt(self, flow_id: int, sock: socket.socket, nodelay_set: bool = False) -> None:
+        """Take over an already connected host socket (a port forward's accepted client);
+        ``nodelay_set``: it has TCP_NODELAY already (from its listener)."""
         sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if not nodelay_set and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _HostConn(flow_id, sock, connected=True)
         self.budget.add()

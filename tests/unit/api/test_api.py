@@ -58,9 +58,12 @@ class FakeVm(Link):
         self.mtu = 1500
         self.mac = None
         self.frames: list[bytes] = []
+        self.answer: Callable[[bytes], None] | None = None  # the VM's reply, at once
 
     def send_frame(self, frame: bytes) -> None:
         self.frames.append(frame)
+        if self.answer is not None:
+            self.answer(frame)
 
     def close(self) -> None:
         pass
@@ -224,6 +227,36 @@ async def test_tcp_forward_opens_a_connection_into_the_vm(env: Env, client: Test
     stats = await (await client.get("/stats")).json()
     assert stats["connections"]["tcp_refused"] == 0
     assert stats["frames_in"] >= 2 and stats["vms"] == {"192.168.65.3": VM_MAC.hex(":")}
+
+
+@run
+async def test_a_clients_first_bytes_ride_with_the_handshakes_ack(
+    env: Env, client: TestClient
+) -> None:
+    """Bytes a client sent before we accepted it leave with our ACK of the VM's SYN-ACK,
+    even when that SYN-ACK comes back at once (no bare ACK first); the accepted socket
+    has TCP_NODELAY from its listener."""
+    env.announce_vm()
+    info = await expose(client, "127.0.0.1:0", ":82")
+    _h, port = split_host_port(info["local"], "local")
+
+    def syn_ack(frame: bytes) -> None:
+        pkt = parse_ipv4(parse_ethernet(frame).payload)
+        seg = parse_tcp(pkt.payload, pkt.src, pkt.dst)
+        if seg.flags & SYN:
+            answer = build_tcp(VM, pkt.src, 82, seg.src_port, 1000, seg.seq + 1, SYN | ACK,
+                               65535)
+            env.from_vm(build_ipv4(VM, pkt.src, PROTO_TCP, answer))
+
+    env.vm.answer = syn_ack
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"hello")  # before the loop runs again: before the accept
+        await wait_until(lambda: len(env.vm.packets(PROTO_TCP)) >= 2)
+        await asyncio.sleep(0.05)  # a bare ACK and the data would both be out by now
+        segs = [parse_tcp(p.payload, p.src, p.dst) for p in env.vm.packets(PROTO_TCP)]
+        assert [(s.flags & ACK, bytes(s.payload)) for s in segs[1:]] == [(ACK, b"hello")]
+        (conn,) = env.host_tcp.conns.values()
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 @run

@@ -33,7 +33,7 @@ from pyvpnkit.core.effects import (
     ProxyOpen,
     TcpOpen,
 )
-from pyvpnkit.core.forwards import forward_source
+from pyvpnkit.core.forwards import ForwardSources
 from pyvpnkit.core.histogram import Histogram
 from pyvpnkit.core.ip.family import (
     IPV4_TCP_OVERHEAD,
@@ -142,6 +142,7 @@ class TcpNat:
         max_pending_connects: int = MAX_PENDING_CONNECTS,
     ) -> None:
         self.config = config
+        self._sources = ForwardSources(config)  # what a forwarded client shows the VM
         self.max_pending_connects = max_pending_connects
         # VM ip -> its flows whose host connect is in flight, oldest first
         self._connecting: dict[bytes, dict[int, Flow]] = {}
@@ -294,7 +295,7 @@ class TcpNat:
         Returns the flow id the runtime uses for the accepted socket.
         """
         gw = gateway_for(self.config, vm_ip)
-        src = gw if client is None else forward_source(self.config, vm_ip, client[0])
+        src = gw if client is None else self._sources(vm_ip, client[0])
         if src != gw and client is not None and (vm_ip, vm_port, src, client[1]) not in self.flows:
             port = client[1]
         else:

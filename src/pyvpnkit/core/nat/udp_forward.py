@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.effects import Client, Effect, UdpForwardReply
-from pyvpnkit.core.forwards import forward_source
+from pyvpnkit.core.forwards import ForwardSources
 from pyvpnkit.core.ip.family import IpPacket, fragment, gateway_for, ip_header
 from pyvpnkit.core.nat.idleflows import IdleFlows
 from pyvpnkit.core.switch.outbox import Outbox
@@ -65,6 +65,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         if not 0 < first <= last <= 0xFFFF:
             raise ValueError(f"bad gateway port range {first}-{last}")
         self.config = config
+        self._sources = ForwardSources(config)
         self.idle_timeout = idle_timeout
         self.max_flows = min(max_flows, last - first + 1)  # so a free port always exists
         self._first = first
@@ -141,7 +142,7 @@ class UdpForwarder(IdleFlows[_Flow]):
         self._make_room()
         vm_ip, vm_port, keep_source = target
         gw = gateway_for(self.config, vm_ip)
-        src = forward_source(self.config, vm_ip, client[0]) if keep_source else gw
+        src = self._sources(vm_ip, client[0]) if keep_source else gw
         key = (vm_ip, vm_port, src, client[1])
         if src == gw or key in self._flows or self._nat_peer(*key):
             self.stats["source_port_changed" if src != gw else "from_gateway"] += 1

@@ -11,6 +11,7 @@ import ipaddress
 
 import pytest
 
+from pyvpnkit.core import forwards
 from pyvpnkit.core.config import ip4
 from pyvpnkit.core.effects import TcpOpen
 from pyvpnkit.core.nat.tcp_nat import READ_CHUNK, Redirect, TcpNat
@@ -403,6 +404,20 @@ def test_port_forward_source_by_client(client: tuple[str, int], shown: tuple) ->
     w = World()
     src, port = forward_source(w, w.nat.open_to_vm(VM, 8080, w.now, client))
     assert src == shown[0] and (port == shown[1] if shown[1] else 32768 <= port <= 60999)
+
+
+def test_forward_sources_remember_each_address_per_family_within_a_bound() -> None:
+    sources = forwards.ForwardSources(CFG)
+    vm6 = bytes.fromhex("fd427076" "6b690000" "00000000" "00000003")
+    clients = ["127.0.0.1", "::1", "203.0.113.9", "::ffff:203.0.113.9", "2001:db8::9", "x"]
+    for _ in range(2):  # the second round from the table
+        for vm in (VM, vm6):
+            for ip in clients:
+                assert sources(vm, ip) == forwards.forward_source(CFG, vm, ip)
+    for n in range(forwards.ForwardSources.LIMIT + 10):
+        sources(VM, f"198.51.{n // 256}.{n % 256}")
+    assert len(sources._known) <= forwards.ForwardSources.LIMIT
+    assert sources(VM, "198.51.0.7") == ip4("198.51.0.7")
 
 
 def test_port_forward_collisions_keep_the_address_and_change_the_port() -> None:
