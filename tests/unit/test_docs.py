@@ -1,6 +1,7 @@
 """Every source path the docs name exists, so a move that forgets the docs fails here.
 
-A name with a folder (`core/nat/tcp_nat.py`, `links/`) must exist under
+A name with a folder (`core/nat/tcp_nat.py`, `links/`, or `wire/udp.build_ipv4_udp`
+for its module) must exist under
 src/pyvpnkit or the repository root (tests/, bench/, docs/); a bare module name
 (`stack6.py`) must be some file's name in src, tests or bench.
 """
@@ -22,6 +23,7 @@ DOCS = sorted(
 
 QUOTED = re.compile(r"`([^`\s]+)`")
 PATH = re.compile(r"[\w.-]+(?:/[\w.-]+)*(?:\.py|/)")  # a module or a folder
+ATTR = re.compile(r"((?:[\w-]+/)+\w+)\.\w+")  # `core/switch/leases.LeaseClock`
 UNQUOTED = re.compile(r"(?<![\w/.`-])((?:[\w-]+/)+[\w-]+\.py)\b")  # tests/x/test_y.py in prose
 
 
@@ -39,6 +41,8 @@ def _named_paths(text: str) -> set[str]:
         token = re.split(r"[(:#]", token)[0]  # `routes.py (nat_target)`, `x.py:12`
         if PATH.fullmatch(token) and not token.startswith("."):
             found.add(token)
+        elif attr := ATTR.fullmatch(token):
+            found.add(attr.group(1) + ".py")
     return found
 
 
@@ -57,5 +61,8 @@ def test_paths_named_in_docs_exist(doc: str) -> None:
 
 
 def test_checker_finds_a_wrong_path() -> None:
-    text = "see `core/tcp_nat.py`, `core/nat/tcp_nat.py` and tests/unit/test_nowhere.py"
-    assert _missing(_named_paths(text)) == ["core/tcp_nat.py", "tests/unit/test_nowhere.py"]
+    text = ("see `core/tcp_nat.py`, `core/nat/tcp_nat.py`, `core/leases.LeaseClock`,"
+            " `core/switch/leases.LeaseClock` and tests/unit/test_nowhere.py")
+    assert _missing(_named_paths(text)) == [
+        "core/leases.py", "core/tcp_nat.py", "tests/unit/test_nowhere.py",
+    ]
