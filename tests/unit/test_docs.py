@@ -1,5 +1,9 @@
 """Every source path the docs name exists, so a move that forgets the docs fails here.
 
+ARCHITECTURE.md's walk names functions too: a class or module of ours followed by an
+attribute (`Engine.frame_received`, `routes.route`) must have that attribute, and a
+bare class name (`TcpOpen`) must be defined or imported somewhere in src.
+
 A name with a folder (`core/nat/tcp_nat.py`, `links/`, or `wire/udp.build_ipv4_udp`
 for its module) must exist under
 src/pyvpnkit or the repository root (tests/, bench/, docs/); a bare module name
@@ -8,13 +12,17 @@ src/pyvpnkit or the repository root (tests/, bench/, docs/); a bare module name
 
 from __future__ import annotations
 
+import ast
+import builtins
+import functools
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BASES = (ROOT / "src" / "pyvpnkit", ROOT)
+SRC = ROOT / "src" / "pyvpnkit"
+BASES = (SRC, ROOT)
 DOCS = sorted(
     p.relative_to(ROOT).as_posix()
     for p in [ROOT / "ARCHITECTURE.md", ROOT / "README.md", ROOT / "bench" / "README.md",
@@ -65,4 +73,86 @@ def test_checker_finds_a_wrong_path() -> None:
             " `core/switch/leases.LeaseClock` and tests/unit/test_nowhere.py")
     assert _missing(_named_paths(text)) == [
         "core/leases.py", "core/tcp_nat.py", "tests/unit/test_nowhere.py",
+    ]
+
+
+DOTTED = re.compile(r"`([A-Za-z_][\w/]*(?:\.[A-Za-z_]\w*)+)(?:\(\))?`")  # `Stack.drain()`
+CLASS = re.compile(r"`([A-Z][a-z]\w*)`")
+FOREIGN = {"IcmpSendEcho2"}  # Windows' API, named where Windows is discussed
+
+
+@functools.cache
+def _definitions() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Attributes of every class of ours (with its bases'), names at each module's top."""
+    classes: dict[str, set[str]] = {}
+    bases: dict[str, set[str]] = {}
+    modules: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = modules.setdefault(path.stem, set())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                top.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.Import, ast.ImportFrom)):
+                top.update(_bound(node))
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            bases.setdefault(cls.name, set()).update(
+                b.id for b in cls.bases if isinstance(b, ast.Name))
+            attrs = classes.setdefault(cls.name, set())
+            for n in ast.walk(cls):
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    attrs.add(n.name)
+                elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+                    attrs.update(_bound(n))
+                elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) \
+                        and isinstance(n.value, ast.Name) and n.value.id == "self":
+                    attrs.add(n.attr)
+    for name in classes:  # inherited attributes, nearest bases first
+        todo, seen = list(bases[name]), set()
+        while todo:
+            base = todo.pop()
+            if base in classes and base not in seen:
+                seen.add(base)
+                classes[name] |= classes[base]
+                todo.extend(bases[base])
+    return classes, modules
+
+
+def _bound(node: ast.stmt) -> set[str]:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]  # type: ignore[attr-defined]
+    return {t.id for t in targets if isinstance(t, ast.Name)}
+
+
+def _unknown_names(text: str) -> list[str]:
+    classes, modules = _definitions()
+    known = set(classes) | set().union(*modules.values()) | set(dir(builtins)) | FOREIGN
+    wrong = [name for name in CLASS.findall(text) if name not in known]
+    for token in DOTTED.findall(text):
+        head, *attrs = token.split(".")
+        head = head.rsplit("/", 1)[-1]
+        if attrs[0].startswith("__") or attrs[-1] in ("py", "md", "toml", "json"):
+            continue  # dunders, file names
+        if head in classes:
+            ok = attrs[0] in classes[head]
+        elif head in modules:
+            ok = attrs[0] in modules[head] and (
+                len(attrs) == 1 or attrs[0] not in classes or attrs[1] in classes[attrs[0]])
+        else:
+            continue  # not ours: `os.read`, `int.from_bytes`
+        if not ok:
+            wrong.append(token)
+    return wrong
+
+
+def test_names_in_architecture_exist() -> None:
+    assert _unknown_names((ROOT / "ARCHITECTURE.md").read_text()) == []
+
+
+def test_name_checker_finds_a_wrong_name() -> None:
+    text = ("`Engine.frame_received`, `TapLink.batches`, `routes.route`, `ConfigWatcher`,"
+            " `Engine.receive_frame`, `ipfrag.FragmentReassembly.nowhere`, `os.read`")
+    assert _unknown_names(text) == [
+        "ConfigWatcher", "Engine.receive_frame", "ipfrag.FragmentReassembly.nowhere",
     ]
