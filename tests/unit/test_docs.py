@@ -4,10 +4,10 @@ ARCHITECTURE.md's walk names functions too: a class or module of ours followed b
 attribute (`Engine.frame_received`, `routes.route`) must have that attribute, and a
 bare class name (`TcpOpen`) must be defined or imported somewhere in src.
 
-A name with a folder (`core/nat/tcp_nat.py`, `links/`, or `wire/udp.build_ipv4_udp`
-for its module) must exist under
-src/pyvpnkit or the repository root (tests/, bench/, docs/); a bare module name
-(`stack6.py`) must be some file's name in src, tests or bench.
+A path with a folder (`core/nat/tcp_nat.py`, `links/`; `wire/udp.build_ipv4_udp`
+names its module) must exist under src/pyvpnkit or the repository root (tests/,
+bench/, docs/); a bare module name (`stack6.py`) must be some file's name in src,
+tests or bench.
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ def _named_paths(text: str) -> set[str]:
 
 def _missing(paths: set[str]) -> list[str]:
     names = _names()
-    return sorted(
-        p for p in paths
-        if not ("/" in p.rstrip("/") and any((b / p).exists() for b in BASES))
-        and not ("/" not in p.rstrip("/") and p.rstrip("/") in names)
-    )  # fmt: skip
+
+    def exists(path: str) -> bool:
+        if "/" in path.rstrip("/"):
+            return any((base / path).exists() for base in BASES)
+        return path.rstrip("/") in names
+
+    return sorted(p for p in paths if not exists(p))
 
 
 @pytest.mark.parametrize("doc", DOCS)
