@@ -23,6 +23,7 @@ from tests.integration.netenv import REPO, NetEnv
 EXCLUDED = {
     "apt-get install": "installs packages from the network",
     "bash .ci/run": "runs this very test suite",
+    "not slow and not integration": "runs this very test suite (its fast part)",
     "qemu-system-x86_64": "needs QEMU and a guest kernel (tests/integration/test_qemu.py)",
     "--listen-vfkit": "needs hyperkit or vfkit, macOS hypervisors",
     "python3 -m venv": "installs from PyPI (CI installs the same way, into its own venv)",
