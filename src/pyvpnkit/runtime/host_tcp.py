@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyvpnkit.core.effects import (
     Effect,
@@ -25,6 +26,7 @@ from pyvpnkit.core.effects import (
     TcpWrite,
 )
 from pyvpnkit.core.tcp_nat import READ_CHUNK, TcpNat
+from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger("pyvpnkit.tcp")
@@ -47,6 +49,7 @@ class _HostConn:
     close_after_flush: bool = False
     peek: bool = True  # a short read is followed by one more, until that finds nothing
     timeout: asyncio.TimerHandle | None = None
+    source: tuple[Any, ...] | None = None  # our host address, port 0 (hostwatch checks it)
 
 
 class HostTcp:
@@ -60,9 +63,11 @@ class HostTcp:
         connect_timeout: float = 30.0,
         settle: Callable[[], None] | None = None,
         budget: DescriptorBudget | None = None,
+        route_errors: RouteErrors | None = None,
     ) -> None:
         self.loop = loop
         self.nat = nat
+        self.route_errors = route_errors or RouteErrors()
         self.wake = wake
         # Called at the end of a socket callback: answer now rather than on
         # the next loop iteration (defaults to wake, which defers).
@@ -255,6 +260,7 @@ class HostTcp:
         if conn.connected or self.conns.get(conn.fid) is not conn:
             return
         log.debug("flow %d: connect failed: %s", conn.fid, errno.errorcode.get(err, err))
+        self.route_errors.note(err)
         self._forget(conn)
         kind = _UNREACHABLE.get(err)
         self.nat.host_connect_failed(conn.fid, self.loop.time(), kind)
@@ -322,6 +328,7 @@ class HostTcp:
 
     def _reset(self, conn: _HostConn, exc: OSError) -> None:
         log.debug("flow %d: host socket error: %s", conn.fid, exc)
+        self.route_errors.note(exc.errno)
         self._forget(conn)
         self.nat.host_reset(conn.fid, self.loop.time())
         self.wake()
@@ -347,6 +354,27 @@ class HostTcp:
             self._stop_reading(conn)
             self.loop.remove_writer(fd)
         conn.sock.close()
+
+    def reset_vanished_sources(self, is_local: Callable[[tuple[Any, ...]], bool]) -> int:
+        """Reset the connections whose host address the host no longer has.
+
+        Their segments can no longer leave nor come back: without this they hang
+        until retransmissions give up. `is_local` is asked once per distinct address.
+        """
+        by_source: dict[tuple[Any, ...], list[_HostConn]] = {}
+        for conn in self.conns.values():
+            if conn.source is None and conn.connected:
+                try:
+                    name = conn.sock.getsockname()
+                except OSError:
+                    continue
+                conn.source = (name[0], 0, *name[2:]) if isinstance(name, tuple) else ()
+            if conn.source:
+                by_source.setdefault(conn.source, []).append(conn)
+        gone = [c for source, conns in by_source.items() if not is_local(source) for c in conns]
+        for conn in gone:
+            self._reset(conn, OSError(errno.EADDRNOTAVAIL, "source address went away"))
+        return len(gone)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
