@@ -252,20 +252,26 @@ def test_route_removed_and_restored(netenv: NetEnv, tmp_path: Path) -> None:
 
 
 def test_address_moved(netenv: NetEnv, tmp_path: Path) -> None:
-    """The host's address changes under a connection: the VM's side is reset, new ones work."""
+    """The host's address changes under a connection: the VM's side is reset, new ones
+    work, and DNS still reaches the same upstream (its socket had the old address)."""
     port = world_echo_server(netenv)
+    tagged_dns(netenv)
     veth = "vh" + netenv.host.removeprefix("pvk-h-")
-    with stack(netenv, tmp_path, *exec_args()) as s, probe_client(s.vm, WORLD_IP, port) as cmd:
+    with stack(netenv, tmp_path, "--dns-server", DNS_A) as s, \
+            probe_client(s.vm, WORLD_IP, port) as cmd:
         assert cmd("echo one") == "got one"
+        assert ask(s.vm) == TAG_A
         netenv.run_in("host", "ip", "addr", "del", f"{HOST_WORLD_IP}/24", "dev", veth)
         netenv.run_in("host", "ip", "addr", "add", "203.0.113.5/24", "dev", veth)
         netenv.run_in("host", "ip", "route", "replace", "default", "via", WORLD_IP)
         reset = cmd("wait-reset").split()
         again = cmd("connect").split()
+        dns_after = ask(s.vm)
         routes = s.host_network()["routes"]
     print(f"\naddress moved: the held connection was reset after {reset[2]} s")
     assert reset[:2] == ["reset", "ECONNRESET"] and float(reset[2]) < 3.0, reset
     assert again[0] == "ok", again
+    assert dns_after == TAG_A
     assert routes["vanished_source_resets"] == 1, routes
 
 
