@@ -68,6 +68,7 @@ class HostTcp:
         self.loop = loop
         self.nat = nat
         self.route_errors = route_errors or RouteErrors()
+        self._sources: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.wake = wake
         # Called at the end of a socket callback: answer now rather than on
         # the next loop iteration (defaults to wake, which defers).
@@ -368,7 +369,8 @@ class HostTcp:
                     name = conn.sock.getsockname()
                 except OSError:
                     continue
-                conn.source = (name[0], 0, *name[2:]) if isinstance(name, tuple) else ()
+                source = (name[0], 0, *name[2:]) if isinstance(name, tuple) else ()
+                conn.source = self._sources.setdefault(source, source)  # one tuple per address
             if conn.source:
                 by_source.setdefault(conn.source, []).append(conn)
         gone = [c for source, conns in by_source.items() if not is_local(source) for c in conns]
