@@ -235,6 +235,7 @@ def test_route_removed_and_restored(netenv: NetEnv, tmp_path: Path) -> None:
         assert cmd("echo one") == "got one"
         netenv.run_in("host", "ip", "route", "del", "default")
         failed = cmd("connect").split()
+        udp = cmd("udp").split()
         start = time.monotonic()
         ping = subprocess.run(["ip", "netns", "exec", s.vm, "ping", "-c", "1", "-W", "3",
                                FAR_IP], capture_output=True, text=True, timeout=10)
@@ -243,9 +244,11 @@ def test_route_removed_and_restored(netenv: NetEnv, tmp_path: Path) -> None:
         again = cmd("connect").split()
         held = cmd("echo two")
         routes = s.host_network()["routes"]
-    print(f"\nno route: connect failed with {failed[1]} in {failed[2]} s, ping in {ping_s:.2f} s; "
+    print(f"\nno route: connect failed with {failed[1]} in {failed[2]} s, UDP {udp[1]} in "
+          f"{udp[2]} s, ping in {ping_s:.2f} s; "
           f"route back: connect in {again[1]} s")
     assert failed[:2] == ["error", "ENETUNREACH"] and float(failed[2]) < 1.0, failed
+    assert udp[:2] == ["error", "ENETUNREACH"] and float(udp[2]) < 1.0, udp
     # ping's own wait is 3 s: the error came from us, not a timeout (the 2 s include
     # starting `ip netns exec ping` on a loaded machine).
     assert ping.returncode != 0 and "Unreachable" in ping.stdout and ping_s < 2.0, ping.stdout

@@ -8,6 +8,8 @@ line is a command; each gets one stdout line:
     echo TEXT    -> "got TEXT" (sent on the kept connection, echoed back), or "error NAME"
     connect      -> "ok SECONDS" or "error NAME SECONDS": a new connection, closed again
     wait-reset   -> "reset NAME SECONDS": blocks until the kept connection fails
+    udp          -> "error NAME SECONDS" or "timeout": a datagram to HOST:PORT, then
+                    what a connected UDP socket hears back within 3 s
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ def main() -> None:
                 print("ok", round(time.monotonic() - start, 3), flush=True)
             except OSError as exc:
                 print("error", name_of(exc), round(time.monotonic() - start, 3), flush=True)
+        elif cmd == "udp":
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.settimeout(3)
+                # Without IP_RECVERR Linux reports only "hard" ICMP errors (port
+                # unreachable) to UDP sockets, not net or host unreachable.
+                udp.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+                try:
+                    udp.connect((host, port))
+                    udp.send(b"hello")
+                    udp.recv(100)
+                    print("answered", flush=True)
+                except TimeoutError:
+                    print("timeout", flush=True)
+                except OSError as exc:
+                    print("error", name_of(exc), round(time.monotonic() - start, 3), flush=True)
         elif cmd == "wait-reset":
             kept.settimeout(60)
             try:
