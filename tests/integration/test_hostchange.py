@@ -208,10 +208,10 @@ class Probe:
 
 
 @contextmanager
-def probe_client(vm: str, host: str, port: int) -> Iterator[Probe]:
+def probe_client(vm: str, host: str, port: int, echo_timeout: float = 30) -> Iterator[Probe]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", vm, sys.executable, str(HELPERS / "conn_probe.py"), host,
-         str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+         str(port), str(echo_timeout)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         start_new_session=True,
     )
     try:
@@ -302,7 +302,7 @@ def test_sigstop_for_60_s_then_sigcont(netenv: NetEnv, tmp_path: Path) -> None:
     """
     port = world_echo_server(netenv)
     with stack(netenv, tmp_path, *exec_args(), "--tcp-keepalive", "20,5,3") as s, \
-            probe_client(s.vm, WORLD_IP, port) as cmd:
+            probe_client(s.vm, WORLD_IP, port, echo_timeout=STOP + 30) as cmd:
         assert cmd("echo one") == "got one"
         os.kill(s.proc.pid, signal.SIGSTOP)
         try:

@@ -1,11 +1,12 @@
 """A VM-side TCP client the test drives line by line (run inside the VM namespace).
 
-    conn_probe.py HOST PORT
+    conn_probe.py HOST PORT [ECHO_TIMEOUT]
 
 Opens one connection to tcp_server.py's ECHO mode and keeps it. Each stdin
 line is a command; each gets one stdout line:
 
-    echo TEXT    -> "got TEXT" (sent on the kept connection, echoed back), or "error NAME"
+    echo TEXT    -> "got TEXT" (sent on the kept connection, echoed back within
+                    ECHO_TIMEOUT seconds, default 30), or "error NAME"
     connect      -> "ok SECONDS" or "error NAME SECONDS": a new connection, closed again
     wait-reset   -> "reset NAME SECONDS": blocks until the kept connection fails
     udp          -> "error NAME SECONDS" or "timeout": a datagram to HOST:PORT, then
@@ -34,6 +35,7 @@ def open_echo(host: str, port: int, timeout: float) -> socket.socket:
 
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
+    echo_timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 30.0
     kept = open_echo(host, port, 10)
     print("connected", flush=True)
     for line in sys.stdin:
@@ -41,7 +43,7 @@ def main() -> None:
         start = time.monotonic()
         if cmd == "echo":
             try:
-                kept.settimeout(30)
+                kept.settimeout(echo_timeout)
                 kept.sendall(arg.encode() + b"\n")
                 got = b""
                 while not got.endswith(b"\n"):
