@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from pyvpnkit.app.options import (
 from pyvpnkit.app.vpnkit_files import load_vpnkit_files
 from pyvpnkit.core.conditions import ConditionError
 from pyvpnkit.core.config import NetConfig
+from pyvpnkit.core.dns.upstreams import HostUpstreams
 from pyvpnkit.core.switch.ippool import mac_key
 from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
@@ -35,31 +37,25 @@ from pyvpnkit.runtime.conditions_file import load_conditions, watch_conditions
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
 from pyvpnkit.runtime.executor import Executor
+from pyvpnkit.runtime.filewatch import read_text
 from pyvpnkit.runtime.host_icmp import HostIcmp
 from pyvpnkit.runtime.host_resolver import HostResolver
 from pyvpnkit.runtime.host_tcp import HostTcp
 from pyvpnkit.runtime.host_udp import HostUdp
+from pyvpnkit.runtime.hostwatch import HostWatch, RouteErrors
 from pyvpnkit.runtime.http_proxy import HttpProxy, watch_proxy_config
 from pyvpnkit.runtime.limits import DescriptorBudget, Throttle, raise_nofile_limit
 from pyvpnkit.runtime.nsdiag import SetupError
 from pyvpnkit.runtime.pcap import PcapListener, PcapWriter
-from pyvpnkit.runtime.resolvconf import parse_resolv_conf
 
 if TYPE_CHECKING:  # Linux-only modules are imported where they are used (macOS has none)
     from pyvpnkit.runtime.netns import Attached, IfaceSetup
 
 log = logging.getLogger("pyvpnkit")
 
+RESOLV_CONF = "/etc/resolv.conf"  # followed while we run unless --dns-server is given
 # After a second SIGTERM/SIGINT, exec's command gets this long to exit before SIGKILL.
 KILL_GRACE = 2.0
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def _remove_file_and_dir(path: str) -> None:
@@ -103,13 +99,15 @@ class Service:
     def __init__(self, config: NetConfig, options: Options) -> None:
         self.config = config
         self.options = opts = options
-        upstreams: list[tuple[str, int]] = list(opts.dns_servers)
-        if not upstreams:
-            upstreams, _search = parse_resolv_conf(_read("/etc/resolv.conf"))
-            ours = {socket.inet_ntoa(config.gateway_ip), socket.inet_ntoa(config.dns_ip)}
-            if config.ipv6 is not None:
-                ours |= {str(ipaddress.IPv6Address(config.ipv6.dns_ip))}
-            upstreams = [u for u in upstreams if u[0] not in ours]
+        ours = [config.gateway_ip, config.dns_ip]
+        if config.ipv6 is not None:
+            ours.append(config.ipv6.dns_ip)
+        self.host_upstreams = HostUpstreams(exclude=ours)
+        if opts.dns_servers:
+            self.host_upstreams.servers = list(opts.dns_servers)  # never overridden
+        else:
+            self.host_upstreams.update(read_text(RESOLV_CONF), time.monotonic())
+        upstreams = self.host_upstreams.servers
         self.dns_mode = opts.dns_mode
         if not upstreams and self.dns_mode == "host":
             log.warning("no upstream DNS servers: types other than A, AAAA and PTR get SERVFAIL")
@@ -120,8 +118,8 @@ class Service:
         self.stack = Stack(
             config,
             stack_settings(opts),
-            dns_upstreams=upstreams,
-            hosts_text=_read(opts.hosts),
+            dns_upstreams=list(upstreams),
+            hosts_text=read_text(opts.hosts) or "",
             dns_query_id=secure_query_id,
         )
         self.proxy_config = load_proxy_config(opts)  # a bad --http file stops us here
@@ -185,18 +183,20 @@ class Service:
         self.budget = DescriptorBudget.from_limit(raise_nofile_limit(), loop.time)
         log.info("host sockets for flows: at most %d", self.budget.capacity)
         engine = Engine(self.stack, loop)
+        routes = RouteErrors()
         # The host executors: the engine routes each effect to one of them by type.
         keepalive = self.options.tcp_keepalive
         self.tcp = HostTcp(loop, self.stack.tcp, engine.wake, self.options.connect_timeout,
                            settle=engine.settle, budget=self.budget, outbound=self.options.outbound,
-                           keepalive=None if keepalive == DEFAULTS.tcp_keepalive else keepalive)
+                           keepalive=None if keepalive == DEFAULTS.tcp_keepalive else keepalive,
+                           route_errors=routes)
         self.http_proxy = HttpProxy(loop, self.stack, engine.wake, engine.settle, self.proxy_config)
         executors: list[Executor] = [
             self.tcp,
             # A datagram read from the host is answered in the same loop iteration.
             HostUdp(loop, self.stack.udp, engine.settle, budget=self.budget,
-                    outbound=self.options.outbound),
-            HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget),
+                    outbound=self.options.outbound, route_errors=routes),
+            HostIcmp(loop, self.stack.icmp, engine.wake, budget=self.budget, route_errors=routes),
             DnsUpstream(loop, self.stack.dns, engine.settle),
             self.http_proxy,
         ]
@@ -214,6 +214,10 @@ class Service:
         for executor in executors:
             engine.add_executor(executor)
         self._hosts = HostsFileWatcher(self.hosts_path, self.stack.dns.load_hosts)
+        self.host_watch = HostWatch(self.stack.dns, self.host_upstreams,
+                                    None if self.options.dns_servers else RESOLV_CONF,
+                                    self.tcp, routes)
+        self.host_watch.start(loop)
         self._bugs_reported = 0
         self._exhausted_reported = 0
         self._watch_hosts()
@@ -257,7 +261,8 @@ class Service:
                 "link_send_dropped": sum(link.dropped for link in links),
                 "tcp_connecting": self.stack.tcp.pending_connects,
                 "dhcp_no_address": self.stack.dhcp.stats["no_address"],
-            }
+            },
+            "host_network": self.host_watch.stats(),
         }
 
     def _watch_hosts(self) -> None:
@@ -297,6 +302,8 @@ class Service:
     def _shutdown(self) -> None:
         if getattr(self, "_hosts_timer", None) is not None:
             self._hosts_timer.cancel()
+        if getattr(self, "host_watch", None) is not None:
+            self.host_watch.close()
         if self.engine is not None:
             self.engine.close()
         for polled in self.watched:

@@ -109,16 +109,31 @@ class DnsUpstream:
             self._prune(now)
         data = effect.data
         try:
-            channel = self._udp.get(effect.server) or self._channel(effect.server)
-            try:
-                channel.sock.send(data)
-            except BlockingIOError:
-                pass  # send buffer full: as good as a lost datagram, the core resends
+            channel = self._udp.get(effect.server)
+            if channel is not None and not self._send(channel, data):
+                # The socket's source address may be gone (the host's address
+                # moved: EINVAL): a new socket takes the host's current one.
+                self._drop_channel(effect.server)
+                channel = None
+            if channel is None:
+                channel = self._channel(effect.server)
+                if not self._send(channel, data):
+                    raise OSError("send failed")
         except OSError:
             # Reported on the next turn: we are inside the owner's drain loop.
             self._loop.call_soon(self._report_error, [effect.token])
             return
         channel.waiting[data[0] << 8 | data[1]] = (effect.token, now + self.token_ttl)
+
+    @staticmethod
+    def _send(channel: _UdpChannel, data: bytes) -> bool:
+        try:
+            channel.sock.send(data)
+        except BlockingIOError:
+            pass  # send buffer full: as good as a lost datagram, the core resends
+        except OSError:
+            return False
+        return True
 
     def _channel(self, server: tuple[str, int]) -> _UdpChannel:
         channel = self._udp.get(server)

@@ -32,6 +32,7 @@ from pyvpnkit.core.effects import Effect, IcmpClose, IcmpEchoSend
 from pyvpnkit.core.nat.icmp_errors import kind_from_icmp, kind_from_icmp6, kind_from_send_errno
 from pyvpnkit.core.nat.icmp_nat import EchoIdents, IcmpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
+from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.wire import icmp as icmpw
 from pyvpnkit.wire import icmpv6 as icmp6
@@ -104,12 +105,14 @@ class HostIcmp:
         clock: Callable[[], float] | None = None,
         mode: Literal["auto", "ping", "raw"] = "auto",
         budget: DescriptorBudget | None = None,
+        route_errors: RouteErrors | None = None,
     ) -> None:
         self._loop = loop
         self._nat = nat
         self._wake = wake
         self._clock = clock or loop.time
         self.budget = budget or DescriptorBudget(1 << 30, self._clock)
+        self.route_errors = route_errors or RouteErrors()
         self.mode: Mode | None = choose_mode(mode)
         if self.mode == "raw" and mode == "auto":
             rng = ping_group_range()
@@ -395,6 +398,7 @@ class HostIcmp:
                 if attempt == 0:
                     continue  # maybe a pending error from an earlier ICMP message
                 self.stats["echo_send_error"] += 1
+                self.route_errors.note(exc.errno)
                 kind = kind_from_send_errno(exc.errno)
                 if kind is not None:
                     self._nat.host_error(eff.flow_id, kind, None, eff.seq, self._clock())

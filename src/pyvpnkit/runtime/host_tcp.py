@@ -15,6 +15,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyvpnkit.core.effects import (
     Effect,
@@ -26,6 +27,7 @@ from pyvpnkit.core.effects import (
     TcpWrite,
 )
 from pyvpnkit.core.nat.tcp_nat import READ_CHUNK, TcpNat
+from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 from pyvpnkit.runtime.outbound import bind_source
 
@@ -51,6 +53,7 @@ class _HostConn:
     close_after_flush: bool = False
     peek: bool = True  # a short read is followed by one more, until that finds nothing
     timeout: asyncio.TimerHandle | None = None
+    source: tuple[Any, ...] | None = None  # our host address, port 0 (hostwatch checks it)
 
 
 def keepalive_options(keepalive: tuple[float, float, int] | None) -> list[tuple[int, int, int]]:
@@ -80,10 +83,13 @@ class HostTcp:
         budget: DescriptorBudget | None = None,
         keepalive: tuple[float, float, int] | None = None,
         outbound: tuple[str, str] = ("", ""),
+        route_errors: RouteErrors | None = None,
     ) -> None:
         self.loop = loop
         self.outbound = outbound  # source addresses (runtime/outbound.py)
         self.nat = nat
+        self.route_errors = route_errors or RouteErrors()
+        self._sources: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.wake = wake
         # Called at the end of a socket callback: answer now rather than on
         # the next loop iteration (defaults to wake, which defers).
@@ -283,6 +289,7 @@ class HostTcp:
         name = errno.errorcode.get(err, str(err))
         log.debug("flow %d: connect failed: %s", conn.fid, name)
         self.connect_errors[name] += 1
+        self.route_errors.note(err)
         self._forget(conn)
         kind = _UNREACHABLE.get(err)
         self.nat.host_connect_failed(conn.fid, self.loop.time(), kind)
@@ -350,6 +357,7 @@ class HostTcp:
 
     def _reset(self, conn: _HostConn, exc: OSError) -> None:
         log.debug("flow %d: host socket error: %s", conn.fid, exc)
+        self.route_errors.note(exc.errno)
         self._forget(conn)
         self.nat.host_reset(conn.fid, self.loop.time())
         self.wake()
@@ -375,6 +383,28 @@ class HostTcp:
             self._stop_reading(conn)
             self.loop.remove_writer(fd)
         conn.sock.close()
+
+    def reset_vanished_sources(self, is_local: Callable[[tuple[Any, ...]], bool]) -> int:
+        """Reset the connections whose host address the host no longer has.
+
+        Their segments can no longer leave nor come back: without this they hang
+        until retransmissions give up. `is_local` is asked once per distinct address.
+        """
+        by_source: dict[tuple[Any, ...], list[_HostConn]] = {}
+        for conn in self.conns.values():
+            if conn.source is None and conn.connected:
+                try:
+                    name = conn.sock.getsockname()
+                except OSError:
+                    continue
+                source = (name[0], 0, *name[2:]) if isinstance(name, tuple) else ()
+                conn.source = self._sources.setdefault(source, source)  # one tuple per address
+            if conn.source:
+                by_source.setdefault(conn.source, []).append(conn)
+        gone = [c for source, conns in by_source.items() if not is_local(source) for c in conns]
+        for conn in gone:
+            self._reset(conn, OSError(errno.EADDRNOTAVAIL, "source address went away"))
+        return len(gone)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):

@@ -19,6 +19,7 @@ from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
 from pyvpnkit.core.nat.icmp_errors import kind_from_send_errno
 from pyvpnkit.core.nat.udp_nat import UdpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
+from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class HostUdp:
         clock: Callable[[], float] | None = None,
         budget: DescriptorBudget | None = None,
         outbound: tuple[str, str] = ("", ""),
+        route_errors: RouteErrors | None = None,
     ) -> None:
         self._loop = loop
         self._nat = nat
@@ -56,6 +58,7 @@ class HostUdp:
         self._wake = wake
         self._clock = clock or loop.time
         self.budget = budget or DescriptorBudget(1 << 30, self._clock)
+        self.route_errors = route_errors or RouteErrors()
         self._socks: dict[int, _HostSocket] = {}
         self._unopened: set[int] = set()  # open failed (EMFILE...): retried on send
         self._buf = bytearray(65536)
@@ -165,6 +168,7 @@ class HostUdp:
                         self._wake()
                     continue
                 self.stats["send_error"] += 1
+                self.route_errors.note(exc.errno)
                 kind = kind_from_send_errno(exc.errno)
                 if kind is not None:
                     self._nat.host_error(

@@ -47,6 +47,10 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Forget every answer (the upstreams changed: a VPN's split DNS answers differently)."""
+        self._entries.clear()
+
     def get(self, key: CacheKey, now: float, qid: bytes, name: bytes) -> bytes | None:
         """The cached answer for `key` with id `qid` and question name `name`
         (the asker's spelling, same length as the stored one), or None."""

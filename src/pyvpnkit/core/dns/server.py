@@ -183,7 +183,10 @@ class DnsServer:
         self.names.load_hosts(text)
 
     def set_upstreams(self, upstreams: Iterable[Server]) -> None:
+        """New queries go to `upstreams`; those in flight finish on their own servers."""
         self.forwarder.set_servers(upstreams)
+        if self.cache is not None:
+            self.cache.clear()
 
     # -- inputs ----------------------------------------------------------------------
 

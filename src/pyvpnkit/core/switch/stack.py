@@ -131,7 +131,8 @@ class Stack:
         )
         self.vms: dict[bytes, Vm] = {}
         self.macs: dict[bytes, int] = {}  # VM MAC -> link, learned from frames
-        self.arp = ArpResponder(config.gateway_mac, self._is_vm_address)
+        self.arp = ArpResponder(config.gateway_mac, self._is_vm_address,
+                                own=(config.gateway_ip, config.host_ip, config.dns_ip))
         self.dhcp = DhcpServer(config, self.pool)
         self.dns = DnsServer(
             config, dns_upstreams or [], hosts_text, new_id=dns_query_id,

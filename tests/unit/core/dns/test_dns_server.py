@@ -418,6 +418,26 @@ def test_set_upstreams_replaces_servers() -> None:
     assert one_upstream(server).server == ("10.5.5.5", 5353)
 
 
+def test_query_in_flight_finishes_on_its_server_after_the_upstreams_change() -> None:
+    """resolv.conf changed mid-query: the resend and the answer stay with the old server."""
+    server = make_server([UP1], cache_size=10)
+    server.handle_query(query("a.example"), VM, "udp", 0.0)
+    first = one_upstream(server)
+    server.handle_upstream_reply(first.token, fake_reply(first, "a.example. 60 IN A 10.9.9.1"), 0.1)
+    effects(server)  # cached
+    server.handle_query(query("b.example"), VM, "udp", 0.2)
+    old = one_upstream(server)
+    server.set_upstreams([UP2])
+    server.handle_timer(1.5)  # the resend interval passed
+    resend = one_upstream(server)
+    assert (old.server, resend.server) == (UP1, UP1)
+    reply = fake_reply(resend, "b.example. 60 IN A 10.9.9.2")
+    server.handle_upstream_reply(resend.token, reply, 1.6)
+    assert one_answer(server).answer[0][0].address == "10.9.9.2"
+    server.handle_query(query("a.example"), VM, "udp", 2.0)  # not from the old cache
+    assert one_upstream(server).server == UP2
+
+
 # -- size limits ------------------------------------------------------------------
 
 

@@ -70,6 +70,24 @@ def test_arp_probe_and_vm_address_not_answered() -> None:
     assert [link for link, _f in frames] == [1]  # flooded to the VM, not answered by us
 
 
+def test_arp_probe_for_our_own_addresses_defended() -> None:
+    """RFC 5227: a VM probing the gateway's or the alias's address hears it is taken."""
+    stack = make_stack()
+    for target in (GW, HOST):
+        probe = arp.build_arp(arp.ARP_REQUEST, VM_MAC, b"\0" * 4, b"\0" * 6, target)
+        stack.receive(1, eth(probe, ethernet.ETHERTYPE_ARP, ethernet.BROADCAST), 0.0)
+        (frame,) = out_frames(stack)
+        reply = arp.parse_arp(frame.payload)
+        assert frame.dst == VM_MAC and reply.op == arp.ARP_REPLY
+        assert (reply.sha, reply.spa, reply.tha, reply.tpa) == (
+            CFG.gateway_mac, target, VM_MAC, b"\0" * 4)
+    for target in (ip4("192.168.65.9"), WORLD):  # a free pool address, anything else
+        probe = arp.build_arp(arp.ARP_REQUEST, VM_MAC, b"\0" * 4, b"\0" * 6, target)
+        stack.receive(1, eth(probe, ethernet.ETHERTYPE_ARP, ethernet.BROADCAST), 0.0)
+        assert out_frames(stack) == []
+    assert stack.arp.defended == 2
+
+
 def test_spoofed_arp_reply_ignored() -> None:
     stack = make_stack()
     rep = arp.build_arp(arp.ARP_REPLY, VM_MAC, GW, CFG.gateway_mac, VM_IP)

@@ -54,14 +54,3 @@ def _nameserver(
         return (f"{addr.compressed}%{zone}", DNS_PORT)  # link-local needs its zone
     return (addr.compressed, DNS_PORT)
 
-
-def load_resolv_conf(
-    path: str = "/etc/resolv.conf", *, exclude: Iterable[bytes | str] = ()
-) -> tuple[list[tuple[str, int]], list[str]]:
-    """parse_resolv_conf on a file; a missing file gives no servers."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return [], []
-    return parse_resolv_conf(text, exclude=exclude)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyvpnkit.core.config import NetConfig
-from pyvpnkit.runtime.resolvconf import load_resolv_conf, parse_resolv_conf
+from pyvpnkit.core.dns.resolvconf import parse_resolv_conf
 
 TEXT = """\
 # generated
@@ -41,9 +39,3 @@ def test_gateway_kept_without_exclude_and_text_exclude() -> None:
     assert parse_resolv_conf("nameserver 192.168.65.1\n")[0] == [("192.168.65.1", 53)]
     assert parse_resolv_conf("nameserver 10.0.0.1\n", exclude=["10.0.0.1"])[0] == []
 
-
-def test_load_file(tmp_path: Path) -> None:
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 10.1.1.1\n")
-    assert load_resolv_conf(str(path)) == ([("10.1.1.1", 53)], [])
-    assert load_resolv_conf(str(tmp_path / "missing")) == ([], [])
