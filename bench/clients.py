@@ -23,7 +23,7 @@ import time
 _OFF = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
 IPERF_PORT, CONN_PORT, RR_PORT, UDP_PORT = (5201 + _OFF, 5202 + _OFF, 5203 + _OFF, 5204 + _OFF)
 DNS_NAME = os.environ.get("BENCH_DNS_NAME", "bench.test")  # another name: see README
-ALL = ("up", "down", "conn", "tcp_rr", "udp_rr", "dns")
+ALL = ("up", "down", "conn", "tcp_rr", "udp_rr", "dns", "udp_up", "udp_down")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -33,12 +33,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def iperf(gw: str, secs: float, reverse: bool, stack: int) -> dict[str, float]:
+def iperf(gw: str, secs: float, reverse: bool, stack: int, udp: bool = False) -> dict[str, float]:
+    """TCP, or UDP as fast as it goes in 1400-byte datagrams (-u -b 0 -l 1400): the
+    receiver's goodput, and the stack's CPU per GB it delivered."""
     before = cpu_seconds(stack) if stack else 0.0
     cmd = ["iperf3", "-c", gw, "-p", str(IPERF_PORT), "-t", str(secs), "-J"]
-    out = subprocess.run(cmd + (["-R"] if reverse else []), capture_output=True, text=True)
+    cmd += ["-R"] if reverse else []
+    cmd += ["-u", "-b", "0", "-l", "1400"] if udp else []
+    out = subprocess.run(cmd, capture_output=True, text=True)
     cpu = cpu_seconds(stack) - before if stack else float("nan")
-    end = json.loads(out.stdout)["end"]["sum_received"]
+    summary = json.loads(out.stdout)["end"]
+    end = summary.get("sum_received") or summary["sum"]
     gbytes = end["bytes"] / 1e9
     return {"gbit": end["bits_per_second"] / 1e9, "cpu_per_gb": cpu / gbytes}
 
@@ -131,8 +136,8 @@ def main() -> None:
     out: dict[str, float] = {}
     for test in tests:
         try:
-            if test in ("up", "down"):
-                r = iperf(gw, secs, test == "down", stack)
+            if test in ("up", "down", "udp_up", "udp_down"):
+                r = iperf(gw, secs, test.endswith("down"), stack, test.startswith("udp"))
                 out[test] = r["gbit"]
                 out[f"cpu/GB {test}"] = r["cpu_per_gb"]
             elif test in RATES:

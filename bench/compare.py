@@ -12,7 +12,7 @@ behind the stack and the clients on the host, through published ports.
 
     python3 bench/compare.py [--seconds 3] [--reps 3] [--mtu 65520 --mtu 1500]
         [--tools pyvpnkit,slirp4netns,pasta-user]
-        [--tests up,down,conn,tcp_rr,udp_rr,dns,pub_in,pub_out,pub_conn,pub_udp_rr]
+        [--tests up,down,conn,tcp_rr,udp_rr,dns,udp_up,udp_down,pub_in,pub_out,pub_conn,pub_udp_rr]
         [--baseline-src DIR]
     python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
 
@@ -285,7 +285,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mtu", type=int, action="append")
     ap.add_argument("--tools", default="pyvpnkit,pyvpnkit6,slirp4netns,pasta-user")
-    ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns,"
+    ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns,udp_up,udp_down,"
                     + ",".join(published.TESTS))
     ap.add_argument("--baseline-src", default="", help="src dir run as the pyvpnkit-base tool")
     ap.add_argument("--pure-python", default=PURE_PYTHON,
