@@ -3,6 +3,7 @@
     python3 bench/profile_stack.py TEST [--seconds 8] [--mtu 65520] [--top 25] [--native]
     python3 bench/profile_stack.py TEST --strace   # system calls per operation instead
     python3 bench/profile_stack.py TEST --perf     # interpreter vs kernel, by symbol
+    python3 bench/profile_stack.py TEST --cpu      # user and system CPU per operation
 
 TEST is one of clients.py's tests (conn, tcp_rr, udp_rr, dns, up, down). The
 stack runs in a test-made namespace like in compare.py; with --published the
@@ -11,13 +12,16 @@ compare.py's pub_* rows (TEST conn, udp_rr, up or down); py-spy (pip install
 py-spy) samples it while the client runs. Prints the functions with the most
 samples on top of the stack (self) and anywhere on it (inclusive). With
 --strace, `strace -c` counts the stack's system calls instead (it slows the
-stack down, but the calls per operation stay what they are).
+stack down, but the calls per operation stay what they are). --cpu reads the
+stack's user and system CPU time per operation apart: the user share (our
+Python) moves less with the machine's load than the kernel's wake-ups do.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import pstats
 import shutil
@@ -59,6 +63,22 @@ def summarize(raw: Path, top: int) -> None:
             print(f"  {100 * n / total:5.1f}%  {frame}")
 
 
+def cpu_per_op(stack: subprocess.Popen[bytes], seconds: int) -> None:
+    """The stack's user and system CPU per operation over `seconds` of the client's run."""
+    def times() -> tuple[int, int]:
+        fields = Path(f"/proc/{stack.pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]), int(fields[12])  # utime, stime in clock ticks
+
+    start = times()
+    time.sleep(seconds)
+    end = times()
+    assert stack.stdout is not None
+    (name, rate), = json.loads(stack.stdout.read().decode().strip().splitlines()[-1]).items()
+    us = 1e6 / os.sysconf("SC_CLK_TCK") / (rate * seconds)
+    print(f"{name} {rate:,.0f}: user {(end[0] - start[0]) * us:.1f} µs, "
+          f"system {(end[1] - start[1]) * us:.1f} µs per operation")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("test")
@@ -75,6 +95,7 @@ def main() -> None:
                     help="perf record: the interpreter's and the kernel's share by symbol")
     ap.add_argument("--published", action="store_true",
                     help="servers behind the stack, the client on the host via published ports")
+    ap.add_argument("--cpu", action="store_true", help="user and system CPU µs per operation")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     env = NetEnv()
@@ -114,6 +135,9 @@ def main() -> None:
             assert stack.stdout is not None
             print(stack.stdout.read().decode().strip(), "(slowed down by strace)")
             print(trace.stderr)
+            return
+        if args.cpu:
+            cpu_per_op(stack, args.seconds)
             return
         if args.cprofile:
             assert stack.stdout is not None

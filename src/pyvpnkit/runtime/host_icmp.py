@@ -34,6 +34,7 @@ from pyvpnkit.core.nat.icmp_nat import EchoIdents, IcmpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
 from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
+from pyvpnkit.runtime.nonblocking import nonblocking_socket
 from pyvpnkit.wire import icmp as icmpw
 from pyvpnkit.wire import icmpv6 as icmp6
 from pyvpnkit.wire.errors import ParseError
@@ -201,7 +202,7 @@ class HostIcmp:
             return None
         try:
             family, proto = _family(v6)
-            sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+            sock = nonblocking_socket(family, socket.SOCK_DGRAM, proto)
         except OSError as exc:
             self.budget.give()
             if exc.errno in EXHAUSTED:
@@ -210,7 +211,6 @@ class HostIcmp:
                 log.warning("cannot open an ICMP ping socket: %s", exc)
             return None
         try:
-            sock.setblocking(False)
             enable_recverr(sock)
             ttl = get_ttl(sock)
             self._loop.add_reader(sock.fileno(), self._ping_readable, flow_id)

@@ -29,6 +29,7 @@ from pyvpnkit.core.effects import (
 from pyvpnkit.core.nat.tcp_nat import READ_CHUNK, TcpNat
 from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
+from pyvpnkit.runtime.nonblocking import nonblocking_socket
 from pyvpnkit.runtime.outbound import bind_source
 
 log = logging.getLogger("pyvpnkit.tcp")
@@ -154,18 +155,16 @@ class HostTcp:
 
     def _socket_for(self, eff: TcpOpen) -> tuple[socket.socket, str | tuple[str, int]]:
         if eff.unix_path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            sock = nonblocking_socket(socket.AF_UNIX, socket.SOCK_STREAM)
             return sock, eff.unix_path
         family = socket.AF_INET6 if ":" in eff.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = nonblocking_socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A remote peer that vanishes is noticed and reset towards the VM.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for level, option, value in self._keepalive:
                 sock.setsockopt(level, option, value)
-            sock.setblocking(False)
             bind_source(sock, self.outbound)
         except OSError:
             sock.close()

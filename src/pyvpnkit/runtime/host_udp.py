@@ -21,6 +21,7 @@ from pyvpnkit.core.nat.udp_nat import UdpNat
 from pyvpnkit.runtime.errqueue import enable_recverr, get_ttl, read_errqueue, set_ttl
 from pyvpnkit.runtime.hostwatch import RouteErrors
 from pyvpnkit.runtime.limits import EXHAUSTED, DescriptorBudget, reason_of
+from pyvpnkit.runtime.nonblocking import nonblocking_socket
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,11 @@ class HostUdp:
             self._unopened.add(flow_id)
             return None
         try:
-            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+            sock = nonblocking_socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         except OSError as exc:
             self._open_failed(flow_id, exc)
             return None
         try:
-            sock.setblocking(False)
             enable_recverr(sock)
             sock.bind((self._outbound[v6] or ("::" if v6 else "0.0.0.0"), 0))
             ttl = get_ttl(sock)
