@@ -364,8 +364,8 @@ def test_getopt_long_errors(argv: list[str], message: str,
     assert error.startswith("pyvpnkit-slirp4netns: error: ") and message in error
 
 
-def test_the_tap_path_imports_no_slow_module() -> None:
-    """Parsing and the TAP's set-up import neither argparse, re, ipaddress nor socket.
+def test_the_tap_path_imports_no_slow_module(tmp_path: Path) -> None:
+    """Parsing, the API socket and the TAP's set-up import no argparse, re, socket, enum.
 
     A fresh interpreter: what a launcher waits for (bench/startup.py).
     """
@@ -374,9 +374,11 @@ def test_the_tap_path_imports_no_slow_module() -> None:
 
     code = ("import sys; from pyvpnkit.frontends.slirp4netns import cli; "
             "o = cli.parse(['-c', '--cidr=10.0.3.0/24', '1']); cli.iface_setup(o); "
+            "cli.bind_api_socket(sys.argv[1]).close(); "
             "import pyvpnkit.runtime.netns; "
-            "print(sorted({'argparse', 're', 'ipaddress', 'socket', 'typing'} & "
+            "print(sorted({'argparse', 're', 'ipaddress', 'socket', 'enum', 'typing', 'collections'} & "
             "set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "api.sock")],
+                         capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": ":".join(sys.path)})
     assert out.stdout.strip() == "[]"

@@ -26,8 +26,8 @@ from pyvpnkit.frontends.slirp4netns.getopt_long import GetoptError, Option, geto
 
 TYPE_CHECKING = False  # not typing's: importing typing would slow start-up (bench/startup.py)
 if TYPE_CHECKING:
+    import _socket
     import ipaddress
-    import socket
     from collections.abc import Sequence
 
     from pyvpnkit.core.config import NetConfig
@@ -382,17 +382,18 @@ def layout(opts: Opts) -> NetConfig:
     )
 
 
-def bind_api_socket(path: str) -> socket.socket:
+def bind_api_socket(path: str) -> _socket.socket:
     """The API socket, listening; OSError otherwise.
 
     Made before the TAP, so a launcher may ask as soon as it sees the device:
     its request waits in the backlog until the stack answers. A file already
     there goes through links.sockets' stale-socket rule (imported only then:
-    start-up is what launchers wait for).
+    start-up is what launchers wait for). A bare _socket.socket: the socket
+    module imports enum, slow to import (api.serve takes either).
     """
-    import socket
+    import _socket
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             sock.bind(path)

@@ -8,6 +8,7 @@ The TAP is already open (cli.main makes it before importing this module).
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import logging
 import os
@@ -37,7 +38,7 @@ def service_options(opts: Opts) -> Options:
 
 class Slirp4netns:
     def __init__(self, opts: Opts, service: Service, attached: Attached,
-                 api_socket: socket.socket | None) -> None:
+                 api_socket: _socket.socket | None) -> None:
         self.opts = opts
         self.api_socket = api_socket
         self.service = service
@@ -136,7 +137,7 @@ class Slirp4netns:
 
 
 def run(opts: Opts, config: NetConfig, attached: Attached,
-        api_socket: socket.socket | None) -> int:
+        api_socket: _socket.socket | None) -> int:
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
