@@ -133,14 +133,25 @@ class _step:  # noqa: N801 - used as `with _step("ip"):`
             raise _StepFailed(self.name, exc) from exc
 
 
-def _ip(*args: str) -> None:
+def _ip(commands: list[str]) -> None:
+    """Run COMMANDS in one `ip -batch -`: one process, not one per command.
+
+    Each ip run costs a fork and exec, and exec's command waits for all of
+    them (bench/startup.py). ip stops at the first failure and names its line.
+    """
     import subprocess  # in the child, once the TAP exists
 
     with _step("ip"):
-        proc = subprocess.run(["ip", *args], stdin=subprocess.DEVNULL, capture_output=True)
+        proc = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands).encode(),
+                              capture_output=True)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise _StepFailed("ip", OSError(0, f"ip {' '.join(args)}: {err[-1] if err else ''}"))
+        failed = next((line for line in reversed(err) if line.startswith("Command failed -:")),
+                      "")
+        number = failed.rpartition(":")[2]
+        command = commands[int(number) - 1] if number.isdigit() else " ".join(commands)
+        cause = next((line for line in reversed(err) if line != failed), "")
+        raise _StepFailed("ip", OSError(0, f"ip {command}: {cause}"))
 
 
 def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
@@ -152,19 +163,20 @@ def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
             raise _StepFailed("tun", exc) from exc
         raise SetupError(tap_error(setup.ifname, exc)) from exc
     if setup.bring_up:
-        _ip("link", "set", "lo", "up")
+        has_ipv6 = _ipv6_sysctls(setup)  # before the link comes up
+        name = setup.ifname
+        commands = ["link set lo up"]
         if setup.mac:
-            _ip("link", "set", setup.ifname, "address", setup.mac)
-        _ip("link", "set", setup.ifname, "mtu", str(setup.mtu))
-        has_ipv6 = _ipv6_sysctls(setup)
-        _ip("link", "set", setup.ifname, "up")
+            commands.append(f"link set {name} address {setup.mac}")
+        commands += [f"link set {name} mtu {setup.mtu}", f"link set {name} up"]
         if setup.config_net:
-            _ip("addr", "add", f"{setup.address}/{setup.prefixlen}", "dev", setup.ifname)
-            _ip("route", "add", "default", "via", setup.gateway, "dev", setup.ifname)
+            commands += [f"addr add {setup.address}/{setup.prefixlen} dev {name}",
+                         f"route add default via {setup.gateway} dev {name}"]
         if setup.config_net and has_ipv6 and setup.ipv6_address:
             # nodad: the command starts at once and must be able to use the address.
-            _ip("-6", "addr", "add", f"{setup.ipv6_address}/64", "dev", setup.ifname, "nodad")
-            _ip("-6", "route", "add", "default", "via", setup.ipv6_gateway, "dev", setup.ifname)
+            commands += [f"addr add {setup.ipv6_address}/64 dev {name} nodad",
+                         f"route add ::/0 via {setup.ipv6_gateway} dev {name}"]  # no -6 in a batch
+        _ip(commands)
     # /sys still shows the parent namespace's devices; ask the kernel directly.
     s = Socket(AF_INET, SOCK_DGRAM)
     try:

@@ -376,8 +376,8 @@ def test_the_tap_path_imports_no_slow_module(tmp_path: Path) -> None:
             "o = cli.parse(['-c', '--cidr=10.0.3.0/24', '1']); cli.iface_setup(o); "
             "cli.bind_api_socket(sys.argv[1]).close(); "
             "import pyvpnkit.runtime.netns; "
-            "print(sorted({'argparse', 're', 'ipaddress', 'socket', 'enum', 'typing', 'collections'} & "
-            "set(sys.modules)))")
+            "print(sorted({'argparse', 're', 'ipaddress', 'socket', 'enum', 'typing', "
+            "'collections'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "api.sock")],
                          capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": ":".join(sys.path)})
