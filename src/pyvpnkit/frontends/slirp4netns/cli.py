@@ -23,18 +23,16 @@ import sys
 from pyvpnkit import __version__
 from pyvpnkit.frontends.slirp4netns import PROG
 from pyvpnkit.frontends.slirp4netns.getopt_long import GetoptError, Option, getopt_long
+from pyvpnkit.frontends.slirp4netns.opts import DEFAULT_CIDR, DEFAULT_MTU, Opts
 
 TYPE_CHECKING = False  # not typing's: importing typing would slow start-up (bench/startup.py)
 if TYPE_CHECKING:
     import _socket
-    import ipaddress
     from collections.abc import Sequence
 
     from pyvpnkit.core.config import NetConfig
     from pyvpnkit.runtime.netns import IfaceSetup
 
-DEFAULT_CIDR = "10.0.2.0/24"
-DEFAULT_MTU = 1500
 MAX_MTU = 65520
 GUEST, GATEWAY, DNS = 100, 2, 3  # host numbers in the network, as slirp4netns
 DHCP_FIRST, DHCP_COUNT = 15, 16  # libslirp's DHCP pool (NB_BOOTP_CLIENTS)
@@ -83,42 +81,6 @@ OPTIONS = [
     ("v", "version", "", "show version and exit"),
 ]
 _GETOPT = [Option(short, long, bool(meta)) for short, long, meta, _help in OPTIONS]
-
-
-class Opts:
-    """The command line, parsed and checked; what the rest of the run reads."""
-
-    def __init__(self) -> None:
-        self.target = ""
-        self.tapname = "tap0"
-        self.configure = False
-        self.exit_fd: int | None = None
-        self.ready_fd: int | None = None
-        self.mtu = DEFAULT_MTU
-        self.enable_ipv6 = False
-        self.api_socket = ""
-        self.cidr = DEFAULT_CIDR  # checked: a network address, prefix 1-25
-        self.disable_host_loopback = False
-        self.netns_type = "pid"
-        self.userns_path: str | None = None
-        self.enable_sandbox = False
-        self.enable_seccomp = False
-        self.outbound_addr: str | None = None
-        self.outbound_addr6: str | None = None
-        self.disable_dns = False
-        self.macaddress: str | None = None
-        self.target_type = "netns"
-        # derived by parse()
-        self.outbound = ("", "")
-        self.guest = ""  # the API's default guest address, with or without -c
-        self.netns_path = ""
-        self.userns: str | None = None
-
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        import ipaddress  # after the TAP: not on the path a launcher waits for
-
-        return ipaddress.IPv4Network(self.cidr)
 
 
 class _Refused(Exception):

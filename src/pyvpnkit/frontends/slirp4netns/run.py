@@ -19,7 +19,7 @@ from pyvpnkit.app.options import Options
 from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.frontends.slirp4netns import PROG, api, sandbox
-from pyvpnkit.frontends.slirp4netns.cli import Opts
+from pyvpnkit.frontends.slirp4netns.opts import Opts
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.host_icmp import choose_mode
 from pyvpnkit.runtime.netns import Attached
