@@ -94,6 +94,7 @@ LONG_SOCKET = "/tmp/" + "a" * 103  # 108 bytes: one more than sun_path holds wit
     (["-c", "--cidr", "foo", "1", "tap11"], "invalid CIDR: foo"),
     (["-c", "--cidr", "10.0.2.0", "1", "tap11"], "invalid CIDR: 10.0.2.0"),
     (["--cidr", "10.0.2.300/24", "1"], "invalid network address: 10.0.2.300"),
+    (["--cidr", "10.0.2.0/\u00b2", "1"], "invalid CIDR: 10.0.2.0/\u00b2"),
     (["-c", "--cidr", "10.0.2.100/24", "1", "tap11"],
      "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"),
     (["-c", "--cidr", "10.0.2.100/26", "1", "tap11"], "prefix length needs to be 1-25"),
@@ -352,6 +353,8 @@ def test_getopt_long_spellings(argv: list[str], expect: dict[str, object]) -> No
     ([], "the following arguments are required: PID|PATH"),
     (["--macaddress", "02:00:00:00:00:0g", "-c", "1"], "bad MAC address"),
     (["-e", "x", "1"], "bad file descriptor 'x'"),
+    (["-e", "\u00b2", "1"], "bad file descriptor"),  # a digit to str.isdigit, not to int()
+    (["\u00b2"], "bad PID"),
 ])
 def test_getopt_long_errors(argv: list[str], message: str,
                             capsys: pytest.CaptureFixture[str]) -> None:

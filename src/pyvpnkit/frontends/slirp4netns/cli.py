@@ -103,7 +103,7 @@ def _mtu(text: str) -> int:
 
 
 def _fd(flag: str, text: str) -> int:
-    if not text.isdigit():
+    if not _digits(text):
         raise _BadUsage(f"argument {flag}: bad file descriptor {text!r}")
     return int(text)
 
@@ -117,6 +117,11 @@ def _mac(text: str) -> str:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _digits(text: str) -> bool:
+    """[0-9]+, as C's parsers take it (str.isdigit also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _choice(flag: str, text: str, choices: tuple[str, ...]) -> str:
@@ -133,8 +138,8 @@ def _cidr(text: str) -> str:
     """
     address, slash, prefix_text = text.partition("/")
     octets = address.split(".")
-    if (not slash or not 1 <= len(prefix_text) <= 2 or not prefix_text.isdigit()
-            or len(octets) != 4 or not all(1 <= len(o) <= 3 and o.isdigit() for o in octets)):
+    if (not slash or not 1 <= len(prefix_text) <= 2 or not _digits(prefix_text)
+            or len(octets) != 4 or not all(1 <= len(o) <= 3 and _digits(o) for o in octets)):
         raise _Refused(f"invalid CIDR: {text}")
     if any(int(o) > 255 or (len(o) > 1 and o[0] == "0") for o in octets):
         raise _Refused(f"invalid network address: {address}")
@@ -234,7 +239,7 @@ def parse(argv: Sequence[str] | None = None) -> Opts:
         opts.tapname = operands[1] if len(operands) == 2 else "tap0"
         if opts.macaddress and not opts.configure:
             raise _BadUsage("--macaddress is only valid with -c/--configure")
-        if opts.netns_type == "pid" and not (opts.target.isdigit() and int(opts.target) > 0):
+        if opts.netns_type == "pid" and not (_digits(opts.target) and int(opts.target) > 0):
             raise _BadUsage(f"bad PID {opts.target!r} (use --netns-type=path for a path)")
     except (GetoptError, _BadUsage) as exc:
         _usage_error(str(exc))
