@@ -29,6 +29,7 @@ TYPE_CHECKING = False  # not typing's: importing typing would slow start-up (ben
 if TYPE_CHECKING:
     import _socket
     from collections.abc import Sequence
+    from typing import NoReturn
 
     from pyvpnkit.core.config import NetConfig
     from pyvpnkit.runtime.netns import IfaceSetup
@@ -184,7 +185,9 @@ def help_text() -> str:
     """Every slirp4netns spelling: rootlesskit and podman grep `--help` for flags."""
     import textwrap
 
-    lines = [USAGE, "", textwrap.fill(DESCRIPTION, 100), "", "options:"]
+    lines = [USAGE, "", textwrap.fill(DESCRIPTION, 100), "", "positional arguments:",
+             f"  {'PID|PATH':26s}  process whose namespaces to join, or a netns path",
+             f"  {'TAPNAME':26s}  TAP device (default tap0)", "", "options:"]
     for short, long, meta, text in OPTIONS:
         flags = f"-{short}, --{long}" if short else f"--{long}"
         flags += f" {meta}" if meta else ""
@@ -219,7 +222,7 @@ def _apply(opts: Opts, long: str, value: str | None) -> None:
         setattr(opts, long.replace("-", "_"), value)
 
 
-def _usage_error(message: str) -> None:
+def _usage_error(message: str) -> NoReturn:
     sys.stderr.write(f"{USAGE}\n{PROG}: error: {message}\n")
     sys.exit(1)
 
