@@ -8,10 +8,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyvpnkit.api.client import ApiClient, ApiError
 from pyvpnkit.core.conditions import DEFAULT_QUEUE_BYTES
+
+if TYPE_CHECKING:  # imported where used: http.client is 8 ms of every start (exec's too)
+    from pyvpnkit.api.client import ApiClient
 
 log = logging.getLogger("pyvpnkit")
 
@@ -238,6 +240,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         msg = f"pyvpnkit {args.command}: --api URL is required (or set ${API_ENV})"
         print(msg, file=sys.stderr)
         return 2
+    from pyvpnkit.api.client import ApiClient, ApiError
+
     try:
         client = ApiClient(args.api)
         if args.command == "expose":

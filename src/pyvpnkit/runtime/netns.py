@@ -17,12 +17,23 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
-import socket
 import struct
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+# _socket, not socket; no signal, contextlib or dataclasses: those import enum
+# and more, which costs slirp4netns's launchers more than making the TAP
+# (bench/startup.py). _socket's sockets have all this module uses.
+from _socket import (
+    AF_INET,
+    AF_UNIX,
+    CMSG_LEN,
+    SCM_RIGHTS,
+    SOCK_DGRAM,
+    SOCK_STREAM,
+    SOL_SOCKET,
+    socketpair,
+)
+from _socket import socket as Socket
 
 from pyvpnkit.errors import NOT_EXECUTABLE, NOT_FOUND, SETUP_FAILED
 from pyvpnkit.links.tapdev import open_tap, tap_error
@@ -84,7 +95,7 @@ class Attached:
         tap_fd: int,
         mac: bytes,
         pid: int,  # the child: the command for exec, an exited helper for attach
-        control: socket.socket | None = None,  # exec: one byte lets the command start
+        control: Socket | None = None,  # exec: one byte lets the command start
         netns_ino: int = 0,  # exec: the namespace's inode, to find what the command left
     ) -> None:
         self.tap_fd = tap_fd
@@ -108,23 +119,39 @@ class _StepFailed(Exception):
         super().__init__(explain(step, exc))
 
 
-@contextmanager
-def _step(name: str) -> Iterator[None]:
+class _step:  # noqa: N801 - used as `with _step("ip"):`
     """Tag an OSError with the set-up step it happened in (for the user's message)."""
-    try:
-        yield
-    except OSError as exc:
-        raise _StepFailed(name, exc) from exc
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if isinstance(exc, OSError):
+            raise _StepFailed(self.name, exc) from exc
 
 
-def _ip(*args: str) -> None:
+def _ip(commands: list[str]) -> None:
+    """Run COMMANDS in one `ip -batch -`: one process, not one per command.
+
+    Each ip run costs a fork and exec, and exec's command waits for all of
+    them (bench/startup.py). ip stops at the first failure and names its line.
+    """
     import subprocess  # in the child, once the TAP exists
 
     with _step("ip"):
-        proc = subprocess.run(["ip", *args], stdin=subprocess.DEVNULL, capture_output=True)
+        proc = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands).encode(),
+                              capture_output=True)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise _StepFailed("ip", OSError(0, f"ip {' '.join(args)}: {err[-1] if err else ''}"))
+        failed = next((line for line in reversed(err) if line.startswith("Command failed -:")),
+                      "")
+        number = failed.rpartition(":")[2]
+        command = commands[int(number) - 1] if number.isdigit() else " ".join(commands)
+        cause = next((line for line in reversed(err) if line != failed), "")
+        raise _StepFailed("ip", OSError(0, f"ip {command}: {cause}"))
 
 
 def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
@@ -136,22 +163,26 @@ def _configure(setup: IfaceSetup) -> tuple[int, bytes]:
             raise _StepFailed("tun", exc) from exc
         raise SetupError(tap_error(setup.ifname, exc)) from exc
     if setup.bring_up:
-        _ip("link", "set", "lo", "up")
+        has_ipv6 = _ipv6_sysctls(setup)  # before the link comes up
+        name = setup.ifname
+        commands = ["link set lo up"]
         if setup.mac:
-            _ip("link", "set", setup.ifname, "address", setup.mac)
-        _ip("link", "set", setup.ifname, "mtu", str(setup.mtu))
-        has_ipv6 = _ipv6_sysctls(setup)
-        _ip("link", "set", setup.ifname, "up")
+            commands.append(f"link set {name} address {setup.mac}")
+        commands += [f"link set {name} mtu {setup.mtu}", f"link set {name} up"]
         if setup.config_net:
-            _ip("addr", "add", f"{setup.address}/{setup.prefixlen}", "dev", setup.ifname)
-            _ip("route", "add", "default", "via", setup.gateway, "dev", setup.ifname)
+            commands += [f"addr add {setup.address}/{setup.prefixlen} dev {name}",
+                         f"route add default via {setup.gateway} dev {name}"]
         if setup.config_net and has_ipv6 and setup.ipv6_address:
             # nodad: the command starts at once and must be able to use the address.
-            _ip("-6", "addr", "add", f"{setup.ipv6_address}/64", "dev", setup.ifname, "nodad")
-            _ip("-6", "route", "add", "default", "via", setup.ipv6_gateway, "dev", setup.ifname)
+            commands += [f"addr add {setup.ipv6_address}/64 dev {name} nodad",
+                         f"route add ::/0 via {setup.ipv6_gateway} dev {name}"]  # no -6 in a batch
+        _ip(commands)
     # /sys still shows the parent namespace's devices; ask the kernel directly.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = Socket(AF_INET, SOCK_DGRAM)
+    try:
         ifr = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", setup.ifname.encode()))
+    finally:
+        s.close()
     return fd, ifr[18:24]
 
 
@@ -180,13 +211,13 @@ def _ipv6_sysctls(setup: IfaceSetup) -> bool:
     return setup.ipv6
 
 
-def _child_send(sock: socket.socket, setup: IfaceSetup) -> None:
+def _child_send(sock: Socket, setup: IfaceSetup) -> None:
     fd, mac = _configure(setup)
-    socket.send_fds(sock, [mac], [fd])
+    sock.sendmsg([mac], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", fd))])  # socket.send_fds
     os.close(fd)
 
 
-def _child_failed(sock: socket.socket, exc: BaseException) -> None:
+def _child_failed(sock: Socket, exc: BaseException) -> None:
     """Tell the parent why, in one line; it prints it (never a traceback)."""
     known = isinstance(exc, (_StepFailed, SetupError))
     message = str(exc) if known else f"{type(exc).__name__}: {exc}"
@@ -196,8 +227,10 @@ def _child_failed(sock: socket.socket, exc: BaseException) -> None:
         pass
 
 
-def _receive(sock: socket.socket, pid: int) -> tuple[int, bytes]:
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+def _receive(sock: Socket, pid: int) -> tuple[int, bytes]:
+    msg, ancdata, _flags, _addr = sock.recvmsg(4096, CMSG_LEN(4))  # socket.recv_fds
+    fds = [struct.unpack("i", data[:4])[0] for level, kind, data in ancdata
+           if level == SOL_SOCKET and kind == SCM_RIGHTS and len(data) >= 4]
     if not fds:
         _pid, status = os.waitpid(pid, 0)
         text = msg.decode(errors="replace").strip()
@@ -224,7 +257,7 @@ def _new_namespaces() -> None:
         sysns.unshare_as_root(sysns.CLONE_NEWNET | sysns.CLONE_NEWNS)
 
 
-def _exec_child(sock: socket.socket, cmd: list[str], setup: IfaceSetup, parent: int) -> None:
+def _exec_child(sock: Socket, cmd: list[str], setup: IfaceSetup, parent: int) -> None:
     """The command's side of `spawn`: namespaces, TAP, mounts, wait for go, exec."""
     _new_namespaces()
     with _step("making the mount namespace private"):
@@ -245,6 +278,8 @@ def _exec_child(sock: socket.socket, cmd: list[str], setup: IfaceSetup, parent: 
     # Die with pyvpnkit even if it is SIGKILLed (as `unshare --kill-child`); set
     # late because credential changes (the user namespace) clear it. If the
     # parent died before, getppid() already names another process.
+    import signal
+
     sysns.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(SETUP_FAILED)
@@ -257,7 +292,7 @@ def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
     The command waits until :meth:`Attached.release` so no frame is lost.
     Raises SetupError (one line for the user) when the namespace cannot be made.
     """
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent, child = socketpair(AF_UNIX, SOCK_STREAM)
     me = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -282,7 +317,7 @@ def spawn(cmd: list[str], setup: IfaceSetup) -> Attached:
     return Attached(fd, mac, pid, parent, os.stat(f"/proc/{pid}/ns/net").st_ino)
 
 
-def stop_leftovers(netns_ino: int, sig: int = signal.SIGTERM) -> int:
+def stop_leftovers(netns_ino: int, sig: int = 15) -> int:  # SIGTERM
     """Signal every process still in the exec namespace (the command's daemons).
 
     The namespace is ours: once the command exits, nothing in it can reach
@@ -340,7 +375,7 @@ def attach(netns: str, setup: IfaceSetup, userns: str | None = None) -> Attached
         if isinstance(exc, FileNotFoundError):
             raise SetupError(f"no such {kind} namespace ({exc.filename})") from None
         raise SetupError(f"cannot open {kind} namespace {exc.filename}: {exc.strerror}") from None
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent, child = socketpair(AF_UNIX, SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = SETUP_FAILED

@@ -9,7 +9,10 @@ gate user namespaces) into the sentence the parent prints before exiting
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # not typing's, nor collections.abc at run time: on the TAP's path
+if TYPE_CHECKING:  # (runtime/netns, bench/startup.py), both cost start-up time
+    from collections.abc import Callable
 
 SYSCTL_MAX_USERNS = "/proc/sys/user/max_user_namespaces"
 SYSCTL_UNPRIV_CLONE = "/proc/sys/kernel/unprivileged_userns_clone"  # Debian/Ubuntu patch

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from pyvpnkit.app.options import Options
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.frontends import cli
@@ -34,7 +32,6 @@ def test_drop_ins_build_options_too() -> None:
     assert opts == Options(listeners=(("vpnkit", "unix:///tmp/e.sock"),), dns_mode="host",
                            pcap_snaplen=128, port_max_idle_time=300.0)
     slirp = parse(["--configure", "4242", "tap0"])
-    assert isinstance(slirp, argparse.Namespace)
     assert slirp_run.service_options(slirp) == Options(
         hosts="/dev/null", ifname="tap0", netns="4242", guest_ip=bytes([10, 0, 2, 100]))
 

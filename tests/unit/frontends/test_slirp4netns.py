@@ -19,7 +19,7 @@ from pyvpnkit.core.effects import TcpOpen
 from pyvpnkit.core.nat.udp_nat import UdpSend
 from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.frontends.slirp4netns import api
-from pyvpnkit.frontends.slirp4netns.cli import bind_api_socket, layout, make_parser, parse
+from pyvpnkit.frontends.slirp4netns.cli import bind_api_socket, layout, parse
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.wire import ethernet, ipv4, tcp, udp
 
@@ -34,7 +34,7 @@ PODMAN = ["--disable-host-loopback", "--mtu=65520", "--enable-sandbox", "--enabl
 
 def test_help_lists_every_slirp4netns_spelling(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        make_parser().parse_args(["--help"])
+        parse(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("-c, --configure", "-e", "--exit-fd", "-r", "--ready-fd", "-m", "--mtu",
@@ -94,6 +94,7 @@ LONG_SOCKET = "/tmp/" + "a" * 103  # 108 bytes: one more than sun_path holds wit
     (["-c", "--cidr", "foo", "1", "tap11"], "invalid CIDR: foo"),
     (["-c", "--cidr", "10.0.2.0", "1", "tap11"], "invalid CIDR: 10.0.2.0"),
     (["--cidr", "10.0.2.300/24", "1"], "invalid network address: 10.0.2.300"),
+    (["--cidr", "10.0.2.0/\u00b2", "1"], "invalid CIDR: 10.0.2.0/\u00b2"),
     (["-c", "--cidr", "10.0.2.100/24", "1", "tap11"],
      "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"),
     (["-c", "--cidr", "10.0.2.100/26", "1", "tap11"], "prefix length needs to be 1-25"),
@@ -325,3 +326,62 @@ def test_enable_ipv6_is_slirp4netns_layout() -> None:
     assert v6 is not None and str(v6.subnet) == "fd00::/64" and not v6.dhcpv6
     assert [str(ipaddress.IPv6Address(a)) for a in (v6.gateway_ip, v6.host_ip, v6.dns_ip)] == [
         "fd00::2", "fd00::2", "fd00::3"]
+
+
+@pytest.mark.parametrize(("argv", "expect"), [
+    (["-c6", "1"], {"configure": True, "enable_ipv6": True}),
+    (["-cm9000", "1"], {"configure": True, "mtu": 9000}),
+    (["-m", "9000", "1", "-e3"], {"mtu": 9000, "exit_fd": 3}),
+    (["--mtu", "9000", "--ready-fd=4", "1"], {"mtu": 9000, "ready_fd": 4}),
+    (["--api", "/tmp/a.sock", "--disable-h", "1"],  # unique prefixes, as getopt_long
+     {"api_socket": "/tmp/a.sock", "disable_host_loopback": True}),
+    (["--", "1", "-c"], {"target": "1", "tapname": "-c", "configure": False}),
+])
+def test_getopt_long_spellings(argv: list[str], expect: dict[str, object]) -> None:
+    opts = parse(argv)
+    assert {k: getattr(opts, k) for k in expect} == expect
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--nosuch", "1"], "unrecognized option '--nosuch'"),
+    (["-x", "1"], "invalid option -- 'x'"),
+    (["1", "-m"], "option requires an argument -- 'm'"),
+    (["1", "--mtu"], "option '--mtu' requires an argument"),
+    (["--configure=yes", "1"], "option '--configure' doesn't allow an argument"),
+    (["--enable", "1"], "option '--enable' is ambiguous; possibilities: '--enable-ipv6' "
+     "'--enable-sandbox' '--enable-seccomp'"),
+    ([], "the following arguments are required: PID|PATH"),
+    (["--macaddress", "02:00:00:00:00:0g", "-c", "1"], "bad MAC address"),
+    (["-e", "x", "1"], "bad file descriptor 'x'"),
+    (["-e", "\u00b2", "1"], "bad file descriptor"),  # a digit to str.isdigit, not to int()
+    (["\u00b2"], "bad PID"),
+])
+def test_getopt_long_errors(argv: list[str], message: str,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """glibc's wording after slirp4netns's usage line, exit 1."""
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 1
+    usage, error = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: pyvpnkit-slirp4netns [OPTION]...")
+    assert error.startswith("pyvpnkit-slirp4netns: error: ") and message in error
+
+
+def test_the_tap_path_imports_no_slow_module(tmp_path: Path) -> None:
+    """Parsing, the API socket and the TAP's set-up import no argparse, re, socket, enum.
+
+    A fresh interpreter: what a launcher waits for (bench/startup.py).
+    """
+    import subprocess
+    import sys
+
+    code = ("import sys; from pyvpnkit.frontends.slirp4netns import cli; "
+            "o = cli.parse(['-c', '--cidr=10.0.3.0/24', '1']); cli.iface_setup(o); "
+            "cli.bind_api_socket(sys.argv[1]).close(); "
+            "import pyvpnkit.runtime.netns; "
+            "print(sorted({'argparse', 're', 'ipaddress', 'socket', 'enum', 'typing', "
+            "'collections'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "api.sock")],
+                         capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": ":".join(sys.path)})
+    assert out.stdout.strip() == "[]"

@@ -35,3 +35,18 @@ def test_tun_and_ip() -> None:
     assert "modprobe tun" in explain("tun", OSError(errno.ENOENT, "x"))
     assert "chmod 666 /dev/net/tun" in explain("tun", OSError(errno.EACCES, "x"))
     assert "install iproute2" in explain("ip", OSError(errno.ENOENT, "x"))
+
+
+def test_ip_batch_failure_names_the_command(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """exec configures the interface in one `ip -batch -`; a failure names its line."""
+    from pyvpnkit.runtime import netns
+
+    fake = tmp_path / "ip"  # as iproute2 answers a batch whose second line fails
+    fake.write_text("#!/bin/sh\n/bin/cat > " + str(tmp_path / "batch") + "\n"
+                    "echo 'Cannot find device \"eth9\"' >&2\necho 'Command failed -:2' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(Exception, match='ip link set eth9 up: Cannot find device "eth9"'):
+        netns._ip(["link set lo up", "link set eth9 up", "link set lo down"])
+    assert (tmp_path / "batch").read_text() == "link set lo up\nlink set eth9 up\nlink set lo down"

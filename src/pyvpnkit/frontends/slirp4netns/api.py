@@ -10,6 +10,7 @@ with slirp4netns's wording. The forwards are the stack's own host listeners
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import ipaddress
@@ -162,8 +163,14 @@ async def _serve_one(api: HostFwdApi, reader: asyncio.StreamReader,
         writer.close()
 
 
-async def serve(api: HostFwdApi, sock: socket.socket) -> asyncio.Server:
-    """Answer requests on the listening socket SOCK (cli.bind_api_socket)."""
+async def serve(api: HostFwdApi, sock: _socket.socket) -> asyncio.Server:
+    """Answer requests on the listening socket SOCK (cli.bind_api_socket).
+
+    SOCK may be a bare _socket.socket, as cli makes it (start-up): asyncio
+    wants the socket module's class.
+    """
+    if not isinstance(sock, socket.socket):
+        sock = socket.socket(fileno=sock.detach())
     server = await asyncio.start_unix_server(lambda r, w: _serve_one(api, r, w), sock=sock)
     log.info("API socket %s", sock.getsockname())
     return server

@@ -10,33 +10,30 @@ answers DNS (forwarded to the host's resolv.conf servers), .100 is the
 guest and DHCP leases from .15.
 
 Start-up is what a launcher waits for: main() opens the TAP in the target
-namespace with the few modules that takes (argparse, ipaddress, socket,
-ctypes) and only then imports the stack (see bench/startup.py).
+namespace with the few modules that takes (getopt_long, not argparse; no
+re, ipaddress or socket) and only then imports the stack (bench/startup.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import ipaddress
 import os
-import re
 import sys
-from collections.abc import Sequence
 
 from pyvpnkit import __version__
 from pyvpnkit.frontends.slirp4netns import PROG
+from pyvpnkit.frontends.slirp4netns.getopt_long import GetoptError, Option, getopt_long
+from pyvpnkit.frontends.slirp4netns.opts import DEFAULT_CIDR, DEFAULT_MTU, Opts
 
 TYPE_CHECKING = False  # not typing's: importing typing would slow start-up (bench/startup.py)
 if TYPE_CHECKING:
-    import socket
+    import _socket
+    from collections.abc import Sequence
+    from typing import NoReturn
 
     from pyvpnkit.core.config import NetConfig
     from pyvpnkit.runtime.netns import IfaceSetup
 
-DEFAULT_CIDR = "10.0.2.0/24"
-DEFAULT_NETWORK = ipaddress.IPv4Network(DEFAULT_CIDR)
-DEFAULT_MTU = 1500
 MAX_MTU = 65520
 GUEST, GATEWAY, DNS = 100, 2, 3  # host numbers in the network, as slirp4netns
 DHCP_FIRST, DHCP_COUNT = 15, 16  # libslirp's DHCP pool (NB_BOOTP_CLIENTS)
@@ -45,54 +42,128 @@ SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), the terminating NUL included
 # What `-v` reports, in slirp4netns's machine-readable form: scripts and podman
 # gate --outbound-addr (2) and --disable-dns (3) on this number.
 SLIRP_CONFIG_VERSION_MAX = 4
-# Patterns are compiled when used: compiling costs start-up time (bench/startup.py).
-_MAC = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
-_CIDR = r"^(([0-9]{1,3}\.){3}[0-9]{1,3})/([0-9]{1,2})$"
-
-
-def _mtu(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad MTU {text!r}") from None
-    if not 576 <= value <= MAX_MTU:
-        raise argparse.ArgumentTypeError(f"MTU must be between 576 and {MAX_MTU}, got {value}")
-    return value
+USAGE = f"usage: {PROG} [OPTION]... PID|PATH [TAPNAME]"
+DESCRIPTION = (
+    "User-mode networking for unprivileged network namespaces: a slirp4netns 1.x drop-in "
+    "built on pyvpnkit. Joins the user and network namespaces of PID (or PATH with "
+    "--netns-type=path), opens TAPNAME (default tap0) there and serves it: 10.0.2.2 is the "
+    "gateway and the host's 127.0.0.1, 10.0.2.3 answers DNS through the host's resolv.conf "
+    "servers, 10.0.2.100 is the guest. Exit status 1 on errors.")
+# (short, long, value's name or "" for a flag, help): slirp4netns's options, in its order.
+OPTIONS = [
+    ("c", "configure", "", "bring up the interface: address .100, default route via .2, MTU "
+     "(and lo)"),
+    ("e", "exit-fd", "FD", "exit when FD becomes readable or is closed"),
+    ("r", "ready-fd", "FD", 'write "1" to FD and close it once frames flow'),
+    ("m", "mtu", "MTU", f"MTU (default={DEFAULT_MTU}, max={MAX_MTU})"),
+    ("6", "enable-ipv6", "", "IPv6: fd00::/64, gateway and host loopback fd00::2, DNS fd00::3; "
+     "the guest configures itself from router advertisements (SLAAC)"),
+    ("a", "api-socket", "PATH", "API socket path (add_hostfwd, list_hostfwd, remove_hostfwd)"),
+    ("", "cidr", "CIDR", f"network address CIDR (default={DEFAULT_CIDR})"),
+    ("", "disable-host-loopback", "", "prohibit connecting to 127.0.0.1:* on the host "
+     "namespace through .2"),
+    ("", "netns-type", "TYPE", "network namespace type ([path|pid], default=pid)"),
+    ("", "userns-path", "PATH", "user namespace path (joined before the netns)"),
+    ("", "enable-sandbox", "", "after set-up: a new mount namespace (and user namespace when "
+     "unprivileged) whose root is an empty read-only tmpfs with only /etc and /run, all "
+     "capabilities dropped but CAP_NET_BIND_SERVICE, no_new_privs, and where the kernel has "
+     "Landlock no filesystem writes or exec"),
+    ("", "enable-seccomp", "", "after set-up: set no_new_privs and load a seccomp filter "
+     "(libseccomp; exit 1 if missing) making ptrace, mount, namespaces, exec, modules, "
+     "reboot, keyrings, clocks, bpf and io_uring fail with EPERM"),
+    ("", "outbound-addr", "IPv4", "bind outbound connections to this IPv4 address, or to the "
+     "first IPv4 address of this interface"),
+    ("", "outbound-addr6", "IPv6", "bind outbound connections to this IPv6 address, or to the "
+     "first IPv6 address of this interface"),
+    ("", "disable-dns", "", "disable the DNS server on .3 (nothing answers there)"),
+    ("", "macaddress", "MAC", "MAC address of the TAP (only valid with -c)"),
+    ("", "target-type", "TYPE", "target type ([netns], default=netns; bess is not supported)"),
+    ("h", "help", "", "show this help and exit"),
+    ("v", "version", "", "show version and exit"),
+]
+_GETOPT = [Option(short, long, bool(meta)) for short, long, meta, _help in OPTIONS]
 
 
 class _Refused(Exception):
     """A value slirp4netns refuses after parsing: its own line, no usage, exit 1."""
 
 
-def _cidr(text: str) -> ipaddress.IPv4Network:
-    """slirp4netns's parse_cidr, with its messages (test scripts grep them)."""
-    match = re.match(_CIDR, text)
-    if match is None:
-        raise _Refused(f"invalid CIDR: {text}")
+class _BadUsage(Exception):
+    """A command line error: the usage line, then `PROG: error: why`, exit 1."""
+
+
+def _mtu(text: str) -> int:
     try:
-        address = ipaddress.IPv4Address(match.group(1))
+        value = int(text)
     except ValueError:
-        raise _Refused(f"invalid network address: {match.group(1)}") from None
-    prefix = int(match.group(3))
-    if not PREFIX_MIN <= prefix <= PREFIX_MAX:
-        raise _Refused(f"prefix length needs to be {PREFIX_MIN}-{PREFIX_MAX}")
-    net = ipaddress.IPv4Network(f"{address}/{prefix}", strict=False)
-    if net.network_address != address:
-        raise _Refused("CIDR needs to be a network address like 10.0.2.0/24, "
-                       "not like 10.0.2.100/24")
-    return net
+        raise _BadUsage(f"argument -m/--mtu: bad MTU {text!r}") from None
+    if not 576 <= value <= MAX_MTU:
+        raise _BadUsage(f"argument -m/--mtu: MTU must be between 576 and {MAX_MTU}, "
+                        f"got {value}")
+    return value
 
 
-def _fd(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"bad file descriptor {text!r}")
+def _fd(flag: str, text: str) -> int:
+    if not _digits(text):
+        raise _BadUsage(f"argument {flag}: bad file descriptor {text!r}")
     return int(text)
 
 
 def _mac(text: str) -> str:
-    if not re.match(_MAC, text):
-        raise argparse.ArgumentTypeError(f"bad MAC address {text!r}")
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and _is_hex(p) for p in parts):
+        raise _BadUsage(f"argument --macaddress: bad MAC address {text!r}")
     return text.lower()
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _digits(text: str) -> bool:
+    """[0-9]+, as C's parsers take it (str.isdigit also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def _choice(flag: str, text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise _BadUsage(f"argument {flag}: invalid choice: {text!r} (choose from {shown})")
+    return text
+
+
+def _cidr(text: str) -> str:
+    """slirp4netns's parse_cidr, with its messages (test scripts grep them).
+
+    By hand, not with ipaddress and re: both are slow to import (bench/startup.py).
+    """
+    address, slash, prefix_text = text.partition("/")
+    octets = address.split(".")
+    if (not slash or not 1 <= len(prefix_text) <= 2 or not _digits(prefix_text)
+            or len(octets) != 4 or not all(1 <= len(o) <= 3 and _digits(o) for o in octets)):
+        raise _Refused(f"invalid CIDR: {text}")
+    if any(int(o) > 255 or (len(o) > 1 and o[0] == "0") for o in octets):
+        raise _Refused(f"invalid network address: {address}")
+    prefix = int(prefix_text)
+    if not PREFIX_MIN <= prefix <= PREFIX_MAX:
+        raise _Refused(f"prefix length needs to be {PREFIX_MIN}-{PREFIX_MAX}")
+    if _to_int(address) & ((1 << (32 - prefix)) - 1):
+        raise _Refused("CIDR needs to be a network address like 10.0.2.0/24, "
+                       "not like 10.0.2.100/24")
+    return text
+
+
+def _to_int(address: str) -> int:
+    value = 0
+    for octet in address.split("."):
+        value = value << 8 | int(octet)
+    return value
+
+
+def host(cidr: str, number: int) -> str:
+    """Host NUMBER of the network CIDR, dotted."""
+    value = _to_int(cidr.partition("/")[0]) + number
+    return ".".join(str(value >> shift & 0xFF) for shift in (24, 16, 8, 0))
 
 
 def _version() -> str:
@@ -110,103 +181,80 @@ def _version() -> str:
             f"libseccomp: {libseccomp}")
 
 
-class _Version(argparse.Action):
-    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+def help_text() -> str:
+    """Every slirp4netns spelling: rootlesskit and podman grep `--help` for flags."""
+    import textwrap
+
+    lines = [USAGE, "", textwrap.fill(DESCRIPTION, 100), "", "positional arguments:",
+             f"  {'PID|PATH':26s}  process whose namespaces to join, or a netns path",
+             f"  {'TAPNAME':26s}  TAP device (default tap0)", "", "options:"]
+    for short, long, meta, text in OPTIONS:
+        flags = f"-{short}, --{long}" if short else f"--{long}"
+        flags += f" {meta}" if meta else ""
+        wrapped = textwrap.wrap(text, 100 - 30)
+        lines.append(f"  {flags:26s}  {wrapped[0]}" if len(flags) <= 26 else f"  {flags}")
+        rest = wrapped[1:] if len(flags) <= 26 else wrapped
+        lines.extend(" " * 30 + line for line in rest)
+    return "\n".join(lines) + "\n"
+
+
+def _apply(opts: Opts, long: str, value: str | None) -> None:
+    """One option from getopt_long onto OPTS, its value checked."""
+    if long == "help":
+        sys.stdout.write(help_text())
+        sys.exit(0)
+    if long == "version":
         print(_version())
-        parser.exit()
+        sys.exit(0)
+    if value is None:  # a flag
+        setattr(opts, long.replace("-", "_"), True)
+    elif long == "mtu":
+        opts.mtu = _mtu(value)
+    elif long in ("exit-fd", "ready-fd"):
+        setattr(opts, long.replace("-", "_"), _fd(f"-{long[0]}/--{long}", value))
+    elif long == "netns-type":
+        opts.netns_type = _choice("--netns-type", value, ("pid", "path"))
+    elif long == "target-type":
+        opts.target_type = _choice("--target-type", value, ("netns",))
+    elif long == "macaddress":
+        opts.macaddress = _mac(value)
+    else:  # a string: api-socket, cidr (checked below), userns-path, outbound-addr(6)
+        setattr(opts, long.replace("-", "_"), value)
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """A fixed width, as slirp4netns's help: argparse would import shutil to ask the terminal."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=100)
+def _usage_error(message: str) -> NoReturn:
+    sys.stderr.write(f"{USAGE}\n{PROG}: error: {message}\n")
+    sys.exit(1)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """slirp4netns exits 1 on a bad command line (argparse would exit 2)."""
-        self.print_usage(sys.stderr)
-        self.exit(1, f"{self.prog}: error: {message}\n")
-
-
-def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROG,
-        usage=f"{PROG} [OPTION]... PID|PATH [TAPNAME]",
-        description="User-mode networking for unprivileged network namespaces: a slirp4netns "
-        "1.x drop-in built on pyvpnkit. Joins the user and network namespaces of PID "
-        "(or PATH with --netns-type=path), opens TAPNAME (default tap0) there and serves it: "
-        "10.0.2.2 is the gateway and the host's 127.0.0.1, 10.0.2.3 answers DNS through the "
-        "host's resolv.conf servers, 10.0.2.100 is the guest. Exit status 1 on errors.",
-        formatter_class=_Formatter,
-        add_help=False,
-    )
-    a = p.add_argument
-    a("target", metavar="PID|PATH", help="process whose namespaces to join, or a netns path")
-    a("tapname", metavar="TAPNAME", nargs="?", default="tap0", help="TAP device (default tap0)")
-    a("-c", "--configure", action="store_true",
-      help="bring up the interface: address .100, default route via .2, MTU (and lo)")
-    a("-e", "--exit-fd", type=_fd, metavar="FD",
-      help="exit when FD becomes readable or is closed")
-    a("-r", "--ready-fd", type=_fd, metavar="FD",
-      help='write "1" to FD and close it once frames flow')
-    a("-m", "--mtu", type=_mtu, default=DEFAULT_MTU,
-      help=f"MTU (default={DEFAULT_MTU}, max={MAX_MTU})")
-    a("-6", "--enable-ipv6", action="store_true",
-      help="IPv6: fd00::/64, gateway and host loopback fd00::2, DNS fd00::3; the guest "
-      "configures itself from router advertisements (SLAAC)")
-    a("-a", "--api-socket", metavar="PATH",
-      help="API socket path (add_hostfwd, list_hostfwd, remove_hostfwd)")
-    a("--cidr", default=DEFAULT_CIDR,
-      help=f"network address CIDR (default={DEFAULT_CIDR})")
-    a("--disable-host-loopback", action="store_true",
-      help="prohibit connecting to 127.0.0.1:* on the host namespace through .2")
-    a("--netns-type", choices=["pid", "path"], default="pid", metavar="TYPE",
-      help="network namespace type ([path|pid], default=pid)")
-    a("--userns-path", metavar="PATH", help="user namespace path (joined before the netns)")
-    a("--enable-sandbox", action="store_true",
-      help="after set-up: a new mount namespace (and user namespace when unprivileged) "
-      "whose root is an empty read-only tmpfs with only /etc and /run, all capabilities "
-      "dropped but CAP_NET_BIND_SERVICE, no_new_privs, and where the kernel has Landlock "
-      "no filesystem writes or exec")
-    a("--enable-seccomp", action="store_true",
-      help="after set-up: set no_new_privs and load a seccomp filter (libseccomp; exit 1 "
-      "if missing) making ptrace, mount, namespaces, exec, modules, reboot, keyrings, "
-      "clocks, bpf and io_uring fail with EPERM")
-    a("--outbound-addr", metavar="IPv4",
-      help="bind outbound connections to this IPv4 address, or to the first IPv4 "
-      "address of this interface")
-    a("--outbound-addr6", metavar="IPv6",
-      help="bind outbound connections to this IPv6 address, or to the first IPv6 "
-      "address of this interface")
-    a("--disable-dns", action="store_true",
-      help="disable the DNS server on .3 (nothing answers there)")
-    a("--macaddress", type=_mac, metavar="MAC",
-      help="MAC address of the TAP (only valid with -c)")
-    a("--target-type", choices=["netns"], default="netns", metavar="TYPE",
-      help="target type ([netns], default=netns; bess is not supported)")
-    a("-h", "--help", action="help", help="show this help and exit")
-    a("-v", "--version", action=_Version, nargs=0, help="show version and exit")
-    return p
-
-
-def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse(argv: Sequence[str] | None = None) -> Opts:
     """Options anywhere among the positionals (getopt_long permutes); exits 1 on errors."""
-    parser = make_parser()
-    opts = parser.parse_intermixed_args(argv)
-    if opts.macaddress and not opts.configure:
-        parser.error("--macaddress is only valid with -c/--configure")
-    if opts.netns_type == "pid" and not (opts.target.isdigit() and int(opts.target) > 0):
-        parser.error(f"bad PID {opts.target!r} (use --netns-type=path for a path)")
+    opts = Opts()
     try:
-        opts.cidr = _cidr(opts.cidr) if opts.cidr != DEFAULT_CIDR else DEFAULT_NETWORK
+        found, operands = getopt_long(list(sys.argv[1:] if argv is None else argv), _GETOPT)
+        for option, value in found:
+            _apply(opts, option.long, value)
+        if not operands:
+            raise _BadUsage("the following arguments are required: PID|PATH")
+        if len(operands) > 2:
+            raise _BadUsage(f"unrecognized arguments: {' '.join(operands[2:])}")
+        opts.target = operands[0]
+        opts.tapname = operands[1] if len(operands) == 2 else "tap0"
+        if opts.macaddress and not opts.configure:
+            raise _BadUsage("--macaddress is only valid with -c/--configure")
+        if opts.netns_type == "pid" and not (_digits(opts.target) and int(opts.target) > 0):
+            raise _BadUsage(f"bad PID {opts.target!r} (use --netns-type=path for a path)")
+    except (GetoptError, _BadUsage) as exc:
+        _usage_error(str(exc))
+    try:
+        _cidr(opts.cidr)
         if opts.api_socket and len(os.fsencode(opts.api_socket)) >= SUN_PATH_MAX:
             raise _Refused(f"the specified API socket path is too long (>= {SUN_PATH_MAX})")
         opts.outbound = outbound_addresses(opts.outbound_addr, opts.outbound_addr6)
     except _Refused as exc:
-        parser.exit(1, f"{exc}\n")
-    opts.guest = str(host(opts.cidr, GUEST))  # the API's default, with or without -c
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(1)
+    opts.guest = host(opts.cidr, GUEST)
     opts.netns_path, opts.userns = namespaces(opts)
     return opts
 
@@ -215,6 +263,8 @@ def outbound_addresses(addr4: str | None, addr6: str | None) -> tuple[str, str]:
     """--outbound-addr/-addr6 as addresses: an address as is, an interface's first one."""
     if not addr4 and not addr6:
         return "", ""
+    import ipaddress
+
     from pyvpnkit.runtime.outbound import interface_address
 
     result = []
@@ -239,39 +289,40 @@ def outbound_addresses(addr4: str | None, addr6: str | None) -> tuple[str, str]:
     return result[0], result[1]
 
 
-def host(net: ipaddress.IPv4Network, number: int) -> ipaddress.IPv4Address:
-    return net.network_address + number
-
-
-def iface_setup(opts: argparse.Namespace) -> IfaceSetup:
+def iface_setup(opts: Opts) -> IfaceSetup:
     """The TAP as slirp4netns leaves it: with -c the guest's .100, route via .2, MTU."""
     from pyvpnkit.runtime.netns import IfaceSetup
 
-    net: ipaddress.IPv4Network = opts.cidr
     return IfaceSetup(
         ifname=opts.tapname,
         bring_up=opts.configure,
-        address=str(host(net, GUEST)),
-        prefixlen=net.prefixlen,
-        gateway=str(host(net, GATEWAY)),
+        address=host(opts.cidr, GUEST),
+        prefixlen=int(opts.cidr.partition("/")[2]),
+        gateway=host(opts.cidr, GATEWAY),
         mtu=opts.mtu,
         mac=opts.macaddress,
         ipv6=opts.enable_ipv6 and opts.mtu >= 1280,  # by SLAAC from our RAs
     )
 
 
-def layout(opts: argparse.Namespace) -> NetConfig:
+def layout(opts: Opts) -> NetConfig:
     """slirp4netns's network: .2 gateway and host loopback, .3 DNS, .100 the guest.
 
     DHCP leases from .15 as libslirp's does, so a guest left unconfigured
     (no -c) gets what it gets from slirp4netns; with -c the pool is the
     configured .100 alone, the address the guest already has.
     """
+    import ipaddress
+
     from pyvpnkit.core.config import NetConfig
     from pyvpnkit.core.ip.ipv6_layout import Ipv6Layout
 
-    net: ipaddress.IPv4Network = opts.cidr
-    gateway = host(net, GATEWAY).packed
+    net = opts.network
+
+    def packed(number: int) -> bytes:
+        return (net.network_address + number).packed
+
+    gateway = packed(GATEWAY)
     first, last = (GUEST, GUEST) if opts.configure else (DHCP_FIRST, DHCP_FIRST + DHCP_COUNT - 1)
     # slirp4netns's IPv6 (--enable-ipv6): the guest takes an address by SLAAC, no DHCPv6.
     v6 = ipaddress.IPv6Network("fd00::/64")
@@ -279,10 +330,10 @@ def layout(opts: argparse.Namespace) -> NetConfig:
         subnet=net,
         gateway_ip=gateway,
         host_ip=gateway,
-        dns_ip=host(net, DNS).packed,
+        dns_ip=packed(DNS),
         serve_dns=not opts.disable_dns,
-        lowest_ip=host(net, first).packed,
-        highest_ip=host(net, last).packed,
+        lowest_ip=packed(first),
+        highest_ip=packed(last),
         mtu=opts.mtu,
         host_loopback=not opts.disable_host_loopback,
         no_host_loopback="net_unreachable",  # connect() fails with ENETUNREACH, as libslirp's
@@ -301,17 +352,18 @@ def layout(opts: argparse.Namespace) -> NetConfig:
     )
 
 
-def bind_api_socket(path: str) -> socket.socket:
+def bind_api_socket(path: str) -> _socket.socket:
     """The API socket, listening; OSError otherwise.
 
     Made before the TAP, so a launcher may ask as soon as it sees the device:
     its request waits in the backlog until the stack answers. A file already
     there goes through links.sockets' stale-socket rule (imported only then:
-    start-up is what launchers wait for).
+    start-up is what launchers wait for). A bare _socket.socket: the socket
+    module imports enum, slow to import (api.serve takes either).
     """
-    import socket
+    import _socket
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             sock.bind(path)
@@ -329,7 +381,7 @@ def bind_api_socket(path: str) -> socket.socket:
     return sock
 
 
-def namespaces(opts: argparse.Namespace) -> tuple[str, str | None]:
+def namespaces(opts: Opts) -> tuple[str, str | None]:
     """The target's network namespace and the user namespace to join first."""
     if opts.netns_type == "pid":
         return f"/proc/{opts.target}/ns/net", opts.userns_path or f"/proc/{opts.target}/ns/user"

@@ -8,7 +8,7 @@ The TAP is already open (cli.main makes it before importing this module).
 
 from __future__ import annotations
 
-import argparse
+import _socket
 import asyncio
 import logging
 import os
@@ -19,6 +19,7 @@ from pyvpnkit.app.options import Options
 from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.frontends.slirp4netns import PROG, api, sandbox
+from pyvpnkit.frontends.slirp4netns.opts import Opts
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.host_icmp import choose_mode
 from pyvpnkit.runtime.netns import Attached
@@ -28,7 +29,7 @@ log = logging.getLogger("pyvpnkit.frontends.slirp4netns")
 TARGET_POLL = 1.0  # seconds between checks that a --netns-type=path namespace still exists
 
 
-def service_options(opts: argparse.Namespace) -> Options:
+def service_options(opts: Opts) -> Options:
     """pyvpnkit's own option defaults, with what slirp4netns fixes."""
     # slirp4netns forwards every name; it answers none itself
     return Options(hosts="/dev/null", ifname=opts.tapname, netns=opts.target,
@@ -36,8 +37,8 @@ def service_options(opts: argparse.Namespace) -> Options:
 
 
 class Slirp4netns:
-    def __init__(self, opts: argparse.Namespace, service: Service, attached: Attached,
-                 api_socket: socket.socket | None) -> None:
+    def __init__(self, opts: Opts, service: Service, attached: Attached,
+                 api_socket: _socket.socket | None) -> None:
         self.opts = opts
         self.api_socket = api_socket
         self.service = service
@@ -135,8 +136,8 @@ class Slirp4netns:
         return 1 if self.failed else code
 
 
-def run(opts: argparse.Namespace, config: NetConfig, attached: Attached,
-        api_socket: socket.socket | None) -> int:
+def run(opts: Opts, config: NetConfig, attached: Attached,
+        api_socket: _socket.socket | None) -> int:
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
