@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.netenv import NetEnv
+from tests.integration.rootless import User
 
 
 def _can_run() -> str | None:
@@ -35,3 +36,13 @@ def netenv() -> Iterator[NetEnv]:
         yield env
     finally:
         env.close()
+
+
+@pytest.fixture(scope="module")
+def user() -> Iterator[User]:
+    """An unprivileged user the module's rootless tests run as, removed after them."""
+    u = User.create()
+    try:
+        yield u
+    finally:
+        u.remove()

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ _UNUSABLE = unusable_reason()
 pytestmark = pytest.mark.skipif(_UNUSABLE is not None, reason=str(_UNUSABLE))
 SIZE = 3_000_000  # bytes per download: several windows, still quick
 NAME, NAME_IP = "www.example.test", "203.0.113.2"  # from helpers/dns_server.py
-
-
-@pytest.fixture(scope="module")
-def user() -> Iterator[User]:
-    u = User.create()
-    try:
-        yield u
-    finally:
-        u.remove()
 
 
 def _servers(netenv: NetEnv) -> tuple[str, str]:

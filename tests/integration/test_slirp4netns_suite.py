@@ -27,15 +27,6 @@ pytestmark = pytest.mark.skipif(_UNUSABLE is not None, reason=str(_UNUSABLE))
 NAME, NAME_IP = "www.example.test", "203.0.113.2"  # from helpers/dns_server.py
 
 
-@pytest.fixture(scope="module")
-def user() -> Iterator[User]:
-    u = User.create()
-    try:
-        yield u
-    finally:
-        u.remove()
-
-
 class Guest:
     """A target namespace of USER's (`unshare -r -n sleep`) and the drop-ins serving it."""
 
