@@ -44,6 +44,14 @@ def _udp_unfragmented(frame: bytes) -> bool:
     return frame[12:14] == b"\x86\xdd" and frame[20] == PROTO_UDP
 
 
+def _udp_hdr(ip_end: int) -> bytes:
+    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, ip_end + 8, 0,
+                         ip_end, 6)
+
+
+_UDP_HDRS = {14 + 20: _udp_hdr(14 + 20), 14 + 40: _udp_hdr(14 + 40)}  # IPv4 without options, IPv6
+
+
 class TapLink(Link):
     batches = True  # _on_readable ends every batch with batch_done() or close()
     expires = False
@@ -160,8 +168,7 @@ class TapLink(Link):
         partial = (int.from_bytes(addresses, "big") + PROTO_UDP + len(frame) - ip_end) % 0xFFFF
         view = memoryview(frame)
         os.writev(self.fd, (
-            VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, ip_end + 8, 0,
-                          ip_end, 6),
+            _UDP_HDRS.get(ip_end) or _udp_hdr(ip_end),
             view[: ip_end + 6], partial.to_bytes(2, "big"), view[ip_end + 8 :],
         ))
 
