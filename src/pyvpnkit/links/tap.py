@@ -164,8 +164,10 @@ class TapLink(Link):
         v6 = frame[12] == 0x86
         ip_end = 54 if v6 else 14 + (frame[14] & 0x0F) * 4
         addresses = frame[22:54] if v6 else frame[26:34]
-        # The address words summed as one integer: 2**16 is 1 mod 0xFFFF.
-        partial = (int.from_bytes(addresses, "big") + PROTO_UDP + len(frame) - ip_end) % 0xFFFF
+        # The address words summed as one integer (2**16 is 1 mod 0xFFFF), and UDP's
+        # own length: a frame switched from another VM may carry Ethernet padding.
+        length = int.from_bytes(frame[ip_end + 4 : ip_end + 6], "big")
+        partial = (int.from_bytes(addresses, "big") + PROTO_UDP + length) % 0xFFFF
         view = memoryview(frame)
         os.writev(self.fd, (
             _UDP_HDRS.get(ip_end) or _udp_hdr(ip_end),

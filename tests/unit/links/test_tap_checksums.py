@@ -117,6 +117,14 @@ def test_udp_fragments_and_ipv6_udp_frames() -> None:
         return out
 
     assert asyncio.run(send(fragment)) == PLAIN_HDR + fragment
+    # Ethernet padding (a frame switched from another VM) is not part of the sum.
+    udp = build_udp(CFG.gateway_ip, CFG.lowest_ip, 1, 2, b"hi")
+    padded = build_ethernet(VM_MAC, CFG.gateway_mac, ETHERTYPE_IPV4,
+                            build_ipv4(CFG.gateway_ip, CFG.lowest_ip, PROTO_UDP, udp)) + bytes(16)
+    out = asyncio.run(send(padded))
+    assert VNET_HDR.unpack_from(out)[0] == VIRTIO_NET_HDR_F_NEEDS_CSUM
+    field = int.from_bytes(out[10 + 34 + 6 : 10 + 34 + 8], "big")
+    assert field == pseudo_header_sum(CFG.gateway_ip, CFG.lowest_ip, PROTO_UDP, 10) % 0xFFFF
 
 
 def test_wrong_checksum_without_needs_csum_is_dropped() -> None:
