@@ -3,7 +3,8 @@
 With a virtio-net header (IFF_VNET_HDR) the link tells the kernel that our
 frames need no checksum verification, accepts the kernel's TCP
 super-segments with partial checksums, and hands TCP packets larger than the
-MTU to the kernel as GSO so it cuts them into MTU-sized segments.
+MTU to the kernel as GSO so it cuts them into MTU-sized segments. Whole UDP
+datagrams go out with partial checksums too (the NAT leaves them unsummed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ log = logging.getLogger("pyvpnkit.links")
 # Frames read per readiness callback before yielding to other links.
 READ_BATCH = 256
 GSO_MAX = 65535 + 14 + 40  # an IPv6 payload length does not count its 40-byte header
+
+
+PROTO_UDP = 17
+
+
+def _udp_unfragmented(frame: bytes) -> bool:
+    """A whole UDP datagram over IPv4 (no MF flag, offset 0) or IPv6 (UDP right
+    after the fixed header): a fragment cannot carry a partial checksum."""
+    if frame[12:14] == b"\x08\x00":
+        return frame[23] == PROTO_UDP and frame[20] & 0x3F == 0 and frame[21] == 0
+    return frame[12:14] == b"\x86\xdd" and frame[20] == PROTO_UDP
+
+
+def _udp_hdr(ip_end: int) -> bytes:
+    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, ip_end + 8, 0,
+                         ip_end, 6)
+
+
+_UDP_HDRS = {14 + 20: _udp_hdr(14 + 20), 14 + 40: _udp_hdr(14 + 40)}  # IPv4 without options, IPv6
 
 
 class TapLink(Link):
@@ -93,6 +113,8 @@ class TapLink(Link):
                 self._send_tcp(frame)
             elif self.vnet_hdr and frame[12:14] == b"\x86\xdd" and frame[20] == 6:
                 self._send_tcp(frame, v6=True)
+            elif self.vnet_hdr and _udp_unfragmented(frame):
+                self._send_udp(frame)
             elif self.vnet_hdr:
                 os.writev(self.fd, (PLAIN_HDR, frame))
             else:
@@ -134,6 +156,23 @@ class TapLink(Link):
             self.fd,
             (hdr, view[: ip_end + 16], partial.to_bytes(2, "big"), view[ip_end + 18 :]),
         )
+
+    def _send_udp(self, frame: bytes) -> None:
+        """UDP goes out with a partial checksum, as TCP does: the kernel delivering
+        it trusts it (or completes it when it forwards), so the NAT need not sum
+        the payload. The field gets the pseudo-header sum whatever it held."""
+        v6 = frame[12] == 0x86
+        ip_end = 54 if v6 else 14 + (frame[14] & 0x0F) * 4
+        addresses = frame[22:54] if v6 else frame[26:34]
+        # The address words summed as one integer (2**16 is 1 mod 0xFFFF), and UDP's
+        # own length: a frame switched from another VM may carry Ethernet padding.
+        length = int.from_bytes(frame[ip_end + 4 : ip_end + 6], "big")
+        partial = (int.from_bytes(addresses, "big") + PROTO_UDP + length) % 0xFFFF
+        view = memoryview(frame)
+        os.writev(self.fd, (
+            _UDP_HDRS.get(ip_end) or _udp_hdr(ip_end),
+            view[: ip_end + 6], partial.to_bytes(2, "big"), view[ip_end + 8 :],
+        ))
 
     def close(self) -> None:
         if self.fd < 0:

@@ -72,22 +72,31 @@ def _sum(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes | memory
     return (addresses + _payload_sum(payload) + PROTO_UDP + 2 * length + sport + dport) % 0xFFFF
 
 
-def build_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes | memoryview) -> bytes:
+def build_udp(
+    src: bytes, dst: bytes, sport: int, dport: int, payload: bytes | memoryview,
+    checksum: bool = True,
+) -> bytes:
+    """A UDP datagram; without ``checksum`` its field is 0, for a link that fills it in."""
     # ~sum is never 0 here: a sum of 0 (mod 0xFFFF) goes out as all ones, since
     # a zero checksum means "no checksum" in UDP.
-    csum = ~_sum(src, dst, sport, dport, payload) & 0xFFFF
+    csum = ~_sum(src, dst, sport, dport, payload) & 0xFFFF if checksum else 0
     return _HDR.pack(sport, dport, UDP_HEADER_LEN + len(payload), csum) + payload
 
 
 def build_ipv4_udp(
     src: bytes, dst: bytes, sport: int, dport: int, payload: bytes | memoryview,
-    ident: int = 0, ttl: int = 64,
+    ident: int = 0, ttl: int = 64, udp_checksum: bool = True,
 ) -> bytes:
-    """An IPv4 packet (DF clear, no options) carrying one UDP datagram, both checksums set."""
+    """An IPv4 packet (DF clear, no options) carrying one UDP datagram, both checksums set.
+
+    Without ``udp_checksum`` the UDP checksum field is 0: for a link that
+    fills it in (a TAP with a virtio-net header), summing the payload is waste.
+    """
     length = UDP_HEADER_LEN + len(payload)
     total = 20 + length
     words = 0x4500 + total + ident + (ttl << 8) + PROTO_UDP + int.from_bytes(src + dst, "big")
+    csum = ~_sum(src, dst, sport, dport, payload) & 0xFFFF if udp_checksum else 0
     return _IPV4_UDP.pack(
         0x45, 0, total, ident, 0, ttl, PROTO_UDP, ~(words % 0xFFFF) & 0xFFFF, src, dst,
-        sport, dport, length, ~_sum(src, dst, sport, dport, payload) & 0xFFFF,
+        sport, dport, length, csum,
     ) + payload

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from abc import abstractmethod
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -167,9 +168,13 @@ class UdpNat(NatBase):
         max_flows: int = MAX_FLOWS,
         mtu: int | None = None,
         outbox: Outbox | None = None,
+        offloads: Callable[[bytes], bool] = lambda ip: False,
     ) -> None:
         mtu = config.mtu if mtu is None else mtu
         super().__init__(config, idle_timeout, max_flows, mtu, outbox)
+        # Whether the VM's link completes UDP checksums (a TAP with a virtio-net
+        # header): then replies that need no fragmenting go out unsummed.
+        self._offloads = offloads
         self._by_endpoint: dict[tuple[bytes, int], _UdpFlow] = {}
         self._routes: dict[bytes, tuple[str | None, str | None, bytes | None]] = {}
 
@@ -273,10 +278,13 @@ class UdpNat(NatBase):
         flow.last = now
         self._flows.move_to_end(flow_id)
         self._ip_ident = ident = (self._ip_ident + 1) & 0xFFFF
+        # A fragment cannot carry a partial checksum: those datagrams are summed here.
+        summed = len(payload) + (28 if v4 else 48) > self.mtu or not self._offloads(vm_ip)
         if v4:
-            packet = build_ipv4_udp(src, vm_ip, src_port, flow.vm_port, payload, ident)
+            packet = build_ipv4_udp(src, vm_ip, src_port, flow.vm_port, payload, ident,
+                                    udp_checksum=summed)
         else:
-            udp = build_udp(src, vm_ip, src_port, flow.vm_port, payload)
+            udp = build_udp(src, vm_ip, src_port, flow.vm_port, payload, summed)
             packet = ip_header(src, vm_ip, PROTO_UDP, len(udp)) + udp
         if len(packet) <= self.mtu:
             self._box.packets.append(packet)

@@ -157,7 +157,7 @@ class Stack:
         self._box = box = Outbox()
         self.udp = UdpNat(
             config, idle_timeout=settings.udp_idle_timeout, max_flows=settings.udp_max_flows,
-            outbox=box,
+            outbox=box, offloads=self._offloads,
         )
         self._subnet_broadcast = config.subnet.broadcast_address.packed  # checked per datagram
         self.udp_forward = UdpForwarder(config, outbox=box, nat_peer=self.udp.has_sent)
@@ -209,12 +209,13 @@ class Stack:
     # -- links and VMs -------------------------------------------------------
 
     def link_opened(self, link: int, offloads: bool) -> None:
-        """A new link; ``offloads``: it completes TCP checksums and cuts super-segments (TAP)."""
+        """A new link; ``offloads``: it completes TCP and UDP checksums and cuts TCP
+        super-segments (TAP)."""
         if offloads:
             self._offload_links.add(link)
 
     def _offloads(self, ip: bytes) -> bool:
-        """Whether the link of the VM at ``ip`` (either family) offloads TCP for us."""
+        """Whether the link of the VM at ``ip`` (either family) offloads TCP and UDP for us."""
         if not self._offload_links:
             return False
         if len(ip) == 4:

@@ -241,6 +241,25 @@ def test_large_reply_fragmented_to_mtu_and_reassembles() -> None:
     assert nat.drain() == ([], [])
 
 
+def test_offloading_link_gets_unsummed_replies_unless_fragmented() -> None:
+    """A TAP with a virtio-net header completes UDP checksums: the NAT leaves the field
+    0 (the link writes the partial sum); a reply that must be fragmented is summed."""
+    asked: list[bytes] = []
+    nat = UdpNat(CFG, offloads=lambda ip: asked.append(ip) is None)
+    send(nat)
+    nat.host_datagram(1, "93.184.216.34", 53, bytes(1472), 1.0)  # exactly the MTU
+    (packet,), _ = nat.drain()
+    assert asked == [VM] and len(packet) == 1500 and packet[26:28] == b"\x00\x00"
+    nat.host_datagram(1, "93.184.216.34", 53, bytes(range(256)) * 6, 1.0)
+    packets, _ = nat.drain()
+    assert len(packets) == 2
+    r = Reassembler()
+    (whole,) = [w for p in packets if (w := r.add(parse_ipv4(p), 1.0)) is not None]
+    ip = parse_ipv4(whole)
+    udp = parse_udp(ip.payload, ip.src, ip.dst)  # verifies the full checksum
+    assert ip.payload[6:8] != b"\x00\x00" and udp.payload.tobytes() == bytes(range(256)) * 6
+
+
 def test_smaller_link_mtu() -> None:
     nat = UdpNat(CFG, mtu=576)
     send(nat)
