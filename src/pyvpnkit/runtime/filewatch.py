@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import os
 from collections.abc import Callable
@@ -74,9 +73,8 @@ class _Inotify:
 
     @classmethod
     def open(cls) -> _Inotify | None:
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name, use_errno=True)
+        try:  # the interpreter's own symbols include libc's (find_library runs ldconfig)
+            libc = ctypes.CDLL(None, use_errno=True)
             init = libc.inotify_init1
         except (OSError, AttributeError):
             return None
