@@ -18,6 +18,7 @@ from typing import Protocol
 
 from pyvpnkit.core.dns.tcpframing import encode_tcp_message
 from pyvpnkit.core.effects import Effect, UpstreamQuery
+from pyvpnkit.runtime.filewatch import Signature, read_text, signature
 
 MAX_UDP_REPLY = 65535
 
@@ -237,27 +238,17 @@ class HostsFileWatcher:
         self._load = load
         self.min_interval = min_interval
         self._next_check = float("-inf")
-        self._signature: tuple[int, int, int] | None | bool = False  # False: never read
+        self._signature: Signature | bool = False  # False: never read
 
     def check(self, now: float) -> bool:
         """Reload if due and changed; True when the server got new contents."""
         if now < self._next_check:
             return False
         self._next_check = now + self.min_interval
-        try:
-            st = os.stat(self.path)
-            signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            signature = None
-        if signature == self._signature:
+        current = signature(self.path)
+        if current == self._signature:
             return False
-        text = ""
-        if signature is not None:
-            try:
-                with open(self.path, encoding="utf-8", errors="replace") as f:
-                    text = f.read()
-            except OSError:
-                signature = None
-        self._signature = signature
-        self._load(text)
+        text = read_text(self.path) if current is not None else None
+        self._signature = current if text is not None else None
+        self._load(text or "")
         return True
