@@ -181,8 +181,10 @@ def test_arp_probe_for_the_gateway_is_answered(netenv: NetEnv, tmp_path: Path) -
         gateway, gateway_s = probe("192.168.65.1")
         alias, _ = probe("192.168.65.2")
         free, _ = probe("192.168.65.9")
+        defended = s.host_network()["arp_probes_defended"]
     print(f"\narping -D 192.168.65.1: in use, answered in {gateway_s:.2f} s")
     assert (gateway, alias, free) == (1, 1, 0)
+    assert defended >= 2, defended  # the gateway's and the alias's probes, in /stats
 
 
 # -- routes and addresses ------------------------------------------------------------

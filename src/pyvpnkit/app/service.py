@@ -262,7 +262,8 @@ class Service:
                 "tcp_connecting": self.stack.tcp.pending_connects,
                 "dhcp_no_address": self.stack.dhcp.stats["no_address"],
             },
-            "host_network": self.host_watch.stats(),
+            "host_network": {**self.host_watch.stats(),
+                             "arp_probes_defended": self.stack.arp.defended},
         }
 
     def _watch_hosts(self) -> None:
