@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # slirp4netns's own test scripts and iperf3 benchmarks, run against a helper put on PATH
 # under the name `slirp4netns`, as a new unprivileged user, in a private network namespace
-# (its own loopback, and a veth pair with 198.51.100.1 for the outbound-addr script,
+# (its own loopback and resolver, and a veth pair with 198.51.100.1 for the outbound-addr script,
 # which takes the first non-loopback IPv4 address it finds).
 #
 #   bash bench/upstream_slirp4netns.sh SLIRP4NETNS_CHECKOUT HELPER [tests|bench] [DURATION]
@@ -24,6 +24,7 @@ cleanup() {
     sleep 0.2
     userdel "$user" 2>/dev/null
     ip netns del "$ns" 2>/dev/null
+    rm -rf "/etc/netns/$ns"
     rm -rf "$home"
 }
 trap cleanup EXIT
@@ -34,13 +35,17 @@ printf '#!/bin/sh\nexec %s "$@"\n' "$helper" >"$home/bin/slirp4netns"
 chmod 755 "$home/bin/slirp4netns"
 chown -R "$user:$user" "$home"
 ip netns add "$ns"
+# The namespace's own resolver (ip netns exec binds it over /etc/resolv.conf): nothing,
+# not the helpers' DNS forwarders either, may ask the machine's resolvers.
+mkdir -p "/etc/netns/$ns"
+echo "nameserver 127.0.0.1" >"/etc/netns/$ns/resolv.conf"
 ip -n "$ns" link set lo up
 ip -n "$ns" link add s4a type veth peer name s4b
 ip -n "$ns" addr add 198.51.100.1/24 dev s4a
 ip -n "$ns" link set s4a up
 ip -n "$ns" link set s4b up
 as_user() {
-    nsenter --net="/run/netns/$ns" setpriv --reuid="$user" --regid="$user" --init-groups \
+    ip netns exec "$ns" setpriv --reuid="$user" --regid="$user" --init-groups \
         env -i HOME="$home" PATH="$home/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
         BENCHMARK_IPERF3_DURATION="$duration" MTU="${MTU:-1500}" \
         bash -c "cd $home/work && timeout 180 bash $1"
