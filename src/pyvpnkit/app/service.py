@@ -33,6 +33,7 @@ from pyvpnkit.core.switch.ippool import mac_key
 from pyvpnkit.core.switch.stack import Stack
 from pyvpnkit.errors import SETUP_FAILED, UserError
 from pyvpnkit.runtime.capabilities import capabilities, require_namespaces, require_tap
+from pyvpnkit.runtime.childwatch import watch_exit
 from pyvpnkit.runtime.conditions_file import load_conditions, watch_conditions
 from pyvpnkit.runtime.dns_upstream import DnsUpstream, HostsFileWatcher, secure_query_id
 from pyvpnkit.runtime.engine import Engine
@@ -408,15 +409,13 @@ class Service:
             return SETUP_FAILED
         loop = asyncio.get_running_loop()
         self._attach_tap(attached, f"netns:{self.options.ifname}")
-        pidfd = os.pidfd_open(attached.pid)
         exited = asyncio.Event()
-        loop.add_reader(pidfd, exited.set)
+        stop_watching = watch_exit(loop, attached.pid, exited.set)
         self._forward_signals(loop, attached.pid)
         attached.release()
         self._announce_ready()
         await exited.wait()
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
+        stop_watching()
         _pid, status = os.waitpid(attached.pid, 0)
         from pyvpnkit.runtime.netns import stop_leftovers
 

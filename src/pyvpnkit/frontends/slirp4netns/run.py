@@ -14,12 +14,15 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 
 from pyvpnkit.app.options import Options
 from pyvpnkit.app.service import Service
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.frontends.slirp4netns import PROG, api, sandbox
 from pyvpnkit.frontends.slirp4netns.opts import Opts
+from pyvpnkit.runtime.childwatch import watch_exit
 from pyvpnkit.runtime.forwarder import ForwardError
 from pyvpnkit.runtime.host_icmp import choose_mode
 from pyvpnkit.runtime.netns import Attached
@@ -54,7 +57,7 @@ class Slirp4netns:
         if api_socket is not None:
             directory = os.path.dirname(opts.api_socket) or "."
             self._api_dir = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._pidfd: int | None = None
+        self._unwatch: Callable[[], None] | None = None  # stops watching the target pid
 
     async def started(self) -> None:
         """Links are up: API socket, exit fd, target watch, sandbox, then the ready fd."""
@@ -71,8 +74,9 @@ class Slirp4netns:
             if opts.exit_fd is not None:
                 loop.add_reader(opts.exit_fd, self._gone, "the exit fd was closed")
             if opts.netns_type == "pid":
-                self._pidfd = os.pidfd_open(int(opts.target))
-                loop.add_reader(self._pidfd, self._gone, f"process {opts.target} exited")
+                self._unwatch = watch_exit(
+                    loop, int(opts.target),
+                    partial(self._gone, f"process {opts.target} exited"), child=False)
             else:
                 loop.call_later(TARGET_POLL, self._check_path)
         except OSError as exc:  # a bad -e fd, the target already gone
@@ -102,10 +106,15 @@ class Slirp4netns:
     def _gone(self, why: str) -> None:
         log.info("exiting: %s", why)
         loop = asyncio.get_running_loop()
-        for fd in (self.opts.exit_fd, self._pidfd):
-            if fd is not None:
-                loop.remove_reader(fd)
+        if self.opts.exit_fd is not None:
+            loop.remove_reader(self.opts.exit_fd)
+        self._stop_watching()
         self.service.stop()
+
+    def _stop_watching(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
 
     def _check_path(self) -> None:
         """A --netns-type=path namespace is gone once its bind mount is."""
@@ -130,8 +139,7 @@ class Slirp4netns:
             except OSError:
                 pass
             os.close(self._api_dir)
-        if self._pidfd is not None:
-            os.close(self._pidfd)
+        self._stop_watching()
         os.close(self._target_dir)
         return 1 if self.failed else code
 
