@@ -10,6 +10,8 @@ import asyncio
 import socket
 
 import dns.message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvpnkit.core.config import NetConfig
 from pyvpnkit.core.switch.stack import Stack
@@ -132,3 +134,37 @@ def test_wrong_checksum_without_needs_csum_is_dropped() -> None:
     assert reply is None
     assert stack.stats["drop_malformed"] == 1
     assert "checksum" in stack.last_error
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    v6=st.booleans(),
+    src=st.binary(min_size=16, max_size=16),
+    dst=st.binary(min_size=16, max_size=16),
+    payload=st.integers(min_value=0, max_value=3000),
+)
+def test_tcp_goes_out_with_the_pseudo_header_sum(
+    v6: bool, src: bytes, dst: bytes, payload: int
+) -> None:
+    """_send_tcp's field is pseudo_header_sum's value for both families, GSO or not."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    link = TapLink.__new__(TapLink)
+    link.fd, link.mtu, link.vnet_hdr = a.fileno(), 1500, True
+    if v6:
+        ip = b"\x60" + bytes(5) + b"\x06\x40" + src + dst
+        addr_src, addr_dst = src, dst
+    else:
+        addr_src, addr_dst = src[:4], dst[:4]
+        ip = b"\x45" + bytes(8) + b"\x06" + bytes(2) + addr_src + addr_dst
+    tcp = bytes(12) + b"\x50" + bytes(7) + bytes(payload)
+    frame = bytes(12) + (b"\x86\xdd" if v6 else b"\x08\x00") + ip + tcp
+    try:
+        link._send_tcp(frame, v6=v6)
+        out = b.recv(70000)
+    finally:
+        a.close()
+        b.close()
+    field = int.from_bytes(out[10 + 14 + len(ip) + 16 :][:2], "big")
+    assert field == pseudo_header_sum(addr_src, addr_dst, 6, len(tcp))
+    gso = VNET_HDR.unpack_from(out)[1]
+    assert (gso != 0) == (len(frame) > 1500 + 14)

@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from pyvpnkit.core.conditions import Conditions
 from pyvpnkit.core.config import NetConfig
@@ -58,11 +58,6 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 DNS_PORT = 53
 EXPLICIT_PROXY_PORT = 3128  # vpnkit's: VMs set HTTP(S)_PROXY=http://<gateway>:3128
-
-
-class _Timed(Protocol):
-    def next_deadline(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
 
 
 # The switch's MAC table, as a hardware switch bounds its own: a VM that sends from
@@ -168,9 +163,6 @@ class Stack:
         self._effects: list[Effect] = []
         self.v6 = Ipv6Switch(self, config.ipv6, self._rng.random) if config.ipv6 else None
         self.conditions = Conditions(config, self._rng)  # rules between the VMs and the rest
-        self._timed: tuple[_Timed, ...] = (
-            self.udp, self.icmp, self.dns, self.frag, self.udp_forward, self.conditions,
-        ) + ((self.v6,) if self.v6 is not None else ())
 
     # -- settings and questions from the runtime ----------------------------
 
@@ -568,17 +560,37 @@ class Stack:
         return frames, eff
 
     def next_deadline(self) -> float | None:
-        best = self.tcp.next_deadline()
-        for machine in self._timed:
-            when = machine.next_deadline()
-            if when is not None and (best is None or when < best):
-                best = when
+        """The earliest deadline of any machine. Asked after every flush, so each
+        machine is called by its own type (a native call when compiled), not
+        through a list of protocol objects (a generic call each: 2x the cost)."""
+        best = _earlier(self.tcp.next_deadline(), self.udp.next_deadline())
+        best = _earlier(best, self.icmp.next_deadline())
+        best = _earlier(best, self.dns.next_deadline())
+        best = _earlier(best, self.frag.next_deadline())
+        best = _earlier(best, self.udp_forward.next_deadline())
+        best = _earlier(best, self.conditions.next_deadline())
+        if self.v6 is not None:
+            best = _earlier(best, self.v6.next_deadline())
         return best
 
     def handle_timer(self, now: float) -> None:
         self.tcp.handle_timer(now)
-        for machine in self._timed:
-            machine.handle_timer(now)
+        self.udp.handle_timer(now)
+        self.icmp.handle_timer(now)
+        self.dns.handle_timer(now)
+        self.frag.handle_timer(now)
+        self.udp_forward.handle_timer(now)
+        self.conditions.handle_timer(now)
+        if self.v6 is not None:
+            self.v6.handle_timer(now)
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None or a <= b:
+        return a
+    return b
 
 
 __all__ = ["Stack", "Vm"]
