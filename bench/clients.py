@@ -1,16 +1,22 @@
 """The client half of bench/compare.py, run inside each stack's namespace.
 
-    python3 bench/clients.py GW DNS STACK_PID SECONDS [TESTS]
+    python3 bench/clients.py GW DNS STACK_PID SECONDS [TESTS] [--parallel N]
 
 Runs the tests (comma-separated; default all) one after the other against the
 servers compare.py started on the host namespace's loopback (reached through
 GW) and the DNS address DNS, and prints one JSON object: rates, and for the
 iperf3 runs the stack process's CPU seconds per GB moved (from
 /proc/STACK_PID/stat; STACK_PID 0 = not measured).
+
+With --parallel N, N clients run each test at once: iperf3 with -P N, the rate
+tests in N forked processes (fairer than threads on a few cores). A figure is
+then the aggregate: the sum of the N rates, and the stack's CPU over all N
+clients' operations.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -18,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 # BENCH_PORT_OFFSET: the servers' ports as published on the host (compare.py's published rows)
 _OFF = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
@@ -33,11 +40,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def iperf(gw: str, secs: float, reverse: bool, stack: int, udp: bool = False) -> dict[str, float]:
+def iperf(
+    gw: str, secs: float, reverse: bool, stack: int, udp: bool = False, streams: int = 1
+) -> dict[str, float]:
     """TCP, or UDP as fast as it goes in 1400-byte datagrams (-u -b 0 -l 1400): the
-    receiver's goodput, and the stack's CPU per GB it delivered."""
+    receiver's goodput (of all `streams`), and the stack's CPU per GB it delivered."""
     before = cpu_seconds(stack) if stack else 0.0
-    cmd = ["iperf3", "-c", gw, "-p", str(IPERF_PORT), "-t", str(secs), "-J"]
+    cmd = ["iperf3", "-c", gw, "-p", str(IPERF_PORT), "-t", str(secs), "-J", "-P", str(streams)]
     cmd += ["-R"] if reverse else []
     cmd += ["-u", "-b", "0", "-l", "1400"] if udp else []
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -122,7 +131,7 @@ def dns_rate(server: str, secs: float) -> float:
 
 
 # test: (column, operation, client); each also reports the stack's CPU µs per operation
-RATES = {
+RATES: dict[str, tuple[str, str, Callable[[str, float], float]]] = {
     "conn": ("conn/s", "conn", conn_rate),
     "tcp_rr": ("tcp rr/s", "tcp rr", tcp_rr),
     "udp_rr": ("udp rr/s", "udp rr", udp_rr),
@@ -130,20 +139,58 @@ RATES = {
 }
 
 
+def in_parallel(fn: Callable[[str, float], float], addr: str, secs: float, n: int) -> float:
+    """The sum of `n` forked clients' rates, each running `fn` at the same time."""
+    if n == 1:
+        return fn(addr, secs)
+    children: list[tuple[int, int]] = []
+    for _ in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one client, its rate as text down the pipe
+            os.close(r)
+            try:
+                os.write(w, repr(fn(addr, secs)).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        children.append((pid, r))
+    total = 0.0
+    failed = 0
+    for pid, r in children:
+        with os.fdopen(r, "rb") as f:
+            text = f.read()
+        os.waitpid(pid, 0)
+        if text:
+            total += float(text)
+        else:
+            failed += 1
+    if failed:
+        raise RuntimeError(f"{failed} of {n} parallel clients failed")
+    return total
+
+
 def main() -> None:
-    gw, dns, stack, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    tests = sys.argv[5].split(",") if len(sys.argv) > 5 else list(ALL)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("gw")
+    ap.add_argument("dns")
+    ap.add_argument("stack", type=int)
+    ap.add_argument("secs", type=float)
+    ap.add_argument("tests", nargs="?", default=",".join(ALL))
+    ap.add_argument("--parallel", type=int, default=1)
+    args = ap.parse_args()
+    gw, dns, stack, secs, n = args.gw, args.dns, args.stack, args.secs, args.parallel
     out: dict[str, float] = {}
-    for test in tests:
+    for test in args.tests.split(","):
         try:
             if test in ("up", "down", "udp_up", "udp_down"):
-                r = iperf(gw, secs, test.endswith("down"), stack, test.startswith("udp"))
+                r = iperf(gw, secs, test.endswith("down"), stack, test.startswith("udp"), n)
                 out[test] = r["gbit"]
                 out[f"cpu/GB {test}"] = r["cpu_per_gb"]
             elif test in RATES:
                 name, op, fn = RATES[test]
                 before = cpu_seconds(stack) if stack else 0.0
-                rate = fn(dns if test == "dns" else gw, secs)
+                rate = in_parallel(fn, dns if test == "dns" else gw, secs, n)
                 out[name] = rate
                 if stack and rate:  # less noisy than the rate on a busy machine
                     cpu = cpu_seconds(stack) - before
