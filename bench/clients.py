@@ -6,7 +6,7 @@ Runs the tests (comma-separated; default all) one after the other against the
 servers compare.py started on the host namespace's loopback (reached through
 GW) and the DNS address DNS, and prints one JSON object: rates, and for the
 iperf3 runs the stack process's CPU seconds per GB moved (from
-/proc/STACK_PID/stat; STACK_PID 0 = not measured).
+/proc/STACK_PID/stat; STACK_PID 0 = not measured, PID,PID,...: their sum).
 
 With --parallel N, N clients run each test at once: iperf3 with -P N, the rate
 tests in N forked processes (fairer than threads on a few cores). A figure is
@@ -33,24 +33,27 @@ DNS_NAME = os.environ.get("BENCH_DNS_NAME", "bench.test")  # another name: see R
 ALL = ("up", "down", "conn", "tcp_rr", "udp_rr", "dns", "udp_up", "udp_down")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: str) -> float:
+    """utime + stime of the comma-separated `pids` (fields 14 and 15 of /proc/PID/stat)."""
+    ticks = 0
+    for pid in pids.split(","):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def iperf(
-    gw: str, secs: float, reverse: bool, stack: int, udp: bool = False, streams: int = 1
+    gw: str, secs: float, reverse: bool, stack: str, udp: bool = False, streams: int = 1
 ) -> dict[str, float]:
     """TCP, or UDP as fast as it goes in 1400-byte datagrams (-u -b 0 -l 1400): the
     receiver's goodput (of all `streams`), and the stack's CPU per GB it delivered."""
-    before = cpu_seconds(stack) if stack else 0.0
+    before = cpu_seconds(stack) if stack != "0" else 0.0
     cmd = ["iperf3", "-c", gw, "-p", str(IPERF_PORT), "-t", str(secs), "-J", "-P", str(streams)]
     cmd += ["-R"] if reverse else []
     cmd += ["-u", "-b", "0", "-l", "1400"] if udp else []
     out = subprocess.run(cmd, capture_output=True, text=True)
-    cpu = cpu_seconds(stack) - before if stack else float("nan")
+    cpu = cpu_seconds(stack) - before if stack != "0" else float("nan")
     summary = json.loads(out.stdout)["end"]
     end = summary.get("sum_received") or summary["sum"]
     gbytes = end["bytes"] / 1e9
@@ -64,7 +67,8 @@ def conn_rate(gw: str, secs: float) -> float:
     while time.monotonic() < end:
         s = socket.create_connection((gw, CONN_PORT))
         s.sendall(b"x")
-        s.recv(1)
+        if s.recv(1) != b"x":
+            raise RuntimeError("connection closed before the echo")
         s.close()
         n += 1
     return n / secs
@@ -174,7 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("gw")
     ap.add_argument("dns")
-    ap.add_argument("stack", type=int)
+    ap.add_argument("stack", help="the stack's pid, or pids (comma-separated); 0: none")
     ap.add_argument("secs", type=float)
     ap.add_argument("tests", nargs="?", default=",".join(ALL))
     ap.add_argument("--parallel", type=int, default=1)
@@ -189,10 +193,10 @@ def main() -> None:
                 out[f"cpu/GB {test}"] = r["cpu_per_gb"]
             elif test in RATES:
                 name, op, fn = RATES[test]
-                before = cpu_seconds(stack) if stack else 0.0
+                before = cpu_seconds(stack) if stack != "0" else 0.0
                 rate = in_parallel(fn, dns if test == "dns" else gw, secs, n)
                 out[name] = rate
-                if stack and rate:  # less noisy than the rate on a busy machine
+                if stack != "0" and rate:  # less noisy than the rate on a busy machine
                     cpu = cpu_seconds(stack) - before
                     out[f"cpu us/{op}"] = 1e6 * cpu / (rate * secs)
         except Exception as exc:  # one failed test must not lose the others
