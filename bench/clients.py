@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import struct
 import subprocess
@@ -41,6 +42,13 @@ def cpu_seconds(pids: str) -> float:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU of this process and its waited-for children (the parallel clients)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def iperf(
@@ -151,26 +159,28 @@ def in_parallel(fn: Callable[[str, float], float], addr: str, secs: float, n: in
     for _ in range(n):
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: one client, its rate as text down the pipe
+        if pid == 0:  # the child: one client, its rate (or its error) as text down the pipe
             os.close(r)
             try:
                 os.write(w, repr(fn(addr, secs)).encode())
+            except BaseException as exc:  # noqa: BLE001 - reported by the parent
+                os.write(w, f"error {exc!r}".encode())
             finally:
                 os._exit(0)
         os.close(w)
         children.append((pid, r))
     total = 0.0
-    failed = 0
+    errors: list[str] = []
     for pid, r in children:
         with os.fdopen(r, "rb") as f:
-            text = f.read()
+            text = f.read().decode()
         os.waitpid(pid, 0)
-        if text:
-            total += float(text)
+        if text.startswith("error") or not text:
+            errors.append(text)
         else:
-            failed += 1
-    if failed:
-        raise RuntimeError(f"{failed} of {n} parallel clients failed")
+            total += float(text)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} parallel clients failed, first: {errors[0]}")
     return total
 
 
@@ -182,6 +192,7 @@ def main() -> None:
     ap.add_argument("secs", type=float)
     ap.add_argument("tests", nargs="?", default=",".join(ALL))
     ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--server", default="", help="the servers' pids: their CPU per operation too")
     args = ap.parse_args()
     gw, dns, stack, secs, n = args.gw, args.dns, args.stack, args.secs, args.parallel
     out: dict[str, float] = {}
@@ -194,11 +205,17 @@ def main() -> None:
             elif test in RATES:
                 name, op, fn = RATES[test]
                 before = cpu_seconds(stack) if stack != "0" else 0.0
+                server = cpu_seconds(args.server) if args.server else 0.0
+                clients = own_cpu_seconds()
                 rate = in_parallel(fn, dns if test == "dns" else gw, secs, n)
                 out[name] = rate
                 if stack != "0" and rate:  # less noisy than the rate on a busy machine
                     cpu = cpu_seconds(stack) - before
                     out[f"cpu us/{op}"] = 1e6 * cpu / (rate * secs)
+                if args.server and rate:  # where the rest of the machine's time goes
+                    out[f"client cpu us/{op}"] = 1e6 * (own_cpu_seconds() - clients) / (rate * secs)
+                    cpu = cpu_seconds(args.server) - server
+                    out[f"server cpu us/{op}"] = 1e6 * cpu / (rate * secs)
         except Exception as exc:  # one failed test must not lose the others
             print(f"{test} failed: {exc!r}", file=sys.stderr)
     print(json.dumps(out), flush=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,11 +38,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clients import cpu_seconds  # noqa: E402
-from compare import CLIENTS, Servers, fmt  # noqa: E402
+from compare import CLIENTS, ECHO_SERVER, Servers, fmt  # noqa: E402
 
 from tests.integration.netenv import NetEnv, wait_for  # noqa: E402
 
 TAP = "pvkmq0"
+
+
+def machine_seconds() -> tuple[float, float, float]:
+    """(busy CPU seconds of all CPUs, their softirq part, wall time) from /proc/stat: the
+    whole machine, other jobs too. softirq is nobody's process time (the TAP's and
+    loopback's receive work can run there). Not idle ticks: they can go backwards in a VM."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, f.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, softirq / tick, time.monotonic()
+
+
+def echo_server(env: NetEnv) -> str:
+    """The pid of compare.py's echo server (conn and tcp_rr's server)."""
+    return next(str(p.pid) for p in env.procs if ECHO_SERVER in p.args)  # type: ignore[operator]
 
 
 def one_run(env: NetEnv, queues: int, parallel: int, args: argparse.Namespace) -> dict[str, float]:
@@ -63,10 +80,13 @@ def one_run(env: NetEnv, queues: int, parallel: int, args: argparse.Namespace) -
             raise RuntimeError("the workers did not start")
         pids = [str(w.pid) for w in workers]
         before = [cpu_seconds(pid) for pid in pids]
+        machine = machine_seconds()
         out = env.run_in(*host, sys.executable, str(CLIENTS), "192.168.65.2", "192.168.65.1",
                          ",".join(pids), str(args.seconds), args.tests,
-                         "--parallel", str(parallel), timeout=len(args.tests) * 60 + 60)
+                         "--parallel", str(parallel), "--server", echo_server(env),
+                         timeout=len(args.tests) * 60 + 60)
         used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+        busy, softirq, wall = (b - a for a, b in zip(machine, machine_seconds(), strict=True))
         if out.stderr.strip():
             print(f"    clients: {out.stderr.strip()[-300:]}", file=sys.stderr)
         result: dict[str, float] = json.loads(out.stdout.splitlines()[-1])
@@ -74,6 +94,8 @@ def one_run(env: NetEnv, queues: int, parallel: int, args: argparse.Namespace) -
         print(f"    K={queues} N={parallel}: worker CPU shares "
               + " ".join(f"{u / total:.0%}" for u in used)
               + f", stack cores busy {sum(used) / (args.seconds * len(args.tests.split(','))):.2f}"
+              + f", machine busy {busy / wall:.2f} of {os.cpu_count()} cores"
+              + f" (softirq {softirq / wall:.2f})"
               + "  " + "  ".join(f"{k} {fmt(v)}" for k, v in result.items()), flush=True)
         return result
     finally:
