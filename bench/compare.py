@@ -178,7 +178,11 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         body = inner.format(gw="10.0.2.2", dns="10.0.2.3", stack="$STACK")
         return (
             "unshare -n sleep 600 & NS=$!; sleep 0.2; "
-            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; sleep 0.5; "
+            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; "
+            # Until --configure's default route is in (a fixed sleep lost whole rounds
+            # on a busy machine: every client's connect failed at once).
+            "for i in $(seq 200); do nsenter -t $NS -n ip route show default | grep -q . "
+            "&& break; sleep 0.05; done; "
             f"STACK=$SL nsenter -t $NS -n sh -c {shlex.quote(body)}; "
             "kill $SL $NS"
         )
