@@ -49,7 +49,7 @@ def test_two_processes_share_a_multi_queue_tap(netenv: NetEnv, tmp_path: Path) -
     idle = [fd_count(w.pid) for w in workers]
     # The gateway answers ping, whichever queue the echo request lands on.
     netenv.run_in("host", "ping", "-c", "3", "-i", "0.2", "-W", "5", "192.168.65.1")
-    server, port = netenv.start_helper("host", "conn_flood.py", "serve", "127.0.0.1", "0")
+    _server, port = netenv.start_helper("host", "conn_flood.py", "serve", "127.0.0.1", "0")
     client = netenv.start("host", sys.executable, "-c", HOLD, port,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert client.stdout is not None and client.stdin is not None

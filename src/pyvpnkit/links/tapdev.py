@@ -52,13 +52,19 @@ def open_tap(ifname: str, vnet_hdr: bool = False, multi_queue: bool = False) -> 
     return fd
 
 
-def is_multi_queue(ifname: str) -> bool:
-    """Whether existing TAP ``ifname`` was made multi-queue (`ip tuntap add ... multi_queue`)."""
+def attach_tap(ifname: str) -> int:
+    """Attach to existing TAP ``ifname`` (with a virtio-net header), as one more queue if
+    it was made multi-queue (`ip tuntap add ... multi_queue`): the kernel answers
+    EINVAL when the kinds differ, and /sys may show another namespace's devices."""
     try:
-        with open(f"/sys/class/net/{ifname}/tun_flags") as f:
-            return bool(int(f.read(), 16) & IFF_MULTI_QUEUE)
-    except (OSError, ValueError):
-        return False
+        return open_tap(ifname, vnet_hdr=True)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        try:
+            return open_tap(ifname, vnet_hdr=True, multi_queue=True)
+        except OSError:
+            raise exc from None
 
 
 def tap_error(ifname: str, exc: OSError) -> str:
