@@ -13,7 +13,7 @@ behind the stack and the clients on the host, through published ports.
     python3 bench/compare.py [--seconds 3] [--reps 3] [--mtu 65520 --mtu 1500]
         [--tools pyvpnkit,slirp4netns,pasta-user]
         [--tests up,down,conn,tcp_rr,udp_rr,dns,udp_up,udp_down,pub_in,pub_out,pub_conn,pub_udp_rr]
-        [--baseline-src DIR]
+        [--baseline-src DIR] [--parallel N]
     python3 bench/compare.py --tools rootlesskit-pyvpnkit,rootlesskit-slirp4netns
 
 Tools: pyvpnkit; pyvpnkit6 (the same over IPv6: every test to [::1] via the
@@ -68,42 +68,44 @@ def rootless_user() -> User:
 
 
 ECHO_SERVER = r"""
-import socket, sys, threading
+import selectors, socket, sys, threading
 conn_port, rr_port, udp_port = (int(a) for a in sys.argv[1:4])
 ADDRS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
 if sys.argv[4:] == ["any"]:  # inside a VM, behind published ports
     ADDRS = ((socket.AF_INET, "0.0.0.0"),)
-def listener(port, family, addr):
+# One selector serves every TCP connection at once (--parallel clients): a
+# connection's recv runs only when it is readable, so no client waits on another.
+sel = selectors.DefaultSelector()
+def listener(port, family, addr, once):
     srv = socket.socket(family); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port)); srv.listen(1024)
-    return srv
-def one_shot(srv):  # connection rate: echo one byte, close
-    while True:
-        c, _ = srv.accept()
-        try:
-            d = c.recv(1)
-            if d: c.sendall(d)
-        finally:
-            c.close()
-def echo(c):  # request/response: echo until EOF
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while d := c.recv(65536):
-        c.sendall(d)
-    c.close()
-def rr(srv):
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
+    sel.register(srv, selectors.EVENT_READ, (True, once))
 def udp(family, addr):
     u = socket.socket(family, socket.SOCK_DGRAM); u.bind((addr, udp_port))
     while True:
         d, a = u.recvfrom(65536); u.sendto(d, a)
 for fam, addr in ADDRS:
-    threading.Thread(target=one_shot, args=(listener(conn_port, fam, addr),), daemon=True).start()
-    threading.Thread(target=rr, args=(listener(rr_port, fam, addr),), daemon=True).start()
+    listener(conn_port, fam, addr, True)  # connection rate: echo one byte, close
+    listener(rr_port, fam, addr, False)  # request/response: echo until EOF
     threading.Thread(target=udp, args=(fam, addr), daemon=True).start()
 print("ready", flush=True)
-threading.Event().wait()
+while True:
+    for key, _ in sel.select():
+        sock, (listening, once) = key.fileobj, key.data
+        if listening:
+            c, _ = sock.accept()
+            if not once:
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sel.register(c, selectors.EVENT_READ, (False, once))
+            continue
+        try:
+            d = sock.recv(65536)
+            if d:
+                sock.sendall(d)
+        except OSError:
+            d = b""
+        if once or not d:
+            sel.unregister(sock); sock.close()
 """
 
 
@@ -119,8 +121,8 @@ V6_SETUP = (
 )
 
 
-def client(gw: str, dns: str, stack: str, secs: int, tests: str) -> str:
-    return f"{sys.executable} {CLIENTS} {gw} {dns} {stack} {secs} {tests}"
+def client(gw: str, dns: str, stack: str, secs: int, tests: str, parallel: int = 1) -> str:
+    return f"{sys.executable} {CLIENTS} {gw} {dns} {stack} {secs} {tests} --parallel {parallel}"
 
 
 def wrap(tool: str, mtu: int, run: str) -> str:
@@ -176,7 +178,11 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         body = inner.format(gw="10.0.2.2", dns="10.0.2.3", stack="$STACK")
         return (
             "unshare -n sleep 600 & NS=$!; sleep 0.2; "
-            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; sleep 0.5; "
+            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; "
+            # Until --configure's default route is in (a fixed sleep lost whole rounds
+            # on a busy machine: every client's connect failed at once).
+            "for i in $(seq 200); do nsenter -t $NS -n ip route show default | grep -q . "
+            "&& break; sleep 0.05; done; "
             f"STACK=$SL nsenter -t $NS -n sh -c {shlex.quote(body)}; "
             "kill $SL $NS"
         )
@@ -287,6 +293,8 @@ def main() -> None:
     ap.add_argument("--tools", default="pyvpnkit,pyvpnkit6,slirp4netns,pasta-user")
     ap.add_argument("--tests", default="up,down,conn,tcp_rr,udp_rr,dns,udp_up,udp_down,"
                     + ",".join(published.TESTS))
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="N clients run each test at once (iperf3 -P N); figures are sums")
     ap.add_argument("--baseline-src", default="", help="src dir run as the pyvpnkit-base tool")
     ap.add_argument("--pure-python", default=PURE_PYTHON,
                     help="python of a venv with the pure build (PYVPNKIT_PURE=1 pip install .)")
@@ -310,10 +318,11 @@ def main() -> None:
                 for tool in order:
                     r: dict[str, float] = {}
                     if outbound:
-                        run = client("$GW", "$DNS", "$STACK", args.seconds, outbound)
+                        run = client("$GW", "$DNS", "$STACK", args.seconds, outbound,
+                                     args.parallel)
                         r = run_tool(env, tool, mtu, run, limit)
                     if pub and tool in published.AVAILABLE:
-                        run = client("$GW", "-", "$STACK", args.seconds, pub)
+                        run = client("$GW", "-", "$STACK", args.seconds, pub, args.parallel)
                         r.update(run_tool(env, tool, mtu, run, limit, publish=True))
                     runs.setdefault((tool, mtu), []).append(r)
                     print(f"  round {rep + 1} {tool} mtu {mtu}: "
@@ -323,7 +332,8 @@ def main() -> None:
             names = dict.fromkeys(k for r in rs for k in r)
             medians[key] = {k: statistics.median(r[k] for r in rs if k in r) for k in names}
         cols = list(dict.fromkeys(k for m in medians.values() for k in m))
-        print(f"\nmedians of {args.reps} rounds, {args.seconds} s each "
+        print(f"\nmedians of {args.reps} rounds, {args.seconds} s each, "
+              f"{args.parallel} parallel client(s) "
               "(Gbit/s; per second; CPU s per GB moved, lower is better):")
         print(f"{'tool':24} {'mtu':>5} " + " ".join(f"{c:>11}" for c in cols))
         for (tool, mtu), m in medians.items():

@@ -351,9 +351,10 @@ class Service:
             self._netns_resolv = None
 
     def open_existing_tap(self, name: str) -> int:
-        """run --tap: serve a TAP that exists; never create one (that would serve nothing)."""
+        """run --tap: serve a TAP that exists; never create one (that would serve nothing).
+        Of a multi-queue TAP this process serves one queue (bench/multiqueue.py)."""
         require_tap("--tap")
-        from pyvpnkit.links.tapdev import open_tap, tap_error
+        from pyvpnkit.links.tapdev import attach_tap, tap_error
 
         try:
             socket.if_nametoindex(name)
@@ -361,7 +362,7 @@ class Service:
             raise UserError(f"--tap {name}: no such interface (create it first: "
                             f"ip tuntap add {name} mode tap)", SETUP_FAILED) from None
         try:
-            return open_tap(name, vnet_hdr=True)
+            return attach_tap(name)
         except OSError as exc:
             raise UserError(f"--tap {name}: {tap_error(name, exc)}", SETUP_FAILED) from None
 

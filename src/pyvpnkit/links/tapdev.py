@@ -16,6 +16,7 @@ import struct
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
@@ -33,20 +34,37 @@ VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_
 PLAIN_HDR = VNET_HDR.pack(0, 0, 0, 0, 0, 0)  # complete frame, checksums included
 
 
-def open_tap(ifname: str, vnet_hdr: bool = False) -> int:
+def open_tap(ifname: str, vnet_hdr: bool = False, multi_queue: bool = False) -> int:
     """Create (or attach to) TAP ``ifname`` in the current network namespace.
 
     Returns a non-blocking fd; frames carry no packet-info header, and a
-    virtio-net header when ``vnet_hdr`` is set.
+    virtio-net header when ``vnet_hdr`` is set. With ``multi_queue`` the fd is
+    one more queue of a multi-queue TAP (the kernel refuses to mix the kinds).
     """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        flags |= IFF_MULTI_QUEUE if multi_queue else 0
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def attach_tap(ifname: str) -> int:
+    """Attach to existing TAP ``ifname`` (with a virtio-net header), as one more queue if
+    it was made multi-queue (`ip tuntap add ... multi_queue`): the kernel answers
+    EINVAL when the kinds differ, and /sys may show another namespace's devices."""
+    try:
+        return open_tap(ifname, vnet_hdr=True)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        try:
+            return open_tap(ifname, vnet_hdr=True, multi_queue=True)
+        except OSError:
+            raise exc from None
 
 
 def tap_error(ifname: str, exc: OSError) -> str:
