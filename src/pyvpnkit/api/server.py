@@ -62,7 +62,7 @@ class FrameCounter:
         self.frames_out = 0
         self.bytes_out = 0
 
-    def tap(self, link: int, frame: bytes, incoming: bool) -> None:
+    def tap(self, link: int, frame: bytes | memoryview, incoming: bool) -> None:
         if not incoming:
             self.frames_out += 1
             self.bytes_out += len(frame)

@@ -48,7 +48,8 @@ class Engine:
         self._timer_when: float | None = None
         self.executors: list[Executor] = []
         self._executor_of: dict[type[Effect], Executor] = {}
-        self.frame_taps: list[Callable[[int, bytes, bool], None]] = []  # pcap and friends
+        # pcap and friends; a TAP hands frames over as memoryviews
+        self.frame_taps: list[Callable[[int, bytes | memoryview, bool], None]] = []
         self.stats: Counter[str] = Counter()
         self.last_error = ""
         self._errors = Throttle(self.loop.time)
@@ -86,7 +87,9 @@ class Engine:
     def link_id(self, link: Link) -> int | None:
         return self._ids.get(id(link))
 
-    def frame_received(self, link: Link, frame: bytes, checksum_partial: bool = False) -> None:
+    def frame_received(
+        self, link: Link, frame: bytes | memoryview, checksum_partial: bool = False
+    ) -> None:
         n = self._ids.get(id(link))
         if n is None:
             return

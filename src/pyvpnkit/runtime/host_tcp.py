@@ -15,7 +15,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pyvpnkit.core.effects import (
     Effect,
@@ -103,7 +103,9 @@ class HostTcp:
 
     # -- effects -------------------------------------------------------------
 
-    effects = (TcpOpen, TcpWrite, TcpShutdown, TcpCloseHost, TcpPauseReading, TcpResumeReading)
+    effects: ClassVar[tuple[type[Effect], ...]] = (
+        TcpOpen, TcpWrite, TcpShutdown, TcpCloseHost, TcpPauseReading, TcpResumeReading
+    )
 
     def execute(self, effect: Effect) -> None:
         if isinstance(effect, TcpWrite):  # the hot one first

@@ -14,6 +14,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pyvpnkit.core.effects import Effect, UdpClose, UdpOpen, UdpSend
 from pyvpnkit.core.nat.icmp_errors import kind_from_send_errno
@@ -69,7 +70,7 @@ class HostUdp:
     def __len__(self) -> int:
         return len(self._socks)
 
-    effects = (UdpOpen, UdpSend, UdpClose)
+    effects: ClassVar[tuple[type[Effect], ...]] = (UdpOpen, UdpSend, UdpClose)
 
     def execute(self, effect: Effect) -> None:
         if isinstance(effect, UdpSend):

@@ -30,7 +30,7 @@ def pcap_header(snaplen: int) -> bytes:
     return struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
 
 
-def pcap_record(frame: bytes, snaplen: int, ts: float | None = None) -> bytes:
+def pcap_record(frame: bytes | memoryview, snaplen: int, ts: float | None = None) -> bytes:
     if ts is None:
         ts = time.time()
     sec = int(ts)
@@ -45,10 +45,10 @@ class PcapWriter:
         self._f: BinaryIO = open(path, "wb", buffering=0)  # noqa: SIM115 - lives with the service
         self._f.write(pcap_header(snaplen))
 
-    def write(self, frame: bytes, ts: float | None = None) -> None:
+    def write(self, frame: bytes | memoryview, ts: float | None = None) -> None:
         self._f.write(pcap_record(frame, self.snaplen, ts))
 
-    def tap(self, link: int, frame: bytes, incoming: bool) -> None:
+    def tap(self, link: int, frame: bytes | memoryview, incoming: bool) -> None:
         """Engine frame tap: every frame, both directions."""
         self.write(frame)
 
@@ -71,7 +71,7 @@ class PcapListener:
             loop.create_unix_server(lambda: _PcapClient(self), sock=self._sock)
         )
 
-    def tap(self, link: int, frame: bytes, incoming: bool) -> None:
+    def tap(self, link: int, frame: bytes | memoryview, incoming: bool) -> None:
         """Engine frame tap: every frame, both directions, to every client."""
         if not self.clients:
             return

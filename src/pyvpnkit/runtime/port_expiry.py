@@ -32,7 +32,7 @@ class PortExpiry:
         engine.frame_taps.append(self._tap)
         self._timer = engine.loop.call_later(self.sweep, self._sweep)
 
-    def _tap(self, link: int, frame: bytes, incoming: bool) -> None:
+    def _tap(self, link: int, frame: bytes | memoryview, incoming: bool) -> None:
         if incoming:
             self._seen.add(link)
 

@@ -548,14 +548,14 @@ class TcpConnection:
         window, edge = rx.window()
         ack = rx.rcv_nxt & MASK
         opts = self._opt.segment(now, rx.ts_recent, rx.reasm)
-        build = self._pb.build
+        pb = self._pb  # a native call when compiled (a bound method is a generic one)
         out = self._packets
         sent_before = len(out)
         acked = False
         # Bare ACKs carry SND.MAX, not SND.NXT: after a timeout SND.NXT is rolled back, and
         # the peer would find an older sequence number unacceptable and ignore the ACK.
         if rx.dupacks and rx.reasm:
-            pure = build(tx.snd_max & MASK, ack, ACK, window, opts)
+            pure = pb.build(tx.snd_max & MASK, ack, ACK, window, opts)
             out.extend([pure] * min(rx.dupacks, MAX_DUPACKS_PER_DRAIN))
             acked = True
         rx.dupacks = 0
@@ -568,11 +568,11 @@ class TcpConnection:
             acked = True
         if self._probe_pending:
             self._probe_pending = False
-            out.append(build((tx.snd_una - 1) & MASK, ack, ACK, window, opts))
+            out.append(pb.build((tx.snd_una - 1) & MASK, ack, ACK, window, opts))
             acked = True
         if acked or rx.ack_pending:
             if not acked:
-                out.append(build(tx.snd_max & MASK, ack, ACK, window, opts))
+                out.append(pb.build(tx.snd_max & MASK, ack, ACK, window, opts))
             rx.acked()
         elif rx.delack and rx.delack_at is None:
             rx.delack_at = now + self._delayed_ack

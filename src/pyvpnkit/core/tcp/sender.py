@@ -222,7 +222,7 @@ class Sender:
         if sending and (nxt < end or (fin_queued and nxt == end)):
             eff_mss = self.snd_mss - len(opts)
             eff_seg = max(self.gso_size or 0, self.snd_mss) - len(opts)
-            build = self._pb.build
+            pb = self._pb  # a native call when compiled (a bound method is a generic one)
             snd_una = self.snd_una
             snd_wnd = self.snd_wnd
             if limit is None:
@@ -247,7 +247,7 @@ class Sender:
                     flags = ACK | PSH | FIN if fin_queued else ACK | PSH
                 elif limit - seg_end < eff_mss:
                     flags = ACK | PSH
-                out.append(build(nxt & MASK, ack, flags, window, opts, sb.slice(nxt, n)))
+                out.append(pb.build(nxt & MASK, ack, flags, window, opts, sb.slice(nxt, n)))
                 sent = True
                 if self.rtt_seq is None and nxt >= self.snd_max and not self.ts_ok:
                     self.rtt_seq = seg_end
@@ -255,7 +255,7 @@ class Sender:
                 nxt = seg_end + (1 if flags & FIN else 0)
             else:
                 if fin_queued and nxt == end:
-                    out.append(build(nxt & MASK, ack, ACK | FIN, window, opts))
+                    out.append(pb.build(nxt & MASK, ack, ACK | FIN, window, opts))
                     sent = True
                     nxt += 1
             self.snd_nxt = nxt

@@ -67,7 +67,7 @@ class Notifier:
 
     # -- engine taps -------------------------------------------------------------
 
-    def frame_tap(self, link: int, frame: bytes, incoming: bool) -> None:
+    def frame_tap(self, link: int, frame: bytes | memoryview, incoming: bool) -> None:
         if not incoming or len(frame) < 12:
             return
         mac = bytes(frame[6:12])
