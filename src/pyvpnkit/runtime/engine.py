@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
+from time import monotonic  # asyncio's loop.time(), without its Python-level call
 
 from pyvpnkit.core.effects import Effect
 from pyvpnkit.core.switch.ippool import PoolError
@@ -98,7 +99,7 @@ class Engine:
                 tap(n, frame, True)
             except Exception as exc:  # noqa: BLE001 - a capture error costs the capture
                 self._failed("tap_errors", exc)
-        self.stack.receive(n, frame, self.loop.time(), checksum_partial)
+        self.stack.receive(n, frame, monotonic(), checksum_partial)
         if link.batches and not self._flushing:
             self._batch_pending = True  # batch_done() flushes: no loop handle per batch
         else:
@@ -109,7 +110,7 @@ class Engine:
         if n is None:
             return
         del self.links[n]
-        self.stack.link_closed(n, self.loop.time())
+        self.stack.link_closed(n, monotonic())
         for tap in self.close_taps:
             tap(n)
         log.info("link %s closed", link.name)
@@ -170,7 +171,7 @@ class Engine:
 
     def _flush_once(self) -> None:
         try:
-            frames, effects = self.stack.drain(self.loop.time())
+            frames, effects = self.stack.drain(monotonic())
         except Exception as exc:  # noqa: BLE001 - a stack bug must not stop the links
             self._failed("drain_errors", exc)
             return
@@ -230,7 +231,7 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_when = None
-        now = self.loop.time()
+        now = monotonic()
         when = self.stack.next_deadline()
         if when is not None and when > now:
             # Early: the deadline it was set for went away (a delayed ACK rode on data).

@@ -15,6 +15,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic  # asyncio's loop.time(), without its Python-level call
 from typing import Any, ClassVar
 
 from pyvpnkit.core.effects import (
@@ -175,7 +176,7 @@ class HostTcp:
 
     def _refuse(self, flow_id: int, kind: str | None = None) -> None:
         """No host socket for a new flow: the VM gets an RST (or ``kind``'s ICMP error) at once."""
-        self.nat.host_connect_failed(flow_id, self.loop.time(), kind)
+        self.nat.host_connect_failed(flow_id, monotonic(), kind)
         self.wake()
 
     def fail(self, effect: Effect) -> None:
@@ -186,7 +187,7 @@ class HostTcp:
         conn = self.conns.get(flow_id)
         if conn is not None:
             self._forget(conn)
-        self.nat.host_reset(flow_id, self.loop.time())
+        self.nat.host_reset(flow_id, monotonic())
         self.wake()
 
     def _write(self, eff: TcpWrite) -> None:
@@ -203,7 +204,7 @@ class HostTcp:
         except OSError as exc:
             self._reset(conn, exc)
             return
-        if n and self.nat.host_sent(conn.fid, n, self.loop.time()):
+        if n and self.nat.host_sent(conn.fid, n, monotonic()):
             self.wake()
         if n < len(eff.data):
             conn.wbuf += eff.data[n:]
@@ -280,7 +281,7 @@ class HostTcp:
             conn.timeout.cancel()
             conn.timeout = None
         conn.connected = True
-        self.nat.host_connected(conn.fid, self.loop.time())
+        self.nat.host_connected(conn.fid, monotonic())
         self._start_reading(conn)
         self.wake()
 
@@ -293,7 +294,7 @@ class HostTcp:
         self.route_errors.note(err)
         self._forget(conn)
         kind = _UNREACHABLE.get(err)
-        self.nat.host_connect_failed(conn.fid, self.loop.time(), kind)
+        self.nat.host_connect_failed(conn.fid, monotonic(), kind)
         self.wake()
 
     def _on_readable(self, conn: _HostConn) -> None:
@@ -304,7 +305,7 @@ class HostTcp:
         except OSError as exc:
             self._reset(conn, exc)
             return
-        now = self.loop.time()
+        now = monotonic()
         if data:
             self.nat.host_data(conn.fid, data, now)
             if len(data) >= READ_CHUNK or not conn.reading or not conn.peek:
@@ -345,7 +346,7 @@ class HostTcp:
                 self._shutdown_now(conn)
             if conn.close_after_flush:
                 self._forget(conn)
-        if n and self.nat.host_sent(conn.fid, n, self.loop.time()):
+        if n and self.nat.host_sent(conn.fid, n, monotonic()):
             self.wake()
 
     # -- helpers -------------------------------------------------------------
@@ -360,7 +361,7 @@ class HostTcp:
         log.debug("flow %d: host socket error: %s", conn.fid, exc)
         self.route_errors.note(exc.errno)
         self._forget(conn)
-        self.nat.host_reset(conn.fid, self.loop.time())
+        self.nat.host_reset(conn.fid, monotonic())
         self.wake()
 
     def _start_reading(self, conn: _HostConn) -> None:

@@ -116,6 +116,7 @@ class Stack:
         self._rng = rng or random.Random()
         self._verify = settings.verify_checksums
         self._check = settings.verify_checksums  # for the frame being handled
+        self._partial = False  # the frame being handled came from a local kernel (NEEDS_CSUM)
         self._offload_links: set[int] = set()  # links that checksum and segment TCP for us
         self.stats: Counter[str] = Counter()
         self.pool = AddressPool(
@@ -311,6 +312,7 @@ class Stack:
         self, link: int, frame: bytes | memoryview, now: float, checksum_partial: bool
     ) -> None:
         self._check = self._verify and not checksum_partial
+        self._partial = checksum_partial
         try:
             self._receive(link, frame, now)
         except ParseError as exc:
@@ -335,8 +337,11 @@ class Stack:
         if eth.ethertype == ETHERTYPE_IPV4:
             # A zero header checksum means "left to offload" (vpnkit's Go vmnet client,
             # used by rootlesskit, sends its DHCP DISCOVER so); a wrong non-zero one is damage.
-            csum_set = any(eth.payload[10:12])
-            self._ipv4(link, eth.src, parse_ipv4(eth.payload, check=csum_set), now)
+            # A frame with a partial L4 sum (NEEDS_CSUM) was built by the local kernel,
+            # whose IP header sums are right: not summed again, per packet.
+            payload = eth.payload
+            check = not self._partial and len(payload) >= 12 and (payload[10] or payload[11]) != 0
+            self._ipv4(link, eth.src, parse_ipv4(payload, check=check), now)
         elif eth.ethertype == ETHERTYPE_ARP:
             _pkt, reply = self.arp.handle(eth.payload)
             if reply is not None:
