@@ -119,8 +119,13 @@ V6_SETUP = (
 )
 
 
+# The clients need only the standard library, and pasta-user runs them as a temporary
+# user, who cannot run an interpreter under /root (pyenv's): the system's python3 then.
+CLIENT_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
 def client(gw: str, dns: str, stack: str, secs: int, tests: str) -> str:
-    return f"{sys.executable} {CLIENTS} {gw} {dns} {stack} {secs} {tests}"
+    return f"{CLIENT_PYTHON} {CLIENTS} {gw} {dns} {stack} {secs} {tests}"
 
 
 def wrap(tool: str, mtu: int, run: str) -> str:
@@ -131,14 +136,14 @@ def wrap(tool: str, mtu: int, run: str) -> str:
     """
     inner = run.replace("$GW", "{gw}").replace("$DNS", "{dns}").replace("$STACK", "{stack}")
     if tool.startswith("pyvpnkit") and tool not in ROOTLESSKIT:
-        py = f"{sys.executable} -m pyvpnkit"
+        py = f"{STACK_PREFIX}{sys.executable} -m pyvpnkit"
         if tool == "pyvpnkit-uvloop":
-            py = (f"{sys.executable} -c 'import runpy, uvloop; uvloop.install(); "
+            py = (f"{STACK_PREFIX}{sys.executable} -c 'import runpy, uvloop; uvloop.install(); "
                   "runpy.run_module(\"pyvpnkit\", run_name=\"__main__\")'")
         elif tool == "pyvpnkit-base":
             py = f"PYTHONPATH={BASELINE_SRC} {py}"
         elif tool == "pyvpnkit-pure":
-            py = f"{PURE_PYTHON} -m pyvpnkit"
+            py = f"{STACK_PREFIX}{PURE_PYTHON} -m pyvpnkit"
         # The command runs as the stack's direct child: $PPID is the stack.
         gw = V6_ALIAS if tool == "pyvpnkit6" else "192.168.65.2"
         dns = V6_DNS if tool == "pyvpnkit6" else "192.168.65.1"
@@ -156,7 +161,8 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         pid = f"/tmp/pvk-ptu-{uuid.uuid4().hex[:8]}.pid"
         body = inner.format(gw=WORLD_IP, dns=DNS_FORWARD, stack=f"$(cat {pid})")
         cmd = rootless_user().cmd(
-            "pasta", "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
+            *shlex.split(STACK_PREFIX),
+            *shlex.split(PASTA), "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
             "--", "sh", "-c", body)
         # setpriv, env and pasta each exec the next: this shell's pid becomes pasta's.
         return f"sh -c {shlex.quote(f'echo $$ > {pid}; exec {shlex.join(cmd)}')}; rm -f {pid}"
@@ -176,9 +182,10 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         body = inner.format(gw="10.0.2.2", dns="10.0.2.3", stack="$STACK")
         return (
             "unshare -n sleep 600 & NS=$!; sleep 0.2; "
-            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; sleep 0.5; "
+            f"{STACK_PREFIX}slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & "
+            "SL=$!; sleep 0.5; "
             f"STACK=$SL nsenter -t $NS -n sh -c {shlex.quote(body)}; "
-            "kill $SL $NS"
+            "kill $SL $NS; wait"  # until slirp4netns has exited (and valgrind written its file)
         )
     if tool in ROOTLESSKIT:
         user = rootless_user()
@@ -353,6 +360,10 @@ def main() -> None:
 
 
 BASELINE_SRC = ""
+# A command prefix for the stack process of pyvpnkit, slirp4netns and pasta-user
+# (bench/instructions.py runs them under valgrind), and pasta-user's binary and options.
+STACK_PREFIX = ""
+PASTA = "pasta"
 PURE_PYTHON = "/opt/pyvpnkit-venv-pure/bin/python"  # .ci/run's pure venv
 
 if __name__ == "__main__":
