@@ -11,8 +11,8 @@
    uses it for pasta, which valgrind cannot run (it refuses pasta's
    clone(CLONE_VM | CLONE_VFORK | CLONE_FILES)). Kernel work is not counted; a
    rep-prefixed string instruction counts once per iteration, as callgrind
-   counts it. Each step costs a trap and two context switches (~30 us on this
-   virtual machine): some 35,000 instructions a second. */
+   counts it. Each step costs a trap and two context switches: 15,000 to 40,000
+   instructions a second on this virtual machine. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
