@@ -121,8 +121,13 @@ V6_SETUP = (
 )
 
 
+# The clients need only the standard library, and pasta-user runs them as a temporary
+# user, who cannot run an interpreter under /root (pyenv's): the system's python3 then.
+CLIENT_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
 def client(gw: str, dns: str, stack: str, secs: int, tests: str, parallel: int = 1) -> str:
-    return f"{sys.executable} {CLIENTS} {gw} {dns} {stack} {secs} {tests} --parallel {parallel}"
+    return f"{CLIENT_PYTHON} {CLIENTS} {gw} {dns} {stack} {secs} {tests} --parallel {parallel}"
 
 
 def wrap(tool: str, mtu: int, run: str) -> str:
@@ -133,14 +138,14 @@ def wrap(tool: str, mtu: int, run: str) -> str:
     """
     inner = run.replace("$GW", "{gw}").replace("$DNS", "{dns}").replace("$STACK", "{stack}")
     if tool.startswith("pyvpnkit") and tool not in ROOTLESSKIT:
-        py = f"{sys.executable} -m pyvpnkit"
+        py = f"{STACK_PREFIX}{sys.executable} -m pyvpnkit"
         if tool == "pyvpnkit-uvloop":
-            py = (f"{sys.executable} -c 'import runpy, uvloop; uvloop.install(); "
+            py = (f"{STACK_PREFIX}{sys.executable} -c 'import runpy, uvloop; uvloop.install(); "
                   "runpy.run_module(\"pyvpnkit\", run_name=\"__main__\")'")
         elif tool == "pyvpnkit-base":
             py = f"PYTHONPATH={BASELINE_SRC} {py}"
         elif tool == "pyvpnkit-pure":
-            py = f"{PURE_PYTHON} -m pyvpnkit"
+            py = f"{STACK_PREFIX}{PURE_PYTHON} -m pyvpnkit"
         # The command runs as the stack's direct child: $PPID is the stack.
         gw = V6_ALIAS if tool == "pyvpnkit6" else "192.168.65.2"
         dns = V6_DNS if tool == "pyvpnkit6" else "192.168.65.1"
@@ -158,7 +163,8 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         pid = f"/tmp/pvk-ptu-{uuid.uuid4().hex[:8]}.pid"
         body = inner.format(gw=WORLD_IP, dns=DNS_FORWARD, stack=f"$(cat {pid})")
         cmd = rootless_user().cmd(
-            "pasta", "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
+            *shlex.split(STACK_PREFIX),
+            *shlex.split(PASTA), "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
             "--", "sh", "-c", body)
         # setpriv, env and pasta each exec the next: this shell's pid becomes pasta's.
         return f"sh -c {shlex.quote(f'echo $$ > {pid}; exec {shlex.join(cmd)}')}; rm -f {pid}"
@@ -178,13 +184,14 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         body = inner.format(gw="10.0.2.2", dns="10.0.2.3", stack="$STACK")
         return (
             "unshare -n sleep 600 & NS=$!; sleep 0.2; "
-            f"slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & SL=$!; "
+            f"{STACK_PREFIX}slirp4netns --configure --mtu={mtu} $NS tap0 >/dev/null 2>&1 & "
+            "SL=$!; "
             # Until --configure's default route is in (a fixed sleep lost whole rounds
             # on a busy machine: every client's connect failed at once).
             "for i in $(seq 200); do nsenter -t $NS -n ip route show default | grep -q . "
             "&& break; sleep 0.05; done; "
             f"STACK=$SL nsenter -t $NS -n sh -c {shlex.quote(body)}; "
-            "kill $SL $NS"
+            "kill $SL $NS; wait"  # until slirp4netns has exited (and valgrind written its file)
         )
     if tool in ROOTLESSKIT:
         user = rootless_user()
@@ -363,6 +370,10 @@ def main() -> None:
 
 
 BASELINE_SRC = ""
+# A command prefix for the stack process of pyvpnkit, slirp4netns and pasta-user
+# (bench/instructions.py runs them under valgrind), and pasta-user's binary and options.
+STACK_PREFIX = ""
+PASTA = "pasta"
 PURE_PYTHON = "/opt/pyvpnkit-venv-pure/bin/python"  # .ci/run's pure venv
 
 if __name__ == "__main__":
