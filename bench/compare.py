@@ -163,8 +163,7 @@ def wrap(tool: str, mtu: int, run: str) -> str:
         pid = f"/tmp/pvk-ptu-{uuid.uuid4().hex[:8]}.pid"
         body = inner.format(gw=WORLD_IP, dns=DNS_FORWARD, stack=f"$(cat {pid})")
         cmd = rootless_user().cmd(
-            *shlex.split(STACK_PREFIX),
-            *shlex.split(PASTA), "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
+            "pasta", "--config-net", "-q", "-m", str(mtu), "--dns-forward", DNS_FORWARD,
             "--", "sh", "-c", body)
         # setpriv, env and pasta each exec the next: this shell's pid becomes pasta's.
         return f"sh -c {shlex.quote(f'echo $$ > {pid}; exec {shlex.join(cmd)}')}; rm -f {pid}"
@@ -370,10 +369,9 @@ def main() -> None:
 
 
 BASELINE_SRC = ""
-# A command prefix for the stack process of pyvpnkit, slirp4netns and pasta-user
-# (bench/instructions.py runs them under valgrind), and pasta-user's binary and options.
+# A command prefix for the stack process of pyvpnkit and slirp4netns
+# (bench/instructions.py runs them under valgrind).
 STACK_PREFIX = ""
-PASTA = "pasta"
 PURE_PYTHON = "/opt/pyvpnkit-venv-pure/bin/python"  # .ci/run's pure venv
 
 if __name__ == "__main__":

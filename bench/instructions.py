@@ -1,8 +1,8 @@
 """User-space instructions per operation of each stack process, counted, not timed.
 
     python3 bench/instructions.py [--seconds 4] [--mtu 1500] [--reps 2]
-        [--tools pyvpnkit,pyvpnkit-pure,slirp4netns,pasta-user,slirp4netns/step]
-        [--tests tcp_rr,conn,udp_rr,dns,up,down] [--window 30] [--pure-python PY]
+        [--tools pyvpnkit,pyvpnkit-pure,slirp4netns] [--tests tcp_rr,conn,udp_rr,dns,up,down]
+        [--pure-python PY] [--keep DIR]
 
 compare.py's set-up (its servers, namespaces and command lines), with the stack
 process run under `valgrind --tool=callgrind` (pyvpnkit: the interpreter running
@@ -20,25 +20,17 @@ idle wake-ups) is spread over the operations of the run, so a run slowed by
 other jobs on the machine reads a few percent higher.
 
 pasta cannot run under valgrind (3.19 refuses its clone(CLONE_VM | CLONE_VFORK |
-CLONE_FILES)), so pasta-user, and any TOOL/step, is counted by bench/stepcount.c
-instead: the running stack single-stepped with ptrace for --window seconds in
-the middle of a run, over the operations the host namespace's own counters saw
-meanwhile (conn, tcp_rr, udp_rr, dns only). Slowed some 1000-fold the stacks do
-extra work per operation (retransmissions, timers): slirp4netns reads 1.2x
-callgrind's figure for UDP and DNS and 1.5x for TCP request/response this way,
-and pasta's TCP nearly stalls, so treat those figures as rough upper bounds.
-Single-stepped pasta runs with its port scans off (-t/-u/-T/-U none).
+CLONE_FILES)); it is skipped. --keep DIR keeps the callgrind files, named
+TOOL.TEST.Ns.cg.PID, for `callgrind_annotate` (where the instructions go: the
+difference between the short and the long run's files is the per-operation part).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from statistics import mean
 
@@ -70,7 +62,9 @@ def operations(figures: dict[str, float], test: str, seconds: int) -> float:
     return rate * seconds
 
 
-def measure(env: NetEnv, tool: str, test: str, mtu: int, seconds: int) -> float | None:
+def measure(
+    env: NetEnv, tool: str, test: str, mtu: int, seconds: int, keep: str | None = None
+) -> float | None:
     runs = []
     for secs in (seconds, 3 * seconds):
         out_dir = Path(tempfile.mkdtemp(prefix="pvk-cg-"))
@@ -81,6 +75,9 @@ def measure(env: NetEnv, tool: str, test: str, mtu: int, seconds: int) -> float 
             run = WAIT_ROUTE + client("$GW", "$DNS", "0", secs, test)
             figures = run_tool(env, tool, mtu, run, timeout=30 * secs + 120)
             total, each = instructions(out_dir)
+            if keep:
+                for f in out_dir.glob("cg.*"):
+                    shutil.copy(f, Path(keep) / f"{tool}.{test}.{secs}s.{f.name}")
         finally:
             compare.STACK_PREFIX = ""
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -98,82 +95,23 @@ def measure(env: NetEnv, tool: str, test: str, mtu: int, seconds: int) -> float 
     return (i2 - i1) / (n2 - n1) if n2 > n1 else None
 
 
-def stack_ops(env: NetEnv, test: str) -> float:
-    """Operations through the stack so far, counted in the host namespace: accepted
-    connections (conn), bytes the TCP echo server read (tcp_rr, 1 per transaction),
-    datagrams received over 2 (udp_rr, dns: the server's and the stack's socket's)."""
-    if test == "tcp_rr":
-        out = env.run_in("host", "ss", "-tinH", "state", "established", "sport", "=", ":5203")
-        return sum(int(w.split(":")[1]) for w in out.stdout.split()
-                   if w.startswith("bytes_received:"))
-    lines = [ln.split() for ln in env.run_in("host", "cat", "/proc/net/snmp").stdout.splitlines()]
-    proto, field = ("Tcp:", "PassiveOpens") if test == "conn" else ("Udp:", "InDatagrams")
-    names, values = (ln for ln in lines if ln[0] == proto)
-    value = int(values[names.index(field)])
-    return value if test == "conn" else value / 2
-
-
-def measure_stepped(env: NetEnv, tool: str, test: str, mtu: int, window: int) -> float | None:
-    """Instructions per operation by bench/stepcount.c: the stack's process single-stepped
-    for `window` seconds in the middle of a run, over the operations the host namespace's
-    counters saw meanwhile (start-up is never counted, so one window is enough)."""
-    out_dir = Path(tempfile.mkdtemp(prefix="pvk-cg-"))
-    out_dir.chmod(0o777)  # pasta-user runs as the temporary user
-    try:
-        stepcount = out_dir / "stepcount"
-        subprocess.run(["cc", "-O2", "-o", str(stepcount), str(Path(__file__).parent /
-                        "stepcount.c")], check=True)
-        pidfile = out_dir / "pid"
-        compare.STACK_PREFIX = f"sh -c 'echo $$ > {pidfile}; exec \"$0\" \"$@\"' "
-        run = WAIT_ROUTE + client("$GW", "$DNS", "0", window + 10, test)
-        result: dict[str, float] = {}
-        thread = threading.Thread(target=lambda: result.update(
-            run_tool(env, tool, mtu, run, timeout=window + 120)))
-        thread.start()
-        for _ in range(300):
-            if pidfile.exists() and pidfile.read_text().strip():
-                break
-            time.sleep(0.1)
-        time.sleep(4)  # the namespace configured, the client at work
-        # The counters are read while the stack is stopped, before and after the window.
-        step = subprocess.Popen([str(stepcount), pidfile.read_text().strip(), str(window)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert step.stdin is not None and step.stdout is not None
-        step.stdout.readline()
-        before = stack_ops(env, test)
-        step.stdin.write("\n")
-        step.stdin.flush()
-        total = int(step.stdout.readline().split()[1])
-        ops = stack_ops(env, test) - before
-        step.stdin.write("\n")
-        step.stdin.close()
-        step.wait()
-        thread.join()
-    finally:
-        compare.STACK_PREFIX = ""
-        shutil.rmtree(out_dir, ignore_errors=True)
-    print(f"  {tool} {test}: {ops:,.0f} ops in {window} s single-stepped, {total:,} "
-          f"instructions (client: {result})", flush=True)
-    return total / ops if ops and total else None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--mtu", type=int, default=1500)
-    ap.add_argument("--tools", default="pyvpnkit,slirp4netns,pasta-user")
+    ap.add_argument("--tools", default="pyvpnkit,slirp4netns")
     ap.add_argument("--tests", default="tcp_rr,conn,udp_rr,dns")
-    ap.add_argument("--window", type=int, default=30,
-                    help="seconds single-stepped, for TOOL/step and pasta-user")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="keep the callgrind files there (callgrind_annotate: where they go)")
     ap.add_argument("--pure-python", default=compare.PURE_PYTHON,
                     help="python of a venv with the pure build, for the pyvpnkit-pure tool")
     args = ap.parse_args()
     compare.PURE_PYTHON = args.pure_python
-    # Single-stepped pasta without its once-a-second port scans (-t/-u/-T/-U auto, the
-    # default): stretched 1,000-fold in time, they would be counted as its work.
-    compare.PASTA = "pasta -t none -u none -T none -U none"
-    tools = [t for t in args.tools.split(",") if compare.available(t.split("/")[0])]
+    tools = [t for t in args.tools.split(",") if compare.available(t)]
+    for tool in [t for t in tools if t.startswith("pasta")]:
+        print(f"{tool}: not measured, valgrind refuses pasta's clone() flags", flush=True)
+        tools.remove(tool)
     tests = args.tests.split(",")
     results: dict[tuple[str, str], list[float]] = {}
     env = NetEnv()
@@ -183,9 +121,7 @@ def main() -> None:
         for rep in range(args.reps):
             for test in tests:
                 for tool in tools:
-                    name, step = tool.split("/")[0], "/step" in tool or tool == "pasta-user"
-                    per_op = (measure_stepped(env, name, test, args.mtu, args.window) if step
-                              else measure(env, name, test, args.mtu, args.seconds))
+                    per_op = measure(env, tool, test, args.mtu, args.seconds, args.keep)
                     if per_op is not None:
                         results.setdefault((tool, test), []).append(per_op)
                         print(f"round {rep + 1} {tool} {test}: {per_op:,.0f} per op", flush=True)
@@ -202,7 +138,7 @@ def main() -> None:
         cells = [" / ".join(f"{v:,.0f}" for v in results.get((t, test), [])) or "-"
                  for t in tools]
         print(f"{test:8} " + " ".join(f"{c:>24}" for c in cells))
-    peers = [t for t in tools if t.split("/")[0] in compare.PEERS]
+    peers = [t for t in tools if t in compare.PEERS]
     print("\nratios ours / peer, means of the runs (below 1: fewer instructions than the peer):")
     for ours in (t for t in tools if t not in peers):
         for peer in peers:

@@ -96,44 +96,7 @@ def main() -> None:
     ap.add_argument("--published", action="store_true",
                     help="servers behind the stack, the client on the host via published ports")
     ap.add_argument("--cpu", action="store_true", help="user and system CPU µs per operation")
-    ap.add_argument("--callgrind", action="store_true",
-                    help="user-space instructions per operation under valgrind (two runs)")
     args = ap.parse_args()
-    if args.callgrind:
-        callgrind(args)
-        return
-    profile(args)
-
-
-def callgrind(args: argparse.Namespace) -> None:
-    """The stack's user-space instructions per operation: deterministic where CPU time is not.
-
-    valgrind's callgrind counts every instruction the stack process executes
-    (not the kernel's). Two runs, of `--seconds` and three times as long, and the
-    difference over the difference in operations, so start-up cancels out.
-    """
-    runs = []
-    for seconds in (args.seconds, 3 * args.seconds):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(os.environ.get("CALLGRIND_KEEP", tmp)) / f"callgrind.{seconds}.out"
-            sub = argparse.Namespace(**{**vars(args), "seconds": seconds, "callgrind": False})
-            sub.wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-            figures = profile(sub)
-            assert figures is not None
-            total = next(int(line.split()[1]) for line in out.read_text().splitlines()
-                         if line.startswith("totals:"))
-        rate = next(v for k, v in figures.items() if not k.startswith("cpu"))
-        runs.append((total, rate * (seconds + 1)))
-        print(f"{seconds + 1} s: {rate * (seconds + 1):,.0f} ops, {total:,} instructions")
-    (i1, n1), (i2, n2) = runs
-    print(f"{args.test}: {(i2 - i1) / (n2 - n1):,.0f} user-space instructions per operation")
-
-
-def profile(args: argparse.Namespace) -> dict[str, float] | None:
-    """Run the stack under the client's load with the profiler the flags chose.
-
-    With `args.wrap` (a command prefix such as valgrind) the stack runs under it
-    and the client's figures are returned instead of printed."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     env = NetEnv()
     servers = None
@@ -148,7 +111,7 @@ def profile(args: argparse.Namespace) -> dict[str, float] | None:
             inside = ["--", "sh", "-c", client + f"{args.seconds + 1} {args.test}"]
             publish = []
         stack = env.start(
-            "host", *getattr(args, "wrap", []), sys.executable,
+            "host", sys.executable,
             *(["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []),
             "-m", "pyvpnkit", "exec", "--mtu", str(args.mtu),
             "--hosts", "/dev/null", "--dns-server", "127.0.0.1#53", *args.stack_args.split(),
@@ -163,11 +126,6 @@ def profile(args: argparse.Namespace) -> dict[str, float] | None:
                 f"{args.seconds + 1} {args.test}; touch {stop}", stdout=subprocess.PIPE)
             assert host_client.stdout is not None
             stack.stdout = host_client.stdout  # what each mode prints is the client's figures
-        if getattr(args, "wrap", None):
-            assert stack.stdout is not None
-            figures: dict[str, float] = json.loads(stack.stdout.read().decode().splitlines()[-1])
-            stack.wait()
-            return figures
         time.sleep(1.5)  # the stack is up and the client about to start
         if args.strace:
             trace = subprocess.run(
