@@ -7,6 +7,7 @@ interface, and the world namespace has only its end of the veth.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,9 @@ class NetEnv:
         self.procs.clear()
         for name in (self.host, self.world):
             sh("ip", "netns", "del", name, check=False)
+            # A namespace's own resolver file (`ip netns exec` binds /etc/netns/NAME/*)
+            # dies with it, whoever wrote it and however its writer ended.
+            shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
 
 
 def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:

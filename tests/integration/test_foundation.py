@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,15 @@ def test_exec_stops_what_the_command_left_running(netenv: NetEnv) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError(f"background process {pid} still running after exec returned")
+
+
+def test_closing_a_netenv_removes_its_resolver_files() -> None:
+    """A test or bench that gives a namespace its own resolv.conf and dies before its
+    own cleanup leaves nothing under /etc/netns: NetEnv.close removes both names'."""
+    env = NetEnv()
+    paths = [Path(f"/etc/netns/{name}/resolv.conf") for name in (env.host, env.world)]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("nameserver 127.0.0.1\n")
+    env.close()
+    assert not any(path.parent.exists() for path in paths)
