@@ -30,6 +30,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 CLONE_NEWNET = 0x40000000
 libc = ctypes.CDLL(None, use_errno=True)
@@ -83,18 +85,23 @@ def tap_latency(helper: list[str]) -> float:
         target.wait()
 
 
-def exec_latency(launcher: list[str]) -> float:
-    """Milliseconds from starting LAUNCHER ... -- CMD to CMD running."""
+def _pipe_latency(command: Callable[[int], list[str]], **popen: Any) -> float:
+    """Milliseconds from starting command(FD) to its first byte on the pipe FD."""
     read, write = os.pipe()
     start = time.perf_counter()
-    proc = subprocess.Popen([*launcher, "sh", "-c", f"echo >&{write}"], pass_fds=[write],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(write), pass_fds=[write], **popen)
     os.close(write)
     os.read(read, 1)
     ms = (time.perf_counter() - start) * 1000
     os.close(read)
     proc.wait()
     return ms
+
+
+def exec_latency(launcher: list[str]) -> float:
+    """Milliseconds from starting LAUNCHER ... -- CMD to CMD running."""
+    return _pipe_latency(lambda fd: [*launcher, "sh", "-c", f"echo >&{fd}"],
+                         stdout=subprocess.DEVNULL)
 
 
 def interpreter_latency(python: str) -> float:
@@ -102,16 +109,7 @@ def interpreter_latency(python: str) -> float:
 
     The floor under the helper's TAP time: what is left above it is ours.
     """
-    read, write = os.pipe()
-    start = time.perf_counter()
-    proc = subprocess.Popen([python, "-c", f"import os; os.write({write}, b'x')"],
-                            pass_fds=[write])
-    os.close(write)
-    os.read(read, 1)
-    ms = (time.perf_counter() - start) * 1000
-    os.close(read)
-    proc.wait()
-    return ms
+    return _pipe_latency(lambda fd: [python, "-c", f"import os; os.write({fd}, b'x')"])
 
 
 def _interpreter(script: str) -> str:
