@@ -48,10 +48,8 @@ def _exited(pid: int, child: bool) -> bool:
         if child:
             return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         os.kill(pid, 0)
-    except ChildProcessError:
-        return True  # reaped already
-    except ProcessLookupError:
-        return True
+    except (ChildProcessError, ProcessLookupError):
+        return True  # reaped already, or gone
     except PermissionError:
         return False  # alive, someone else's
     return False
